@@ -1,0 +1,69 @@
+# Forecast Gateway: every command a user or CI needs. `make run` and `make test`
+# both install what they need into .venv first (pinned in requirements.lock).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Tools installed into the venv (buf, grpcurl, ruff, mypy) come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help install run test unit functional lint check-gen gen train lock clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || \
+	  $(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m forecast_gateway.embedded_triton --prepare
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv with the pinned dependencies and the project.
+
+run: install  ## Start Triton (embedded CPU build) and the gateway on localhost:50051.
+	$(PY) -m forecast_gateway.stack
+
+test: install lint check-gen  ## Lint, check generated code, run the whole test suite.
+	$(PY) -m pytest -q
+
+unit: install  ## Only the unit tests (no Triton).
+	$(PY) -m pytest -q tests/unit
+
+functional: install  ## Only the functional tests (real Triton + gateway).
+	$(PY) -m pytest -q tests/functional
+
+lint: install  ## ruff, mypy, buf lint/format/breaking, compose schema.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format -d --exit-code
+	@if git rev-parse --verify --quiet main >/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch to compare against, skipped"; fi
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+gen: install  ## Regenerate the Python code and typed stubs from protos/.
+	PYTHON=$(PY) tools/gen_protos.sh
+
+check-gen: install  ## Fail if the committed generated code is stale.
+	@tmp=$$(mktemp -d) && PYTHON=$(PY) tools/gen_protos.sh $$tmp >/dev/null && \
+	  diff -r -x __pycache__ $$tmp gen/python && rm -rf $$tmp && echo "generated code is fresh"
+
+train: install  ## Retrain the LSTM versions (writes model_repository/lstm_timeseries/*/model.pt).
+	$(PY) -m training.train_lstm --version 1
+	$(PY) -m training.train_lstm --version 2
+
+lock:  ## Re-resolve requirements.in into requirements.lock in a scratch venv.
+	rm -rf /tmp/fg-lock && $(PYTHON) -m venv /tmp/fg-lock
+	/tmp/fg-lock/bin/pip install --quiet -r requirements.in
+	{ echo "# Generated from requirements.in by 'make lock' (pip freeze of a fresh venv). Do not edit by hand."; \
+	  /tmp/fg-lock/bin/pip freeze | grep -vE '^(pip|setuptools)==' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements.lock
+
+clean:  ## Remove the venv and run-time files.
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

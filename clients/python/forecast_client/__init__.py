@@ -1,0 +1,1 @@
+"""Python client and `forecast` command line for the Forecast Gateway."""

@@ -1,0 +1,1 @@
+"""Forecast Gateway: a typed gRPC forecasting service in front of Triton."""

@@ -1,0 +1,214 @@
+"""Run the real Triton Inference Server that the nvidia-pytriton wheel ships.
+
+This is the embedded CPU default used by `make run` and by the tests: the
+wheel carries a complete Triton 2.51 binary with the Python backend, so no
+Docker or GPU is needed. Only the binary is used; pytriton is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the wheel put the server binary, its backends and its libraries."""
+
+    binary: Path
+    backends: Path
+    libs: Path
+    stubs: Path
+
+    @classmethod
+    def locate(cls) -> TritonInstall:
+        """Find the Triton files inside the installed nvidia-pytriton wheel."""
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(
+                "nvidia-pytriton is not installed; run `make install` to create .venv"
+            )
+        package = Path(next(iter(spec.submodule_search_locations)))
+        root = package / "tritonserver"
+        return cls(
+            binary=root / "bin" / "tritonserver",
+            backends=root / "backends",
+            libs=package.parent / "nvidia_pytriton.libs",
+            stubs=root / "python_backend_stubs",
+        )
+
+    def prepare(self) -> None:
+        """Put the Python backend stub matching this interpreter where Triton looks for it."""
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        source = self.stubs / version / "triton_python_backend_stub"
+        target = self.backends / "python" / "triton_python_backend_stub"
+        if not source.exists():
+            raise RuntimeError(f"the wheel has no Python backend stub for Python {version}")
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+        target.chmod(0o755)
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    """The three ports Triton listens on."""
+
+    http: int
+    grpc: int
+    metrics: int
+
+
+class TritonProcess:
+    """A tritonserver child process with start, readiness wait and clean stop."""
+
+    def __init__(
+        self,
+        model_repository: Path,
+        ports: TritonPorts,
+        log_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.model_repository = model_repository.resolve()
+        self.ports = ports
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """Address for tritonclient.grpc."""
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    def command(self, install: TritonInstall) -> list[str]:
+        """The tritonserver command line."""
+        return [
+            str(install.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={install.backends}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--allow-metrics=true",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def environment(self, install: TritonInstall) -> dict[str, str]:
+        """Environment for the server.
+
+        The Python backend stub ignores PYTHONPATH and finds its packages from
+        the `python3` first on PATH, so this interpreter's bin/ goes first.
+        """
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(install.libs), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        return env
+
+    def start(self) -> None:
+        """Start the server in the background (returns at once)."""
+        install = TritonInstall.locate()
+        install.prepare()
+        output: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = self.log_path.open("ab")
+            output = self._log_file
+        self._process = subprocess.Popen(
+            self.command(install),
+            env=self.environment(install),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.info("triton_starting", pid=self._process.pid, grpc_port=self.ports.grpc)
+
+    def is_ready(self) -> bool:
+        """Whether Triton answers ready on its HTTP health endpoint."""
+        url = f"http://127.0.0.1:{self.ports.http}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until Triton is ready; raise with the log's tail if it dies or times out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self._process.returncode}; {self._tail()}")
+            if self.is_ready():
+                log.info("triton_ready", pid=self.pid)
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f}s; {self._tail()}")
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the server, wait for it, SIGKILL if it does not exit in time."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.info("triton_stopped", pid=process.pid, returncode=process.returncode)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def kill(self) -> None:
+        """SIGKILL the server at once (used by fault tests)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def _tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "no log file"
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "log tail:\n" + "\n".join(text)
+
+
+def main() -> None:
+    """`python -m forecast_gateway.embedded_triton --prepare` sets up the wheel's backend."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepare", action="store_true", help="install the backend stub and exit")
+    args = parser.parse_args()
+    install = TritonInstall.locate()
+    if args.prepare:
+        install.prepare()
+        sys.stdout.write(f"Triton ready to run: {install.binary}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Per-series normalization: the one rule shared by the gateway and model training.
+
+Each series is cut to the model's window (its most recent `window` points) and
+z-scored with the mean and standard deviation of that window; the model
+forecasts in z units and the gateway maps the forecast back to the series'
+units. The LSTM weights are trained on windows normalized by this very module
+(`training/`), so serving and training cannot drift apart.
+
+Rows are independent: every function takes a 2-D array of shape
+(series, points) so a batch is normalized in one vectorized call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+# A window whose standard deviation is below this fraction of its magnitude is
+# treated as constant: it is centred but not scaled, so it never divides by ~0.
+CONSTANT_RELATIVE_STD = 1e-9
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The mean and standard deviation used for each row; needed to denormalize."""
+
+    mean: FloatArray
+    std: FloatArray
+
+
+def fit_window(history: FloatArray, window: int) -> FloatArray:
+    """Return the last `window` points of a 1-D history (oldest first).
+
+    Older points are dropped so that every request for a model version has the
+    same shape and Triton's dynamic batcher can group them. A history shorter
+    than the window is the caller's error: validation rejects it before this.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if history.shape[0] < window:
+        raise ValueError(f"history has {history.shape[0]} points, the window needs {window}")
+    return history[-window:]
+
+
+def normalize(windows: FloatArray) -> tuple[npt.NDArray[np.float32], Scaling]:
+    """Z-score each row of `windows` (shape: series x points) by its own mean and std.
+
+    Returns float32 values (the models' input type) and the scaling to undo it.
+    A constant row gets std 1, so it maps to zeros instead of dividing by zero.
+    """
+    rows = np.asarray(windows, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] == 0:
+        raise ValueError(f"expected a non-empty 2-D array, got shape {rows.shape}")
+    mean = rows.mean(axis=1)
+    std = rows.std(axis=1)
+    constant = std <= CONSTANT_RELATIVE_STD * np.maximum(1.0, np.abs(mean))
+    std = np.where(constant, 1.0, std)
+    z = (rows - mean[:, None]) / std[:, None]
+    return z.astype(np.float32), Scaling(mean=mean, std=std)
+
+
+def denormalize(values: npt.ArrayLike, scaling: Scaling) -> FloatArray:
+    """Map model outputs (shape: series x steps, z units) back to each series' units."""
+    z = np.asarray(values, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] != scaling.mean.shape[0]:
+        raise ValueError(f"expected {scaling.mean.shape[0]} rows, got shape {z.shape}")
+    result: FloatArray = z * scaling.std[:, None] + scaling.mean[:, None]
+    return result
