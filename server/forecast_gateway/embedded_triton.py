@@ -164,7 +164,9 @@ class TritonProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self._process.returncode}; {self._tail()}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self._process.returncode}; {self._tail()}"
+                )
             if self.is_ready():
                 log.info("triton_ready", pid=self.pid)
                 return

@@ -59,7 +59,7 @@ def normalize(windows: FloatArray) -> tuple[npt.NDArray[np.float32], Scaling]:
     std = rows.std(axis=1)
     constant = std <= CONSTANT_RELATIVE_STD * np.maximum(1.0, np.abs(mean))
     std = np.where(constant, 1.0, std)
-    z = (rows - mean[:, None]) / std[:, None]
+    z = np.where(constant[:, None], 0.0, (rows - mean[:, None]) / std[:, None])
     return z.astype(np.float32), Scaling(mean=mean, std=std)
 
 

@@ -1,0 +1,25 @@
+"""`python -m forecast_gateway`: run the gateway against an already running Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from forecast_gateway.config import ConfigError, GatewayConfig
+from forecast_gateway.logs import configure_logging
+from forecast_gateway.server import serve
+
+
+def main() -> None:
+    """Load the configuration (file + FORECAST_* env) and serve until SIGTERM/SIGINT."""
+    try:
+        config = GatewayConfig.load()
+    except ConfigError as error:
+        sys.stderr.write(f"forecast-gateway: invalid configuration: {error}\n")
+        raise SystemExit(2) from error
+    configure_logging(config.log_format, config.log_level)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

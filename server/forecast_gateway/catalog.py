@@ -1,0 +1,195 @@
+"""The model catalog: what the gateway serves, as Triton last reported it.
+
+Model shape facts (window, horizon limits) come from each model's
+`config.pbtxt` parameters, so the model repository is the single source of
+truth; readiness per version comes from Triton's repository index. The
+catalog is refreshed in the background and read without I/O on the request
+path. Only models listed in the gateway config are ever exposed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from forecast_gateway.config import ModelConfig
+from forecast_gateway.errors import GatewayError, NotFound, Unavailable
+from forecast_gateway.triton import TritonProxy
+
+log = structlog.get_logger(__name__)
+
+
+class VersionState(enum.Enum):
+    """Readiness of a version, as Triton reports it."""
+
+    READY = "READY"
+    LOADING = "LOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+    @classmethod
+    def from_triton(cls, state: str) -> VersionState:
+        """Map Triton's repository-index state string."""
+        return {"READY": cls.READY, "LOADING": cls.LOADING}.get(state, cls.UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """One model version: its readiness and the windows it accepts."""
+
+    version: str
+    state: VersionState
+    sequence_length: int
+    min_sequence_length: int
+    max_sequence_length: int
+    description: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """Whether Triton serves this version now."""
+        return self.state is VersionState.READY
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A served model: horizon limits and its versions (keyed by version string)."""
+
+    name: str
+    description: str
+    default_horizon: int
+    max_horizon: int
+    versions: Mapping[str, VersionSpec]
+    configured_default: str = ""
+
+    def ready_versions(self) -> list[str]:
+        """Ready versions, lowest first."""
+        return sorted((v for v, s in self.versions.items() if s.ready), key=int)
+
+    def default_version(self) -> str | None:
+        """The configured default if ready, else the highest ready version, else None."""
+        ready = self.ready_versions()
+        if self.configured_default in ready:
+            return self.configured_default
+        return ready[-1] if ready else None
+
+
+def version_parameter(parameters: Mapping[str, str], key: str, version: str) -> str | None:
+    """A config.pbtxt parameter for one version: `v<N>.<key>` first, then `<key>`."""
+    return parameters.get(f"v{version}.{key}", parameters.get(key))
+
+
+def _int_parameter(parameters: Mapping[str, str], key: str, version: str = "") -> int:
+    raw = version_parameter(parameters, key, version)
+    if raw is None or not raw.strip().isdigit():
+        raise ValueError(f"parameter {key!r} missing or not a whole number: {raw!r}")
+    return int(raw)
+
+
+def build_spec(
+    model: ModelConfig, parameters: Mapping[str, str], states: Mapping[str, str]
+) -> ModelSpec:
+    """Combine a model's config parameters and Triton's per-version states into a spec.
+
+    Raises ValueError when the model's config lacks a required parameter.
+    """
+    versions = {}
+    for version, state in states.items():
+        window = _int_parameter(parameters, "sequence_length", version)
+        versions[version] = VersionSpec(
+            version=version,
+            state=VersionState.from_triton(state),
+            sequence_length=window,
+            min_sequence_length=int(
+                version_parameter(parameters, "min_sequence_length", version) or window
+            ),
+            max_sequence_length=int(
+                version_parameter(parameters, "max_sequence_length", version) or window
+            ),
+            description=version_parameter(parameters, "description", version) or "",
+        )
+    return ModelSpec(
+        name=model.name,
+        description=parameters.get("description", ""),
+        default_horizon=_int_parameter(parameters, "default_horizon"),
+        max_horizon=_int_parameter(parameters, "max_horizon"),
+        versions=versions,
+        configured_default=model.default_version,
+    )
+
+
+@dataclass
+class ModelCatalog:
+    """The latest known spec of every served model; swapped whole on refresh."""
+
+    models: tuple[ModelConfig, ...]
+    specs: dict[str, ModelSpec] = field(default_factory=dict)
+    triton_up: bool = False
+
+    def get(self, name: str) -> ModelSpec:
+        """The spec of a served model; NOT_FOUND for a name not in the gateway config."""
+        spec = self.specs.get(name)
+        if spec is None:
+            if any(m.name == name for m in self.models):
+                raise Unavailable(
+                    f"model {name!r} is configured but Triton has not reported it yet",
+                    reason="MODEL_UNAVAILABLE",
+                    metadata={"model": name},
+                )
+            served = ", ".join(sorted(m.name for m in self.models))
+            raise NotFound(
+                f"model {name!r} is not served; served models: {served}",
+                reason="MODEL_NOT_FOUND",
+                metadata={"model": name},
+            )
+        return spec
+
+    def all_ready(self) -> bool:
+        """Triton is up and every served model has at least one ready version."""
+        return self.triton_up and all(
+            name in self.specs and self.specs[name].ready_versions()
+            for name in (m.name for m in self.models)
+        )
+
+    def replace(self, specs: dict[str, ModelSpec], triton_up: bool) -> None:
+        """Install a new snapshot (one assignment each: readers never see half of one)."""
+        self.specs = specs
+        self.triton_up = triton_up
+
+    async def refresh(self, proxy: TritonProxy) -> None:
+        """Re-read versions and parameters of the served models from Triton.
+
+        If Triton is unreachable every version is marked UNAVAILABLE (so
+        health turns NOT_SERVING) but the last known shapes are kept.
+        """
+        try:
+            states = await proxy.version_states()
+            specs: dict[str, ModelSpec] = {}
+            for model in self.models:
+                if model.name not in states:
+                    log.warning("model_not_in_triton", model=model.name)
+                    continue
+                parameters = await proxy.model_parameters(model.name)
+                try:
+                    specs[model.name] = build_spec(model, parameters, states[model.name])
+                except ValueError as error:
+                    log.error("model_config_invalid", model=model.name, error=str(error))
+        except GatewayError as error:
+            if self.triton_up:
+                log.warning("triton_unreachable", error=error.message)
+            self.replace(
+                {name: _unavailable(spec) for name, spec in self.specs.items()}, triton_up=False
+            )
+            return
+        if not self.triton_up:
+            log.info("triton_reachable", models=sorted(specs))
+        self.replace(specs, triton_up=True)
+
+
+def _unavailable(spec: ModelSpec) -> ModelSpec:
+    versions = {
+        v: dataclasses.replace(s, state=VersionState.UNAVAILABLE) for v, s in spec.versions.items()
+    }
+    return dataclasses.replace(spec, versions=versions)

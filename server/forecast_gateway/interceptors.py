@@ -1,0 +1,100 @@
+"""The server interceptor: request context, error mapping, one log line per request.
+
+For every ForecastService call it binds a request id (the caller's
+`x-request-id`, or a new one) and the rpc name to the log context, turns
+GatewayError into a status with google.rpc details, turns anything
+unexpected into a generic INTERNAL (the traceback stays in the log), and
+writes the canonical request line and metrics once the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+
+from forecast_gateway import metrics
+from forecast_gateway.errors import REQUEST_ID_HEADER, GatewayError, Internal
+
+log = structlog.get_logger("forecast_gateway.request")
+
+SERVICE_PREFIX = "/forecast.v1."
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Behavior = Callable[[Any, Context], Awaitable[Any]]
+
+
+def request_id_from(context: Context) -> str:
+    """The caller's x-request-id if it is sane, else a new random id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the unary ForecastService handlers; other services pass through."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        """Wrap ForecastService's unary methods; leave health and reflection alone."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX) or not handler.unary_unary:
+            return handler
+        rpc = method.rsplit("/", 1)[-1]
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap(rpc, handler.unary_unary),  # type: ignore[arg-type]
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _wrap(rpc: str, behavior: Behavior) -> Behavior:
+    async def wrapper(request: Any, context: Context) -> Any:
+        structlog.contextvars.clear_contextvars()
+        request_id = request_id_from(context)
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=rpc)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await behavior(request, context)
+        except GatewayError as error:
+            code = error.code
+            structlog.contextvars.bind_contextvars(reason=error.reason, error=error.message)
+            await context.abort_with_status(error.to_status(request_id))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled_error")
+            internal = Internal(f"internal error; quote request id {request_id} when reporting it")
+            await context.abort_with_status(internal.to_status(request_id))
+        finally:
+            _finish(rpc, code, time.perf_counter() - started)
+
+    return wrapper
+
+
+def _finish(rpc: str, code: grpc.StatusCode, seconds: float) -> None:
+    """The canonical log line and the metrics of one request."""
+    fields = structlog.contextvars.get_contextvars()
+    model, version = str(fields.get("model", "")), str(fields.get("version", ""))
+    routing = str(fields.get("routing", ""))
+    metrics.observe_request(rpc, model, version, routing, code.name, seconds)
+    level = "info" if code is grpc.StatusCode.OK else "warning"
+    getattr(log, level)("request", status=code.name, latency_ms=round(seconds * 1000, 3))

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the gateway, served on their own HTTP port.
+
+Labelled by rpc, model, version and routing decision so that versions can be
+compared on a dashboard. Triton's own metrics (batch sizes, queue time) are
+scraped from Triton directly.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REQUESTS = Counter(
+    "forecast_gateway_requests",
+    "Requests answered by the gateway, by outcome.",
+    ["rpc", "model", "version", "routing", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "forecast_gateway_request_duration_seconds",
+    "Time from receiving a request to answering it.",
+    ["rpc", "model", "version"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+TRITON_UP = Gauge("forecast_gateway_triton_up", "1 if Triton answered the last catalog refresh.")
+READY_VERSIONS = Gauge(
+    "forecast_gateway_model_ready_versions", "Ready versions per served model.", ["model"]
+)
+
+
+def observe_request(
+    rpc: str, model: str, version: str, routing: str, code: str, seconds: float
+) -> None:
+    """Record one answered request."""
+    REQUESTS.labels(rpc, model, version, routing, code).inc()
+    REQUEST_DURATION.labels(rpc, model, version).observe(seconds)
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Start the /metrics HTTP endpoint in a background thread; return its port."""
+    server, _thread = start_http_server(port, addr=host)
+    return int(server.server_port)

@@ -1,0 +1,159 @@
+"""Assembles the gateway: gRPC server, health, reflection, catalog refresh, metrics.
+
+`create_gateway(config)` builds everything and binds the port (port 0 picks a
+free one, for tests); `Gateway.start()` / `Gateway.stop()` run it; `serve()`
+runs it until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
+from forecast_gateway import metrics
+from forecast_gateway.catalog import ModelCatalog
+from forecast_gateway.config import GatewayConfig
+from forecast_gateway.forecaster import Forecaster
+from forecast_gateway.interceptors import RequestInterceptor
+from forecast_gateway.service import ForecastServicer
+from forecast_gateway.triton import TritonProxy
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+@dataclass
+class Gateway:
+    """A built gateway: call start(), then stop() (or use serve())."""
+
+    config: GatewayConfig
+    server: grpc.aio.Server
+    port: int
+    catalog: ModelCatalog
+    proxy: TritonProxy
+    health: health.aio.HealthServicer
+    metrics_port: int | None = None
+    _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        """Read the catalog once, start serving, keep the catalog fresh in the background."""
+        await self.refresh()
+        await self.server.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_port = metrics.serve_metrics(self.config.host, self.config.metrics_port)
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="catalog-refresh")
+        log.info(
+            "gateway_started",
+            port=self.port,
+            metrics_port=self.metrics_port,
+            triton_url=self.config.triton_url,
+            models=[m.name for m in self.config.models],
+            ready=self.catalog.all_ready(),
+        )
+
+    async def refresh(self) -> None:
+        """Refresh the catalog and publish the result as health and metrics."""
+        await self.catalog.refresh(self.proxy)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.catalog.all_ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+        metrics.TRITON_UP.set(1 if self.catalog.triton_up else 0)
+        for name, spec in self.catalog.specs.items():
+            metrics.READY_VERSIONS.labels(name).set(len(spec.ready_versions()))
+
+    async def stop(self) -> None:
+        """Stop taking calls, let in-flight ones finish within the grace period, close."""
+        log.info("gateway_stopping", grace_s=self.config.shutdown_grace_s)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.server.stop(self.config.shutdown_grace_s)
+        await self.proxy.close()
+        log.info("gateway_stopped")
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.catalog_refresh_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("catalog_refresh_failed")
+
+
+def create_gateway(config: GatewayConfig) -> Gateway:
+    """Build the server and bind its port (config.port 0 picks a free port)."""
+    proxy = TritonProxy(config.triton_url)
+    catalog = ModelCatalog(models=config.models)
+    forecaster = Forecaster(catalog, proxy, config.max_history_length)
+    server = grpc.aio.server(
+        interceptors=[RequestInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+    forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(
+        ForecastServicer(forecaster, catalog, config.default_timeout_s), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_reflection(server)
+    port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {config.address}")
+    return Gateway(config, server, port, catalog, proxy, health_servicer)
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection under v1alpha (grpcurl 1.8.6) and v1 (newer tools).
+
+    grpcio-reflection only ships v1alpha; v1 is the same wire format under a
+    new package name, so the v1alpha servicer also serves the v1 name.
+    """
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection.aio.ReflectionServicer(names)
+    handler = grpc.method_handlers_generic_handler(
+        REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+async def serve(config: GatewayConfig, stop_event: asyncio.Event | None = None) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or `stop_event`), then stop gracefully."""
+    gateway = create_gateway(config)
+    await gateway.start()
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await gateway.stop()

@@ -1,0 +1,163 @@
+"""Shared fixtures: a real Triton and a real gateway process, started once per session.
+
+Functional tests ask for `gateway` (or `stub`); nothing is started for unit
+tests. Ports are picked free at run time; logs go to the session's tmp dir
+and are printed when start-up fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from forecast.v1 import forecast_service_pb2_grpc
+from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(target: str, timeout_s: float = 60.0, service: str = "") -> None:
+    """Block until the gRPC health service at `target` answers SERVING."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} not SERVING after {timeout_s}s")
+
+
+@dataclass
+class GatewayProcess:
+    """A `python -m forecast_gateway` child process and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        """host:port for grpc channels and grpcurl."""
+        return f"127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        """Everything the gateway logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+def start_gateway(triton_url: str, log_path: Path, **env: str) -> GatewayProcess:
+    """Start a gateway process against `triton_url` and wait until it is SERVING."""
+    port, metrics_port = free_port(), free_port()
+    environment = {
+        **os.environ,
+        "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
+        "FORECAST_HOST": "127.0.0.1",
+        "FORECAST_PORT": str(port),
+        "FORECAST_METRICS_PORT": str(metrics_port),
+        "FORECAST_TRITON_URL": triton_url,
+        "FORECAST_LOG_FORMAT": "json",
+        "FORECAST_CATALOG_REFRESH_S": "0.5",
+        **env,
+    }
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "forecast_gateway"],
+        env=environment,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    log_file.close()
+    gateway = GatewayProcess(process, port, metrics_port, log_path)
+    try:
+        wait_serving(gateway.target)
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(
+            f"gateway did not become SERVING:\n{gateway.log_text()[-3000:]}"
+        ) from None
+    return gateway
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
+    """SIGTERM, wait, SIGKILL if needed; return the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    """A real Triton (the embedded CPU build) serving model_repository/."""
+    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    log_path = tmp_path_factory.mktemp("triton") / "triton.log"
+    server = TritonProcess(ROOT / "model_repository", ports, log_path=log_path)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    triton: TritonProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A real gateway process in front of the session's Triton."""
+    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    process = start_gateway(triton.grpc_url, log_path)
+    yield process
+    stop_process(process.process)
+
+
+@pytest.fixture(scope="session")
+def channel(gateway: GatewayProcess) -> Iterator[grpc.Channel]:
+    """A blocking channel to the session's gateway."""
+    with grpc.insecure_channel(gateway.target) as chan:
+        yield chan
+
+
+@pytest.fixture(scope="session")
+def stub(channel: grpc.Channel) -> forecast_service_pb2_grpc.ForecastServiceStub:
+    """ForecastService stub on the session's gateway."""
+    return forecast_service_pb2_grpc.ForecastServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def cli_env(gateway: GatewayProcess) -> dict[str, str]:
+    """Environment for running the `forecast` CLI and grpcurl against the gateway."""
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FORECAST_TARGET": gateway.target,
+    }

@@ -1,0 +1,78 @@
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from forecast_gateway.catalog import ModelCatalog, VersionState, build_spec, version_parameter
+from forecast_gateway.config import ModelConfig
+from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+
+PARAMETERS = {
+    "description": "d",
+    "default_horizon": "12",
+    "max_horizon": "64",
+    "sequence_length": "10",
+    "v2.sequence_length": "52",
+    "v2.description": "yearly window",
+}
+
+
+def unpack_details(status: grpc.Status) -> list[object]:
+    (_key, blob), *_ = [t for t in status.trailing_metadata if t[0] == "grpc-status-details-bin"]
+    proto = status_pb2.Status.FromString(blob)
+    unpacked: list[object] = []
+    for any_message in proto.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
+            if any_message.Is(kind.DESCRIPTOR):
+                message = kind()
+                any_message.Unpack(message)
+                unpacked.append(message)
+    return unpacked
+
+
+def test_invalid_argument_carries_bad_request_and_error_info() -> None:
+    error = InvalidArgument.of(
+        [FieldViolation("history", "is empty"), FieldViolation("horizon", "< 0")]
+    )
+    status = error.to_status("req-1")
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    info, bad_request = unpack_details(status)
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain, info.metadata["request_id"]) == (
+        "INVALID_ARGUMENT",
+        "forecast.v1",
+        "req-1",
+    )
+    assert isinstance(bad_request, error_details_pb2.BadRequest)
+    assert [v.field for v in bad_request.field_violations] == ["history", "horizon"]
+    assert ("x-request-id", "req-1") in status.trailing_metadata
+
+
+def test_version_parameter_prefers_the_version_key() -> None:
+    assert version_parameter(PARAMETERS, "sequence_length", "2") == "52"
+    assert version_parameter(PARAMETERS, "sequence_length", "1") == "10"
+    assert version_parameter(PARAMETERS, "missing", "1") is None
+
+
+def test_build_spec_reads_parameters_and_states() -> None:
+    spec = build_spec(ModelConfig("m", "1"), PARAMETERS, {"1": "READY", "2": "UNAVAILABLE"})
+    assert spec.versions["2"].sequence_length == 52
+    assert spec.versions["2"].min_sequence_length == 52
+    assert spec.versions["2"].description == "yearly window"
+    assert spec.versions["2"].state is VersionState.UNAVAILABLE
+    assert spec.default_version() == "1"
+    assert (spec.default_horizon, spec.max_horizon) == (12, 64)
+
+
+def test_build_spec_rejects_config_without_window() -> None:
+    with pytest.raises(ValueError, match="sequence_length"):
+        build_spec(ModelConfig("m"), {"default_horizon": "1", "max_horizon": "2"}, {"1": "READY"})
+
+
+def test_catalog_distinguishes_unknown_from_not_yet_reported_models() -> None:
+    catalog = ModelCatalog(models=(ModelConfig("m"),))
+    with pytest.raises(NotFound) as not_found:
+        catalog.get("other")
+    assert not_found.value.reason == "MODEL_NOT_FOUND"
+    with pytest.raises(Unavailable):
+        catalog.get("m")
+    assert not catalog.all_ready()
