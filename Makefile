@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Tools installed into the venv (buf, grpcurl, ruff, mypy) come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install run test unit functional lint check-gen gen train lock clean
+.PHONY: help install system-tools run test unit functional lint check-gen gen train lock clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,10 @@ install: $(STAMP)  ## Create .venv with the pinned dependencies and the project.
 run: install  ## Start Triton (embedded CPU build) and the gateway on localhost:50051.
 	$(PY) -m forecast_gateway.stack
 
-test: install lint check-gen  ## Lint, check generated code, run the whole test suite.
+system-tools:  ## promtool for the Prometheus checks (apt-get; skipped where unavailable).
+	tools/install_system_tools.sh
+
+test: install system-tools lint check-gen  ## Lint, check generated code, run the whole test suite.
 	$(PY) -m pytest -q
 
 unit: install  ## Only the unit tests (no Triton).

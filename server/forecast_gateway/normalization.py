@@ -20,7 +20,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 # A window whose standard deviation is below this fraction of its magnitude is
-# treated as constant: it is centred but not scaled, so it never divides by ~0.
+# treated as constant; the same fraction is the floor of the std used to scale.
 CONSTANT_RELATIVE_STD = 1e-9
 
 
@@ -50,15 +50,19 @@ def normalize(windows: FloatArray) -> tuple[npt.NDArray[np.float32], Scaling]:
     """Z-score each row of `windows` (shape: series x points) by its own mean and std.
 
     Returns float32 values (the models' input type) and the scaling to undo it.
-    A constant row gets std 1, so it maps to zeros instead of dividing by zero.
+    A constant row maps to zeros and keeps a tiny std (a relative floor), so
+    nothing divides by zero and whatever the model answers in z units maps
+    back to (almost exactly) the constant: a flat series has no scale from
+    which a model could invent movement.
     """
     rows = np.asarray(windows, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] == 0:
         raise ValueError(f"expected a non-empty 2-D array, got shape {rows.shape}")
     mean = rows.mean(axis=1)
+    floor = CONSTANT_RELATIVE_STD * np.maximum(1.0, np.abs(mean))
     std = rows.std(axis=1)
-    constant = std <= CONSTANT_RELATIVE_STD * np.maximum(1.0, np.abs(mean))
-    std = np.where(constant, 1.0, std)
+    constant = std <= floor
+    std = np.maximum(std, floor)
     z = np.where(constant[:, None], 0.0, (rows - mean[:, None]) / std[:, None])
     return z.astype(np.float32), Scaling(mean=mean, std=std)
 

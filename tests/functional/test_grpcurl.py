@@ -41,18 +41,30 @@ def test_describe_shows_the_request_fields(gateway: GatewayProcess) -> None:
 
 
 def test_forecast_with_json_through_reflection(gateway: GatewayProcess) -> None:
+    # Input: the proto3 JSON names (lowerCamelCase), as users script them.
     request = {
-        "model": "lstm_timeseries",
+        "model": "moving_average",
         "version": "1",
+        "routingKey": "store-17",
         "history": [float(x) for x in range(30)],
         "horizon": 4,
+        "sequenceLength": 5,
     }
     result = grpcurl(gateway, f"{SERVICE}/Forecast", data=request)
     assert result.returncode == 0, result.stderr
+    # Output: grpcurl 1.8.6 prints the proto field names (forecast_id, routing_decision).
     reply = json.loads(result.stdout)
-    assert set(reply) >= {"forecastId", "model", "version", "values", "routingDecision", "horizon"}
+    assert set(reply) >= {
+        "forecast_id",
+        "model",
+        "version",
+        "values",
+        "routing_decision",
+        "horizon",
+    }
     assert reply["version"] == "1" and len(reply["values"]) == 4
-    assert reply["routingDecision"] == "ROUTING_DECISION_PINNED"
+    assert reply["sequence_length"] == 5 and reply["values"][0] == 27.0
+    assert reply["routing_decision"] == "ROUTING_DECISION_PINNED"
 
 
 def test_list_models_through_reflection(gateway: GatewayProcess) -> None:
@@ -64,19 +76,14 @@ def test_list_models_through_reflection(gateway: GatewayProcess) -> None:
 
 def test_health_answers_serving(gateway: GatewayProcess) -> None:
     for service in ("", SERVICE):
-        result = grpcurl(
-            gateway, "-d", json.dumps({"service": service}), "grpc.health.v1.Health/Check"
-        )
+        result = grpcurl(gateway, "grpc.health.v1.Health/Check", data={"service": service})
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["status"] == "SERVING"
 
 
 def test_invalid_request_shows_status_and_field(gateway: GatewayProcess) -> None:
     result = grpcurl(
-        gateway,
-        "-d",
-        json.dumps({"model": "lstm_timeseries", "history": []}),
-        f"{SERVICE}/Forecast",
+        gateway, f"{SERVICE}/Forecast", data={"model": "lstm_timeseries", "history": []}
     )
     assert result.returncode != 0
     assert "InvalidArgument" in result.stderr and "history" in result.stderr

@@ -1,0 +1,100 @@
+"""The client's one exception type, built from the gateway's rich gRPC status.
+
+The gateway puts a `google.rpc.Status` in the `grpc-status-details-bin` trailer
+with `BadRequest` (one field violation per invalid field) and `ErrorInfo`
+(a stable reason such as "MODEL_NOT_FOUND" in the domain "forecast.v1").
+`from_rpc_error` is the only place that decodes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = ["FieldViolation", "ForecastError", "from_rpc_error"]
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field: the field path and why it is invalid."""
+
+    field: str
+    description: str
+
+
+class ForecastError(Exception):
+    """An RPC to the gateway failed.
+
+    `code` and `message` are the gRPC status; `reason` and `domain` come from
+    `google.rpc.ErrorInfo` and `field_violations` from `google.rpc.BadRequest`
+    when the gateway sent them (client-side failures such as UNAVAILABLE carry
+    neither).
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str | None = None,
+        field_violations: tuple[FieldViolation, ...] = (),
+        *,
+        domain: str | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.domain = domain
+        self.field_violations = field_violations
+
+    def __repr__(self) -> str:
+        return (
+            f"ForecastError(code={self.code.name}, message={self.message!r}, "
+            f"reason={self.reason!r}, field_violations={self.field_violations!r})"
+        )
+
+
+def from_rpc_error(error: grpc.RpcError) -> ForecastError:
+    """Convert a failed call (sync `grpc` or `grpc.aio`) into a `ForecastError`."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        # from_call only reads code(), details() and trailing_metadata(), which
+        # the aio error has with the same meaning.
+        call = cast(grpc.Call, error)
+    elif isinstance(error, grpc.Call):
+        call = error
+    else:
+        return ForecastError(grpc.StatusCode.UNKNOWN, str(error))
+    code, message = call.code(), call.details() or ""
+    status = _rich_status(call)
+    if status is None:
+        return ForecastError(code, message)
+    reason: str | None = None
+    domain: str | None = None
+    violations: list[FieldViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, domain = info.reason or None, info.domain or None
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend(
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            )
+    return ForecastError(code, status.message or message, reason, tuple(violations), domain=domain)
+
+
+def _rich_status(call: grpc.Call) -> status_pb2.Status | None:
+    """Decode the details trailer; None when absent, malformed or inconsistent."""
+    try:
+        status: status_pb2.Status | None = rpc_status.from_call(call)
+    except (ValueError, DecodeError):
+        # ValueError: the trailer's code or message disagrees with the call's.
+        return None
+    return status

@@ -1,0 +1,1 @@
+"""Training and offline evaluation of the models served from model_repository/."""
