@@ -34,6 +34,18 @@ class _RoutingDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Routi
     model's default version served (the configured default, else the highest
     ready version).
     """
+    ROUTING_DECISION_WEIGHTED: _RoutingDecision.ValueType  # 3
+    """ROUTING_DECISION_WEIGHTED: a random draw by the model's weighted split
+    (the request had no routing key).
+    """
+    ROUTING_DECISION_STICKY: _RoutingDecision.ValueType  # 4
+    """ROUTING_DECISION_STICKY: the routing key's hash, spread by the weighted
+    split; the same key gets the same version while the policy is unchanged.
+    """
+    ROUTING_DECISION_FALLBACK: _RoutingDecision.ValueType  # 5
+    """ROUTING_DECISION_FALLBACK: the chosen version failed or missed its
+    deadline and the model's fallback answered.
+    """
 
 class RoutingDecision(_RoutingDecision, metaclass=_RoutingDecisionEnumTypeWrapper):
     """RoutingDecision says how the gateway chose the model version that served a
@@ -49,7 +61,49 @@ ROUTING_DECISION_DEFAULT: RoutingDecision.ValueType  # 2
 model's default version served (the configured default, else the highest
 ready version).
 """
+ROUTING_DECISION_WEIGHTED: RoutingDecision.ValueType  # 3
+"""ROUTING_DECISION_WEIGHTED: a random draw by the model's weighted split
+(the request had no routing key).
+"""
+ROUTING_DECISION_STICKY: RoutingDecision.ValueType  # 4
+"""ROUTING_DECISION_STICKY: the routing key's hash, spread by the weighted
+split; the same key gets the same version while the policy is unchanged.
+"""
+ROUTING_DECISION_FALLBACK: RoutingDecision.ValueType  # 5
+"""ROUTING_DECISION_FALLBACK: the chosen version failed or missed its
+deadline and the model's fallback answered.
+"""
 Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+
+class _ScoreRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScoreRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScoreRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCORE_ROLE_UNSPECIFIED: _ScoreRole.ValueType  # 0
+    """SCORE_ROLE_UNSPECIFIED is never set by the gateway."""
+    SCORE_ROLE_SERVED: _ScoreRole.ValueType  # 1
+    """SCORE_ROLE_SERVED: the forecast the caller received."""
+    SCORE_ROLE_SHADOW: _ScoreRole.ValueType  # 2
+    """SCORE_ROLE_SHADOW: a shadow version's forecast of the same request, never
+    returned to the caller.
+    """
+
+class ScoreRole(_ScoreRole, metaclass=_ScoreRoleEnumTypeWrapper):
+    """ScoreRole says whether a scored forecast was returned to the caller or
+    computed by a shadow version.
+    """
+
+SCORE_ROLE_UNSPECIFIED: ScoreRole.ValueType  # 0
+"""SCORE_ROLE_UNSPECIFIED is never set by the gateway."""
+SCORE_ROLE_SERVED: ScoreRole.ValueType  # 1
+"""SCORE_ROLE_SERVED: the forecast the caller received."""
+SCORE_ROLE_SHADOW: ScoreRole.ValueType  # 2
+"""SCORE_ROLE_SHADOW: a shadow version's forecast of the same request, never
+returned to the caller.
+"""
+Global___ScoreRole: _TypeAlias = ScoreRole  # noqa: Y015
 
 class _ModelVersionState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -174,3 +228,193 @@ class Model(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Forecast(_message.Message):
+    """Forecast is one series' forecast (as returned in batches and comparisons)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORECAST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    ROUTING_DECISION_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    forecast_id: _builtins.str
+    """forecast_id uniquely identifies this forecast (for ReportActuals)."""
+    model: _builtins.str
+    """model is the model that served the forecast."""
+    version: _builtins.str
+    """version is the model version that actually served the forecast."""
+    routing_decision: Global___RoutingDecision.ValueType
+    """routing_decision says how the version was chosen."""
+    horizon: _builtins.int
+    """horizon is the number of steps forecast."""
+    sequence_length: _builtins.int
+    """sequence_length is the window the model read."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """values is the forecast, horizon steps, in the units of the history."""
+
+    def __init__(
+        self,
+        *,
+        forecast_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        routing_decision: Global___RoutingDecision.ValueType = ...,
+        horizon: _builtins.int = ...,
+        sequence_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "routing_decision", b"routing_decision", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Forecast: _TypeAlias = Forecast  # noqa: Y015
+
+@_typing.final
+class FieldViolation(_message.Message):
+    """FieldViolation is one invalid field of a request (as in
+    google.rpc.BadRequest.FieldViolation).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """field is the path of the invalid field, e.g. "history"."""
+    description: _builtins.str
+    """description says what is wrong and how to fix it."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
+
+@_typing.final
+class ForecastError(_message.Message):
+    """ForecastError is why one series of a batch or stream failed; the same
+    content as the google.rpc details a unary call carries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """code is the google.rpc.Code value (e.g. 3 for INVALID_ARGUMENT)."""
+    message: _builtins.str
+    """message is the human-readable error message."""
+    reason: _builtins.str
+    """reason is the stable ErrorInfo reason, e.g. "MODEL_NOT_FOUND"."""
+    @_builtins.property
+    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """field_violations lists the invalid fields, for INVALID_ARGUMENT."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_violations", b"field_violations", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastError: _TypeAlias = ForecastError  # noqa: Y015
+
+@_typing.final
+class ErrorStats(_message.Message):
+    """ErrorStats summarizes forecast errors of scored forecasts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    MAE_MEAN_FIELD_NUMBER: _builtins.int
+    SMAPE_MEAN_FIELD_NUMBER: _builtins.int
+    MASE_MEAN_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """count is the number of scored forecasts."""
+    mae_mean: _builtins.float
+    """mae_mean is the mean of the per-forecast mean absolute errors (units of
+    the series).
+    """
+    smape_mean: _builtins.float
+    """smape_mean is the mean of the per-forecast sMAPE values, in percent
+    (0-200).
+    """
+    mase_mean: _builtins.float
+    """mase_mean is the mean of the per-forecast MASE values: MAE divided by the
+    in-sample MAE of the naive (last value) forecast over the request's
+    window. Scale-free, so errors of different series can be averaged; the
+    metric the version comparisons use.
+    """
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        mae_mean: _builtins.float = ...,
+        smape_mean: _builtins.float = ...,
+        mase_mean: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "mae_mean", b"mae_mean", "mase_mean", b"mase_mean", "smape_mean", b"smape_mean"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorStats: _TypeAlias = ErrorStats  # noqa: Y015
+
+@_typing.final
+class LatencyStats(_message.Message):
+    """LatencyStats summarizes latencies in milliseconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """count is the number of observations."""
+    p50_ms: _builtins.float
+    """p50_ms is the median latency."""
+    p95_ms: _builtins.float
+    """p95_ms is the 95th percentile latency."""
+    p99_ms: _builtins.float
+    """p99_ms is the 99th percentile latency."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyStats: _TypeAlias = LatencyStats  # noqa: Y015

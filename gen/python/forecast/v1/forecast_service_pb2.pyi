@@ -87,6 +87,7 @@ class ForecastResponse(_message.Message):
     ROUTING_DECISION_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    PRIMARY_VERSION_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id uniquely identifies this forecast."""
     model: _builtins.str
@@ -101,6 +102,10 @@ class ForecastResponse(_message.Message):
     """
     sequence_length: _builtins.int
     """sequence_length is the window the model read."""
+    primary_version: _builtins.str
+    """primary_version is set when routing_decision is FALLBACK: the version
+    that was chosen first and failed.
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """values is the forecast, horizon steps, in the units of the history."""
@@ -115,10 +120,11 @@ class ForecastResponse(_message.Message):
         routing_decision: _forecast_pb2.RoutingDecision.ValueType = ...,
         horizon: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
+        primary_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "routing_decision", b"routing_decision", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "primary_version", b"primary_version", "routing_decision", b"routing_decision", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,3 +216,655 @@ class GetModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
+
+@_typing.final
+class Series(_message.Message):
+    """Series is one series of a ForecastBatchRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id names the series in the response (e.g. "store-17"); unique within the
+    batch. Required.
+    """
+    routing_key: _builtins.str
+    """routing_key keeps this series on one version under a sticky split.
+    Empty means the id is used as the routing key.
+    """
+    @_builtins.property
+    def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """history is the series, oldest point first. Required; finite values."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        history: _abc.Iterable[_builtins.float] | None = ...,
+        routing_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "id", b"id", "routing_key", b"routing_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Series: _TypeAlias = Series  # noqa: Y015
+
+@_typing.final
+class ForecastBatchRequest(_message.Message):
+    """ForecastBatchRequest asks for forecasts of many series with one model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the model to use for every series. Required."""
+    version: _builtins.str
+    """version pins one version for every series; empty lets the gateway route
+    each series.
+    """
+    horizon: _builtins.int
+    """horizon is the number of steps to forecast for every series (0 = the
+    model's default).
+    """
+    sequence_length: _builtins.int
+    """sequence_length is the window for every series (0 = the version's)."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """series are the series to forecast (at most the gateway's
+        max_batch_series, 4096 by default).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        horizon: _builtins.int = ...,
+        sequence_length: _builtins.int = ...,
+        series: _abc.Iterable[Global___Series] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "model", b"model", "sequence_length", b"sequence_length", "series", b"series", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastBatchRequest: _TypeAlias = ForecastBatchRequest  # noqa: Y015
+
+@_typing.final
+class SeriesResult(_message.Message):
+    """SeriesResult is the outcome for one series of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FORECAST_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the series id from the request."""
+    @_builtins.property
+    def forecast(self) -> _forecast_pb2.Forecast:
+        """forecast is the series' forecast."""
+
+    @_builtins.property
+    def error(self) -> _forecast_pb2.ForecastError:
+        """error says why this series was not forecast."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        forecast: _forecast_pb2.Forecast | None = ...,
+        error: _forecast_pb2.ForecastError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "forecast", b"forecast", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "forecast", b"forecast", "id", b"id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["forecast", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___SeriesResult: _TypeAlias = SeriesResult  # noqa: Y015
+
+@_typing.final
+class ForecastBatchResponse(_message.Message):
+    """ForecastBatchResponse holds one result per series, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeriesResult]:
+        """results are the per-series outcomes, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SeriesResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastBatchResponse: _TypeAlias = ForecastBatchResponse  # noqa: Y015
+
+@_typing.final
+class StreamForecastRequest(_message.Message):
+    """StreamForecastRequest is one request on a StreamForecast call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """request_id matches the response to this request; set by the caller,
+    unique among the requests in flight on the stream. Required.
+    """
+    @_builtins.property
+    def request(self) -> Global___ForecastRequest:
+        """request is the forecast request."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        request: Global___ForecastRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamForecastRequest: _TypeAlias = StreamForecastRequest  # noqa: Y015
+
+@_typing.final
+class StreamForecastResponse(_message.Message):
+    """StreamForecastResponse answers one StreamForecastRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FORECAST_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """request_id is the request_id of the request this answers."""
+    @_builtins.property
+    def forecast(self) -> Global___ForecastResponse:
+        """forecast is the answer."""
+
+    @_builtins.property
+    def error(self) -> _forecast_pb2.ForecastError:
+        """error says why the request failed."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        forecast: Global___ForecastResponse | None = ...,
+        error: _forecast_pb2.ForecastError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "forecast", b"forecast", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "forecast", b"forecast", "outcome", b"outcome", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["forecast", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___StreamForecastResponse: _TypeAlias = StreamForecastResponse  # noqa: Y015
+
+@_typing.final
+class CompareVersionsRequest(_message.Message):
+    """CompareVersionsRequest asks for the same forecast from several versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the model to compare. Required."""
+    horizon: _builtins.int
+    """horizon is the number of steps (0 = the model's default)."""
+    sequence_length: _builtins.int
+    """sequence_length is the window (0 = each version's own window)."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """versions are the versions to run; empty means every ready version."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """history is the series, oldest point first. Required; finite values."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
+        history: _abc.Iterable[_builtins.float] | None = ...,
+        horizon: _builtins.int = ...,
+        sequence_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "model", b"model", "sequence_length", b"sequence_length", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareVersionsRequest: _TypeAlias = CompareVersionsRequest  # noqa: Y015
+
+@_typing.final
+class VersionForecast(_message.Message):
+    """VersionForecast is one version's answer in a comparison."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """version is the model version."""
+    latency_ms: _builtins.float
+    """latency_ms is the time its forecast took, gateway to Triton and back."""
+    sequence_length: _builtins.int
+    """sequence_length is the window this version read."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """values is its forecast (empty if it failed)."""
+
+    @_builtins.property
+    def error(self) -> _forecast_pb2.ForecastError:
+        """error is set if this version failed."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        latency_ms: _builtins.float = ...,
+        sequence_length: _builtins.int = ...,
+        error: _forecast_pb2.ForecastError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency_ms", b"latency_ms", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionForecast: _TypeAlias = VersionForecast  # noqa: Y015
+
+@_typing.final
+class VersionDifference(_message.Message):
+    """VersionDifference compares the forecasts of two versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_A_FIELD_NUMBER: _builtins.int
+    VERSION_B_FIELD_NUMBER: _builtins.int
+    MEAN_ABSOLUTE_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    MAX_ABSOLUTE_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    version_a: _builtins.str
+    """version_a is the first version."""
+    version_b: _builtins.str
+    """version_b is the second version."""
+    mean_absolute_difference: _builtins.float
+    """mean_absolute_difference is mean(|a - b|) over the horizon, in the
+    units of the history.
+    """
+    max_absolute_difference: _builtins.float
+    """max_absolute_difference is max(|a - b|) over the horizon."""
+    def __init__(
+        self,
+        *,
+        version_a: _builtins.str = ...,
+        version_b: _builtins.str = ...,
+        mean_absolute_difference: _builtins.float = ...,
+        max_absolute_difference: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_absolute_difference", b"max_absolute_difference", "mean_absolute_difference", b"mean_absolute_difference", "version_a", b"version_a", "version_b", b"version_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionDifference: _TypeAlias = VersionDifference  # noqa: Y015
+
+@_typing.final
+class CompareVersionsResponse(_message.Message):
+    """CompareVersionsResponse holds each version's forecast and their differences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FORECASTS_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the compared model."""
+    @_builtins.property
+    def forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionForecast]:
+        """forecasts holds one entry per version, in version order."""
+
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionDifference]:
+        """differences holds one entry per pair of versions that both succeeded."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        forecasts: _abc.Iterable[Global___VersionForecast] | None = ...,
+        differences: _abc.Iterable[Global___VersionDifference] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "forecasts", b"forecasts", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareVersionsResponse: _TypeAlias = CompareVersionsResponse  # noqa: Y015
+
+@_typing.final
+class ReportActualsRequest(_message.Message):
+    """ReportActualsRequest reports observed values for a forecast."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORECAST_ID_FIELD_NUMBER: _builtins.int
+    ACTUALS_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    forecast_id: _builtins.str
+    """forecast_id is the id from a ForecastResponse (or a batch/stream
+    forecast). Required.
+    """
+    offset: _builtins.int
+    """offset is the horizon step of actuals[0]: 0 is the first forecast step.
+    Steps already reported are overwritten.
+    """
+    @_builtins.property
+    def actuals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """actuals are the observed values, in the units of the history, for
+        consecutive horizon steps starting at offset. Required; finite values.
+        """
+
+    def __init__(
+        self,
+        *,
+        forecast_id: _builtins.str = ...,
+        actuals: _abc.Iterable[_builtins.float] | None = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "forecast_id", b"forecast_id", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportActualsRequest: _TypeAlias = ReportActualsRequest  # noqa: Y015
+
+@_typing.final
+class VersionScore(_message.Message):
+    """VersionScore is the accuracy of one version's forecast against the actuals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    STEPS_SCORED_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    SMAPE_FIELD_NUMBER: _builtins.int
+    MASE_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """version is the scored version."""
+    role: _forecast_pb2.ScoreRole.ValueType
+    """role says whether this forecast was served or computed as a shadow."""
+    steps_scored: _builtins.int
+    """steps_scored is the number of horizon steps with an actual."""
+    mae: _builtins.float
+    """mae is the mean absolute error over the scored steps."""
+    smape: _builtins.float
+    """smape is the symmetric mean absolute percentage error, in percent."""
+    mase: _builtins.float
+    """mase is the MAE scaled by the in-sample MAE of the naive forecast over
+    the request's window.
+    """
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        role: _forecast_pb2.ScoreRole.ValueType = ...,
+        steps_scored: _builtins.int = ...,
+        mae: _builtins.float = ...,
+        smape: _builtins.float = ...,
+        mase: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mase", b"mase", "role", b"role", "smape", b"smape", "steps_scored", b"steps_scored", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionScore: _TypeAlias = VersionScore  # noqa: Y015
+
+@_typing.final
+class ReportActualsResponse(_message.Message):
+    """ReportActualsResponse says what has been scored for the forecast so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORECAST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    STEPS_RECEIVED_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    forecast_id: _builtins.str
+    """forecast_id is the scored forecast."""
+    model: _builtins.str
+    """model is the model of the forecast."""
+    horizon: _builtins.int
+    """horizon is the forecast's number of steps."""
+    steps_received: _builtins.int
+    """steps_received is the number of horizon steps with an actual so far."""
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionScore]:
+        """scores holds the served version's score and any shadow's."""
+
+    def __init__(
+        self,
+        *,
+        forecast_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        horizon: _builtins.int = ...,
+        steps_received: _builtins.int = ...,
+        scores: _abc.Iterable[Global___VersionScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "scores", b"scores", "steps_received", b"steps_received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportActualsResponse: _TypeAlias = ReportActualsResponse  # noqa: Y015
+
+@_typing.final
+class GetExperimentRequest(_message.Message):
+    """GetExperimentRequest asks for the A/B results of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the model. Required."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentRequest: _TypeAlias = GetExperimentRequest  # noqa: Y015
+
+@_typing.final
+class VersionExperiment(_message.Message):
+    """VersionExperiment is one version's traffic, accuracy and latency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTS_SERVED_FIELD_NUMBER: _builtins.int
+    REQUESTS_SHADOWED_FIELD_NUMBER: _builtins.int
+    ACTUALS_RECEIVED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """version is the model version."""
+    requests_served: _builtins.int
+    """requests_served counts forecasts returned to callers by this version."""
+    requests_shadowed: _builtins.int
+    """requests_shadowed counts shadow forecasts this version computed."""
+    actuals_received: _builtins.int
+    """actuals_received counts this version's forecasts (served or shadow)
+    with at least one reported actual.
+    """
+    @_builtins.property
+    def errors(self) -> _forecast_pb2.ErrorStats:
+        """errors summarizes the scored forecasts' errors."""
+
+    @_builtins.property
+    def latency(self) -> _forecast_pb2.LatencyStats:
+        """latency summarizes this version's forecast latency."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        requests_served: _builtins.int = ...,
+        requests_shadowed: _builtins.int = ...,
+        actuals_received: _builtins.int = ...,
+        errors: _forecast_pb2.ErrorStats | None = ...,
+        latency: _forecast_pb2.LatencyStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals_received", b"actuals_received", "errors", b"errors", "latency", b"latency", "requests_served", b"requests_served", "requests_shadowed", b"requests_shadowed", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionExperiment: _TypeAlias = VersionExperiment  # noqa: Y015
+
+@_typing.final
+class VersionComparison(_message.Message):
+    """VersionComparison tests whether two versions' errors differ."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_A_FIELD_NUMBER: _builtins.int
+    VERSION_B_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    MEAN_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    version_a: _builtins.str
+    """version_a is the first version."""
+    version_b: _builtins.str
+    """version_b is the second version."""
+    metric: _builtins.str
+    """metric is the compared error metric ("mase")."""
+    test: _builtins.str
+    """test names the statistical test, e.g. "paired t-test" (shadow pairs) or
+    "Welch two-sample t-test".
+    """
+    samples: _builtins.int
+    """samples is the number of pairs (paired test) or the smaller group size."""
+    mean_difference: _builtins.float
+    """mean_difference is mean(error of a) - mean(error of b); negative means a
+    is more accurate.
+    """
+    ci_low: _builtins.float
+    """ci_low is the lower bound of the 95% confidence interval of
+    mean_difference.
+    """
+    ci_high: _builtins.float
+    """ci_high is the upper bound of the 95% confidence interval."""
+    p_value: _builtins.float
+    """p_value is the test's two-sided p-value."""
+    significant: _builtins.bool
+    """significant is true when p_value < 0.05."""
+    def __init__(
+        self,
+        *,
+        version_a: _builtins.str = ...,
+        version_b: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        test: _builtins.str = ...,
+        samples: _builtins.int = ...,
+        mean_difference: _builtins.float = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        significant: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "mean_difference", b"mean_difference", "metric", b"metric", "p_value", b"p_value", "samples", b"samples", "significant", b"significant", "test", b"test", "version_a", b"version_a", "version_b", b"version_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionComparison: _TypeAlias = VersionComparison  # noqa: Y015
+
+@_typing.final
+class GetExperimentResponse(_message.Message):
+    """GetExperimentResponse holds the A/B results of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the model."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionExperiment]:
+        """versions holds one entry per version with traffic, in version order."""
+
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionComparison]:
+        """comparisons holds one entry per pair of versions with scored forecasts."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        versions: _abc.Iterable[Global___VersionExperiment] | None = ...,
+        comparisons: _abc.Iterable[Global___VersionComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparisons", b"comparisons", "model", b"model", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentResponse: _TypeAlias = GetExperimentResponse  # noqa: Y015

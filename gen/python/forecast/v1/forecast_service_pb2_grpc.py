@@ -53,6 +53,31 @@ class ForecastServiceStub:
                 request_serializer=forecast_dot_v1_dot_forecast__service__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.ForecastBatch = channel.unary_unary(
+                '/forecast.v1.ForecastService/ForecastBatch',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchResponse.FromString,
+                _registered_method=True)
+        self.StreamForecast = channel.stream_stream(
+                '/forecast.v1.ForecastService/StreamForecast',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.StreamForecastRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.StreamForecastResponse.FromString,
+                _registered_method=True)
+        self.CompareVersions = channel.unary_unary(
+                '/forecast.v1.ForecastService/CompareVersions',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.CompareVersionsRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.CompareVersionsResponse.FromString,
+                _registered_method=True)
+        self.ReportActuals = channel.unary_unary(
+                '/forecast.v1.ForecastService/ReportActuals',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.ReportActualsRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ReportActualsResponse.FromString,
+                _registered_method=True)
+        self.GetExperiment = channel.unary_unary(
+                '/forecast.v1.ForecastService/GetExperiment',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -94,6 +119,70 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForecastBatch(self, request, context):
+        """ForecastBatch forecasts many series of one model in one call. Each series
+        is routed on its own (by its routing key) and answered on its own: one
+        invalid series gets an error in its result and does not fail the others.
+
+        Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
+        series, or repeats a series id; NOT_FOUND if the model is not served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamForecast(self, request_iterator, context):
+        """StreamForecast answers a stream of forecast requests on one call. Each
+        response carries the request_id of its request; responses may come in a
+        different order than the requests. A failed request gets an error
+        response and the stream goes on. The gateway reads no further requests
+        while too many answers wait for the caller to read them.
+
+        Returns INVALID_ARGUMENT (ending the stream) if a request_id is empty or
+        repeats one still in flight.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareVersions(self, request, context):
+        """CompareVersions runs the same request on several versions of a model
+        concurrently and returns each version's forecast and latency, and the
+        pairwise differences between them. Nothing is recorded for A/B scoring.
+
+        Returns INVALID_ARGUMENT as Forecast does, NOT_FOUND for an unknown
+        model or version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportActuals(self, request, context):
+        """ReportActuals reports observed values for an earlier forecast, so the
+        gateway can score the version that served it (and any shadow version
+        that forecast the same request). Actuals may come in several calls;
+        each call places its values at `offset` within the horizon.
+
+        Returns NOT_FOUND if the forecast id is unknown or has expired,
+        INVALID_ARGUMENT if the actuals are empty, non-finite, or do not fit in
+        the horizon at the offset, UNAUTHENTICATED or PERMISSION_DENIED if the
+        gateway requires a token and the call lacks a valid one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperiment(self, request, context):
+        """GetExperiment reports, per version of a model, the traffic, the scored
+        accuracy and the latency, and whether the difference in error between
+        versions is statistically significant.
+
+        Returns NOT_FOUND if the model is not served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +200,31 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.GetModelRequest.FromString,
                     response_serializer=forecast_dot_v1_dot_forecast__service__pb2.GetModelResponse.SerializeToString,
+            ),
+            'ForecastBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForecastBatch,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchResponse.SerializeToString,
+            ),
+            'StreamForecast': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamForecast,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.StreamForecastRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.StreamForecastResponse.SerializeToString,
+            ),
+            'CompareVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareVersions,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.CompareVersionsRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.CompareVersionsResponse.SerializeToString,
+            ),
+            'ReportActuals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportActuals,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ReportActualsRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.ReportActualsResponse.SerializeToString,
+            ),
+            'GetExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperiment,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -198,6 +312,141 @@ class ForecastService:
             '/forecast.v1.ForecastService/GetModel',
             forecast_dot_v1_dot_forecast__service__pb2.GetModelRequest.SerializeToString,
             forecast_dot_v1_dot_forecast__service__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForecastBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/ForecastBatch',
+            forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamForecast(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/forecast.v1.ForecastService/StreamForecast',
+            forecast_dot_v1_dot_forecast__service__pb2.StreamForecastRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.StreamForecastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/CompareVersions',
+            forecast_dot_v1_dot_forecast__service__pb2.CompareVersionsRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.CompareVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportActuals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/ReportActuals',
+            forecast_dot_v1_dot_forecast__service__pb2.ReportActualsRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.ReportActualsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/GetExperiment',
+            forecast_dot_v1_dot_forecast__service__pb2.GetExperimentRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.GetExperimentResponse.FromString,
             options,
             channel_credentials,
             insecure,

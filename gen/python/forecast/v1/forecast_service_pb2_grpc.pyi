@@ -57,6 +57,50 @@ class ForecastServiceStub:
 
     Returns NOT_FOUND if the gateway does not serve the model.
     """
+    ForecastBatch: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ForecastBatchRequest, _forecast_service_pb2.ForecastBatchResponse]
+    """ForecastBatch forecasts many series of one model in one call. Each series
+    is routed on its own (by its routing key) and answered on its own: one
+    invalid series gets an error in its result and does not fail the others.
+
+    Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
+    series, or repeats a series id; NOT_FOUND if the model is not served.
+    """
+    StreamForecast: _grpc.StreamStreamMultiCallable[_forecast_service_pb2.StreamForecastRequest, _forecast_service_pb2.StreamForecastResponse]
+    """StreamForecast answers a stream of forecast requests on one call. Each
+    response carries the request_id of its request; responses may come in a
+    different order than the requests. A failed request gets an error
+    response and the stream goes on. The gateway reads no further requests
+    while too many answers wait for the caller to read them.
+
+    Returns INVALID_ARGUMENT (ending the stream) if a request_id is empty or
+    repeats one still in flight.
+    """
+    CompareVersions: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.CompareVersionsRequest, _forecast_service_pb2.CompareVersionsResponse]
+    """CompareVersions runs the same request on several versions of a model
+    concurrently and returns each version's forecast and latency, and the
+    pairwise differences between them. Nothing is recorded for A/B scoring.
+
+    Returns INVALID_ARGUMENT as Forecast does, NOT_FOUND for an unknown
+    model or version.
+    """
+    ReportActuals: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ReportActualsRequest, _forecast_service_pb2.ReportActualsResponse]
+    """ReportActuals reports observed values for an earlier forecast, so the
+    gateway can score the version that served it (and any shadow version
+    that forecast the same request). Actuals may come in several calls;
+    each call places its values at `offset` within the horizon.
+
+    Returns NOT_FOUND if the forecast id is unknown or has expired,
+    INVALID_ARGUMENT if the actuals are empty, non-finite, or do not fit in
+    the horizon at the offset, UNAUTHENTICATED or PERMISSION_DENIED if the
+    gateway requires a token and the call lacks a valid one.
+    """
+    GetExperiment: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.GetExperimentRequest, _forecast_service_pb2.GetExperimentResponse]
+    """GetExperiment reports, per version of a model, the traffic, the scored
+    accuracy and the latency, and whether the difference in error between
+    versions is statistically significant.
+
+    Returns NOT_FOUND if the model is not served.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
@@ -86,6 +130,50 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     """GetModel describes one model.
 
     Returns NOT_FOUND if the gateway does not serve the model.
+    """
+    ForecastBatch: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ForecastBatchRequest, _forecast_service_pb2.ForecastBatchResponse]  # type: ignore[assignment]
+    """ForecastBatch forecasts many series of one model in one call. Each series
+    is routed on its own (by its routing key) and answered on its own: one
+    invalid series gets an error in its result and does not fail the others.
+
+    Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
+    series, or repeats a series id; NOT_FOUND if the model is not served.
+    """
+    StreamForecast: _aio.StreamStreamMultiCallable[_forecast_service_pb2.StreamForecastRequest, _forecast_service_pb2.StreamForecastResponse]  # type: ignore[assignment]
+    """StreamForecast answers a stream of forecast requests on one call. Each
+    response carries the request_id of its request; responses may come in a
+    different order than the requests. A failed request gets an error
+    response and the stream goes on. The gateway reads no further requests
+    while too many answers wait for the caller to read them.
+
+    Returns INVALID_ARGUMENT (ending the stream) if a request_id is empty or
+    repeats one still in flight.
+    """
+    CompareVersions: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.CompareVersionsRequest, _forecast_service_pb2.CompareVersionsResponse]  # type: ignore[assignment]
+    """CompareVersions runs the same request on several versions of a model
+    concurrently and returns each version's forecast and latency, and the
+    pairwise differences between them. Nothing is recorded for A/B scoring.
+
+    Returns INVALID_ARGUMENT as Forecast does, NOT_FOUND for an unknown
+    model or version.
+    """
+    ReportActuals: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ReportActualsRequest, _forecast_service_pb2.ReportActualsResponse]  # type: ignore[assignment]
+    """ReportActuals reports observed values for an earlier forecast, so the
+    gateway can score the version that served it (and any shadow version
+    that forecast the same request). Actuals may come in several calls;
+    each call places its values at `offset` within the horizon.
+
+    Returns NOT_FOUND if the forecast id is unknown or has expired,
+    INVALID_ARGUMENT if the actuals are empty, non-finite, or do not fit in
+    the horizon at the offset, UNAUTHENTICATED or PERMISSION_DENIED if the
+    gateway requires a token and the call lacks a valid one.
+    """
+    GetExperiment: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.GetExperimentRequest, _forecast_service_pb2.GetExperimentResponse]  # type: ignore[assignment]
+    """GetExperiment reports, per version of a model, the traffic, the scored
+    accuracy and the latency, and whether the difference in error between
+    versions is statistically significant.
+
+    Returns NOT_FOUND if the model is not served.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +219,80 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetModel describes one model.
 
         Returns NOT_FOUND if the gateway does not serve the model.
+        """
+
+    @_abc_1.abstractmethod
+    def ForecastBatch(
+        self,
+        request: _forecast_service_pb2.ForecastBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.ForecastBatchResponse, _abc.Awaitable[_forecast_service_pb2.ForecastBatchResponse]]:
+        """ForecastBatch forecasts many series of one model in one call. Each series
+        is routed on its own (by its routing key) and answered on its own: one
+        invalid series gets an error in its result and does not fail the others.
+
+        Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
+        series, or repeats a series id; NOT_FOUND if the model is not served.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamForecast(
+        self,
+        request_iterator: _MaybeAsyncIterator[_forecast_service_pb2.StreamForecastRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_forecast_service_pb2.StreamForecastResponse], _abc.AsyncIterator[_forecast_service_pb2.StreamForecastResponse]]:
+        """StreamForecast answers a stream of forecast requests on one call. Each
+        response carries the request_id of its request; responses may come in a
+        different order than the requests. A failed request gets an error
+        response and the stream goes on. The gateway reads no further requests
+        while too many answers wait for the caller to read them.
+
+        Returns INVALID_ARGUMENT (ending the stream) if a request_id is empty or
+        repeats one still in flight.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareVersions(
+        self,
+        request: _forecast_service_pb2.CompareVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.CompareVersionsResponse, _abc.Awaitable[_forecast_service_pb2.CompareVersionsResponse]]:
+        """CompareVersions runs the same request on several versions of a model
+        concurrently and returns each version's forecast and latency, and the
+        pairwise differences between them. Nothing is recorded for A/B scoring.
+
+        Returns INVALID_ARGUMENT as Forecast does, NOT_FOUND for an unknown
+        model or version.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportActuals(
+        self,
+        request: _forecast_service_pb2.ReportActualsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.ReportActualsResponse, _abc.Awaitable[_forecast_service_pb2.ReportActualsResponse]]:
+        """ReportActuals reports observed values for an earlier forecast, so the
+        gateway can score the version that served it (and any shadow version
+        that forecast the same request). Actuals may come in several calls;
+        each call places its values at `offset` within the horizon.
+
+        Returns NOT_FOUND if the forecast id is unknown or has expired,
+        INVALID_ARGUMENT if the actuals are empty, non-finite, or do not fit in
+        the horizon at the offset, UNAUTHENTICATED or PERMISSION_DENIED if the
+        gateway requires a token and the call lacks a valid one.
+        """
+
+    @_abc_1.abstractmethod
+    def GetExperiment(
+        self,
+        request: _forecast_service_pb2.GetExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.GetExperimentResponse, _abc.Awaitable[_forecast_service_pb2.GetExperimentResponse]]:
+        """GetExperiment reports, per version of a model, the traffic, the scored
+        accuracy and the latency, and whether the difference in error between
+        versions is statistically significant.
+
+        Returns NOT_FOUND if the model is not served.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
