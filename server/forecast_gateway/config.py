@@ -44,6 +44,13 @@ class GatewayConfig:
     default_timeout_s: float = 10.0
     catalog_refresh_s: float = 2.0
     shutdown_grace_s: float = 10.0
+    max_batch_series: int = 4096
+    stream_max_pending: int = 64
+    routing_file: str = "config/routing.toml"
+    routing_poll_s: float = 2.0
+    store_path: str = ".run/experiments.sqlite3"
+    store_max_forecasts: int = 200_000
+    store_max_age_s: float = 7 * 24 * 3600.0
     log_format: str = "auto"
     log_level: str = "info"
     models: tuple[ModelConfig, ...] = field(default_factory=tuple)
@@ -98,6 +105,11 @@ class GatewayConfig:
             "max_message_bytes": self.max_message_bytes,
             "default_timeout_s": self.default_timeout_s,
             "catalog_refresh_s": self.catalog_refresh_s,
+            "max_batch_series": self.max_batch_series,
+            "stream_max_pending": self.stream_max_pending,
+            "routing_poll_s": self.routing_poll_s,
+            "store_max_forecasts": self.store_max_forecasts,
+            "store_max_age_s": self.store_max_age_s,
         }
         for key, value in positive.items():
             if value <= 0:
