@@ -81,6 +81,8 @@ def start_gateway(triton_url: str, log_path: Path, **env: str) -> GatewayProcess
         "FORECAST_TRITON_URL": triton_url,
         "FORECAST_LOG_FORMAT": "json",
         "FORECAST_CATALOG_REFRESH_S": "0.5",
+        "FORECAST_ROUTING_POLL_S": "0.5",
+        "FORECAST_STORE_PATH": str(log_path.with_suffix(".sqlite3")),
         **env,
     }
     log_file = log_path.open("ab")
@@ -135,7 +137,9 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     """A real gateway process in front of the session's Triton."""
     log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    process = start_gateway(triton.grpc_url, log_path)
+    # Default routing only (no split, no shadow): deterministic answers. The
+    # A/B tests start gateways with routing files of their own.
+    process = start_gateway(triton.grpc_url, log_path, FORECAST_ROUTING_FILE="")
     yield process
     stop_process(process.process)
 

@@ -7,6 +7,7 @@ import sys
 
 from forecast_gateway.config import ConfigError, GatewayConfig
 from forecast_gateway.logs import configure_logging
+from forecast_gateway.routing_config import RoutingConfigError
 from forecast_gateway.server import serve
 
 
@@ -18,7 +19,11 @@ def main() -> None:
         sys.stderr.write(f"forecast-gateway: invalid configuration: {error}\n")
         raise SystemExit(2) from error
     configure_logging(config.log_format, config.log_level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except RoutingConfigError as error:
+        sys.stderr.write(f"forecast-gateway: invalid routing file: {error}\n")
+        raise SystemExit(2) from error
 
 
 if __name__ == "__main__":

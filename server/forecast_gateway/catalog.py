@@ -63,6 +63,7 @@ class ModelSpec:
     max_horizon: int
     versions: Mapping[str, VersionSpec]
     configured_default: str = ""
+    max_batch_size: int = 1
 
     def ready_versions(self) -> list[str]:
         """Ready versions, lowest first."""
@@ -89,7 +90,10 @@ def _int_parameter(parameters: Mapping[str, str], key: str, version: str = "") -
 
 
 def build_spec(
-    model: ModelConfig, parameters: Mapping[str, str], states: Mapping[str, str]
+    model: ModelConfig,
+    parameters: Mapping[str, str],
+    states: Mapping[str, str],
+    max_batch_size: int = 1,
 ) -> ModelSpec:
     """Combine a model's config parameters and Triton's per-version states into a spec.
 
@@ -117,6 +121,7 @@ def build_spec(
         max_horizon=_int_parameter(parameters, "max_horizon"),
         versions=versions,
         configured_default=model.default_version,
+        max_batch_size=max(1, max_batch_size),
     )
 
 
@@ -171,9 +176,11 @@ class ModelCatalog:
                 if model.name not in states:
                     log.warning("model_not_in_triton", model=model.name)
                     continue
-                parameters = await proxy.model_parameters(model.name)
+                config = await proxy.model_config(model.name)
                 try:
-                    specs[model.name] = build_spec(model, parameters, states[model.name])
+                    specs[model.name] = build_spec(
+                        model, config.parameters, states[model.name], config.max_batch_size
+                    )
                 except ValueError as error:
                     log.error("model_config_invalid", model=model.name, error=str(error))
         except GatewayError as error:

@@ -48,6 +48,7 @@ class GatewayConfig:
     stream_max_pending: int = 64
     routing_file: str = "config/routing.toml"
     routing_poll_s: float = 2.0
+    shadow_timeout_s: float = 10.0
     store_path: str = ".run/experiments.sqlite3"
     store_max_forecasts: int = 200_000
     store_max_age_s: float = 7 * 24 * 3600.0
@@ -108,6 +109,7 @@ class GatewayConfig:
             "max_batch_series": self.max_batch_series,
             "stream_max_pending": self.stream_max_pending,
             "routing_poll_s": self.routing_poll_s,
+            "shadow_timeout_s": self.shadow_timeout_s,
             "store_max_forecasts": self.store_max_forecasts,
             "store_max_age_s": self.store_max_age_s,
         }

@@ -81,7 +81,7 @@ class GatewayError(Exception):
             )
             details.append(_pack(bad_request))
         status = status_pb2.Status(
-            code=_CODE_NUMBERS[self.code], message=self.message, details=details
+            code=ERROR_CODES[self.code], message=self.message, details=details
         )
         converted = rpc_status.to_status(status)
         trailers = tuple(converted.trailing_metadata)
@@ -144,7 +144,7 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -
     return packed
 
 
-_CODE_NUMBERS: dict[grpc.StatusCode, int] = {
+ERROR_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,

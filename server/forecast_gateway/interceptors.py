@@ -13,7 +13,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -52,39 +52,82 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         """Wrap ForecastService's unary methods; leave health and reflection alone."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX) or not handler.unary_unary:
+        if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc = method.rsplit("/", 1)[-1]
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap(rpc, handler.unary_unary),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap(rpc, handler.unary_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(rpc, handler.stream_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _start(rpc: str, context: Context) -> str:
+    """Fresh log context for a call; returns its request id (also sent as a trailer)."""
+    structlog.contextvars.clear_contextvars()
+    request_id = request_id_from(context)
+    structlog.contextvars.bind_contextvars(request_id=request_id, rpc=rpc)
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+    return request_id
+
+
+async def _fail(error: Exception, request_id: str, context: Context) -> grpc.StatusCode:
+    """Abort the call with the status for `error` (generic INTERNAL for the unexpected)."""
+    if not isinstance(error, GatewayError):
+        log.error("unhandled_error", exc_info=error)
+        error = Internal(f"internal error; quote request id {request_id} when reporting it")
+    structlog.contextvars.bind_contextvars(reason=error.reason, error=error.message)
+    await context.abort_with_status(error.to_status(request_id))
+    return error.code  # not reached: abort_with_status raises
 
 
 def _wrap(rpc: str, behavior: Behavior) -> Behavior:
     async def wrapper(request: Any, context: Context) -> Any:
-        structlog.contextvars.clear_contextvars()
-        request_id = request_id_from(context)
-        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=rpc)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        request_id = _start(rpc, context)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             return await behavior(request, context)
-        except GatewayError as error:
-            code = error.code
-            structlog.contextvars.bind_contextvars(reason=error.reason, error=error.message)
-            await context.abort_with_status(error.to_status(request_id))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("unhandled_error")
-            internal = Internal(f"internal error; quote request id {request_id} when reporting it")
-            await context.abort_with_status(internal.to_status(request_id))
+        except Exception as error:
+            code = error.code if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
+            await _fail(error, request_id, context)
         finally:
+            _finish(rpc, code, time.perf_counter() - started)
+
+    return wrapper
+
+
+def _wrap_stream(
+    rpc: str, behavior: Callable[[Any, Context], AsyncIterator[Any]]
+) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    async def wrapper(requests: Any, context: Context) -> AsyncIterator[Any]:
+        request_id = _start(rpc, context)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        sent = 0
+        try:
+            async for response in behavior(requests, context):
+                sent += 1
+                yield response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            code = error.code if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
+            await _fail(error, request_id, context)
+        finally:
+            structlog.contextvars.bind_contextvars(responses=sent)
             _finish(rpc, code, time.perf_counter() - started)
 
     return wrapper

@@ -21,6 +21,32 @@ REQUEST_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 TRITON_UP = Gauge("forecast_gateway_triton_up", "1 if Triton answered the last catalog refresh.")
+SHADOWS = Counter(
+    "forecast_gateway_shadow_requests",
+    "Shadow forecasts by outcome (ok, failed, skipped, dropped).",
+    ["model", "version", "outcome"],
+)
+FALLBACKS = Counter(
+    "forecast_gateway_fallbacks",
+    "Requests answered by the fallback after the chosen version failed.",
+    ["model", "failed_version", "reason"],
+)
+ACTUALS = Counter(
+    "forecast_gateway_actuals_received",
+    "ReportActuals calls that scored a forecast.",
+    ["model"],
+)
+FORECAST_ERROR = Histogram(
+    "forecast_gateway_forecast_mase",
+    "MASE of scored forecasts (latest score of each reported forecast).",
+    ["model", "version", "role"],
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+SERIES = Counter(
+    "forecast_gateway_series",
+    "Series forecast, counting each series of a batch or stream.",
+    ["rpc", "model", "version", "routing"],
+)
 READY_VERSIONS = Gauge(
     "forecast_gateway_model_ready_versions", "Ready versions per served model.", ["model"]
 )

@@ -1,16 +1,35 @@
 """Routing: which version of a model serves a request, and why.
 
-The one place where that decision is made. Pure functions of the request
-and the catalog's spec, so they are unit-tested without I/O.
+The one place where that decision is made. Pure functions of the request,
+the catalog's spec and the model's routing policy (`routing_config.py` loads
+policies from `config/routing.toml`), so they are unit-tested without I/O.
+
+- A request that names a version gets it (PINNED), or an error.
+- A model with a weighted split: a request with a routing key is placed by
+  weighted rendezvous hashing of (model, version, key), so a key stays on one
+  version (STICKY); a request without a key gets a random draw by the
+  weights (WEIGHTED). Only ready versions take part.
+- Otherwise, or when no split version is ready: the model's default (DEFAULT).
+
+The route also lists shadow versions (run on a copy of the request, never
+returned) and the model's fallback. See docs/routing.md.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import math
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from forecast_gateway.catalog import ModelSpec
 from forecast_gateway.errors import NotFound, Unavailable
+
+_RANDOM = random.Random()
+_HASH_DOMAIN_ROUTE = "route"
+_HASH_DOMAIN_SHADOW = "shadow"
 
 
 class Decision(enum.Enum):
@@ -18,39 +37,144 @@ class Decision(enum.Enum):
 
     PINNED = "pinned"
     DEFAULT = "default"
+    WEIGHTED = "weighted"
+    STICKY = "sticky"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A version that also runs on `percent` of the model's requests; never returned."""
+
+    version: str
+    percent: float
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What answers when the chosen version fails; `version` "" = that model's default."""
+
+    model: str
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A model's routing policy: weighted split (version, weight), shadow, fallback."""
+
+    split: tuple[tuple[str, float], ...] = ()
+    shadow: Shadow | None = None
+    fallback: Fallback | None = None
 
 
 @dataclass(frozen=True)
 class Route:
-    """The version that will serve a request and the reason it was chosen."""
+    """The version that will serve a request, the reason, and what else runs."""
 
     version: str
     decision: Decision
+    shadows: tuple[str, ...] = ()
+    fallback: Fallback | None = None
 
 
-def choose_version(spec: ModelSpec, requested: str) -> Route:
+def choose_version(
+    spec: ModelSpec,
+    requested: str,
+    routing_key: str = "",
+    policy: Policy | None = None,
+    rng: random.Random | None = None,
+) -> Route:
     """Pick the version for a request that names `requested` ("" = let the gateway choose).
 
     A pinned version must be one the model has (else NOT_FOUND) and be ready
-    (else UNAVAILABLE: it may come back). An unpinned request gets the
-    model's default version.
+    (else UNAVAILABLE: it may come back); a pin carries no fallback, since
+    the caller asked for that version. An unpinned request follows the
+    policy's split among its ready versions (STICKY with a routing key,
+    WEIGHTED without), else gets the model's default (UNAVAILABLE if the
+    model has no ready version at all). `rng` drives the random draws
+    (weighted choice, shadow percent without a key); tests pass a seeded one.
     """
+    rng = rng or _RANDOM
     if requested:
-        version = spec.versions.get(requested)
-        if version is None:
-            known = ", ".join(sorted(spec.versions, key=int)) or "none"
-            raise NotFound(
-                f"model {spec.name!r} has no version {requested!r}; versions: {known}",
-                reason="VERSION_NOT_FOUND",
-                metadata={"model": spec.name, "version": requested},
-            )
-        if not version.ready:
-            raise Unavailable(
-                f"version {requested!r} of model {spec.name!r} is {version.state.value}",
-                reason="VERSION_UNAVAILABLE",
-                metadata={"model": spec.name, "version": requested},
-            )
-        return Route(version=requested, decision=Decision.PINNED)
+        _check_pinned(spec, requested)
+        return Route(
+            version=requested,
+            decision=Decision.PINNED,
+            shadows=_shadows(spec, policy, requested, routing_key, rng),
+        )
+    ready = set(spec.ready_versions())
+    weights = [(v, w) for v, w in policy.split if w > 0 and v in ready] if policy else []
+    if weights and routing_key:
+        version, decision = sticky_version(spec.name, routing_key, weights), Decision.STICKY
+    elif weights:
+        version, decision = _draw(weights, rng), Decision.WEIGHTED
+    else:
+        version, decision = _default(spec), Decision.DEFAULT
+    return Route(
+        version=version,
+        decision=decision,
+        shadows=_shadows(spec, policy, version, routing_key, rng),
+        fallback=policy.fallback if policy else None,
+    )
+
+
+def sticky_version(model: str, key: str, weights: Sequence[tuple[str, float]]) -> str:
+    """The version a routing key sticks to: weighted rendezvous (highest random weight) hashing.
+
+    Every version with a positive weight w scores -w / ln(u), u being the
+    hash of (model, version, key) mapped into (0, 1); the highest score wins.
+    A key lands on a version with probability w / sum(w), and since each
+    version's score depends only on its own weight, raising one weight only
+    moves keys to that version, lowering it only moves keys away from it,
+    and removing a version only moves the keys it had. Deterministic across
+    processes (blake2b, never Python's salted hash()).
+    """
+    best: tuple[float, str] | None = None
+    for version, weight in weights:
+        if weight <= 0:
+            continue
+        score = -weight / math.log(_unit(_HASH_DOMAIN_ROUTE, model, version, key))
+        if best is None or (score, version) > best:
+            best = (score, version)
+    if best is None:
+        raise ValueError(f"no version of model {model!r} has a positive weight: {weights!r}")
+    return best[1]
+
+
+def _unit(*parts: str) -> float:
+    """A uniform number in the open interval (0, 1) from the hash of `parts`.
+
+    Each part is length-prefixed, so ("ab", "c") and ("a", "bc") differ. The
+    top 52 bits of the digest give (n + 0.5) / 2**52, exactly representable,
+    never 0 or 1, so ln(u) is finite and negative.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        data = part.encode("utf-8")
+        digest.update(len(data).to_bytes(4, "big"))
+        digest.update(data)
+    bits = int.from_bytes(digest.digest(), "big") >> 12
+    return (bits + 0.5) / 2.0**52
+
+
+def _check_pinned(spec: ModelSpec, requested: str) -> None:
+    version = spec.versions.get(requested)
+    if version is None:
+        known = ", ".join(sorted(spec.versions, key=int)) or "none"
+        raise NotFound(
+            f"model {spec.name!r} has no version {requested!r}; versions: {known}",
+            reason="VERSION_NOT_FOUND",
+            metadata={"model": spec.name, "version": requested},
+        )
+    if not version.ready:
+        raise Unavailable(
+            f"version {requested!r} of model {spec.name!r} is {version.state.value}",
+            reason="VERSION_UNAVAILABLE",
+            metadata={"model": spec.name, "version": requested},
+        )
+
+
+def _default(spec: ModelSpec) -> str:
     default = spec.default_version()
     if default is None:
         raise Unavailable(
@@ -58,4 +182,36 @@ def choose_version(spec: ModelSpec, requested: str) -> Route:
             reason="MODEL_UNAVAILABLE",
             metadata={"model": spec.name},
         )
-    return Route(version=default, decision=Decision.DEFAULT)
+    return default
+
+
+def _draw(weights: Sequence[tuple[str, float]], rng: random.Random) -> str:
+    """A random version, each with probability weight / sum of the weights given."""
+    versions = [v for v, _ in weights]
+    return rng.choices(versions, weights=[w for _, w in weights])[0]
+
+
+def _shadows(
+    spec: ModelSpec, policy: Policy | None, served: str, routing_key: str, rng: random.Random
+) -> tuple[str, ...]:
+    """The shadow versions that also run for this request.
+
+    None if the shadow is the served version or is not ready. `percent` is
+    decided by the key's hash when there is a key (a key is always or never
+    shadowed, so its series has complete pairs; raising the percent only
+    adds keys), else by a random draw.
+    """
+    shadow = policy.shadow if policy else None
+    if shadow is None or shadow.version == served:
+        return ()
+    state = spec.versions.get(shadow.version)
+    if state is None or not state.ready:
+        return ()
+    if shadow.percent < 100:
+        if routing_key:
+            draw = _unit(_HASH_DOMAIN_SHADOW, spec.name, shadow.version, routing_key)
+        else:
+            draw = rng.random()
+        if draw * 100 >= shadow.percent:
+            return ()
+    return (shadow.version,)

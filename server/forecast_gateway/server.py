@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import structlog
@@ -21,8 +23,10 @@ from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.config import GatewayConfig
+from forecast_gateway.experiments import ExperimentStore
 from forecast_gateway.forecaster import Forecaster
 from forecast_gateway.interceptors import RequestInterceptor
+from forecast_gateway.routing_config import RoutingTable
 from forecast_gateway.service import ForecastServicer
 from forecast_gateway.triton import TritonProxy
 
@@ -42,12 +46,21 @@ class Gateway:
     catalog: ModelCatalog
     proxy: TritonProxy
     health: health.aio.HealthServicer
+    routing: RoutingTable
+    store: ExperimentStore
+    forecaster: Forecaster
     metrics_port: int | None = None
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
-        """Read the catalog once, start serving, keep the catalog fresh in the background."""
+        """Read the catalog and routing policies, open the store, start serving.
+
+        Raises RoutingConfigError if the routing file is invalid: the gateway
+        does not start with a policy it cannot apply.
+        """
         await self.refresh()
+        self.routing.load()
+        await self.store.start()
         await self.server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = metrics.serve_metrics(self.config.host, self.config.metrics_port)
@@ -76,7 +89,12 @@ class Gateway:
             metrics.READY_VERSIONS.labels(name).set(len(spec.ready_versions()))
 
     async def stop(self) -> None:
-        """Stop taking calls, let in-flight ones finish within the grace period, close."""
+        """Stop taking calls, let in-flight ones finish, then persist and close.
+
+        Order: health NOT_SERVING, no new calls, in-flight calls get the grace
+        period, shadow forecasts finish, the experiment store flushes
+        (forecasts awaiting actuals are on disk), the Triton channel closes.
+        """
         log.info("gateway_stopping", grace_s=self.config.shutdown_grace_s)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -85,23 +103,50 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         await self.server.stop(self.config.shutdown_grace_s)
+        try:
+            await asyncio.wait_for(self.forecaster.drain_shadows(), self.config.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("shadows_abandoned_at_shutdown")
+        await self.store.close()
         await self.proxy.close()
         log.info("gateway_stopped")
 
+    def reload_routing(self) -> None:
+        """Re-read the routing file (SIGHUP); an invalid file keeps the current policies."""
+        self.routing.reload()
+
     async def _refresh_forever(self) -> None:
+        """Catalog every catalog_refresh_s; the routing file when it changes."""
+        next_routing_check = 0.0
         while True:
             await asyncio.sleep(self.config.catalog_refresh_s)
             try:
                 await self.refresh()
+                if time.monotonic() >= next_routing_check:
+                    self.routing.reload_if_changed()
+                    next_routing_check = time.monotonic() + self.config.routing_poll_s
             except Exception:
-                log.exception("catalog_refresh_failed")
+                log.exception("background_refresh_failed")
 
 
 def create_gateway(config: GatewayConfig) -> Gateway:
     """Build the server and bind its port (config.port 0 picks a free port)."""
     proxy = TritonProxy(config.triton_url)
     catalog = ModelCatalog(models=config.models)
-    forecaster = Forecaster(catalog, proxy, config.max_history_length)
+    routing = RoutingTable(
+        Path(config.routing_file) if config.routing_file else None,
+        lambda: catalog.specs,
+        [m.name for m in config.models],
+    )
+    store = ExperimentStore(config.store_path, config.store_max_forecasts, config.store_max_age_s)
+    forecaster = Forecaster(
+        catalog,
+        proxy,
+        routing,
+        store,
+        config.max_history_length,
+        shadow_timeout_s=config.shadow_timeout_s,
+    )
     server = grpc.aio.server(
         interceptors=[RequestInterceptor()],
         options=[
@@ -109,16 +154,24 @@ def create_gateway(config: GatewayConfig) -> Gateway:
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
     )
-    forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(
-        ForecastServicer(forecaster, catalog, config.default_timeout_s), server
+    servicer = ForecastServicer(
+        forecaster,
+        catalog,
+        store,
+        config.default_timeout_s,
+        config.max_batch_series,
+        config.stream_max_pending,
     )
+    forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
     port = server.add_insecure_port(config.address)
     if port == 0:
         raise RuntimeError(f"could not bind {config.address}")
-    return Gateway(config, server, port, catalog, proxy, health_servicer)
+    return Gateway(
+        config, server, port, catalog, proxy, health_servicer, routing, store, forecaster
+    )
 
 
 def _add_reflection(server: grpc.aio.Server) -> None:
@@ -151,9 +204,10 @@ async def serve(config: GatewayConfig, stop_event: asyncio.Event | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_routing)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await gateway.stop()

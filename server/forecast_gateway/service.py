@@ -2,64 +2,206 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
+import structlog
 
-from forecast.v1 import forecast_pb2, forecast_service_pb2, forecast_service_pb2_grpc
-from forecast_gateway.catalog import ModelCatalog, ModelSpec, VersionState
-from forecast_gateway.errors import FieldViolation, InvalidArgument
-from forecast_gateway.forecaster import Forecaster
-from forecast_gateway.routing import Decision
-from forecast_gateway.validation import ForecastQuery
+from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
+from forecast_gateway import metrics
+from forecast_gateway.catalog import ModelCatalog
+from forecast_gateway.convert import (
+    actuals_from,
+    batch_queries_from,
+    compare_query_from,
+    comparison_from,
+    error_from,
+    experiment_from,
+    forecast_from,
+    model_to_proto,
+    query_from,
+    response_from,
+)
+from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument
+from forecast_gateway.experiments import ExperimentStore
+from forecast_gateway.forecaster import Forecaster, ForecastResult, batch_violations
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
 
-_DECISIONS = {
-    Decision.PINNED: forecast_pb2.ROUTING_DECISION_PINNED,
-    Decision.DEFAULT: forecast_pb2.ROUTING_DECISION_DEFAULT,
-}
-_STATES = {
-    VersionState.READY: forecast_pb2.MODEL_VERSION_STATE_READY,
-    VersionState.LOADING: forecast_pb2.MODEL_VERSION_STATE_LOADING,
-    VersionState.UNAVAILABLE: forecast_pb2.MODEL_VERSION_STATE_UNAVAILABLE,
-}
+log = structlog.get_logger(__name__)
 
 
 class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
     """Implements forecast.v1.ForecastService on top of the Forecaster core."""
 
     def __init__(
-        self, forecaster: Forecaster, catalog: ModelCatalog, default_timeout_s: float
+        self,
+        forecaster: Forecaster,
+        catalog: ModelCatalog,
+        store: ExperimentStore,
+        default_timeout_s: float,
+        max_batch_series: int,
+        stream_max_pending: int,
     ) -> None:
         self.forecaster = forecaster
         self.catalog = catalog
+        self.store = store
         self.default_timeout_s = default_timeout_s
+        self.max_batch_series = max_batch_series
+        self.stream_max_pending = stream_max_pending
 
     async def Forecast(
         self, request: forecast_service_pb2.ForecastRequest, context: Context
     ) -> forecast_service_pb2.ForecastResponse:
         """Forecast one series."""
-        query = ForecastQuery(
-            model=request.model,
-            version=request.version,
-            routing_key=request.routing_key,
-            history=np.asarray(request.history, dtype=np.float64),
-            horizon=request.horizon,
-            sequence_length=request.sequence_length,
+        result = await self.forecaster.forecast(query_from(request), self._deadline(context))
+        return response_from(result)
+
+    async def ForecastBatch(
+        self, request: forecast_service_pb2.ForecastBatchRequest, context: Context
+    ) -> forecast_service_pb2.ForecastBatchResponse:
+        """Forecast many series; per-series results and errors."""
+        violations = batch_violations([s.id for s in request.series], self.max_batch_series)
+        if not request.model:
+            violations.insert(0, FieldViolation("model", "model is required (see ListModels)"))
+        if violations:
+            raise InvalidArgument.of(violations)
+        structlog.contextvars.bind_contextvars(model=request.model, series=len(request.series))
+        queries = batch_queries_from(request)
+        outcomes = await self.forecaster.forecast_batch(
+            request.model, queries, self._deadline(context)
         )
-        result = await self.forecaster.forecast(query, self._timeout(context))
-        return forecast_service_pb2.ForecastResponse(
-            forecast_id=result.forecast_id,
-            model=result.model,
-            version=result.version,
-            values=result.values.tolist(),
-            routing_decision=_DECISIONS[result.decision],
-            horizon=result.horizon,
-            sequence_length=result.window,
+        results = []
+        for series, outcome in zip(request.series, outcomes, strict=True):
+            if isinstance(outcome, GatewayError):
+                results.append(
+                    forecast_service_pb2.SeriesResult(id=series.id, error=error_from(outcome))
+                )
+            else:
+                _count_series("ForecastBatch", outcome)
+                results.append(
+                    forecast_service_pb2.SeriesResult(id=series.id, forecast=forecast_from(outcome))
+                )
+        return forecast_service_pb2.ForecastBatchResponse(results=results)
+
+    async def StreamForecast(
+        self,
+        request_iterator: AsyncIterator[forecast_service_pb2.StreamForecastRequest],
+        context: Context,
+    ) -> AsyncIterator[forecast_service_pb2.StreamForecastResponse]:
+        """Answer each streamed request as soon as it is done, with bounded buffering.
+
+        A slot is taken before a request is read and freed once its answer has
+        been handed to gRPC (which applies HTTP/2 flow control): at most
+        `stream_max_pending` requests are in flight or waiting to be written.
+        """
+        slots = asyncio.Semaphore(self.stream_max_pending)
+        answers: asyncio.Queue[forecast_service_pb2.StreamForecastResponse | None] = asyncio.Queue()
+        in_flight: set[str] = set()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request_id: str, request: forecast_service_pb2.ForecastRequest) -> None:
+            try:
+                result = await self.forecaster.forecast(
+                    query_from(request), self._deadline(context)
+                )
+                _count_series("StreamForecast", result)
+                await answers.put(
+                    forecast_service_pb2.StreamForecastResponse(
+                        request_id=request_id, forecast=response_from(result)
+                    )
+                )
+            except GatewayError as error:
+                await answers.put(
+                    forecast_service_pb2.StreamForecastResponse(
+                        request_id=request_id, error=error_from(error)
+                    )
+                )
+
+        async def read() -> None:
+            iterator = aiter(request_iterator)
+            try:
+                while True:
+                    await slots.acquire()  # no slot, no read: the caller's sends back up
+                    item = await anext(iterator, None)
+                    if item is None:
+                        slots.release()
+                        break
+                    if not item.request_id or item.request_id in in_flight:
+                        problem = "is empty" if not item.request_id else "repeats one in flight"
+                        raise InvalidArgument.of(
+                            [
+                                FieldViolation(
+                                    "request_id", f"request_id {problem}: {item.request_id!r}"
+                                )
+                            ]
+                        )
+                    in_flight.add(item.request_id)
+                    task = asyncio.create_task(answer(item.request_id, item.request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+                in_flight.discard(response.request_id)
+                slots.release()
+            await reader  # re-raises a protocol error (e.g. duplicate id) to end the stream
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GatewayError):
+                await reader
+
+    async def CompareVersions(
+        self, request: forecast_service_pb2.CompareVersionsRequest, context: Context
+    ) -> forecast_service_pb2.CompareVersionsResponse:
+        """Run one request on several versions and compare their forecasts."""
+        query = compare_query_from(request)
+        outcomes = await self.forecaster.compare(
+            query, list(request.versions), self._deadline(context)
         )
+        return comparison_from(request.model, outcomes)
+
+    async def ReportActuals(
+        self, request: forecast_service_pb2.ReportActualsRequest, context: Context
+    ) -> forecast_service_pb2.ReportActualsResponse:
+        """Score an earlier forecast against observed values."""
+        if not request.forecast_id:
+            raise InvalidArgument.of([FieldViolation("forecast_id", "forecast_id is required")])
+        report = await self.store.report_actuals(
+            request.forecast_id, list(request.actuals), request.offset
+        )
+        structlog.contextvars.bind_contextvars(model=report.model)
+        metrics.ACTUALS.labels(report.model).inc()
+        for score in report.scores:
+            if math.isfinite(score.mase):
+                metrics.FORECAST_ERROR.labels(
+                    report.model, score.version, score.role.value
+                ).observe(score.mase)
+        return actuals_from(report)
+
+    async def GetExperiment(
+        self, request: forecast_service_pb2.GetExperimentRequest, context: Context
+    ) -> forecast_service_pb2.GetExperimentResponse:
+        """Per-version traffic, accuracy, latency and significance tests of a model."""
+        if not request.model:
+            raise InvalidArgument.of([FieldViolation("model", "model is required")])
+        self.catalog.get(request.model)
+        structlog.contextvars.bind_contextvars(model=request.model)
+        return experiment_from(await self.store.experiment(request.model))
 
     async def ListModels(
         self, request: forecast_service_pb2.ListModelsRequest, context: Context
@@ -82,31 +224,16 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
             model=model_to_proto(self.catalog.get(request.name))
         )
 
-    def _timeout(self, context: Context) -> float:
-        """Time left for the call to Triton: the caller's deadline, capped by the default."""
+    def _deadline(self, context: Context) -> float:
+        """time.monotonic() deadline: the caller's, capped by the default timeout."""
         remaining = context.time_remaining()
-        if remaining is None:
-            return self.default_timeout_s
-        return min(float(remaining), self.default_timeout_s)
+        timeout = (
+            self.default_timeout_s
+            if remaining is None
+            else min(float(remaining), self.default_timeout_s)
+        )
+        return time.monotonic() + timeout
 
 
-def model_to_proto(spec: ModelSpec) -> forecast_pb2.Model:
-    """The proto view of a model spec."""
-    return forecast_pb2.Model(
-        name=spec.name,
-        description=spec.description,
-        default_version=spec.default_version() or "",
-        default_horizon=spec.default_horizon,
-        max_horizon=spec.max_horizon,
-        versions=[
-            forecast_pb2.ModelVersion(
-                version=v.version,
-                state=_STATES[v.state],
-                sequence_length=v.sequence_length,
-                min_sequence_length=v.min_sequence_length,
-                max_sequence_length=v.max_sequence_length,
-                description=v.description,
-            )
-            for v in sorted(spec.versions.values(), key=lambda v: int(v.version))
-        ],
-    )
+def _count_series(rpc: str, result: ForecastResult) -> None:
+    metrics.SERIES.labels(rpc, result.model, result.version, result.decision.value).inc()

@@ -1,22 +1,26 @@
 """The Triton proxy: every call the gateway makes to Triton goes through here.
 
-One shared async gRPC channel (`tritonclient.grpc.aio`), a timeout on every
-call, and Triton's errors converted into the gateway's own exceptions in one
-place. Each forecast is sent as its own request of batch size 1 (or a few
-rows): Triton's dynamic batcher, in C++, groups concurrent requests of the
-same window into one model execution.
+Inference goes through Triton's generated gRPC stub on one shared async
+channel with raw tensor bytes (the hot path); readiness, the repository
+index and model configs through `tritonclient.grpc.aio`. Every call has a
+timeout, and Triton's errors become the gateway's own exceptions in one
+place (`convert_error`). A forecast is sent as its own request of batch size 1
+(a batch RPC as a few rows): Triton's dynamic batcher, in C++, groups
+concurrent requests of the same window into one model execution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import structlog
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal, Unavailable
@@ -28,6 +32,16 @@ HORIZON_INPUT = "HORIZON"
 FORECAST_OUTPUT = "FORECAST"
 # Bound on the control-plane calls (catalog refresh, health).
 CONTROL_TIMEOUT_S = 2.0
+# Largest message to or from Triton (a batch of 256 long windows is ~1 MB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TritonModelConfig:
+    """A model's string parameters and the largest batch Triton accepts (0: no batching)."""
+
+    parameters: dict[str, str]
+    max_batch_size: int
 
 
 class TritonProxy:
@@ -35,11 +49,22 @@ class TritonProxy:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # Inference: Triton's generated stub on one shared channel (the hot path).
+        self._channel = grpc.aio.insecure_channel(
+            url,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._infer = service_pb2_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
+        # Control plane (readiness, repository index, configs): tritonclient.
         self._client = triton_aio.InferenceServerClient(url=url)
 
     async def close(self) -> None:
-        """Close the shared channel."""
+        """Close both channels."""
         await self._client.close()
+        await self._channel.close()
 
     async def forecast(
         self,
@@ -49,31 +74,42 @@ class TritonProxy:
         horizon: int,
         timeout_s: float,
     ) -> npt.NDArray[np.float32]:
-        """Run `model` `version` on normalized windows (rows x window); return rows x horizon."""
-        rows = windows.shape[0]
-        history = InferInput(HISTORY_INPUT, list(windows.shape), "FP32")
-        history.set_data_from_numpy(windows)
-        horizons = InferInput(HORIZON_INPUT, [rows, 1], "INT32")
-        horizons.set_data_from_numpy(np.full((rows, 1), horizon, dtype=np.int32))
+        """Run `model` `version` on normalized windows (rows x window); return rows x horizon.
+
+        Built directly on Triton's ModelInfer proto with raw tensor bytes: the
+        request path does no per-call object juggling beyond one message.
+        """
+        rows, window = windows.shape
+        request = service_pb2.ModelInferRequest(
+            model_name=model,
+            model_version=version,
+            inputs=[
+                service_pb2.ModelInferRequest.InferInputTensor(
+                    name=HISTORY_INPUT, datatype="FP32", shape=[rows, window]
+                ),
+                service_pb2.ModelInferRequest.InferInputTensor(
+                    name=HORIZON_INPUT, datatype="INT32", shape=[rows, 1]
+                ),
+            ],
+            raw_input_contents=[
+                np.ascontiguousarray(windows, dtype=np.float32).tobytes(),
+                np.full(rows, horizon, dtype=np.int32).tobytes(),
+            ],
+        )
         try:
-            result = await self._client.infer(
-                model_name=model,
-                model_version=version,
-                inputs=[history, horizons],
-                outputs=[InferRequestedOutput(FORECAST_OUTPUT)],
-                client_timeout=timeout_s,
-            )
-        except InferenceServerException as error:
-            raise convert_error(error, model=model, version=version) from error
-        output = result.as_numpy(FORECAST_OUTPUT)
-        if output is None or output.shape != (rows, horizon):
-            shape = None if output is None else output.shape
+            response = await self._infer(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise convert_error(
+                str(error.code()), error.details() or "", model=model, version=version
+            ) from error
+        output = _output(response, rows, horizon)
+        if output is None:
             raise Internal(
                 "the model returned an unexpected output",
                 reason="MODEL_OUTPUT_INVALID",
-                metadata={"model": model, "version": version, "shape": str(shape)},
+                metadata={"model": model, "version": version},
             )
-        return np.asarray(output, dtype=np.float32)
+        return output
 
     async def is_ready(self) -> bool:
         """Whether Triton answers and reports itself ready."""
@@ -93,27 +129,32 @@ class TritonProxy:
                 states.setdefault(entry["name"], {})[entry["version"]] = entry.get("state", "")
         return states
 
-    async def model_parameters(self, model: str) -> dict[str, str]:
-        """A model's config.pbtxt `parameters` as plain strings."""
+    async def model_config(self, model: str) -> TritonModelConfig:
+        """The parts of a model's config.pbtxt the gateway uses."""
         config = await self._control(
             self._client.get_model_config(model, as_json=True, client_timeout=CONTROL_TIMEOUT_S)
         )
-        raw: Mapping[str, Any] = config.get("config", {}).get("parameters", {})
-        return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+        body: Mapping[str, Any] = config.get("config", {})
+        raw: Mapping[str, Any] = body.get("parameters", {})
+        return TritonModelConfig(
+            parameters={key: str(value.get("string_value", "")) for key, value in raw.items()},
+            max_batch_size=int(body.get("max_batch_size", 0)),
+        )
 
     @staticmethod
     async def _control(call: Any) -> dict[str, Any]:
         try:
             result: dict[str, Any] = await call
         except InferenceServerException as error:
-            raise convert_error(error) from error
+            raise convert_error(str(error.status() or ""), str(error.message() or "")) from error
         return result
 
 
-def convert_error(error: InferenceServerException, **context: str) -> GatewayError:
-    """Map a Triton client error to the gateway's exception (the only place that does)."""
-    status = str(error.status() or "")
-    message = str(error.message() or "")
+def convert_error(status: str, message: str, **context: str) -> GatewayError:
+    """Map a Triton error (gRPC status name and message) to the gateway's exception.
+
+    The only place that interprets Triton's errors.
+    """
     log.warning("triton_error", triton_status=status, triton_message=message, **context)
     if status.endswith("DEADLINE_EXCEEDED"):
         return DeadlineExceeded("the deadline passed while Triton was computing the forecast")
@@ -127,4 +168,20 @@ def convert_error(error: InferenceServerException, **context: str) -> GatewayErr
         )
     if status.endswith("RESOURCE_EXHAUSTED"):
         return Unavailable("Triton is overloaded; retry later", reason="TRITON_OVERLOADED")
+    if status.endswith("CANCELLED"):
+        return Unavailable("the call to Triton was cancelled", reason="TRITON_CANCELLED")
     return Internal("Triton failed to compute the forecast", reason="TRITON_ERROR")
+
+
+def _output(
+    response: service_pb2.ModelInferResponse, rows: int, horizon: int
+) -> npt.NDArray[np.float32] | None:
+    """The FORECAST tensor as rows x horizon, or None if Triton sent something else."""
+    for index, tensor in enumerate(response.outputs):
+        if tensor.name != FORECAST_OUTPUT or index >= len(response.raw_output_contents):
+            continue
+        if tensor.datatype != "FP32" or list(tensor.shape) != [rows, horizon]:
+            return None
+        values = np.frombuffer(response.raw_output_contents[index], dtype=np.float32)
+        return values.reshape(rows, horizon) if values.size == rows * horizon else None
+    return None

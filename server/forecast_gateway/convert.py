@@ -1,0 +1,230 @@
+"""Conversions between the forecast.v1 protos and the core's domain types.
+
+The servicer stays thin: every field mapping lives here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from forecast.v1 import forecast_pb2, forecast_service_pb2
+from forecast_gateway.catalog import ModelSpec, VersionState
+from forecast_gateway.errors import ERROR_CODES, GatewayError
+from forecast_gateway.experiments import ActualsReport, ExperimentReport, Role
+from forecast_gateway.forecaster import ForecastResult, VersionOutcome
+from forecast_gateway.routing import Decision
+from forecast_gateway.validation import ForecastQuery
+
+_DECISIONS = {
+    Decision.PINNED: forecast_pb2.ROUTING_DECISION_PINNED,
+    Decision.DEFAULT: forecast_pb2.ROUTING_DECISION_DEFAULT,
+    Decision.WEIGHTED: forecast_pb2.ROUTING_DECISION_WEIGHTED,
+    Decision.STICKY: forecast_pb2.ROUTING_DECISION_STICKY,
+    Decision.FALLBACK: forecast_pb2.ROUTING_DECISION_FALLBACK,
+}
+_STATES = {
+    VersionState.READY: forecast_pb2.MODEL_VERSION_STATE_READY,
+    VersionState.LOADING: forecast_pb2.MODEL_VERSION_STATE_LOADING,
+    VersionState.UNAVAILABLE: forecast_pb2.MODEL_VERSION_STATE_UNAVAILABLE,
+}
+_ROLES = {Role.SERVED: forecast_pb2.SCORE_ROLE_SERVED, Role.SHADOW: forecast_pb2.SCORE_ROLE_SHADOW}
+
+
+def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
+    """The core's view of a ForecastRequest."""
+    return ForecastQuery(
+        model=request.model,
+        version=request.version,
+        routing_key=request.routing_key,
+        history=np.asarray(request.history, dtype=np.float64),
+        horizon=request.horizon,
+        sequence_length=request.sequence_length,
+    )
+
+
+def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> list[ForecastQuery]:
+    """One query per series; a series without a routing key is routed by its id."""
+    return [
+        ForecastQuery(
+            model=request.model,
+            version=request.version,
+            routing_key=series.routing_key or series.id,
+            history=np.asarray(series.history, dtype=np.float64),
+            horizon=request.horizon,
+            sequence_length=request.sequence_length,
+        )
+        for series in request.series
+    ]
+
+
+def compare_query_from(request: forecast_service_pb2.CompareVersionsRequest) -> ForecastQuery:
+    """The query every compared version runs."""
+    return ForecastQuery(
+        model=request.model,
+        version="",
+        routing_key="",
+        history=np.asarray(request.history, dtype=np.float64),
+        horizon=request.horizon,
+        sequence_length=request.sequence_length,
+    )
+
+
+def response_from(result: ForecastResult) -> forecast_service_pb2.ForecastResponse:
+    """A ForecastResponse for a result."""
+    return forecast_service_pb2.ForecastResponse(
+        forecast_id=result.forecast_id,
+        model=result.model,
+        version=result.version,
+        values=result.values.tolist(),
+        routing_decision=_DECISIONS[result.decision],
+        horizon=result.horizon,
+        sequence_length=result.window,
+        primary_version=result.primary_version,
+    )
+
+
+def forecast_from(result: ForecastResult) -> forecast_pb2.Forecast:
+    """A Forecast message (batch results) for a result."""
+    return forecast_pb2.Forecast(
+        forecast_id=result.forecast_id,
+        model=result.model,
+        version=result.version,
+        values=result.values.tolist(),
+        routing_decision=_DECISIONS[result.decision],
+        horizon=result.horizon,
+        sequence_length=result.window,
+    )
+
+
+def error_from(error: GatewayError) -> forecast_pb2.ForecastError:
+    """The in-band error of one series (same content as a unary call's status details)."""
+    return forecast_pb2.ForecastError(
+        code=ERROR_CODES[error.code],
+        message=error.message,
+        reason=error.reason,
+        field_violations=[
+            forecast_pb2.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ],
+    )
+
+
+def comparison_from(
+    model: str, outcomes: Sequence[VersionOutcome]
+) -> forecast_service_pb2.CompareVersionsResponse:
+    """Each version's forecast and the pairwise differences of the successful ones."""
+    forecasts = [
+        forecast_service_pb2.VersionForecast(
+            version=o.version,
+            values=o.values.tolist() if o.values is not None else [],
+            latency_ms=o.latency_ms,
+            sequence_length=o.window,
+            error=error_from(o.error) if o.error is not None else None,
+        )
+        for o in outcomes
+    ]
+    ok = [o for o in outcomes if o.values is not None]
+    differences = []
+    for i, a in enumerate(ok):
+        for b in ok[i + 1 :]:
+            assert a.values is not None and b.values is not None
+            gap = np.abs(a.values - b.values)
+            differences.append(
+                forecast_service_pb2.VersionDifference(
+                    version_a=a.version,
+                    version_b=b.version,
+                    mean_absolute_difference=float(gap.mean()),
+                    max_absolute_difference=float(gap.max()),
+                )
+            )
+    return forecast_service_pb2.CompareVersionsResponse(
+        model=model, forecasts=forecasts, differences=differences
+    )
+
+
+def actuals_from(report: ActualsReport) -> forecast_service_pb2.ReportActualsResponse:
+    """The proto view of an actuals report."""
+    return forecast_service_pb2.ReportActualsResponse(
+        forecast_id=report.forecast_id,
+        model=report.model,
+        horizon=report.horizon,
+        steps_received=report.steps_received,
+        scores=[
+            forecast_service_pb2.VersionScore(
+                version=s.version,
+                role=_ROLES[s.role],
+                steps_scored=s.steps_scored,
+                mae=s.mae,
+                smape=s.smape,
+                mase=s.mase,
+            )
+            for s in report.scores
+        ],
+    )
+
+
+def experiment_from(report: ExperimentReport) -> forecast_service_pb2.GetExperimentResponse:
+    """The proto view of an experiment report."""
+    return forecast_service_pb2.GetExperimentResponse(
+        model=report.model,
+        versions=[
+            forecast_service_pb2.VersionExperiment(
+                version=v.version,
+                requests_served=v.requests_served,
+                requests_shadowed=v.requests_shadowed,
+                actuals_received=v.actuals_received,
+                errors=forecast_pb2.ErrorStats(
+                    count=v.errors.count,
+                    mae_mean=v.errors.mae_mean,
+                    smape_mean=v.errors.smape_mean,
+                    mase_mean=v.errors.mase_mean,
+                ),
+                latency=forecast_pb2.LatencyStats(
+                    count=v.latency.count,
+                    p50_ms=v.latency.p50_ms,
+                    p95_ms=v.latency.p95_ms,
+                    p99_ms=v.latency.p99_ms,
+                ),
+            )
+            for v in report.versions
+        ],
+        comparisons=[
+            forecast_service_pb2.VersionComparison(
+                version_a=c.version_a,
+                version_b=c.version_b,
+                metric=c.metric,
+                test=c.test,
+                samples=c.samples,
+                mean_difference=c.mean_difference,
+                ci_low=c.ci_low,
+                ci_high=c.ci_high,
+                p_value=c.p_value,
+                significant=c.significant,
+            )
+            for c in report.comparisons
+        ],
+    )
+
+
+def model_to_proto(spec: ModelSpec) -> forecast_pb2.Model:
+    """The proto view of a model spec."""
+    return forecast_pb2.Model(
+        name=spec.name,
+        description=spec.description,
+        default_version=spec.default_version() or "",
+        default_horizon=spec.default_horizon,
+        max_horizon=spec.max_horizon,
+        versions=[
+            forecast_pb2.ModelVersion(
+                version=v.version,
+                state=_STATES[v.state],
+                sequence_length=v.sequence_length,
+                min_sequence_length=v.min_sequence_length,
+                max_sequence_length=v.max_sequence_length,
+                description=v.description,
+            )
+            for v in sorted(spec.versions.values(), key=lambda v: int(v.version))
+        ],
+    )

@@ -1,0 +1,751 @@
+"""The A/B experiment store: forecasts, shadow forecasts, actuals, scores and counters.
+
+Backed by one SQLite file per gateway replica (see docs/experiments.md).
+The request path only enqueues (`record`, `record_shadow`): a background
+task writes the queue in batches every `flush_interval_s` or `flush_batch`
+items. Every SQLite call runs on one dedicated thread that owns the
+connection, so the event loop never waits on disk and the connection is
+never used from two threads. Reads (`report_actuals`, `experiment`) write
+what is queued first, on that same thread, so they see everything recorded
+before them.
+
+Bounds: at most `max_forecasts` forecasts, none older than `max_age_s`;
+the oldest are pruned after every write batch, with their predictions.
+Shadow predictions whose served forecast was never recorded (the served
+call failed) are pruned after `ORPHAN_GRACE_S`. Per-version request
+counters are totals kept in SQLite and never pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import sqlite3
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import structlog
+
+from forecast_gateway import scoring
+from forecast_gateway.config import GatewayConfig
+from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound
+from forecast_gateway.normalization import FloatArray
+
+log = structlog.get_logger(__name__)
+
+METRIC = "mase"
+ORPHAN_GRACE_S = 60.0
+"""How long a shadow prediction waits for its served forecast's record before it is pruned."""
+SCHEMA_VERSION = 1
+LATENCY_QUANTILES = (0.50, 0.95, 0.99)
+
+_T = TypeVar("_T")
+
+
+class Role(enum.Enum):
+    """Whether a prediction was returned to the caller (mirrors forecast.v1.ScoreRole)."""
+
+    SERVED = "served"
+    SHADOW = "shadow"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One version's forecast of a request, in the units of the history."""
+
+    version: str
+    role: Role
+    values: tuple[float, ...]
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class RecordedForecast:
+    """A served forecast, recorded so that actuals reported later can score it.
+
+    `naive_scale` is `scoring.naive_scale` of the request's window;
+    `created_at` is wall-clock seconds (`time.time()`), the clock the age
+    bound is checked against, also across restarts.
+    """
+
+    forecast_id: str
+    model: str
+    horizon: int
+    naive_scale: float
+    created_at: float
+    served: Prediction
+
+
+@dataclass(frozen=True)
+class VersionScore:
+    """One version's accuracy on one forecast (mirrors forecast.v1.VersionScore)."""
+
+    version: str
+    role: Role
+    steps_scored: int
+    mae: float
+    smape: float
+    mase: float
+
+
+@dataclass(frozen=True)
+class ActualsReport:
+    """What has been scored for a forecast so far; scores: served first, then shadows."""
+
+    forecast_id: str
+    model: str
+    horizon: int
+    steps_received: int
+    scores: list[VersionScore]
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Means over a version's scored forecasts; NaN when there is nothing to average.
+
+    `mase_mean` leaves out forecasts whose MASE is undefined (constant window).
+    """
+
+    count: int
+    mae_mean: float
+    smape_mean: float
+    mase_mean: float
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency percentiles in ms over a version's stored predictions (NaN when none)."""
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+NO_LATENCY = LatencyStats(count=0, p50_ms=math.nan, p95_ms=math.nan, p99_ms=math.nan)
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One version's traffic, accuracy and latency (mirrors forecast.v1.VersionExperiment)."""
+
+    version: str
+    requests_served: int
+    requests_shadowed: int
+    actuals_received: int
+    errors: ErrorStats
+    latency: LatencyStats
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """`scoring.Comparison` of two versions' MASE (mirrors forecast.v1.VersionComparison)."""
+
+    version_a: str
+    version_b: str
+    metric: str
+    test: str
+    samples: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """A model's A/B results: versions in version order, one comparison per scored pair."""
+
+    model: str
+    versions: list[VersionSummary]
+    comparisons: list[VersionComparison]
+
+
+@dataclass(frozen=True)
+class _Shadow:
+    forecast_id: str
+    model: str
+    prediction: Prediction
+    recorded_at: float
+
+
+_Op = RecordedForecast | _Shadow
+
+
+class ExperimentStore:
+    """Records forecasts write-behind and scores them when actuals arrive.
+
+    Use from one event loop: `await start()`, `record*()` on the request
+    path, `await close()` on shutdown (writes everything still queued).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        max_forecasts: int,
+        max_age_s: float,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_interval_s: float = 0.05,
+        flush_batch: int = 256,
+        max_pending: int = 100_000,
+    ) -> None:
+        if max_forecasts <= 0 or max_age_s <= 0:
+            raise ValueError("max_forecasts and max_age_s must be > 0")
+        self.path = path
+        self.dropped = 0
+        """Records dropped because the queue was full or the store closed."""
+        self._clock = clock
+        self._flush_interval_s = flush_interval_s
+        self._flush_batch = flush_batch
+        self._max_pending = max_pending
+        self._db = _Database(path, max_forecasts, max_age_s, clock)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="experiment-store")
+        self._pending: list[_Op] = []
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._unreported_drops = 0
+
+    async def start(self) -> None:
+        """Open (or create) the database and start the background flusher."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await self._call(self._db.open)
+        self._flusher = asyncio.create_task(self._flush_forever(), name="experiment-flusher")
+
+    async def close(self) -> None:
+        """Write everything queued, then close the database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is None:
+            self._executor.shutdown(wait=False)
+            return
+        self._flusher.cancel()
+        await asyncio.wait([self._flusher])
+        await self._call(self._db.write, self._take())
+        await self._call(self._db.close)
+        self._executor.shutdown(wait=False)
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> ExperimentStore:
+        """A store at `store_path` bounded by `store_max_forecasts` and `store_max_age_s`."""
+        return cls(config.store_path, config.store_max_forecasts, config.store_max_age_s)
+
+    def record(self, forecast: RecordedForecast) -> None:
+        """Queue a served forecast (never blocks); counts a served request for its version.
+
+        Raises ValueError for a malformed record (a caller bug), so that a
+        bad row never fails the batch it would be written in.
+        """
+        _check_prediction(forecast.served, Role.SERVED)
+        if forecast.horizon < 1 or len(forecast.served.values) != forecast.horizon:
+            raise ValueError(
+                f"{len(forecast.served.values)} values for a horizon of {forecast.horizon}"
+            )
+        if not (math.isfinite(forecast.naive_scale) and forecast.naive_scale >= 0):
+            raise ValueError(f"naive_scale must be finite and >= 0, got {forecast.naive_scale}")
+        self._enqueue(forecast)
+
+    def record_shadow(self, forecast_id: str, model: str, prediction: Prediction) -> None:
+        """Queue a shadow prediction of a recorded forecast (never blocks).
+
+        It may arrive before or after the served record and after actuals
+        were reported; in the last case it is scored when written.
+        """
+        _check_prediction(prediction, Role.SHADOW)
+        self._enqueue(_Shadow(forecast_id, model, prediction, self._clock()))
+
+    async def report_actuals(
+        self, forecast_id: str, actuals: Sequence[float], offset: int
+    ) -> ActualsReport:
+        """Store actuals at horizon steps [offset, offset + len) and rescore the forecast.
+
+        Raises InvalidArgument (field "forecast_id", "actuals" or "offset")
+        and NotFound (reason FORECAST_NOT_FOUND) for an unknown or expired id.
+        """
+        values = _checked_actuals(forecast_id, actuals, offset)
+        return await self._call(self._db.report_actuals, self._take(), forecast_id, values, offset)
+
+    async def experiment(self, model: str) -> ExperimentReport:
+        """The A/B results of `model` (empty for a model never recorded)."""
+        return await self._call(self._db.experiment, self._take(), model)
+
+    def _enqueue(self, op: _Op) -> None:
+        if self._closed or len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            self._unreported_drops += 1
+            if self._unreported_drops == 1:  # once per episode; the flusher reports the total
+                log.warning("experiment_records_dropping", closed=self._closed)
+            return
+        self._pending.append(op)
+        if len(self._pending) >= self._flush_batch:
+            self._wakeup.set()
+
+    def _take(self) -> list[_Op]:
+        ops, self._pending = self._pending, []
+        return ops
+
+    async def _flush_forever(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._flush_interval_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            ops = self._take()
+            if not ops:
+                continue
+            try:
+                await self._call(self._db.write, ops)
+            except Exception:
+                log.exception("experiment_flush_failed", records=len(ops))
+            if self._unreported_drops:
+                log.warning("experiment_records_dropped", records=self._unreported_drops)
+                self._unreported_drops = 0
+
+    async def _call(self, function: Callable[..., _T], *args: object) -> _T:
+        """Run `function` on the store's thread; it finishes even if the caller is cancelled."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        future.add_done_callback(_retrieve)
+        return await asyncio.shield(future)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shielded future's exception as seen when its caller was cancelled."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _check_prediction(prediction: Prediction, role: Role) -> None:
+    if prediction.role is not role:
+        raise ValueError(f"expected a prediction with role {role.name}, got {prediction.role.name}")
+    if not (math.isfinite(prediction.latency_ms) and prediction.latency_ms >= 0):
+        raise ValueError(f"latency_ms must be finite and >= 0, got {prediction.latency_ms}")
+
+
+def _checked_actuals(forecast_id: str, actuals: Sequence[float], offset: int) -> FloatArray:
+    """The actuals as float64, or InvalidArgument for what can be checked without the store."""
+    violations: list[FieldViolation] = []
+    if not forecast_id:
+        violations.append(FieldViolation("forecast_id", "required"))
+    values = np.asarray(actuals, dtype=np.float64).ravel()
+    if values.size == 0:
+        violations.append(FieldViolation("actuals", "must not be empty"))
+    elif not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        violations.append(
+            FieldViolation("actuals", f"must be finite; actuals[{bad}] is {values[bad]}")
+        )
+    if offset < 0:
+        violations.append(FieldViolation("offset", f"must be >= 0, got {offset}"))
+    if violations:
+        raise InvalidArgument.of(violations)
+    return values
+
+
+def _check_fit(count: int, offset: int, horizon: int) -> None:
+    if offset >= horizon:
+        raise InvalidArgument.of(
+            [FieldViolation("offset", f"must be < the horizon ({horizon} steps), got {offset}")]
+        )
+    if offset + count > horizon:
+        raise InvalidArgument.of(
+            [
+                FieldViolation(
+                    "actuals",
+                    f"{count} values at offset {offset} run past the horizon of {horizon} "
+                    f"steps; at most {horizon - offset} fit",
+                )
+            ]
+        )
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS forecasts (
+    forecast_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    horizon INTEGER NOT NULL,
+    naive_scale REAL NOT NULL,
+    created_at REAL NOT NULL,
+    actuals BLOB,
+    steps_received INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS forecasts_by_age ON forecasts (created_at);
+CREATE TABLE IF NOT EXISTS predictions (
+    forecast_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    model TEXT NOT NULL,
+    role TEXT NOT NULL,
+    forecast_values BLOB NOT NULL,
+    latency_ms REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    orphan INTEGER NOT NULL DEFAULT 0,
+    steps_scored INTEGER NOT NULL DEFAULT 0,
+    mae REAL,
+    smape REAL,
+    mase REAL,
+    PRIMARY KEY (forecast_id, version)
+);
+CREATE INDEX IF NOT EXISTS predictions_by_latency ON predictions (model, version, latency_ms);
+CREATE INDEX IF NOT EXISTS predictions_scored ON predictions (model, version)
+    WHERE steps_scored > 0;
+CREATE INDEX IF NOT EXISTS orphans_by_age ON predictions (recorded_at) WHERE orphan = 1;
+CREATE TABLE IF NOT EXISTS counters (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    served INTEGER NOT NULL DEFAULT 0,
+    shadowed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (model, version)
+);
+"""
+
+
+class _ScoredRow(NamedTuple):
+    forecast_id: str
+    version: str
+    mae: float
+    smape: float
+    mase: float
+
+
+class _Database:
+    """The SQLite side; every method runs on the store's single thread."""
+
+    def __init__(
+        self, path: str, max_forecasts: int, max_age_s: float, clock: Callable[[], float]
+    ) -> None:
+        self._path = path
+        self._max_forecasts = max_forecasts
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._connection: sqlite3.Connection | None = None
+        self._count = 0
+        self._orphans: set[str] = set()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise RuntimeError("the experiment store is not started")
+        return self._connection
+
+    def open(self) -> None:
+        connection = sqlite3.connect(self._path)
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            connection.close()
+            raise RuntimeError(f"{self._path}: unknown experiment store schema {version}")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.executescript(_SCHEMA)
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._connection = connection
+        self._load_counts()
+
+    def _load_counts(self) -> None:
+        """Re-read what is kept in memory to avoid a query per write."""
+        self._count = self._db.execute("SELECT COUNT(*) FROM forecasts").fetchone()[0]
+        self._orphans = {
+            forecast_id
+            for (forecast_id,) in self._db.execute(
+                "SELECT forecast_id FROM predictions WHERE orphan = 1"
+            )
+        }
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def write(self, ops: Sequence[_Op]) -> None:
+        """Write a batch in one transaction, then prune; a failed batch is logged and dropped."""
+        try:
+            with self._db:
+                self._insert(ops)
+                self._prune()
+        except sqlite3.Error:
+            self._load_counts()  # the transaction was rolled back
+            log.exception("experiment_write_failed", records=len(ops))
+
+    def report_actuals(
+        self, ops: Sequence[_Op], forecast_id: str, actuals: FloatArray, offset: int
+    ) -> ActualsReport:
+        if ops:
+            self.write(ops)
+        row = self._db.execute(
+            "SELECT model, horizon, naive_scale, actuals, created_at FROM forecasts "
+            "WHERE forecast_id = ?",
+            (forecast_id,),
+        ).fetchone()
+        if row is None or row[4] < self._clock() - self._max_age_s:
+            raise NotFound(
+                f"forecast {forecast_id!r} is unknown or has expired",
+                reason="FORECAST_NOT_FOUND",
+                metadata={"forecast_id": forecast_id},
+            )
+        model, horizon, scale, stored, _ = row
+        _check_fit(actuals.size, offset, horizon)
+        merged = np.full(horizon, np.nan) if stored is None else _array(stored).copy()
+        merged[offset : offset + actuals.size] = actuals
+        steps_received = int(np.isfinite(merged).sum())
+        with self._db:
+            self._db.execute(
+                "UPDATE forecasts SET actuals = ?, steps_received = ? WHERE forecast_id = ?",
+                (merged.tobytes(), steps_received, forecast_id),
+            )
+            scores = self._rescore(forecast_id, merged, scale)
+        scores.sort(key=lambda s: (s.role is not Role.SERVED, _version_key(s.version)))
+        return ActualsReport(forecast_id, model, horizon, steps_received, scores)
+
+    def experiment(self, ops: Sequence[_Op], model: str) -> ExperimentReport:
+        self.write(ops)
+        counters = {
+            version: (served, shadowed)
+            for version, served, shadowed in self._db.execute(
+                "SELECT version, served, shadowed FROM counters WHERE model = ?", (model,)
+            )
+        }
+        latency = {
+            version: self._latency(model, version, count)
+            for version, count in self._db.execute(
+                "SELECT version, COUNT(*) FROM predictions WHERE model = ? GROUP BY version",
+                (model,),
+            ).fetchall()
+        }
+        scored = [
+            _ScoredRow(forecast_id, version, *(math.nan if v is None else v for v in errors))
+            for forecast_id, version, *errors in self._db.execute(
+                "SELECT forecast_id, version, mae, smape, mase FROM predictions "
+                "WHERE model = ? AND steps_scored > 0",
+                (model,),
+            )
+        ]
+        return summarize(model, counters, latency, scored)
+
+    def _latency(self, model: str, version: str, count: int) -> LatencyStats:
+        """Percentiles as numpy's default (linear), read off the latency index in SQLite."""
+        percentiles: list[float] = []
+        for q in LATENCY_QUANTILES:
+            position = q * (count - 1)
+            below = int(position)
+            pair = [
+                value
+                for (value,) in self._db.execute(
+                    "SELECT latency_ms FROM predictions WHERE model = ? AND version = ? "
+                    "ORDER BY latency_ms LIMIT 2 OFFSET ?",
+                    (model, version, below),
+                )
+            ]
+            above = pair[1] if len(pair) == 2 else pair[0]
+            percentiles.append(pair[0] + (position - below) * (above - pair[0]))
+        return LatencyStats(count, *percentiles)
+
+    def _insert(self, ops: Sequence[_Op]) -> None:
+        counts: Counter[tuple[str, str, Role]] = Counter()
+        for op in ops:
+            if isinstance(op, RecordedForecast):
+                self._insert_forecast(op)
+                counts[(op.model, op.served.version, Role.SERVED)] += 1
+            else:
+                self._insert_shadow(op)
+                counts[(op.model, op.prediction.version, Role.SHADOW)] += 1
+        self._db.executemany(
+            "INSERT INTO counters (model, version, served, shadowed) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (model, version) DO UPDATE SET "
+            "served = served + excluded.served, shadowed = shadowed + excluded.shadowed",
+            [
+                (model, version, n if role is Role.SERVED else 0, n if role is Role.SHADOW else 0)
+                for (model, version, role), n in counts.items()
+            ],
+        )
+
+    def _insert_forecast(self, op: RecordedForecast) -> None:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO forecasts "
+            "(forecast_id, model, horizon, naive_scale, created_at) VALUES (?, ?, ?, ?, ?)",
+            (op.forecast_id, op.model, op.horizon, op.naive_scale, op.created_at),
+        )
+        self._count += cursor.rowcount
+        self._insert_prediction(op.forecast_id, op.model, op.served, op.created_at, orphan=False)
+        if op.forecast_id in self._orphans:  # its shadow was written first
+            self._orphans.discard(op.forecast_id)
+            self._db.execute(
+                "UPDATE predictions SET orphan = 0 WHERE forecast_id = ?", (op.forecast_id,)
+            )
+
+    def _insert_shadow(self, op: _Shadow) -> None:
+        row = self._db.execute(
+            "SELECT naive_scale, actuals FROM forecasts WHERE forecast_id = ?",
+            (op.forecast_id,),
+        ).fetchone()
+        self._insert_prediction(
+            op.forecast_id, op.model, op.prediction, op.recorded_at, orphan=row is None
+        )
+        if row is None:
+            self._orphans.add(op.forecast_id)
+        if row is not None and row[1] is not None:
+            self._rescore(op.forecast_id, _array(row[1]), row[0], version=op.prediction.version)
+
+    def _insert_prediction(
+        self, forecast_id: str, model: str, p: Prediction, recorded_at: float, *, orphan: bool
+    ) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO predictions (forecast_id, version, model, role, "
+            "forecast_values, latency_ms, recorded_at, orphan) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                forecast_id,
+                p.version,
+                model,
+                p.role.value,
+                struct.pack(f"<{len(p.values)}d", *p.values),
+                p.latency_ms,
+                recorded_at,
+                int(orphan),
+            ),
+        )
+
+    def _rescore(
+        self, forecast_id: str, actuals: FloatArray, scale: float, version: str | None = None
+    ) -> list[VersionScore]:
+        query = "SELECT version, role, forecast_values FROM predictions WHERE forecast_id = ?"
+        params: tuple[str, ...] = (forecast_id,)
+        if version is not None:
+            query += " AND version = ?"
+            params += (version,)
+        scores: list[VersionScore] = []
+        for name, role, stored in self._db.execute(query, params).fetchall():
+            values = _array(stored)
+            steps = min(values.size, actuals.size)
+            result = scoring.score(values[:steps], actuals[:steps], scale)
+            self._db.execute(
+                "UPDATE predictions SET steps_scored = ?, mae = ?, smape = ?, mase = ? "
+                "WHERE forecast_id = ? AND version = ?",
+                (result.steps, result.mae, result.smape, result.mase, forecast_id, name),
+            )
+            scores.append(
+                VersionScore(name, Role(role), result.steps, result.mae, result.smape, result.mase)
+            )
+        return scores
+
+    def _prune(self) -> None:
+        now = self._clock()
+        self._delete_forecasts(
+            "SELECT forecast_id FROM forecasts WHERE created_at < ?", (now - self._max_age_s,)
+        )
+        excess = self._count - self._max_forecasts
+        if excess > 0:
+            self._delete_forecasts(
+                "SELECT forecast_id FROM forecasts ORDER BY created_at, forecast_id LIMIT ?",
+                (excess,),
+            )
+        for (forecast_id,) in self._db.execute(
+            "DELETE FROM predictions WHERE orphan = 1 AND recorded_at < ? RETURNING forecast_id",
+            (now - min(ORPHAN_GRACE_S, self._max_age_s),),
+        ).fetchall():
+            self._orphans.discard(forecast_id)
+
+    def _delete_forecasts(self, select: str, params: tuple[float | int, ...]) -> None:
+        ids = [(forecast_id,) for (forecast_id,) in self._db.execute(select, params)]
+        if ids:
+            self._db.executemany("DELETE FROM predictions WHERE forecast_id = ?", ids)
+            self._db.executemany("DELETE FROM forecasts WHERE forecast_id = ?", ids)
+            self._count -= len(ids)
+
+
+def _array(blob: bytes) -> FloatArray:
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
+
+def _version_key(version: str) -> tuple[int, int, str]:
+    """Numeric versions in numeric order, then any others by name."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def _mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def summarize(
+    model: str,
+    counters: dict[str, tuple[int, int]],
+    latency: dict[str, LatencyStats],
+    scored: Sequence[_ScoredRow],
+) -> ExperimentReport:
+    """Per-version summaries and pairwise MASE comparisons.
+
+    `counters` are (served, shadowed) totals, `latency` is over the stored
+    predictions, `scored` are the predictions with at least one actual.
+
+    Two versions are compared with the paired t-test when at least
+    `scoring.MIN_SAMPLES` requests have a defined MASE from both (a served
+    forecast and a shadow of the same request); else Welch's test over
+    each version's MASE values.
+    """
+    by_version: dict[str, list[_ScoredRow]] = {}
+    for row in scored:
+        by_version.setdefault(row.version, []).append(row)
+    versions = sorted(set(counters) | set(latency) | set(by_version), key=_version_key)
+    summaries: list[VersionSummary] = []
+    mase: dict[str, dict[str, float]] = {}
+    for version in versions:
+        own = by_version.get(version, [])
+        mase[version] = {r.forecast_id: r.mase for r in own if math.isfinite(r.mase)}
+        served, shadowed = counters.get(version, (0, 0))
+        summaries.append(
+            VersionSummary(
+                version=version,
+                requests_served=served,
+                requests_shadowed=shadowed,
+                actuals_received=len(own),
+                errors=ErrorStats(
+                    count=len(own),
+                    mae_mean=_mean(r.mae for r in own),
+                    smape_mean=_mean(r.smape for r in own),
+                    mase_mean=_mean(mase[version].values()),
+                ),
+                latency=latency.get(version, NO_LATENCY),
+            )
+        )
+    comparisons = [
+        _compare(a, b, mase[a], mase[b])
+        for i, a in enumerate(versions)
+        for b in versions[i + 1 :]
+        if mase[a] and mase[b]
+    ]
+    return ExperimentReport(model=model, versions=summaries, comparisons=comparisons)
+
+
+def _compare(
+    a: str, b: str, mase_a: dict[str, float], mase_b: dict[str, float]
+) -> VersionComparison:
+    common = sorted(mase_a.keys() & mase_b.keys())
+    if len(common) >= scoring.MIN_SAMPLES:
+        result = scoring.compare(
+            [mase_a[k] for k in common], [mase_b[k] for k in common], paired=True
+        )
+    else:
+        result = scoring.compare(list(mase_a.values()), list(mase_b.values()), paired=False)
+    return VersionComparison(
+        version_a=a,
+        version_b=b,
+        metric=METRIC,
+        test=result.test,
+        samples=result.samples,
+        mean_difference=result.mean_difference,
+        ci_low=result.ci_low,
+        ci_high=result.ci_high,
+        p_value=result.p_value,
+        significant=result.significant,
+    )

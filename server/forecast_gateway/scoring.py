@@ -1,0 +1,211 @@
+"""Scoring forecasts against reported actuals, and comparing versions' errors.
+
+Pure functions (numpy and scipy only), used by the experiment store
+(`experiments.py`) and unit-tested without I/O.
+
+Undefined values are NaN, never a made-up number:
+
+- MASE of a forecast whose window is constant (the naive forecast has no
+  in-sample error, so there is no scale): NaN. The store leaves such
+  forecasts out of MASE means and comparisons; MAE and sMAPE still count.
+  A floor would turn a flat window into an arbitrarily large MASE that
+  dominates every mean and t-test, which is worse than leaving it out.
+- A score with no reported step: MAE, sMAPE and MASE are NaN, steps is 0.
+- A comparison that cannot be tested (fewer than 2 pairs or 2 samples per
+  group, or no variance at all: the paired differences, or both groups,
+  constant up to rounding): p-value and confidence interval are NaN and
+  `significant` is false; `mean_difference` is still the observed one (NaN
+  only when there is nothing to average).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from forecast_gateway.normalization import CONSTANT_RELATIVE_STD, FloatArray
+
+PAIRED_TEST = "paired t-test"
+WELCH_TEST = "Welch two-sample t-test"
+ALPHA = 0.05
+"""Two-sided significance level; the confidence intervals are 1 - ALPHA (95%)."""
+MIN_SAMPLES = 2
+"""Fewest pairs (paired) or samples per group (Welch) for which a t-test is defined."""
+NO_SPREAD_RELATIVE = 1e-12
+"""A sample whose values all lie within this fraction of its mean has no variance."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One forecast's accuracy over the steps that have an actual.
+
+    `mae` is in the units of the series, `smape` in percent (0-200), `mase`
+    is MAE over the naive scale (NaN when the scale is 0).
+    """
+
+    steps: int
+    mae: float
+    smape: float
+    mase: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A two-sided t-test of mean(a) - mean(b) with its 95% confidence interval.
+
+    `samples` is the number of pairs (paired test) or the smaller group size
+    (Welch). When the test is undefined (too few samples, zero variance)
+    `p_value`, `ci_low` and `ci_high` are NaN and `significant` is false.
+    """
+
+    test: str
+    samples: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+
+    @property
+    def tested(self) -> bool:
+        """Whether the test could be run (its p-value is defined)."""
+        return not math.isnan(self.p_value)
+
+
+def naive_scale(window: npt.ArrayLike) -> float:
+    """In-sample MAE of the one-step naive forecast over `window`: mean |x[t] - x[t-1]|.
+
+    0.0 for a window with fewer than 2 points or one that is constant within
+    the relative tolerance normalization uses (`CONSTANT_RELATIVE_STD`), so
+    rounding noise in a flat series does not become a tiny scale and a huge
+    MASE. MASE over a 0 scale is NaN (see the module docstring).
+    """
+    points = np.asarray(window, dtype=np.float64).ravel()
+    if points.size < 2:
+        return 0.0
+    scale = float(np.mean(np.abs(np.diff(points))))
+    floor = CONSTANT_RELATIVE_STD * max(1.0, float(np.mean(np.abs(points))))
+    if not math.isfinite(scale) or scale <= floor:
+        return 0.0
+    return scale
+
+
+def score(values: npt.ArrayLike, actuals: npt.ArrayLike, scale: float) -> Score:
+    """Score a forecast against actuals of the same length; NaN actuals are not reported yet.
+
+    Only steps with a finite actual count. sMAPE is
+    100 * mean(2 |f - a| / (|f| + |a|)), with a step where forecast and
+    actual are both 0 counting as a perfect 0 (not 0/0).
+    """
+    forecast = np.asarray(values, dtype=np.float64).ravel()
+    observed = np.asarray(actuals, dtype=np.float64).ravel()
+    if forecast.shape != observed.shape:
+        raise ValueError(f"{forecast.size} forecast values but {observed.size} actuals")
+    reported = np.isfinite(observed)
+    steps = int(reported.sum())
+    if steps == 0:
+        return Score(steps=0, mae=math.nan, smape=math.nan, mase=math.nan)
+    f, a = forecast[reported], observed[reported]
+    errors = np.abs(f - a)
+    mae = float(errors.mean())
+    denominator = np.abs(f) + np.abs(a)
+    ratios = np.divide(2.0 * errors, denominator, out=np.zeros_like(errors), where=denominator > 0)
+    smape = 100.0 * float(ratios.mean())
+    mase = mae / scale if scale > 0 and math.isfinite(scale) else math.nan
+    return Score(steps=steps, mae=mae, smape=smape, mase=mase)
+
+
+def compare(a: npt.ArrayLike, b: npt.ArrayLike, *, paired: bool) -> Comparison:
+    """Test whether mean(a) differs from mean(b) (two-sided, 95% CI of the difference).
+
+    Paired: `a[i]` and `b[i]` are errors on the same request; pairs with a
+    NaN on either side are dropped; a paired t-test (`scipy.stats.ttest_rel`)
+    and the t-based interval of the mean difference. Otherwise Welch's
+    t-test (`ttest_ind(equal_var=False)`) on each side's non-NaN values,
+    with the Welch-Satterthwaite degrees of freedom for the interval.
+    """
+    first = np.asarray(a, dtype=np.float64).ravel()
+    second = np.asarray(b, dtype=np.float64).ravel()
+    if paired:
+        if first.shape != second.shape:
+            raise ValueError(f"paired samples differ in length: {first.size} != {second.size}")
+        keep = ~(np.isnan(first) | np.isnan(second))
+        return _paired(first[keep], second[keep])
+    return _welch(first[~np.isnan(first)], second[~np.isnan(second)])
+
+
+def _paired(a: FloatArray, b: FloatArray) -> Comparison:
+    differences = a - b
+    n = int(differences.size)
+    mean = float(differences.mean()) if n else math.nan
+    if n < MIN_SAMPLES or _no_spread(differences):
+        return _untested(PAIRED_TEST, n, mean)
+    standard_error = float(differences.std(ddof=1)) / math.sqrt(n)
+    if not standard_error > 0:  # the variance underflowed
+        return _untested(PAIRED_TEST, n, mean)
+    result = stats.ttest_rel(a, b)
+    return _tested(PAIRED_TEST, n, mean, standard_error, n - 1, float(result.pvalue))
+
+
+def _welch(a: FloatArray, b: FloatArray) -> Comparison:
+    n = min(int(a.size), int(b.size))
+    mean = float(a.mean() - b.mean()) if n else math.nan
+    if n < MIN_SAMPLES:
+        return _untested(WELCH_TEST, n, mean)
+    constant_a, constant_b = _no_spread(a), _no_spread(b)
+    if constant_a and constant_b:
+        return _untested(WELCH_TEST, n, mean)
+    share_a = 0.0 if constant_a else float(a.var(ddof=1)) / a.size
+    share_b = 0.0 if constant_b else float(b.var(ddof=1)) / b.size
+    standard_error = math.sqrt(share_a + share_b)
+    if not standard_error > 0:  # the variances underflowed
+        return _untested(WELCH_TEST, n, mean)
+    weight_a = share_a / (share_a + share_b)
+    weight_b = 1.0 - weight_a
+    df = 1.0 / (weight_a**2 / (a.size - 1) + weight_b**2 / (b.size - 1))  # Welch-Satterthwaite
+    if constant_a or constant_b:
+        # Welch with one variance 0 is exactly the one-sample test of the other
+        # group against the constant (same t, df = n - 1); ttest_ind would warn
+        # about the constant group's precision loss.
+        varying, constant = (b, a) if constant_a else (a, b)
+        result = stats.ttest_1samp(varying, float(constant.mean()))
+    else:
+        result = stats.ttest_ind(a, b, equal_var=False)
+    return _tested(WELCH_TEST, n, mean, standard_error, df, float(result.pvalue))
+
+
+def _no_spread(sample: FloatArray) -> bool:
+    """Whether `sample` is constant up to rounding (relative to its mean; cf. scipy's check)."""
+    center = float(sample.mean())
+    return float(np.max(np.abs(sample - center))) <= NO_SPREAD_RELATIVE * abs(center)
+
+
+def _tested(
+    test: str, samples: int, mean: float, standard_error: float, df: float, p_value: float
+) -> Comparison:
+    margin = float(stats.t.ppf(1.0 - ALPHA / 2.0, df)) * standard_error
+    return Comparison(
+        test=test,
+        samples=samples,
+        mean_difference=mean,
+        ci_low=mean - margin,
+        ci_high=mean + margin,
+        p_value=p_value,
+        significant=bool(p_value < ALPHA),
+    )
+
+
+def _untested(test: str, samples: int, mean: float) -> Comparison:
+    return Comparison(
+        test=test,
+        samples=samples,
+        mean_difference=mean,
+        ci_low=math.nan,
+        ci_high=math.nan,
+        p_value=math.nan,
+        significant=False,
+    )

@@ -1,0 +1,446 @@
+import asyncio
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecast_gateway.errors import InvalidArgument, NotFound
+from forecast_gateway.experiments import (
+    ORPHAN_GRACE_S,
+    ExperimentStore,
+    Prediction,
+    RecordedForecast,
+    Role,
+)
+from forecast_gateway.scoring import PAIRED_TEST, WELCH_TEST, compare, naive_scale
+
+MODEL = "lstm_timeseries"
+WINDOW = np.array([1.0, 2.0, 4.0])  # naive scale 1.5
+
+
+class Clock:
+    """A settable wall clock."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def served(
+    forecast_id: str,
+    values: tuple[float, ...] = (1.0, 2.0, 3.0),
+    *,
+    version: str = "1",
+    created_at: float = 1_700_000_000.0,
+    latency_ms: float = 5.0,
+    scale: float | None = None,
+) -> RecordedForecast:
+    return RecordedForecast(
+        forecast_id=forecast_id,
+        model=MODEL,
+        horizon=len(values),
+        naive_scale=naive_scale(WINDOW) if scale is None else scale,
+        created_at=created_at,
+        served=Prediction(version, Role.SERVED, values, latency_ms),
+    )
+
+
+def shadow(version: str, values: tuple[float, ...], latency_ms: float = 7.0) -> Prediction:
+    return Prediction(version, Role.SHADOW, values, latency_ms)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(clock: Clock) -> AsyncIterator[ExperimentStore]:
+    store = ExperimentStore(":memory:", max_forecasts=1000, max_age_s=3600.0, clock=clock)
+    await store.start()
+    yield store
+    await store.close()
+
+
+def field_of(error: InvalidArgument) -> list[str]:
+    return [v.field for v in error.violations]
+
+
+# -- scoring through the store ------------------------------------------------------------
+
+
+async def test_actuals_score_the_served_forecast(store: ExperimentStore) -> None:
+    store.record(served("f1"))
+    report = await store.report_actuals("f1", [2.0, 2.0, 5.0], offset=0)
+    assert (report.forecast_id, report.model, report.horizon) == ("f1", MODEL, 3)
+    assert report.steps_received == 3
+    [score] = report.scores
+    assert (score.version, score.role, score.steps_scored) == ("1", Role.SERVED, 3)
+    assert score.mae == pytest.approx(1.0)
+    assert score.smape == pytest.approx(100 * (2 / 3 + 0 + 4 / 8) / 3)
+    assert score.mase == pytest.approx(1.0 / 1.5)
+
+
+async def test_partial_reports_in_several_calls_add_up(store: ExperimentStore) -> None:
+    store.record(served("f1"))
+    first = await store.report_actuals("f1", [2.0], offset=0)
+    assert first.steps_received == 1
+    assert first.scores[0].mae == pytest.approx(1.0)
+    last = await store.report_actuals("f1", [5.0], offset=2)
+    assert last.steps_received == 2
+    assert last.scores[0].mae == pytest.approx(1.5)
+    full = await store.report_actuals("f1", [2.0], offset=1)
+    assert full.steps_received == 3
+    assert full.scores[0].mae == pytest.approx(1.0)
+
+
+async def test_a_later_report_overwrites_the_same_steps(store: ExperimentStore) -> None:
+    store.record(served("f1"))
+    await store.report_actuals("f1", [10.0, 10.0, 10.0], offset=0)
+    report = await store.report_actuals("f1", [2.0, 2.0], offset=1)
+    assert report.steps_received == 3
+    assert report.scores[0].mae == pytest.approx((9 + 0 + 1) / 3)
+
+
+@pytest.mark.parametrize(
+    ("actuals", "offset", "field"),
+    [
+        ([1.0], 3, "offset"),  # offset == horizon
+        ([1.0, 2.0], 2, "actuals"),  # runs past the end
+        ([1.0, 2.0, 3.0, 4.0], 0, "actuals"),
+        ([], 0, "actuals"),
+        ([1.0, math.nan], 0, "actuals"),
+        ([math.inf], 0, "actuals"),
+        ([1.0], -1, "offset"),
+    ],
+)
+async def test_actuals_that_do_not_fit_name_the_field(
+    store: ExperimentStore, actuals: list[float], offset: int, field: str
+) -> None:
+    store.record(served("f1"))
+    with pytest.raises(InvalidArgument) as caught:
+        await store.report_actuals("f1", actuals, offset)
+    assert field_of(caught.value) == [field]
+    # Nothing was stored by the rejected call.
+    assert (await store.report_actuals("f1", [1.0], 0)).steps_received == 1
+
+
+async def test_an_empty_forecast_id_is_invalid(store: ExperimentStore) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await store.report_actuals("", [1.0], 0)
+    assert field_of(caught.value) == ["forecast_id"]
+
+
+async def test_unknown_forecast_is_not_found(store: ExperimentStore) -> None:
+    with pytest.raises(NotFound) as caught:
+        await store.report_actuals("nope", [1.0], 0)
+    assert caught.value.reason == "FORECAST_NOT_FOUND"
+    assert caught.value.metadata == {"forecast_id": "nope"}
+
+
+async def test_a_constant_window_scores_mae_but_no_mase(store: ExperimentStore) -> None:
+    store.record(served("f1", scale=naive_scale(np.full(5, 3.0))))
+    [score] = (await store.report_actuals("f1", [2.0, 2.0, 2.0], 0)).scores
+    assert score.mae == pytest.approx(2 / 3)
+    assert math.isnan(score.mase)
+    summary = (await store.experiment(MODEL)).versions[0]
+    assert summary.errors.count == 1
+    assert summary.errors.mae_mean == pytest.approx(2 / 3)
+    assert math.isnan(summary.errors.mase_mean)
+
+
+# -- shadows --------------------------------------------------------------------------------
+
+
+async def test_served_and_shadow_are_scored_together(store: ExperimentStore) -> None:
+    store.record(served("f1"))
+    store.record_shadow("f1", MODEL, shadow("2", (2.0, 2.0, 5.0)))
+    report = await store.report_actuals("f1", [2.0, 2.0, 5.0], 0)
+    assert [(s.version, s.role) for s in report.scores] == [
+        ("1", Role.SERVED),
+        ("2", Role.SHADOW),
+    ]
+    assert report.scores[1].mae == 0.0
+
+
+async def test_a_shadow_recorded_after_the_actuals_is_scored_at_once(
+    store: ExperimentStore,
+) -> None:
+    store.record(served("f1"))
+    await store.report_actuals("f1", [2.0, 2.0, 5.0], 0)
+    store.record_shadow("f1", MODEL, shadow("2", (2.0, 3.0, 5.0)))
+    versions = {v.version: v for v in (await store.experiment(MODEL)).versions}
+    assert versions["2"].requests_shadowed == 1
+    assert versions["2"].actuals_received == 1
+    assert versions["2"].errors.mae_mean == pytest.approx(1 / 3)
+
+
+async def test_a_shadow_recorded_before_its_served_forecast_is_kept(
+    store: ExperimentStore, clock: Clock
+) -> None:
+    store.record_shadow("f1", MODEL, shadow("2", (1.0, 1.0, 1.0)))
+    await store.experiment(MODEL)  # written as an orphan
+    clock.now += ORPHAN_GRACE_S / 2
+    store.record(served("f1", created_at=clock.now))
+    clock.now += ORPHAN_GRACE_S
+    report = await store.report_actuals("f1", [1.0, 1.0, 1.0], 0)
+    assert [s.version for s in report.scores] == ["1", "2"]
+
+
+async def test_a_shadow_whose_served_forecast_never_comes_is_pruned(
+    store: ExperimentStore, clock: Clock
+) -> None:
+    store.record_shadow("lost", MODEL, shadow("2", (1.0, 1.0, 1.0)))
+    assert (await store.experiment(MODEL)).versions[0].latency.count == 1
+    clock.now += ORPHAN_GRACE_S + 1
+    [summary] = (await store.experiment(MODEL)).versions
+    assert summary.latency.count == 0
+    assert summary.requests_shadowed == 1  # counters are totals, never pruned
+
+
+# -- the experiment report ------------------------------------------------------------------
+
+
+async def test_counters_latency_and_errors_per_version(store: ExperimentStore) -> None:
+    for i in range(4):
+        store.record(served(f"a{i}", version="1", latency_ms=10.0 + i))
+        store.record_shadow(f"a{i}", MODEL, shadow("2", (1.0, 2.0, 3.0), latency_ms=20.0))
+    store.record(served("b0", version="2", latency_ms=30.0))
+    await store.report_actuals("a0", [2.0, 2.0, 5.0], 0)
+    report = await store.experiment(MODEL)
+    assert report.model == MODEL
+    one, two = report.versions
+    assert (one.version, one.requests_served, one.requests_shadowed) == ("1", 4, 0)
+    assert (two.version, two.requests_served, two.requests_shadowed) == ("2", 1, 4)
+    assert (one.actuals_received, two.actuals_received) == (1, 1)
+    assert one.errors.count == 1
+    assert one.errors.mase_mean == pytest.approx(1.0 / 1.5)
+    assert one.latency.count == 4
+    assert one.latency.p50_ms == pytest.approx(float(np.percentile([10, 11, 12, 13], 50)))
+    assert one.latency.p99_ms == pytest.approx(float(np.percentile([10, 11, 12, 13], 99)))
+    assert two.latency.count == 5
+
+
+async def test_versions_in_numeric_order_and_unknown_model_is_empty(
+    store: ExperimentStore,
+) -> None:
+    for version in ("10", "2", "1"):
+        store.record(served(f"f{version}", version=version))
+    report = await store.experiment(MODEL)
+    assert [v.version for v in report.versions] == ["1", "2", "10"]
+    assert report.comparisons == []  # nothing scored yet
+    empty = await store.experiment("other")
+    assert (empty.versions, empty.comparisons) == ([], [])
+
+
+async def test_unscored_version_has_nan_means(store: ExperimentStore) -> None:
+    store.record(served("f1"))
+    [summary] = (await store.experiment(MODEL)).versions
+    assert summary.errors.count == 0
+    assert math.isnan(summary.errors.mae_mean) and math.isnan(summary.errors.mase_mean)
+
+
+def errors(rng: np.random.Generator, bias: float) -> tuple[float, ...]:
+    """A 3-step forecast whose errors against zero actuals are about `bias`."""
+    return tuple(float(x) for x in rng.normal(bias, 0.3, 3))
+
+
+async def test_shadow_pairs_use_the_paired_test(store: ExperimentStore) -> None:
+    rng = np.random.default_rng(7)
+    for i in range(30):
+        store.record(served(f"f{i}", errors(rng, 1.0), version="1"))
+        store.record_shadow(f"f{i}", MODEL, shadow("2", errors(rng, 0.0)))
+        await store.report_actuals(f"f{i}", [0.0, 0.0, 0.0], 0)
+    [comparison] = (await store.experiment(MODEL)).comparisons
+    assert (comparison.version_a, comparison.version_b) == ("1", "2")
+    assert comparison.metric == "mase"
+    assert comparison.test == PAIRED_TEST
+    assert comparison.samples == 30
+    assert comparison.significant
+    assert comparison.mean_difference > 0  # version 1 is worse
+    assert comparison.ci_low > 0
+
+
+async def test_separate_requests_use_welch_and_match_scipy(store: ExperimentStore) -> None:
+    rng = np.random.default_rng(8)
+    for i in range(20):
+        store.record(served(f"a{i}", errors(rng, 1.0), version="1"))
+        await store.report_actuals(f"a{i}", [0.0, 0.0, 0.0], 0)
+    for i in range(12):
+        store.record(served(f"b{i}", errors(rng, 1.0), version="2"))
+        await store.report_actuals(f"b{i}", [0.0, 0.0, 0.0], 0)
+    report = await store.experiment(MODEL)
+    [comparison] = report.comparisons
+    assert comparison.test == WELCH_TEST
+    assert comparison.samples == 12
+    assert not comparison.significant  # the same distribution
+    # The same numbers as scoring.compare on the stored MASE values.
+    one, two = report.versions
+    assert comparison.mean_difference == pytest.approx(one.errors.mase_mean - two.errors.mase_mean)
+
+
+async def test_a_single_pair_falls_back_to_welch(store: ExperimentStore) -> None:
+    store.record(served("p", version="1"))
+    store.record_shadow("p", MODEL, shadow("2", (1.0, 1.0, 1.0)))
+    await store.report_actuals("p", [1.5, 2.5, 2.0], 0)
+    for i, values in enumerate([(1.0, 2.0, 4.0), (2.0, 2.0, 2.0)]):
+        store.record(served(f"b{i}", values, version="2"))
+        await store.report_actuals(f"b{i}", [1.5, 2.5, 2.0], 0)
+    [comparison] = (await store.experiment(MODEL)).comparisons
+    assert comparison.test == WELCH_TEST
+    assert comparison.samples == 1  # version 1 has one scored forecast: untested
+    assert math.isnan(comparison.p_value) and not comparison.significant
+    reference = compare([4 / 9], [2 / 3, 2 / 3, 2 / 9], paired=False)  # MASE by hand
+    assert comparison.mean_difference == pytest.approx(reference.mean_difference)
+
+
+# -- bounds -----------------------------------------------------------------------------------
+
+
+async def test_pruned_by_count_oldest_first(clock: Clock) -> None:
+    store = ExperimentStore(":memory:", max_forecasts=3, max_age_s=3600.0, clock=clock)
+    await store.start()
+    try:
+        for i in range(5):
+            store.record(served(f"f{i}", created_at=clock.now + i))
+        for i in (0, 1):
+            with pytest.raises(NotFound):
+                await store.report_actuals(f"f{i}", [1.0], 0)
+        for i in (2, 3, 4):
+            assert (await store.report_actuals(f"f{i}", [1.0], 0)).steps_received == 1
+        [summary] = (await store.experiment(MODEL)).versions
+        assert summary.requests_served == 5
+        assert summary.latency.count == 3
+    finally:
+        await store.close()
+
+
+async def test_pruned_by_age(store: ExperimentStore, clock: Clock) -> None:
+    store.record(served("old", created_at=clock.now))
+    clock.now += 1800
+    store.record(served("new", created_at=clock.now))
+    await store.report_actuals("old", [1.0], 0)
+    clock.now += 1801
+    with pytest.raises(NotFound):
+        await store.report_actuals("old", [1.0], 0)
+    assert (await store.report_actuals("new", [1.0], 0)).steps_received == 1
+    [summary] = (await store.experiment(MODEL)).versions
+    assert summary.actuals_received == 1
+    assert summary.requests_served == 2
+
+
+# -- durability and the write-behind ----------------------------------------------------------
+
+
+async def test_restart_keeps_pending_forecasts_and_counters(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "nested" / "dir" / "experiments.sqlite3")
+    first = ExperimentStore(path, max_forecasts=100, max_age_s=3600.0, clock=clock)
+    await first.start()
+    first.record(served("f1"))
+    first.record_shadow("f1", MODEL, shadow("2", (2.0, 2.0, 5.0)))
+    await first.close()  # before the flusher's first tick: close writes the queue
+
+    second = ExperimentStore(path, max_forecasts=100, max_age_s=3600.0, clock=clock)
+    await second.start()
+    try:
+        report = await second.report_actuals("f1", [2.0, 2.0, 5.0], 0)
+        assert [(s.version, s.steps_scored) for s in report.scores] == [("1", 3), ("2", 3)]
+        second.record(served("f2"))
+        one, two = (await second.experiment(MODEL)).versions
+        assert (one.requests_served, two.requests_shadowed) == (2, 1)
+    finally:
+        await second.close()
+
+
+async def test_record_never_waits_for_the_database(store: ExperimentStore) -> None:
+    gate = threading.Event()
+    stall = store._executor.submit(gate.wait, 10.0)  # the store's only thread is stuck
+    try:
+        started = time.perf_counter()
+        for i in range(5000):
+            store.record(served(f"f{i}"))
+        assert time.perf_counter() - started < 2.0  # the thread stays stuck for 10 s
+        # The event loop stays free while the flusher waits on the stalled thread.
+        ticks = time.perf_counter()
+        await asyncio.sleep(0.2)
+        assert time.perf_counter() - ticks < 2.0
+    finally:
+        gate.set()
+    stall.result()
+    [summary] = (await store.experiment(MODEL)).versions
+    assert summary.requests_served == 5000
+
+
+async def test_the_flusher_writes_without_a_read(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "experiments.sqlite3")
+    store = ExperimentStore(path, 100, 3600.0, clock=clock, flush_interval_s=0.01)
+    await store.start()
+    try:
+        store.record(served("f1"))
+        await asyncio.sleep(0.2)
+        assert store._pending == []
+    finally:
+        await store.close()
+
+
+async def test_a_full_queue_drops_instead_of_blocking(clock: Clock) -> None:
+    store = ExperimentStore(":memory:", 100, 3600.0, clock=clock, max_pending=3)
+    for i in range(5):
+        store.record(served(f"f{i}"))  # not started: everything stays queued
+    assert store.dropped == 2
+    await store.start()
+    try:
+        [summary] = (await store.experiment(MODEL)).versions
+        assert summary.requests_served == 3
+    finally:
+        await store.close()
+    store.record(served("late"))
+    assert store.dropped == 3
+
+
+def test_malformed_records_are_rejected_on_the_spot() -> None:
+    store = ExperimentStore(":memory:", 10, 60.0)
+    with pytest.raises(ValueError, match="role SERVED"):
+        store.record(dataclasses.replace(served("f"), served=shadow("1", (1.0, 2.0, 3.0))))
+    with pytest.raises(ValueError, match="horizon"):
+        store.record(
+            RecordedForecast("f", MODEL, 4, 1.0, 0.0, Prediction("1", Role.SERVED, (1.0,), 1.0))
+        )
+    with pytest.raises(ValueError, match="latency_ms"):
+        store.record_shadow("f", MODEL, shadow("2", (1.0,), latency_ms=math.nan))
+
+
+async def test_latency_percentiles_match_numpy(store: ExperimentStore) -> None:
+    latencies = np.random.default_rng(9).lognormal(1.0, 0.8, 257)
+    for i, latency in enumerate(latencies):
+        store.record(served(f"f{i}", latency_ms=float(latency)))
+    [summary] = (await store.experiment(MODEL)).versions
+    expected = np.percentile(latencies, [50, 95, 99])
+    assert summary.latency.count == 257
+    assert [summary.latency.p50_ms, summary.latency.p95_ms, summary.latency.p99_ms] == (
+        pytest.approx(expected.tolist())
+    )
+
+
+async def test_an_orphan_shadow_survives_a_restart(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "experiments.sqlite3")
+    first = ExperimentStore(path, max_forecasts=100, max_age_s=3600.0, clock=clock)
+    await first.start()
+    first.record_shadow("f1", MODEL, shadow("2", (1.0, 1.0, 1.0)))
+    await first.close()
+    second = ExperimentStore(path, max_forecasts=100, max_age_s=3600.0, clock=clock)
+    await second.start()
+    try:
+        second.record(served("f1", created_at=clock.now))
+        clock.now += ORPHAN_GRACE_S + 1  # adopted: no longer pruned as an orphan
+        report = await second.report_actuals("f1", [1.0, 1.0, 1.0], 0)
+        assert [s.version for s in report.scores] == ["1", "2"]
+    finally:
+        await second.close()
