@@ -49,6 +49,14 @@ class GatewayConfig:
     routing_file: str = "config/routing.toml"
     routing_poll_s: float = 2.0
     shadow_timeout_s: float = 10.0
+    max_in_flight: int = 1024
+    triton_retries: int = 2
+    retry_budget_ratio: float = 0.1
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    auth_token_file: str = ""
+    auth_required_for_reads: bool = False
     store_path: str = ".run/experiments.sqlite3"
     store_max_forecasts: int = 200_000
     store_max_age_s: float = 7 * 24 * 3600.0
@@ -110,12 +118,19 @@ class GatewayConfig:
             "stream_max_pending": self.stream_max_pending,
             "routing_poll_s": self.routing_poll_s,
             "shadow_timeout_s": self.shadow_timeout_s,
+            "max_in_flight": self.max_in_flight,
             "store_max_forecasts": self.store_max_forecasts,
             "store_max_age_s": self.store_max_age_s,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.triton_retries < 0 or not 0 <= self.retry_budget_ratio <= 1:
+            raise ConfigError("triton_retries must be >= 0 and retry_budget_ratio within 0-1")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
@@ -131,6 +146,15 @@ class GatewayConfig:
 
 def _coerce(key: str, raw: object, kind: object) -> object:
     """Convert a TOML or env value to the field's type, naming the key on failure."""
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"true", "1", "yes", "on"}:
+            return True
+        if text in {"false", "0", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
     converters: dict[object, type] = {"int": int, "float": float, "str": str}
     convert = converters.get(kind, str)
     try:
