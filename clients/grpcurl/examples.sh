@@ -6,8 +6,8 @@
 #
 # Without reflection, add: -import-path protos -proto forecast/v1/forecast_service.proto
 # JSON field names are lowerCamelCase: model, version, routingKey, history,
-# horizon, sequenceLength (grpcurl 1.8.6 prints responses with the proto names,
-# e.g. forecast_id). Errors print the status and its google.rpc details
+# horizon, sequenceLength, forecastId, requestId (grpcurl 1.8.6 prints responses
+# with the proto names, e.g. forecast_id). Errors print the status and its google.rpc details
 # (BadRequest field violations, ErrorInfo reason) and exit non-zero.
 set -euo pipefail
 
@@ -50,3 +50,44 @@ run -d "{\"model\": \"lstm_timeseries\", \"version\": \"1\", \"history\": [${HIS
 # An invalid request: INVALID_ARGUMENT with a field violation on "history".
 # grpcurl exits non-zero on an error status, so this one is allowed to fail.
 run -d '{"model": "lstm_timeseries", "history": []}' "$TARGET" "$SERVICE/Forecast" || true
+
+# ForecastBatch: many series of one model in one call. Each series is routed by
+# its routingKey (default: its id) and answered on its own: the short one gets
+# an "error" in its result, the others their "forecast".
+run -d "{\"model\": \"lstm_timeseries\", \"horizon\": 6, \"series\": [
+          {\"id\": \"store-17\", \"history\": [${HISTORY}]},
+          {\"id\": \"store-18\", \"routingKey\": \"customer-4\", \"history\": [${HISTORY}]},
+          {\"id\": \"too-short\", \"history\": [1, 2, 3]}]}" \
+  "$TARGET" "$SERVICE/ForecastBatch"
+
+# StreamForecast: several requests on one bidirectional call (grpcurl sends
+# each JSON object in -d as one message). Answers carry the requestId and may
+# come in any order; a failed request is an "error" answer, the stream goes on.
+run -d "{\"requestId\": \"a\", \"request\": {\"model\": \"lstm_timeseries\", \"history\": [${HISTORY}], \"horizon\": 3}}
+        {\"requestId\": \"b\", \"request\": {\"model\": \"moving_average\", \"version\": \"2\", \"history\": [${HISTORY}]}}
+        {\"requestId\": \"c\", \"request\": {\"model\": \"no_such_model\", \"history\": [${HISTORY}]}}" \
+  "$TARGET" "$SERVICE/StreamForecast"
+
+# CompareVersions: the same request on several versions (empty "versions": every
+# ready version), each version's forecast and latency, and their differences.
+# Nothing is recorded for A/B scoring.
+run -d "{\"model\": \"lstm_timeseries\", \"versions\": [\"1\", \"2\"], \"history\": [${HISTORY}],
+         \"horizon\": 6}" \
+  "$TARGET" "$SERVICE/CompareVersions"
+
+# ReportActuals: observed values for an earlier forecast (by its forecastId),
+# for horizon steps offset, offset+1, ...; the reply has the served version's
+# scores and any shadow version's. Here: forecast 4 steps, report 2, then 2 more.
+FORECAST_ID="$(run -d "{\"model\": \"lstm_timeseries\", \"history\": [${HISTORY}], \"horizon\": 4}" \
+  "$TARGET" "$SERVICE/Forecast" | sed -n -E 's/.*"(forecast_id|forecastId)": "([^"]*)".*/\2/p')"
+run -d "{\"forecastId\": \"${FORECAST_ID}\", \"actuals\": [61, 62]}" \
+  "$TARGET" "$SERVICE/ReportActuals"
+run -d "{\"forecastId\": \"${FORECAST_ID}\", \"actuals\": [63, 64], \"offset\": 2}" \
+  "$TARGET" "$SERVICE/ReportActuals"
+# An unknown (or expired) forecastId: NOT_FOUND, reason FORECAST_NOT_FOUND.
+run -d '{"forecastId": "no-such-id", "actuals": [1]}' "$TARGET" "$SERVICE/ReportActuals" || true
+
+# GetExperiment: per version, traffic (served/shadowed), actuals received,
+# mean MAE/sMAPE/MASE and latency percentiles; per version pair, the test
+# (paired t-test on shadow pairs, else Welch), the 95% CI and the p-value.
+run -d '{"model": "lstm_timeseries"}' "$TARGET" "$SERVICE/GetExperiment"

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Calls ListModels and Forecast on the Forecast Gateway, loading
+// Calls ListModels, Forecast and CompareVersions on the Forecast Gateway, loading
 // protos/forecast/v1/forecast_service.proto at run time (no generated code).
 //
 //   node forecast.js [host:port] [model]
@@ -67,6 +67,22 @@ async function main() {
         `window ${forecast.sequenceLength}, horizon ${forecast.horizon}`,
     );
     console.log(forecast.values.map((v) => v.toFixed(4)).join(' '));
+
+    // The same series on every ready version (a version that failed has an error).
+    const comparison = await call(client, 'CompareVersions', {
+      model,
+      history: demoHistory(),
+      horizon: 12,
+    });
+    for (const f of comparison.forecasts) {
+      const outcome = f.error
+        ? `error: ${f.error.message}`
+        : f.values.map((v) => v.toFixed(4)).join(' ');
+      console.log(
+        `compare version ${f.version} (window ${f.sequenceLength}, ` +
+          `${f.latencyMs.toFixed(1)} ms): ${outcome}`,
+      );
+    }
   } finally {
     client.close();
   }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class GatewayConfig:
     max_history_length: int = 10_000
     max_message_bytes: int = 1024 * 1024
     default_timeout_s: float = 10.0
-    catalog_refresh_s: float = 2.0
+    catalog_refresh_s: float = 1.0
     shutdown_grace_s: float = 10.0
     max_batch_series: int = 4096
     stream_max_pending: int = 64
@@ -142,6 +143,15 @@ class GatewayConfig:
                 "no models configured: list them under [[models]] in the config file "
                 f"or in {ENV_PREFIX}MODELS (comma-separated names)"
             )
+
+
+def load_or_exit(env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """GatewayConfig.load(), or exit 2 with a one-line message naming the key at fault."""
+    try:
+        return GatewayConfig.load(env)
+    except ConfigError as error:
+        sys.stderr.write(f"forecast-gateway: invalid configuration: {error}\n")
+        raise SystemExit(2) from error
 
 
 def _coerce(key: str, raw: object, kind: object) -> object:

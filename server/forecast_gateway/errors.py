@@ -131,6 +131,20 @@ class ResourceExhausted(GatewayError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(GatewayError):
+    """The call needs a token and carries none, or a malformed authorization header."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GatewayError):
+    """The call carries a well-formed token that the gateway does not accept."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
 class Internal(GatewayError):
     """Something failed that the caller cannot fix; details are only in the logs."""
 

@@ -1,10 +1,13 @@
 """The server interceptor: request context, error mapping, one log line per request.
 
 For every ForecastService call it binds a request id (the caller's
-`x-request-id`, or a new one) and the rpc name to the log context, turns
-GatewayError into a status with google.rpc details, turns anything
-unexpected into a generic INTERNAL (the traceback stays in the log), and
-writes the canonical request line and metrics once the call ends.
+`x-request-id`, or a new one) and the rpc name to the log context, checks
+the caller's token (`auth.TokenAuthorizer`, when tokens are configured)
+before the servicer runs, turns GatewayError into a status with google.rpc
+details, turns anything unexpected into a generic INTERNAL (the traceback
+stays in the log), and writes the canonical request line and metrics once
+the call ends. Health and reflection are not ForecastService calls: they
+pass through untouched, and open.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import grpc
 import structlog
 
 from forecast_gateway import metrics
+from forecast_gateway.auth import TokenAuthorizer
 from forecast_gateway.errors import REQUEST_ID_HEADER, GatewayError, Internal
 
 log = structlog.get_logger("forecast_gateway.request")
@@ -31,6 +35,7 @@ if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
     Behavior = Callable[[Any, Context], Awaitable[Any]]
+    Guard = Callable[[Context], None]
 
 
 def request_id_from(context: Context) -> str:
@@ -42,7 +47,14 @@ def request_id_from(context: Context) -> str:
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the unary ForecastService handlers; other services pass through."""
+    """Wraps the ForecastService handlers (access check, errors, log line); others pass through.
+
+    `authorizer` (None: no token file configured) decides which calls need a
+    token; see `auth.py` for the rule.
+    """
+
+    def __init__(self, authorizer: TokenAuthorizer | None = None) -> None:
+        self._authorizer = authorizer
 
     async def intercept_service(
         self,
@@ -55,19 +67,37 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc = method.rsplit("/", 1)[-1]
+        guard = self._guard(method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap(rpc, handler.unary_unary),  # type: ignore[arg-type]
+                _wrap(rpc, handler.unary_unary, guard),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(rpc, handler.stream_stream),  # type: ignore[arg-type]
+                _wrap_stream(rpc, handler.stream_stream, guard),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if guard is not _open:
+            return None  # fail closed: a handler kind this interceptor cannot guard is not served
         return handler
+
+    def _guard(self, method: str) -> Guard:
+        """The access check of `method`, run before its servicer (a no-op without tokens)."""
+        authorizer = self._authorizer
+        if authorizer is None or not authorizer.requires_token(method):
+            return _open
+
+        def guard(context: Context) -> None:
+            authorizer.check(method, context.invocation_metadata() or ())
+
+        return guard
+
+
+def _open(context: Context) -> None:
+    """The guard of a call that needs no token."""
 
 
 def _start(rpc: str, context: Context) -> str:
@@ -89,12 +119,13 @@ async def _fail(error: Exception, request_id: str, context: Context) -> grpc.Sta
     return error.code  # not reached: abort_with_status raises
 
 
-def _wrap(rpc: str, behavior: Behavior) -> Behavior:
+def _wrap(rpc: str, behavior: Behavior, guard: Guard) -> Behavior:
     async def wrapper(request: Any, context: Context) -> Any:
         request_id = _start(rpc, context)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            guard(context)
             return await behavior(request, context)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -109,7 +140,7 @@ def _wrap(rpc: str, behavior: Behavior) -> Behavior:
 
 
 def _wrap_stream(
-    rpc: str, behavior: Callable[[Any, Context], AsyncIterator[Any]]
+    rpc: str, behavior: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def wrapper(requests: Any, context: Context) -> AsyncIterator[Any]:
         request_id = _start(rpc, context)
@@ -117,6 +148,7 @@ def _wrap_stream(
         code = grpc.StatusCode.OK
         sent = 0
         try:
+            guard(context)
             async for response in behavior(requests, context):
                 sent += 1
                 yield response

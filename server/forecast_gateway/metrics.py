@@ -47,6 +47,11 @@ SERIES = Counter(
     "Series forecast, counting each series of a batch or stream.",
     ["rpc", "model", "version", "routing"],
 )
+IN_FLIGHT = Gauge("forecast_gateway_in_flight_requests", "ForecastService calls in progress.")
+SHED = Counter(
+    "forecast_gateway_shed_requests",
+    "Calls refused with RESOURCE_EXHAUSTED at the in-flight limit.",
+)
 READY_VERSIONS = Gauge(
     "forecast_gateway_model_ready_versions", "Ready versions per served model.", ["model"]
 )

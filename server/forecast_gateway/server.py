@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
-from forecast_gateway import metrics
+from forecast_gateway import auth, metrics
 from forecast_gateway.catalog import ModelCatalog
-from forecast_gateway.config import GatewayConfig
+from forecast_gateway.config import ConfigError, GatewayConfig
 from forecast_gateway.experiments import ExperimentStore
 from forecast_gateway.forecaster import Forecaster
 from forecast_gateway.interceptors import RequestInterceptor
-from forecast_gateway.routing_config import RoutingTable
+from forecast_gateway.overload import LoadShedder
+from forecast_gateway.routing_config import RoutingConfigError, RoutingTable
 from forecast_gateway.service import ForecastServicer
 from forecast_gateway.triton import TritonProxy
 
@@ -130,8 +132,17 @@ class Gateway:
 
 
 def create_gateway(config: GatewayConfig) -> Gateway:
-    """Build the server and bind its port (config.port 0 picks a free port)."""
-    proxy = TritonProxy(config.triton_url)
+    """Build the server and bind its port (config.port 0 picks a free port).
+
+    The port is TLS (mTLS with a client CA) when certificates are configured;
+    tokens are read here, once. Raises ConfigError for a missing or invalid
+    certificate, key or token file: the gateway does not start half-secured.
+    """
+    credentials = auth.server_credentials(config)
+    authorizer = auth.TokenAuthorizer.from_config(config)
+    if authorizer is not None and credentials is None:
+        log.warning("tokens_sent_in_clear", hint="set tls_cert_file and tls_key_file")
+    proxy = TritonProxy(config.triton_url, config.triton_retries, config.retry_budget_ratio)
     catalog = ModelCatalog(models=config.models)
     routing = RoutingTable(
         Path(config.routing_file) if config.routing_file else None,
@@ -148,7 +159,7 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         shadow_timeout_s=config.shadow_timeout_s,
     )
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor()],
+        interceptors=[RequestInterceptor(authorizer), LoadShedder(config.max_in_flight)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -166,7 +177,11 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
-    port = server.add_insecure_port(config.address)
+    port = (
+        server.add_insecure_port(config.address)
+        if credentials is None
+        else server.add_secure_port(config.address, credentials)
+    )
     if port == 0:
         raise RuntimeError(f"could not bind {config.address}")
     return Gateway(
@@ -194,6 +209,16 @@ def _add_reflection(server: grpc.aio.Server) -> None:
         },
     )
     server.add_generic_rpc_handlers((handler,))
+
+
+def run(config: GatewayConfig) -> None:
+    """Serve until SIGTERM/SIGINT; a configuration problem found at start exits 2 with a message."""
+    try:
+        asyncio.run(serve(config))
+    except (ConfigError, RoutingConfigError) as error:
+        kind = "routing file" if isinstance(error, RoutingConfigError) else "configuration"
+        sys.stderr.write(f"forecast-gateway: invalid {kind}: {error}\n")
+        raise SystemExit(2) from error
 
 
 async def serve(config: GatewayConfig, stop_event: asyncio.Event | None = None) -> None:

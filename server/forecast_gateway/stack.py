@@ -7,18 +7,16 @@ requests finish) and Triton after it.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import time
 from pathlib import Path
 
 import structlog
 
-from forecast_gateway.config import ConfigError, GatewayConfig
+from forecast_gateway.config import load_or_exit
 from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 from forecast_gateway.logs import configure_logging
-from forecast_gateway.server import serve
+from forecast_gateway.server import run
 
 log = structlog.get_logger(__name__)
 
@@ -31,11 +29,7 @@ def main() -> None:
         grpc=int(env.get("TRITON_GRPC_PORT", "8001")),
         metrics=int(env.get("TRITON_METRICS_PORT", "8002")),
     )
-    try:
-        config = GatewayConfig.load({**env, "FORECAST_TRITON_URL": f"127.0.0.1:{ports.grpc}"})
-    except ConfigError as error:
-        sys.stderr.write(f"forecast-gateway: invalid configuration: {error}\n")
-        raise SystemExit(2) from error
+    config = load_or_exit({**env, "FORECAST_TRITON_URL": f"127.0.0.1:{ports.grpc}"})
     configure_logging(config.log_format, config.log_level)
     repository = Path(env.get("FORECAST_MODEL_REPOSITORY", "model_repository"))
     triton = TritonProcess(repository, ports, log_path=Path(".run/triton.log"))
@@ -50,7 +44,7 @@ def main() -> None:
             triton_log=".run/triton.log",
             try_it=f"grpcurl -plaintext localhost:{config.port} list",
         )
-        asyncio.run(serve(config))
+        run(config)
     except KeyboardInterrupt:
         pass
     finally:

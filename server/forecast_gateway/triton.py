@@ -11,6 +11,9 @@ concurrent requests of the same window into one model execution.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +26,13 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal, Unavailable
+from forecast_gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -31,9 +40,17 @@ HISTORY_INPUT = "HISTORY"
 HORIZON_INPUT = "HORIZON"
 FORECAST_OUTPUT = "FORECAST"
 # Bound on the control-plane calls (catalog refresh, health).
-CONTROL_TIMEOUT_S = 2.0
+CONTROL_TIMEOUT_S = 1.0
 # Largest message to or from Triton (a batch of 256 long windows is ~1 MB).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Reconnect quickly after Triton restarts (gRPC's default backoff grows to 120 s).
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+# First retry backoff; doubled each attempt, jittered by +-50%.
+RETRY_BACKOFF_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -44,22 +61,52 @@ class TritonModelConfig:
     max_batch_size: int
 
 
+class RetryBudget:
+    """Retries allowed as a fraction of recent requests (a token bucket).
+
+    Each request adds `ratio` tokens (up to a cap), each retry spends one:
+    when Triton is down for everyone, retries stop instead of multiplying the
+    load on its way back up.
+    """
+
+    def __init__(self, ratio: float, cap: float = 10.0) -> None:
+        self.ratio = ratio
+        self.cap = cap
+        self.tokens = cap
+
+    def on_request(self) -> None:
+        """Credit one request."""
+        self.tokens = min(self.cap, self.tokens + self.ratio)
+
+    def try_spend(self) -> bool:
+        """Take one retry if the budget allows it."""
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 class TritonProxy:
     """Async client for the few Triton calls the gateway needs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retries: int = 2, retry_budget_ratio: float = 0.1) -> None:
         self.url = url
+        self.retries = retries
+        self.budget = RetryBudget(retry_budget_ratio)
         # Inference: Triton's generated stub on one shared channel (the hot path).
         self._channel = grpc.aio.insecure_channel(
             url,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                *RECONNECT_OPTIONS,
             ],
         )
         self._infer = service_pb2_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
         # Control plane (readiness, repository index, configs): tritonclient.
-        self._client = triton_aio.InferenceServerClient(url=url)
+        self._client = triton_aio.InferenceServerClient(
+            url=url, channel_args=list(RECONNECT_OPTIONS)
+        )
 
     async def close(self) -> None:
         """Close both channels."""
@@ -96,12 +143,7 @@ class TritonProxy:
                 np.full(rows, horizon, dtype=np.int32).tobytes(),
             ],
         )
-        try:
-            response = await self._infer(request, timeout=timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise convert_error(
-                str(error.code()), error.details() or "", model=model, version=version
-            ) from error
+        response = await self._call_with_retries(request, timeout_s, model, version)
         output = _output(response, rows, horizon)
         if output is None:
             raise Internal(
@@ -110,6 +152,36 @@ class TritonProxy:
                 metadata={"model": model, "version": version},
             )
         return output
+
+    async def _call_with_retries(
+        self, request: service_pb2.ModelInferRequest, timeout_s: float, model: str, version: str
+    ) -> service_pb2.ModelInferResponse:
+        """ModelInfer, retried on UNAVAILABLE only, within the deadline and the retry budget.
+
+        Inference is a pure function of its input, so a retry cannot do harm
+        twice; UNAVAILABLE means the request did not reach a working Triton.
+        Backoff is jittered so that callers do not retry in lockstep.
+        """
+        deadline = time.monotonic() + timeout_s
+        self.budget.on_request()
+        for attempt in range(self.retries + 1):
+            try:
+                return await self._infer(request, timeout=max(deadline - time.monotonic(), 0.0))
+            except grpc.aio.AioRpcError as error:
+                backoff = RETRY_BACKOFF_S * (2**attempt) * random.uniform(0.5, 1.5)
+                retryable = error.code() is grpc.StatusCode.UNAVAILABLE and not _overloaded(error)
+                if (
+                    not retryable
+                    or attempt == self.retries
+                    or time.monotonic() + backoff >= deadline
+                    or not self.budget.try_spend()
+                ):
+                    raise convert_error(
+                        str(error.code()), error.details() or "", model=model, version=version
+                    ) from error
+                log.info("triton_retry", attempt=attempt + 1, backoff_ms=round(backoff * 1000, 1))
+                await asyncio.sleep(backoff)
+        raise AssertionError("unreachable")
 
     async def is_ready(self) -> bool:
         """Whether Triton answers and reports itself ready."""
@@ -156,6 +228,11 @@ def convert_error(status: str, message: str, **context: str) -> GatewayError:
     The only place that interprets Triton's errors.
     """
     log.warning("triton_error", triton_status=status, triton_message=message, **context)
+    if status.endswith("RESOURCE_EXHAUSTED") or _QUEUE_FULL in message:
+        return ResourceExhausted(
+            "Triton's queue for this model is full; retry later with backoff",
+            reason="TRITON_OVERLOADED",
+        )
     if status.endswith("DEADLINE_EXCEEDED"):
         return DeadlineExceeded("the deadline passed while Triton was computing the forecast")
     if status.endswith("UNAVAILABLE"):
@@ -166,11 +243,17 @@ def convert_error(status: str, message: str, **context: str) -> GatewayError:
             reason="VERSION_UNAVAILABLE",
             metadata=dict(context),
         )
-    if status.endswith("RESOURCE_EXHAUSTED"):
-        return Unavailable("Triton is overloaded; retry later", reason="TRITON_OVERLOADED")
     if status.endswith("CANCELLED"):
         return Unavailable("the call to Triton was cancelled", reason="TRITON_CANCELLED")
     return Internal("Triton failed to compute the forecast", reason="TRITON_ERROR")
+
+
+_QUEUE_FULL = "Exceeds maximum queue size"
+
+
+def _overloaded(error: grpc.aio.AioRpcError) -> bool:
+    """Triton sheds a full queue with UNAVAILABLE; that is not worth a retry."""
+    return _QUEUE_FULL in (error.details() or "")
 
 
 def _output(

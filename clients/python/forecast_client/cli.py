@@ -1,9 +1,13 @@
-"""The `forecast` command: forecast a series and list models from the shell.
+"""The `forecast` command: forecast, compare versions, score and plot from the shell.
 
     forecast predict --model lstm_timeseries --horizon 12 --history "1,2,3,..."
     forecast predict --model lstm_timeseries --csv sales.csv --column units
     forecast --json models
     forecast models lstm_timeseries
+    forecast compare --model lstm_timeseries --csv sales.csv --versions 1,2 --horizon 8
+    forecast report --forecast-id 7d0c... --actuals "318.2,318.9" [--offset 2]
+    forecast experiment --model lstm_timeseries
+    forecast plot --model lstm_timeseries --csv sales.csv --actuals "..." --output plot.png
 
 Output is a plain-text table, or with --json the response as JSON (proto JSON
 names). Errors go to stderr; exit status 2 means the input was invalid
@@ -23,20 +27,33 @@ from typing import NoReturn
 
 import grpc
 
-from forecast_client.client import ForecastClient
+from forecast_client.client import Comparison, ForecastClient
 from forecast_client.errors import FieldViolation, ForecastError
 from forecast_client.render import (
+    actuals_json,
+    actuals_text,
+    comparison_json,
+    comparison_text,
     error_json,
     error_text,
+    experiment_json,
+    experiment_text,
     forecast_json,
     forecast_text,
     model_json,
     model_text,
     models_text,
 )
-from forecast_client.series_input import InputError, parse_csv, parse_history
+from forecast_client.series_input import (
+    InputError,
+    parse_csv,
+    parse_history,
+    parse_names,
+    parse_values,
+)
 
 DEFAULT_TARGET = "localhost:50051"
+DEFAULT_PLOT_LAST = 104  # = forecast_client.plot.DEFAULT_LAST (not imported: matplotlib is slow)
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 # What a command returns: the JSON object for --json and the plain-text rendering.
@@ -107,14 +124,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
     predict.add_argument("--version", default="", help="pin a version (default: gateway picks)")
     predict.add_argument("--routing-key", default="", help="series/customer key for routing")
-    predict.add_argument("--horizon", type=int, default=0, help="steps (0: model default)")
-    predict.add_argument(
-        "--sequence-length", type=int, default=0, help="window (0: the version's own)"
-    )
-    source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--history", help='values, oldest first: "1,2,3" or "1 2 3"')
-    source.add_argument("--csv", metavar="FILE", help="CSV file, oldest row first ('-': stdin)")
-    predict.add_argument("--column", help="CSV column name (default: the last all-numeric column)")
+    _add_request_options(predict)
     predict.set_defaults(handler=_predict)
 
     models = commands.add_parser(
@@ -122,9 +132,96 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     )
     models.add_argument("name", nargs="?", help="describe only this model")
     models.set_defaults(handler=_models)
-    for each in (parser, predict, models):
+
+    compare = commands.add_parser(
+        "compare",
+        parents=[common],
+        help="run one series on several versions and compare the forecasts",
+        description="Run the same request on several versions of a model (CompareVersions): "
+        "each version's forecast and latency, and how far apart they are. Nothing is recorded "
+        "for A/B scoring.",
+    )
+    _add_compare_options(compare)
+    compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="report observed values for a forecast and print its scores",
+        description="Report actuals for an earlier forecast (ReportActuals) and print the "
+        "scores of the version that served it and of any shadow version. Negative first "
+        "values need '=': --actuals=-1,2.",
+    )
+    report.add_argument(
+        "--forecast-id", required=True, help="the forecastId of a predict (or batch) answer"
+    )
+    report.add_argument(
+        "--actuals", required=True, help='observed values for consecutive steps: "1,2,3"'
+    )
+    report.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="horizon step of the first actual (0: the first forecast step)",
+    )
+    report.set_defaults(handler=_report)
+
+    experiment = commands.add_parser(
+        "experiment",
+        parents=[common],
+        help="A/B results of a model: traffic, accuracy, latency, significance",
+        description="Per version: requests served and shadowed, forecasts with actuals, mean "
+        "MAE/sMAPE/MASE, latency percentiles; then a significance test of each version pair "
+        "(GetExperiment).",
+    )
+    experiment.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
+    experiment.set_defaults(handler=_experiment)
+
+    plot = commands.add_parser(
+        "plot",
+        parents=[common],
+        help="draw the versions' forecasts of one series to a PNG",
+        description="Call CompareVersions and draw one PNG: the last --last points of the "
+        "history, each version's forecast continuing from its end, and the actuals if given.",
+    )
+    _add_compare_options(plot)
+    actuals = plot.add_mutually_exclusive_group()
+    actuals.add_argument("--actuals", help='observed values for steps 1, 2, ...: "1,2,3"')
+    actuals.add_argument("--actuals-csv", metavar="FILE", help="CSV file with the actuals")
+    plot.add_argument("--actuals-column", help="CSV column of --actuals-csv")
+    plot.add_argument(
+        "--last",
+        type=_positive_int,
+        default=DEFAULT_PLOT_LAST,
+        metavar="N",
+        help=f"history points to show (default: {DEFAULT_PLOT_LAST})",
+    )
+    plot.add_argument("--output", required=True, metavar="FILE", help="PNG file to write")
+    plot.set_defaults(handler=_plot)
+
+    for each in (parser, predict, models, compare, report, experiment, plot):
         each.json_errors = json_errors
     return parser
+
+
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    """--horizon, --sequence-length and the series: --history or --csv [--column]."""
+    parser.add_argument("--horizon", type=int, default=0, help="steps (0: model default)")
+    parser.add_argument(
+        "--sequence-length", type=int, default=0, help="window (0: the version's own)"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--history", help='values, oldest first: "1,2,3" or "1 2 3"')
+    source.add_argument("--csv", metavar="FILE", help="CSV file, oldest row first ('-': stdin)")
+    parser.add_argument("--column", help="CSV column name (default: the last all-numeric column)")
+
+
+def _add_compare_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
+    parser.add_argument(
+        "--versions", default="", help='versions to run, "1,2" (default: every ready version)'
+    )
+    _add_request_options(parser)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -163,6 +260,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> Output:
     with ForecastClient(args.target, timeout_s=args.timeout) as client:
         result: Output = args.handler(client, args)
@@ -170,9 +277,7 @@ def _run(args: argparse.Namespace) -> Output:
 
 
 def _predict(client: ForecastClient, args: argparse.Namespace) -> Output:
-    if args.column is not None and args.csv is None:
-        raise InputError("--column", "only applies with --csv")
-    history = parse_history(args.history) if args.csv is None else _read_csv(args.csv, args.column)
+    history = _history(args)
     forecast = client.forecast(
         args.model,
         history,
@@ -192,13 +297,96 @@ def _models(client: ForecastClient, args: argparse.Namespace) -> Output:
     return {"models": [model_json(m) for m in models]}, models_text(models)
 
 
-def _read_csv(path: str, column: str | None) -> list[float]:
+def _compare(client: ForecastClient, args: argparse.Namespace) -> Output:
+    history = _history(args)
+    comparison = _compare_versions(client, args, history)
+    return comparison_json(comparison), comparison_text(comparison)
+
+
+def _report(client: ForecastClient, args: argparse.Namespace) -> Output:
+    actuals = parse_values(args.actuals, "--actuals")
+    report = client.report_actuals(args.forecast_id, actuals, offset=args.offset)
+    return actuals_json(report), actuals_text(report)
+
+
+def _experiment(client: ForecastClient, args: argparse.Namespace) -> Output:
+    experiment = client.get_experiment(args.model)
+    return experiment_json(experiment), experiment_text(experiment)
+
+
+def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
+    from forecast_client.plot import forecast_png  # matplotlib: only imported when plotting
+
+    history = _history(args)
+    if args.actuals_column is not None and args.actuals_csv is None:
+        raise InputError("--actuals-column", "only applies with --actuals-csv")
+    actuals: list[float] = []
+    if args.actuals is not None:
+        actuals = parse_values(args.actuals, "--actuals")
+    elif args.actuals_csv is not None:
+        actuals = _read_csv(args.actuals_csv, args.actuals_column, field="--actuals-csv")
+    comparison = _compare_versions(client, args, history)
+    png = forecast_png(
+        comparison.model, history, comparison.forecasts, actuals=actuals, last=args.last
+    )
+    output = Path(args.output)
+    try:
+        output.write_bytes(png)
+    except OSError as error:
+        raise InputError("--output", f"cannot write {output}: {error.strerror}") from None
+    return {"output": str(output), **comparison_json(comparison)}, f"{output}\n"
+
+
+def _compare_versions(
+    client: ForecastClient, args: argparse.Namespace, history: list[float]
+) -> Comparison:
+    """CompareVersions; fails like `predict` (the first version's error) if no version ran.
+
+    A version that fails while another runs is a row of the output, not an error.
+    """
+    comparison = client.compare_versions(
+        args.model,
+        history,
+        versions=parse_names(args.versions),
+        horizon=args.horizon,
+        sequence_length=args.sequence_length,
+    )
+    failed = [(f.version, f.error) for f in comparison.forecasts if f.error is not None]
+    if failed and len(failed) == len(comparison.forecasts):
+        version, error = failed[0]
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise ForecastError(
+            error.code,
+            f"every version failed; version {version}{others}: {error.message}",
+            error.reason,
+            error.field_violations,
+            domain=error.domain,
+        )
+    return comparison
+
+
+def _history(args: argparse.Namespace) -> list[float]:
+    """The series of --history, or of --csv [--column]."""
+    if args.column is not None and args.csv is None:
+        raise InputError("--column", "only applies with --csv")
+    if args.csv is None:
+        return parse_history(args.history)
+    return _read_csv(args.csv, args.column)
+
+
+def _read_csv(path: str, column: str | None, *, field: str = "--csv") -> list[float]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise InputError("--csv", f"cannot read {path}: {reason}") from None
-    return parse_csv(text, column)
+        raise InputError(field, f"cannot read {path}: {reason}") from None
+    try:
+        return parse_csv(text, column)
+    except InputError as error:
+        if field == "--csv":
+            raise
+        names = {"--csv": field, "--column": field.replace("-csv", "-column")}
+        raise InputError(names.get(error.field, error.field), error.description) from None
 
 
 def _fail(args: argparse.Namespace, error: ForecastError) -> int:

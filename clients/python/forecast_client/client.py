@@ -4,22 +4,48 @@
         result = client.forecast("lstm_timeseries", history, horizon=12)
         result.values  # list[float], `horizon` steps
 
-Every failed call raises `ForecastError` (see `errors.py`).
+        outcomes = client.forecast_batch("lstm_timeseries", {"store-1": h1, "store-2": h2})
+        comparison = client.compare_versions("lstm_timeseries", history, horizon=12)
+        report = client.report_actuals(result.forecast_id, observed)
+        experiment = client.get_experiment("lstm_timeseries")
+
+Every failed call raises `ForecastError` (see `errors.py`). Batch and stream
+calls answer each series on its own: a series that failed is a
+`SeriesOutcome` whose `error` is a `ForecastError`, and the others still
+have their forecasts. Scores and statistics the gateway cannot compute yet
+(no actuals, too few samples) are NaN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Required, Self, TypedDict, TypeVar
 
 import grpc
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2, forecast_service_pb2_grpc
-from forecast_client.errors import from_rpc_error
+from forecast_client.errors import ForecastError, from_proto_error, from_rpc_error
 
-__all__ = ["Forecast", "ForecastClient", "ModelInfo", "ModelVersionInfo"]
+__all__ = [
+    "ActualsReport",
+    "Comparison",
+    "ErrorStats",
+    "Experiment",
+    "Forecast",
+    "ForecastArgs",
+    "ForecastClient",
+    "LatencyStats",
+    "ModelInfo",
+    "ModelVersionInfo",
+    "SeriesOutcome",
+    "VersionComparison",
+    "VersionDifference",
+    "VersionExperiment",
+    "VersionForecast",
+    "VersionScore",
+]
 
 _Response = TypeVar("_Response")
 _Number = TypeVar("_Number", bound=int)
@@ -64,6 +90,150 @@ class ModelInfo:
     default_horizon: int
     max_horizon: int
     versions: tuple[ModelVersionInfo, ...]
+
+
+class ForecastArgs(TypedDict, total=False):
+    """The fields of one ForecastRequest, as keyword arguments of `forecast()`."""
+
+    model: Required[str]
+    history: Required[Iterable[float]]
+    version: str
+    routing_key: str
+    horizon: int
+    sequence_length: int
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """The answer for one series of a batch (or one request of a stream).
+
+    `id` is the series id (batch) or the request id (stream). Exactly one of
+    `forecast` and `error` is set.
+    """
+
+    id: str
+    forecast: Forecast | None
+    error: ForecastError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the series was forecast."""
+        return self.forecast is not None
+
+
+@dataclass(frozen=True)
+class VersionForecast:
+    """One version's answer in a comparison; `error` is set (and `values` empty) if it failed."""
+
+    version: str
+    values: list[float]
+    latency_ms: float
+    sequence_length: int
+    error: ForecastError | None
+
+
+@dataclass(frozen=True)
+class VersionDifference:
+    """How far two versions' forecasts are apart, in the units of the history."""
+
+    version_a: str
+    version_b: str
+    mean_absolute_difference: float
+    max_absolute_difference: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same request run on several versions (nothing recorded for A/B scoring)."""
+
+    model: str
+    forecasts: tuple[VersionForecast, ...]
+    differences: tuple[VersionDifference, ...]
+
+
+@dataclass(frozen=True)
+class VersionScore:
+    """The accuracy of one version's forecast; `role` is "served" or "shadow"."""
+
+    version: str
+    role: str
+    steps_scored: int
+    mae: float
+    smape: float
+    mase: float
+
+
+@dataclass(frozen=True)
+class ActualsReport:
+    """What has been scored for a forecast so far (served version first, then shadows)."""
+
+    forecast_id: str
+    model: str
+    horizon: int
+    steps_received: int
+    scores: tuple[VersionScore, ...]
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Means of the per-forecast errors of `count` scored forecasts (sMAPE in percent)."""
+
+    count: int
+    mae_mean: float
+    smape_mean: float
+    mase_mean: float
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency percentiles in milliseconds over `count` observations."""
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class VersionExperiment:
+    """One version's traffic, scored accuracy and latency."""
+
+    version: str
+    requests_served: int
+    requests_shadowed: int
+    actuals_received: int
+    errors: ErrorStats
+    latency: LatencyStats
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """A test of whether two versions' errors differ.
+
+    `mean_difference` is mean(error of a) - mean(error of b) on `metric`:
+    negative means version a is more accurate. `ci_low`/`ci_high` bound its
+    95% confidence interval; `significant` is `p_value < 0.05`.
+    """
+
+    version_a: str
+    version_b: str
+    metric: str
+    test: str
+    samples: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The A/B results of a model: per-version statistics and pairwise tests."""
+
+    model: str
+    versions: tuple[VersionExperiment, ...]
+    comparisons: tuple[VersionComparison, ...]
 
 
 class ForecastClient:
@@ -125,25 +295,187 @@ class ForecastClient:
         0 mean the model's defaults. Validation is the gateway's: an empty
         history or a NaN comes back as INVALID_ARGUMENT with a field violation.
         """
-        request = forecast_service_pb2.ForecastRequest(
+        request = _forecast_request(
             model=model,
+            history=history,
             version=version,
             routing_key=routing_key,
-            history=[float(value) for value in history],
             horizon=horizon,
             sequence_length=sequence_length,
         )
-        response = self._call(self._stub.Forecast, request)
-        return Forecast(
+        return _forecast(self._call(self._stub.Forecast, request))
+
+    def forecast_batch(
+        self,
+        model: str,
+        series: Mapping[str, Iterable[float]] | Iterable[tuple[str, Iterable[float]]],
+        *,
+        version: str = "",
+        horizon: int = 0,
+        sequence_length: int = 0,
+    ) -> list[SeriesOutcome]:
+        """Forecast many series of one model in one call; one outcome per series, in order.
+
+        `series` maps each series id to its history (or is a sequence of
+        (id, history) pairs). Each series is routed by its id and answered on
+        its own: an invalid series gets an `error` in its outcome and does not
+        fail the others. The call itself fails (ForecastError) only when the
+        batch is invalid as a whole (empty, too many series, a repeated id) or
+        the model is not served.
+        """
+        pairs = series.items() if isinstance(series, Mapping) else series
+        request = forecast_service_pb2.ForecastBatchRequest(
+            model=model,
+            version=version,
+            horizon=horizon,
+            sequence_length=sequence_length,
+            series=[
+                forecast_service_pb2.Series(id=series_id, history=_floats(history))
+                for series_id, history in pairs
+            ],
+        )
+        response = self._call(self._stub.ForecastBatch, request)
+        return [
+            SeriesOutcome(result.id, _forecast(result.forecast), None)
+            if result.WhichOneof("outcome") == "forecast"
+            else SeriesOutcome(result.id, None, from_proto_error(result.error))
+            for result in response.results
+        ]
+
+    def stream_forecast(
+        self, requests: Iterable[tuple[str, ForecastArgs]], *, timeout_s: float | None = None
+    ) -> Iterator[SeriesOutcome]:
+        """Send (request_id, ForecastArgs) pairs on one StreamForecast call; yield the answers.
+
+        Answers come as they are ready, not necessarily in request order:
+        match them by `SeriesOutcome.id` (the request id). A failed request
+        is an outcome with an `error`; the stream goes on. A request id that
+        is empty or repeats one in flight ends the stream with a
+        ForecastError (INVALID_ARGUMENT). `requests` may be a lazy iterator:
+        it is read as the gateway asks for more. `timeout_s` is the deadline
+        of the whole stream (default: the client's timeout). The call starts
+        when iteration starts; stopping early cancels it.
+        """
+        messages = (
+            forecast_service_pb2.StreamForecastRequest(
+                request_id=request_id, request=_forecast_request(**args)
+            )
+            for request_id, args in requests
+        )
+        call = self._stub.StreamForecast(
+            messages, timeout=timeout_s or self._timeout_s, metadata=self._metadata
+        )
+        try:
+            for response in call:
+                if response.WhichOneof("outcome") == "forecast":
+                    yield SeriesOutcome(response.request_id, _forecast(response.forecast), None)
+                else:
+                    error = from_proto_error(response.error)
+                    yield SeriesOutcome(response.request_id, None, error)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+        finally:
+            call.cancel()  # no-op once the stream has ended
+
+    def compare_versions(
+        self,
+        model: str,
+        history: Iterable[float],
+        *,
+        versions: Iterable[str] = (),
+        horizon: int = 0,
+        sequence_length: int = 0,
+    ) -> Comparison:
+        """Run one request on several versions (default: every ready version) and compare them.
+
+        A version that fails has an `error` in its `VersionForecast`; the call
+        fails as a whole only for an invalid request or an unknown model or
+        version. Nothing is recorded for A/B scoring.
+        """
+        request = forecast_service_pb2.CompareVersionsRequest(
+            model=model,
+            versions=list(versions),
+            history=_floats(history),
+            horizon=horizon,
+            sequence_length=sequence_length,
+        )
+        response = self._call(self._stub.CompareVersions, request)
+        return Comparison(
+            model=response.model,
+            forecasts=tuple(
+                VersionForecast(
+                    version=f.version,
+                    values=list(f.values),
+                    latency_ms=f.latency_ms,
+                    sequence_length=f.sequence_length,
+                    error=from_proto_error(f.error) if f.HasField("error") else None,
+                )
+                for f in response.forecasts
+            ),
+            differences=tuple(
+                VersionDifference(
+                    version_a=d.version_a,
+                    version_b=d.version_b,
+                    mean_absolute_difference=d.mean_absolute_difference,
+                    max_absolute_difference=d.max_absolute_difference,
+                )
+                for d in response.differences
+            ),
+        )
+
+    def report_actuals(
+        self, forecast_id: str, actuals: Iterable[float], *, offset: int = 0
+    ) -> ActualsReport:
+        """Report observed values for horizon steps `offset`, `offset + 1`, ... of a forecast.
+
+        Returns the scores so far (the served version's, and any shadow's).
+        NOT_FOUND if the forecast id is unknown or expired; INVALID_ARGUMENT if
+        the actuals are empty, not finite, or do not fit in the horizon.
+        """
+        request = forecast_service_pb2.ReportActualsRequest(
+            forecast_id=forecast_id, actuals=_floats(actuals), offset=offset
+        )
+        response = self._call(self._stub.ReportActuals, request)
+        return ActualsReport(
             forecast_id=response.forecast_id,
             model=response.model,
-            version=response.version,
-            values=list(response.values),
-            routing_decision=_enum_label(
-                forecast_pb2.RoutingDecision.Name, response.routing_decision, "ROUTING_DECISION_"
-            ),
             horizon=response.horizon,
-            sequence_length=response.sequence_length,
+            steps_received=response.steps_received,
+            scores=tuple(
+                VersionScore(
+                    version=s.version,
+                    role=_enum_label(forecast_pb2.ScoreRole.Name, s.role, "SCORE_ROLE_"),
+                    steps_scored=s.steps_scored,
+                    mae=s.mae,
+                    smape=s.smape,
+                    mase=s.mase,
+                )
+                for s in response.scores
+            ),
+        )
+
+    def get_experiment(self, model: str) -> Experiment:
+        """The A/B results of a model; NOT_FOUND if the gateway does not serve it."""
+        request = forecast_service_pb2.GetExperimentRequest(model=model)
+        response = self._call(self._stub.GetExperiment, request)
+        return Experiment(
+            model=response.model,
+            versions=tuple(_version_experiment(v) for v in response.versions),
+            comparisons=tuple(
+                VersionComparison(
+                    version_a=c.version_a,
+                    version_b=c.version_b,
+                    metric=c.metric,
+                    test=c.test,
+                    samples=c.samples,
+                    mean_difference=c.mean_difference,
+                    ci_low=c.ci_low,
+                    ci_high=c.ci_high,
+                    p_value=c.p_value,
+                    significant=c.significant,
+                )
+                for c in response.comparisons
+            ),
         )
 
     def list_models(self) -> list[ModelInfo]:
@@ -170,6 +502,55 @@ def _enum_label(name_of: Callable[[_Number], str], number: _Number, prefix: str)
     except ValueError:  # a value added to the contract after these stubs were generated
         return str(number)
     return name.removeprefix(prefix).lower()
+
+
+def _floats(values: Iterable[float]) -> list[float]:
+    return [float(value) for value in values]
+
+
+def _forecast_request(
+    *,
+    model: str,
+    history: Iterable[float],
+    version: str = "",
+    routing_key: str = "",
+    horizon: int = 0,
+    sequence_length: int = 0,
+) -> forecast_service_pb2.ForecastRequest:
+    return forecast_service_pb2.ForecastRequest(
+        model=model,
+        version=version,
+        routing_key=routing_key,
+        history=_floats(history),
+        horizon=horizon,
+        sequence_length=sequence_length,
+    )
+
+
+def _forecast(response: forecast_service_pb2.ForecastResponse | forecast_pb2.Forecast) -> Forecast:
+    return Forecast(
+        forecast_id=response.forecast_id,
+        model=response.model,
+        version=response.version,
+        values=list(response.values),
+        routing_decision=_enum_label(
+            forecast_pb2.RoutingDecision.Name, response.routing_decision, "ROUTING_DECISION_"
+        ),
+        horizon=response.horizon,
+        sequence_length=response.sequence_length,
+    )
+
+
+def _version_experiment(version: forecast_service_pb2.VersionExperiment) -> VersionExperiment:
+    errors, latency = version.errors, version.latency
+    return VersionExperiment(
+        version=version.version,
+        requests_served=version.requests_served,
+        requests_shadowed=version.requests_shadowed,
+        actuals_received=version.actuals_received,
+        errors=ErrorStats(errors.count, errors.mae_mean, errors.smape_mean, errors.mase_mean),
+        latency=LatencyStats(latency.count, latency.p50_ms, latency.p95_ms, latency.p99_ms),
+    )
 
 
 def _model_info(model: forecast_pb2.Model) -> ModelInfo:

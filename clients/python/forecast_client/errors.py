@@ -3,7 +3,9 @@
 The gateway puts a `google.rpc.Status` in the `grpc-status-details-bin` trailer
 with `BadRequest` (one field violation per invalid field) and `ErrorInfo`
 (a stable reason such as "MODEL_NOT_FOUND" in the domain "forecast.v1").
-`from_rpc_error` is the only place that decodes it.
+`from_rpc_error` is the only place that decodes it. Batch and stream calls
+carry per-series errors in-band instead (`forecast.v1.ForecastError`, the same
+content); `from_proto_error` turns those into the same exception type.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["FieldViolation", "ForecastError", "from_rpc_error"]
+from forecast.v1 import forecast_pb2
+
+__all__ = ["FieldViolation", "ForecastError", "from_proto_error", "from_rpc_error"]
+
+ERROR_DOMAIN = "forecast.v1"
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,15 @@ def from_rpc_error(error: grpc.RpcError) -> ForecastError:
                 FieldViolation(v.field, v.description) for v in bad_request.field_violations
             )
     return ForecastError(code, status.message or message, reason, tuple(violations), domain=domain)
+
+
+def from_proto_error(error: forecast_pb2.ForecastError) -> ForecastError:
+    """Convert an in-band error (one series of a batch, stream or comparison)."""
+    code = _STATUS_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    violations = tuple(FieldViolation(v.field, v.description) for v in error.field_violations)
+    reason = error.reason or None
+    domain = ERROR_DOMAIN if reason is not None else None
+    return ForecastError(code, error.message, reason, violations, domain=domain)
 
 
 def _rich_status(call: grpc.Call) -> status_pb2.Status | None:

@@ -1,19 +1,36 @@
 """Turn results and errors into the CLI's output: JSON objects or plain-text tables.
 
 JSON keys are the proto JSON names (lowerCamelCase) so scripts can rely on
-them; enum values are the client's labels ("pinned", "ready").
+them; enum values are the client's labels ("pinned", "ready", "served").
+A statistic the gateway could not compute (NaN: no actuals yet, too few
+samples) is null in JSON and "-" in the tables.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from forecast_client.client import Forecast, ModelInfo, ModelVersionInfo
+from forecast_client.client import (
+    ActualsReport,
+    Comparison,
+    Experiment,
+    Forecast,
+    ModelInfo,
+    ModelVersionInfo,
+    VersionExperiment,
+)
 from forecast_client.errors import ForecastError
 
 __all__ = [
+    "actuals_json",
+    "actuals_text",
+    "comparison_json",
+    "comparison_text",
     "error_json",
     "error_text",
+    "experiment_json",
+    "experiment_text",
     "forecast_json",
     "forecast_text",
     "model_json",
@@ -22,6 +39,28 @@ __all__ = [
 ]
 
 JsonObject = dict[str, object]
+_EXPERIMENT_HEADERS = (
+    "VERSION",
+    "SERVED",
+    "SHADOWED",
+    "ACTUALS",
+    "MAE",
+    "sMAPE %",
+    "MASE",
+    "P50 ms",
+    "P95 ms",
+    "P99 ms",
+)
+_COMPARISON_HEADERS = (
+    "VERSIONS",
+    "TEST",
+    "METRIC",
+    "SAMPLES",
+    "MEAN DIFF (A-B)",
+    "95% CI",
+    "P-VALUE",
+    "SIGNIFICANT",
+)
 
 
 def forecast_json(forecast: Forecast) -> JsonObject:
@@ -51,16 +90,76 @@ def model_json(model: ModelInfo) -> JsonObject:
 
 def error_json(error: ForecastError) -> JsonObject:
     """Return the error as {"error": {code, message, reason, domain, fieldViolations}}."""
+    return {"error": _error_body(error)}
+
+
+def comparison_json(comparison: Comparison) -> JsonObject:
+    """Return a CompareVersionsResponse-shaped object; "error" is null for a version that ran."""
     return {
-        "error": {
-            "code": error.code.name,
-            "message": error.message,
-            "reason": error.reason,
-            "domain": error.domain,
-            "fieldViolations": [
-                {"field": v.field, "description": v.description} for v in error.field_violations
-            ],
-        }
+        "model": comparison.model,
+        "forecasts": [
+            {
+                "version": f.version,
+                "values": list(f.values),
+                "latencyMs": _finite(f.latency_ms),
+                "sequenceLength": f.sequence_length,
+                "error": _error_body(f.error) if f.error is not None else None,
+            }
+            for f in comparison.forecasts
+        ],
+        "differences": [
+            {
+                "versionA": d.version_a,
+                "versionB": d.version_b,
+                "meanAbsoluteDifference": _finite(d.mean_absolute_difference),
+                "maxAbsoluteDifference": _finite(d.max_absolute_difference),
+            }
+            for d in comparison.differences
+        ],
+    }
+
+
+def actuals_json(report: ActualsReport) -> JsonObject:
+    """Return a ReportActualsResponse-shaped object."""
+    return {
+        "forecastId": report.forecast_id,
+        "model": report.model,
+        "horizon": report.horizon,
+        "stepsReceived": report.steps_received,
+        "scores": [
+            {
+                "version": s.version,
+                "role": s.role,
+                "stepsScored": s.steps_scored,
+                "mae": _finite(s.mae),
+                "smape": _finite(s.smape),
+                "mase": _finite(s.mase),
+            }
+            for s in report.scores
+        ],
+    }
+
+
+def experiment_json(experiment: Experiment) -> JsonObject:
+    """Return a GetExperimentResponse-shaped object."""
+    return {
+        "model": experiment.model,
+        "versions": [_version_experiment_json(v) for v in experiment.versions],
+        "comparisons": [
+            {
+                "versionA": c.version_a,
+                "versionB": c.version_b,
+                "metric": c.metric,
+                "test": c.test,
+                "samples": c.samples,
+                "meanDifference": _finite(c.mean_difference),
+                "ciLow": _finite(c.ci_low),
+                "ciHigh": _finite(c.ci_high),
+                "pValue": _finite(c.p_value),
+                "significant": c.significant,
+            }
+            for c in experiment.comparisons
+        ],
     }
 
 
@@ -105,6 +204,97 @@ def model_text(model: ModelInfo) -> str:
     return _table(None, fields) + "\n" + _table(headers, rows)
 
 
+def comparison_text(comparison: Comparison) -> str:
+    """Return a table of the versions, a STEP table of their forecasts, and their differences."""
+    forecasts = comparison.forecasts
+    if not forecasts:
+        return f"{comparison.model}: no version to compare\n"
+    horizon = max(len(f.values) for f in forecasts)
+    summary = f"{comparison.model}: {len(forecasts)} version(s), horizon {horizon}\n\n"
+    versions = _table(
+        ["VERSION", "WINDOW", "LATENCY ms", "STATUS"],
+        [
+            [
+                f.version,
+                str(f.sequence_length),
+                _fixed(f.latency_ms, 2),
+                "ok" if f.error is None else f"{f.error.code.name}: {f.error.message}",
+            ]
+            for f in forecasts
+        ],
+    )
+    ran = [f for f in forecasts if f.error is None and f.values]
+    text = summary + versions
+    if ran:
+        rows = [
+            [
+                str(step + 1),
+                *(_number(f.values[step]) if step < len(f.values) else "-" for f in ran),
+            ]
+            for step in range(horizon)
+        ]
+        text += "\n" + _table(["STEP", *(f"v{f.version}" for f in ran)], rows)
+    if comparison.differences:
+        rows = [
+            [
+                f"{d.version_a} vs {d.version_b}",
+                _number(d.mean_absolute_difference),
+                _number(d.max_absolute_difference),
+            ]
+            for d in comparison.differences
+        ]
+        text += "\n" + _table(["VERSIONS", "MEAN |A-B|", "MAX |A-B|"], rows)
+    return text
+
+
+def actuals_text(report: ActualsReport) -> str:
+    """Return a summary line and one row per scored version (served first, then shadows)."""
+    summary = (
+        f"forecast {report.forecast_id} ({report.model}): "
+        f"{report.steps_received} of {report.horizon} steps received\n\n"
+    )
+    if not report.scores:
+        return summary + "no scores yet\n"
+    rows = [
+        [
+            s.version,
+            s.role,
+            str(s.steps_scored),
+            _number(s.mae),
+            _fixed(s.smape, 3),
+            _fixed(s.mase, 3),
+        ]
+        for s in report.scores
+    ]
+    return summary + _table(["VERSION", "ROLE", "STEPS", "MAE", "sMAPE %", "MASE"], rows)
+
+
+def experiment_text(experiment: Experiment) -> str:
+    """Return the per-version table, then one row per comparison of two versions."""
+    if not experiment.versions:
+        return f"{experiment.model}: no traffic recorded yet\n"
+    text = f"{experiment.model}: A/B experiment\n\n" + _table(
+        _EXPERIMENT_HEADERS, [_version_experiment_cells(v) for v in experiment.versions]
+    )
+    if not experiment.comparisons:
+        return text + "\nno comparison yet (no version pair with scored forecasts)\n"
+    rows = [
+        [
+            f"{c.version_a} vs {c.version_b}",
+            c.test,
+            c.metric,
+            str(c.samples),
+            _fixed(c.mean_difference, 4),
+            f"[{_fixed(c.ci_low, 4)}, {_fixed(c.ci_high, 4)}]",
+            _p_value(c.p_value),
+            "yes" if c.significant else "no",
+        ]
+        for c in experiment.comparisons
+    ]
+    note = "mean difference = mean error of A - mean error of B; negative: A is more accurate\n"
+    return text + "\n" + _table(_COMPARISON_HEADERS, rows) + note
+
+
 def error_text(error: ForecastError) -> str:
     """Return "error: CODE: message", one line per field violation, then the reason."""
     lines = [f"error: {error.code.name}: {error.message}"]
@@ -113,6 +303,71 @@ def error_text(error: ForecastError) -> str:
         domain = f" (domain {error.domain})" if error.domain else ""
         lines.append(f"  reason: {error.reason}{domain}")
     return "\n".join(lines) + "\n"
+
+
+def _error_body(error: ForecastError) -> JsonObject:
+    return {
+        "code": error.code.name,
+        "message": error.message,
+        "reason": error.reason,
+        "domain": error.domain,
+        "fieldViolations": [
+            {"field": v.field, "description": v.description} for v in error.field_violations
+        ],
+    }
+
+
+def _version_experiment_json(version: VersionExperiment) -> JsonObject:
+    errors, latency = version.errors, version.latency
+    return {
+        "version": version.version,
+        "requestsServed": version.requests_served,
+        "requestsShadowed": version.requests_shadowed,
+        "actualsReceived": version.actuals_received,
+        "errors": {
+            "count": errors.count,
+            "maeMean": _finite(errors.mae_mean),
+            "smapeMean": _finite(errors.smape_mean),
+            "maseMean": _finite(errors.mase_mean),
+        },
+        "latency": {
+            "count": latency.count,
+            "p50Ms": _finite(latency.p50_ms),
+            "p95Ms": _finite(latency.p95_ms),
+            "p99Ms": _finite(latency.p99_ms),
+        },
+    }
+
+
+def _version_experiment_cells(version: VersionExperiment) -> list[str]:
+    errors, latency = version.errors, version.latency
+    return [
+        version.version,
+        str(version.requests_served),
+        str(version.requests_shadowed),
+        str(version.actuals_received),
+        _number(errors.mae_mean),
+        _fixed(errors.smape_mean, 3),
+        _fixed(errors.mase_mean, 3),
+        _fixed(latency.p50_ms, 2),
+        _fixed(latency.p95_ms, 2),
+        _fixed(latency.p99_ms, 2),
+    ]
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a statistic the gateway could not compute is null."""
+    return value if math.isfinite(value) else None
+
+
+def _fixed(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "-"
+
+
+def _p_value(value: float) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
 
 def _version_json(version: ModelVersionInfo) -> JsonObject:
@@ -132,7 +387,7 @@ def _version_cells(version: ModelVersionInfo) -> list[str]:
 
 
 def _number(value: float) -> str:
-    return f"{value:.6g}"
+    return f"{value:.6g}" if math.isfinite(value) else "-"
 
 
 def _table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:

@@ -10,7 +10,7 @@ import csv
 import re
 from collections.abc import Sequence
 
-__all__ = ["InputError", "parse_csv", "parse_history"]
+__all__ = ["InputError", "parse_csv", "parse_history", "parse_names", "parse_values"]
 
 _SEPARATORS = re.compile(r"[,\s]+")
 
@@ -26,13 +26,23 @@ class InputError(Exception):
 
 def parse_history(text: str) -> list[float]:
     """Parse "1, 2.5 3" (commas and/or whitespace) into floats; "" is an empty series."""
+    return parse_values(text, "--history")
+
+
+def parse_values(text: str, field: str) -> list[float]:
+    """Parse a list of numbers like `parse_history`; errors name the option `field`."""
     values = []
     for position, token in enumerate(t for t in _SEPARATORS.split(text.strip()) if t):
         number = _to_float(token)
         if number is None:
-            raise InputError("--history", f"value {position + 1} ({token!r}) is not a number")
+            raise InputError(field, f"value {position + 1} ({token!r}) is not a number")
         values.append(number)
     return values
+
+
+def parse_names(text: str) -> list[str]:
+    """Split "1,2" or "1 2" into ["1", "2"] (e.g. a list of versions); "" is no names."""
+    return [token for token in _SEPARATORS.split(text.strip()) if token]
 
 
 def parse_csv(text: str, column: str | None = None) -> list[float]:

@@ -1,0 +1,94 @@
+"""forecast_client.plot: the PNG `forecast plot` writes, drawn from plain data (no gateway)."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+import grpc
+import pytest
+from matplotlib.lines import Line2D
+from PIL import Image
+
+from forecast_client import ForecastError, VersionForecast
+from forecast_client.plot import DEFAULT_SIZE_PX, forecast_figure, forecast_png
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HISTORY = [round(350 + 3 * math.sin(2 * math.pi * i / 52) + 0.03 * i, 3) for i in range(150)]
+ACTUALS = [HISTORY[-1] + 0.1 * step for step in range(1, 9)]
+FORECASTS = (
+    VersionForecast("1", [v + 0.4 for v in ACTUALS], 3.2, 10, None),
+    VersionForecast("2", [v - 0.2 for v in ACTUALS], 4.1, 52, None),
+)
+BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # the first two version colors
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from the IHDR chunk, which must come first."""
+    assert png[:8] == PNG_SIGNATURE
+    length, chunk = struct.unpack(">I4s", png[8:16])
+    assert (length, chunk) == (13, b"IHDR")
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def legend_labels(figure: object) -> list[str]:
+    (axes,) = figure.axes  # type: ignore[attr-defined]
+    return [text.get_text() for text in axes.get_legend().get_texts()]
+
+
+def test_png_is_valid_and_has_the_default_size() -> None:
+    png = forecast_png("lstm_timeseries", HISTORY, FORECASTS, actuals=ACTUALS)
+    assert png_size(png) == DEFAULT_SIZE_PX == (1200, 600)
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()  # CRCs and structure
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (1200, 600)
+        colors = {rgba[:3] for _, rgba in image.convert("RGBA").getcolors(1 << 20) or []}
+    # Both versions' lines are drawn in their own colors (not a blank canvas).
+    assert BLUE in colors and ORANGE in colors
+    assert len(colors) > 50
+
+
+@pytest.mark.parametrize(("size", "dpi"), [((800, 400), 100), ((640, 480), 80)])
+def test_png_has_the_requested_size(size: tuple[int, int], dpi: int) -> None:
+    png = forecast_png("moving_average", HISTORY, FORECASTS[:1], size_px=size, dpi=dpi)
+    assert png_size(png) == size
+
+
+def test_figure_draws_history_forecasts_and_actuals() -> None:
+    figure = forecast_figure("lstm_timeseries", HISTORY, FORECASTS, actuals=ACTUALS, last=30)
+    (axes,) = figure.axes
+    lines = {line.get_label(): line for line in axes.get_lines() if isinstance(line, Line2D)}
+    history = lines["history"]
+    assert list(history.get_xdata()) == list(range(-29, 1))  # the last 30 points, ending at 0
+    assert list(history.get_ydata()) == HISTORY[-30:]
+    v1 = lines["v1 (window 10), MAE 0.4 over 8 steps"]
+    v2 = lines["v2 (window 52), MAE 0.2 over 8 steps"]
+    for line, forecast in ((v1, FORECASTS[0]), (v2, FORECASTS[1])):
+        # Each forecast continues from the last history point.
+        assert list(line.get_xdata()) == list(range(9))
+        assert list(line.get_ydata()) == [HISTORY[-1], *forecast.values]
+    assert v1.get_color() != v2.get_color()
+    assert list(lines["actuals (8)"].get_ydata())[1:] == ACTUALS
+    assert figure.get_suptitle() == "lstm_timeseries: forecast by version (v1, v2)"
+    assert "last 30 of 150 points" in axes.get_title()
+
+
+def test_failed_version_is_named_in_the_legend_and_short_history_is_shown_whole() -> None:
+    failed = VersionForecast(
+        "3", [], 0.0, 0, ForecastError(grpc.StatusCode.UNAVAILABLE, "version 3 is not ready")
+    )
+    figure = forecast_figure("lstm_timeseries", HISTORY[:20], [FORECASTS[0], failed])
+    assert legend_labels(figure) == ["history", "v1 (window 10)", "v3: failed (UNAVAILABLE)"]
+    assert "last 20 of 20 points" in figure.axes[0].get_title()
+    assert png_size(forecast_png("lstm_timeseries", HISTORY[:20], [failed])) == (1200, 600)
+
+
+@pytest.mark.parametrize(
+    ("history", "last", "fragment"), [([], 104, "history is empty"), ([1.0], 0, "last")]
+)
+def test_invalid_arguments(history: list[float], last: int, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        forecast_png("m", history, FORECASTS, last=last)
