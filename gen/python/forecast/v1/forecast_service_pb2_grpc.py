@@ -30,6 +30,12 @@ class ForecastServiceStub:
     Inference Server. Errors carry google.rpc details: BadRequest with one
     FieldViolation per invalid field, and ErrorInfo with a stable reason
     (e.g. "MODEL_NOT_FOUND") in the domain "forecast.v1".
+
+    Every RPC may also return RESOURCE_EXHAUSTED (reason GATEWAY_OVERLOADED or
+    TRITON_OVERLOADED) when the gateway sheds load, and, where the gateway
+    requires a token for reads, UNAUTHENTICATED (no or malformed
+    "authorization: Bearer <token>" metadata) or PERMISSION_DENIED (unknown
+    token).
     """
 
     def __init__(self, channel):
@@ -85,6 +91,12 @@ class ForecastServiceServicer:
     Inference Server. Errors carry google.rpc details: BadRequest with one
     FieldViolation per invalid field, and ErrorInfo with a stable reason
     (e.g. "MODEL_NOT_FOUND") in the domain "forecast.v1".
+
+    Every RPC may also return RESOURCE_EXHAUSTED (reason GATEWAY_OVERLOADED or
+    TRITON_OVERLOADED) when the gateway sheds load, and, where the gateway
+    requires a token for reads, UNAUTHENTICATED (no or malformed
+    "authorization: Bearer <token>" metadata) or PERMISSION_DENIED (unknown
+    token).
     """
 
     def Forecast(self, request, context):
@@ -239,6 +251,12 @@ class ForecastService:
     Inference Server. Errors carry google.rpc details: BadRequest with one
     FieldViolation per invalid field, and ErrorInfo with a stable reason
     (e.g. "MODEL_NOT_FOUND") in the domain "forecast.v1".
+
+    Every RPC may also return RESOURCE_EXHAUSTED (reason GATEWAY_OVERLOADED or
+    TRITON_OVERLOADED) when the gateway sheds load, and, where the gateway
+    requires a token for reads, UNAUTHENTICATED (no or malformed
+    "authorization: Bearer <token>" metadata) or PERMISSION_DENIED (unknown
+    token).
     """
 
     @staticmethod

@@ -31,6 +31,12 @@ class ForecastServiceStub:
     Inference Server. Errors carry google.rpc details: BadRequest with one
     FieldViolation per invalid field, and ErrorInfo with a stable reason
     (e.g. "MODEL_NOT_FOUND") in the domain "forecast.v1".
+
+    Every RPC may also return RESOURCE_EXHAUSTED (reason GATEWAY_OVERLOADED or
+    TRITON_OVERLOADED) when the gateway sheds load, and, where the gateway
+    requires a token for reads, UNAUTHENTICATED (no or malformed
+    "authorization: Bearer <token>" metadata) or PERMISSION_DENIED (unknown
+    token).
     """
 
     @_typing.overload
@@ -108,6 +114,12 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     Inference Server. Errors carry google.rpc details: BadRequest with one
     FieldViolation per invalid field, and ErrorInfo with a stable reason
     (e.g. "MODEL_NOT_FOUND") in the domain "forecast.v1".
+
+    Every RPC may also return RESOURCE_EXHAUSTED (reason GATEWAY_OVERLOADED or
+    TRITON_OVERLOADED) when the gateway sheds load, and, where the gateway
+    requires a token for reads, UNAUTHENTICATED (no or malformed
+    "authorization: Bearer <token>" metadata) or PERMISSION_DENIED (unknown
+    token).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -181,6 +193,12 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
     Inference Server. Errors carry google.rpc details: BadRequest with one
     FieldViolation per invalid field, and ErrorInfo with a stable reason
     (e.g. "MODEL_NOT_FOUND") in the domain "forecast.v1".
+
+    Every RPC may also return RESOURCE_EXHAUSTED (reason GATEWAY_OVERLOADED or
+    TRITON_OVERLOADED) when the gateway sheds load, and, where the gateway
+    requires a token for reads, UNAUTHENTICATED (no or malformed
+    "authorization: Bearer <token>" metadata) or PERMISSION_DENIED (unknown
+    token).
     """
 
     @_abc_1.abstractmethod
