@@ -6,12 +6,20 @@ The servicer stays thin: every field mapping lives here, in one place.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2
 from forecast_gateway.catalog import ModelSpec, VersionState
-from forecast_gateway.errors import ERROR_CODES, GatewayError
+from forecast_gateway.errors import (
+    ERROR_CODES,
+    MAX_DESCRIPTION_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_METADATA_BYTES,
+    GatewayError,
+    clip,
+)
 from forecast_gateway.experiments import ActualsReport, ExperimentReport, Role
 from forecast_gateway.forecaster import ForecastResult, VersionOutcome
 from forecast_gateway.routing import Decision
@@ -46,10 +54,13 @@ def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
 
 def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> list[ForecastQuery]:
     """One query per series; a series without a routing key is routed by its id."""
+    # Read once: each read of a proto string field is a new copy, and a
+    # version of up to 1 MB shared by 4,096 series must not become 4,096 copies.
+    model, version = request.model, request.version
     return [
         ForecastQuery(
-            model=request.model,
-            version=request.version,
+            model=model,
+            version=version,
             routing_key=series.routing_key or series.id,
             history=np.asarray(series.history, dtype=np.float64),
             horizon=request.horizon,
@@ -71,41 +82,42 @@ def compare_query_from(request: forecast_service_pb2.CompareVersionsRequest) -> 
     )
 
 
+def _forecast_fields(result: ForecastResult) -> dict[str, Any]:
+    """The fields ForecastResponse and Forecast share."""
+    return {
+        "forecast_id": result.forecast_id,
+        "model": result.model,
+        "version": result.version,
+        "values": result.values.tolist(),
+        "routing_decision": _DECISIONS[result.decision],
+        "horizon": result.horizon,
+        "sequence_length": result.window,
+    }
+
+
 def response_from(result: ForecastResult) -> forecast_service_pb2.ForecastResponse:
     """A ForecastResponse for a result."""
     return forecast_service_pb2.ForecastResponse(
-        forecast_id=result.forecast_id,
-        model=result.model,
-        version=result.version,
-        values=result.values.tolist(),
-        routing_decision=_DECISIONS[result.decision],
-        horizon=result.horizon,
-        sequence_length=result.window,
-        primary_version=result.primary_version,
+        **_forecast_fields(result), primary_version=result.primary_version
     )
 
 
 def forecast_from(result: ForecastResult) -> forecast_pb2.Forecast:
     """A Forecast message (batch results) for a result."""
-    return forecast_pb2.Forecast(
-        forecast_id=result.forecast_id,
-        model=result.model,
-        version=result.version,
-        values=result.values.tolist(),
-        routing_decision=_DECISIONS[result.decision],
-        horizon=result.horizon,
-        sequence_length=result.window,
-    )
+    return forecast_pb2.Forecast(**_forecast_fields(result))
 
 
 def error_from(error: GatewayError) -> forecast_pb2.ForecastError:
     """The in-band error of one series (same content as a unary call's status details)."""
     return forecast_pb2.ForecastError(
         code=ERROR_CODES[error.code],
-        message=error.message,
+        message=clip(error.message, MAX_MESSAGE_BYTES),
         reason=error.reason,
         field_violations=[
-            forecast_pb2.FieldViolation(field=v.field, description=v.description)
+            forecast_pb2.FieldViolation(
+                field=clip(v.field, MAX_METADATA_BYTES),
+                description=clip(v.description, MAX_DESCRIPTION_BYTES),
+            )
             for v in error.violations
         ],
     )

@@ -19,6 +19,16 @@ from grpc_status import rpc_status
 
 ERROR_DOMAIN = "forecast.v1"
 REQUEST_ID_HEADER = "x-request-id"
+# Byte budgets of the texts a status carries. The status travels in HTTP/2
+# trailers (grpc-message and grpc-status-details-bin), and a client drops
+# trailers over 8 KiB (RESOURCE_EXHAUSTED instead of the real status). Messages
+# echo caller input (a model name, a version), so they are clipped here, in the
+# middle, keeping the start and the end of the text.
+MAX_MESSAGE_BYTES = 512
+MAX_DESCRIPTION_BYTES = 256
+MAX_METADATA_BYTES = 128
+# Longest piece of caller input quoted in an error message (see `shown`).
+MAX_SHOWN_CHARS = 64
 
 
 class _Status(
@@ -63,7 +73,7 @@ class GatewayError(Exception):
         trailer, so a caller can quote it when reporting a problem.
         """
         details: list[any_pb2.Any] = []
-        metadata = dict(self.metadata)
+        metadata = {key: clip(value, MAX_METADATA_BYTES) for key, value in self.metadata.items()}
         if request_id:
             metadata["request_id"] = request_id
         info = error_details_pb2.ErrorInfo(
@@ -74,14 +84,17 @@ class GatewayError(Exception):
             bad_request = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=clip(v.field, MAX_METADATA_BYTES),
+                        description=clip(v.description, MAX_DESCRIPTION_BYTES),
                     )
                     for v in self.violations
                 ]
             )
             details.append(_pack(bad_request))
         status = status_pb2.Status(
-            code=ERROR_CODES[self.code], message=self.message, details=details
+            code=ERROR_CODES[self.code],
+            message=clip(self.message, MAX_MESSAGE_BYTES),
+            details=details,
         )
         converted = rpc_status.to_status(status)
         trailers = tuple(converted.trailing_metadata)
@@ -150,6 +163,28 @@ class Internal(GatewayError):
 
     code = grpc.StatusCode.INTERNAL
     reason = "INTERNAL"
+
+
+def shown(value: str) -> str:
+    """repr() of caller input for an error message, cut to MAX_SHOWN_CHARS characters.
+
+    A batch repeats a per-series error for every series: quoting a 500 KB
+    version in each of 4,096 errors would build gigabytes from one request.
+    """
+    if len(value) > MAX_SHOWN_CHARS:
+        value = value[:MAX_SHOWN_CHARS] + "\u2026"
+    return repr(value)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` if its UTF-8 form fits in `limit` bytes, else its start and end around an ellipsis."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    half = (limit - 3) // 2  # the ellipsis takes 3 bytes
+    head = data[:half].decode("utf-8", errors="ignore")
+    tail = data[len(data) - half :].decode("utf-8", errors="ignore")
+    return f"{head}\u2026{tail}"
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:

@@ -6,8 +6,10 @@ the caller's token (`auth.TokenAuthorizer`, when tokens are configured)
 before the servicer runs, turns GatewayError into a status with google.rpc
 details, turns anything unexpected into a generic INTERNAL (the traceback
 stays in the log), and writes the canonical request line and metrics once
-the call ends. Health and reflection are not ForecastService calls: they
-pass through untouched, and open.
+the call ends. A request whose bytes do not parse as its message gets
+INVALID_ARGUMENT (reason MALFORMED_REQUEST) like any other bad input, instead
+of gRPC's bare UNKNOWN. Health and reflection are not ForecastService calls:
+they pass through untouched, and open.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import structlog
 
 from forecast_gateway import metrics
 from forecast_gateway.auth import TokenAuthorizer
-from forecast_gateway.errors import REQUEST_ID_HEADER, GatewayError, Internal
+from forecast_gateway.errors import REQUEST_ID_HEADER, GatewayError, Internal, InvalidArgument
 
 log = structlog.get_logger("forecast_gateway.request")
 
@@ -71,13 +73,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap(rpc, handler.unary_unary, guard),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
                 _wrap_stream(rpc, handler.stream_stream, guard),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if guard is not _open:
@@ -98,6 +100,48 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
 def _open(context: Context) -> None:
     """The guard of a call that needs no token."""
+
+
+class _Malformed:
+    """Stands in for a request message whose bytes did not parse."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning _MALFORMED for bytes it cannot parse instead of raising.
+
+    gRPC would answer a parse failure with UNKNOWN, its exception text and no
+    details; the wrappers turn _MALFORMED into INVALID_ARGUMENT after the
+    access check.
+    """
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or whatever the parser raises on foreign bytes
+            return _MALFORMED
+
+    return parse
+
+
+def _check_parsed(request: Any) -> Any:
+    if request is _MALFORMED:
+        raise InvalidArgument(
+            "the request message could not be parsed: not a valid protobuf encoding "
+            "of the method's request type",
+            reason="MALFORMED_REQUEST",
+        )
+    return request
+
+
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A stream's requests; INVALID_ARGUMENT (ending the stream) at the first malformed one."""
+    async for request in requests:
+        yield _check_parsed(request)
 
 
 def _start(rpc: str, context: Context) -> str:
@@ -126,7 +170,7 @@ def _wrap(rpc: str, behavior: Behavior, guard: Guard) -> Behavior:
         code = grpc.StatusCode.OK
         try:
             guard(context)
-            return await behavior(request, context)
+            return await behavior(_check_parsed(request), context)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -149,7 +193,7 @@ def _wrap_stream(
         sent = 0
         try:
             guard(context)
-            async for response in behavior(requests, context):
+            async for response in behavior(_parsed(requests), context):
                 sent += 1
                 yield response
         except asyncio.CancelledError:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from forecast_gateway.catalog import ModelSpec
-from forecast_gateway.errors import NotFound, Unavailable
+from forecast_gateway.errors import NotFound, Unavailable, shown
 
 _RANDOM = random.Random()
 _HASH_DOMAIN_ROUTE = "route"
@@ -162,13 +162,13 @@ def _check_pinned(spec: ModelSpec, requested: str) -> None:
     if version is None:
         known = ", ".join(sorted(spec.versions, key=int)) or "none"
         raise NotFound(
-            f"model {spec.name!r} has no version {requested!r}; versions: {known}",
+            f"model {spec.name!r} has no version {shown(requested)}; versions: {known}",
             reason="VERSION_NOT_FOUND",
             metadata={"model": spec.name, "version": requested},
         )
     if not version.ready:
         raise Unavailable(
-            f"version {requested!r} of model {spec.name!r} is {version.state.value}",
+            f"version {shown(requested)} of model {spec.name!r} is {version.state.value}",
             reason="VERSION_UNAVAILABLE",
             metadata={"model": spec.name, "version": requested},
         )

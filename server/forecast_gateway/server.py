@@ -160,10 +160,10 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     )
     server = grpc.aio.server(
         interceptors=[RequestInterceptor(authorizer), LoadShedder(config.max_in_flight)],
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-        ],
+        # max_message_bytes bounds requests only. Responses are bounded by
+        # construction (max_batch_series x max_horizon, clipped error texts): a
+        # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.
+        options=[("grpc.max_receive_message_length", config.max_message_bytes)],
     )
     servicer = ForecastServicer(
         forecaster,

@@ -72,7 +72,9 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
             violations.insert(0, FieldViolation("model", "model is required (see ListModels)"))
         if violations:
             raise InvalidArgument.of(violations)
-        structlog.contextvars.bind_contextvars(model=request.model, series=len(request.series))
+        structlog.contextvars.bind_contextvars(series=len(request.series))
+        self.catalog.get(request.model)  # NOT_FOUND first: only served names become metric labels
+        structlog.contextvars.bind_contextvars(model=request.model)
         queries = batch_queries_from(request)
         outcomes = await self.forecaster.forecast_batch(
             request.model, queries, self._deadline(context)

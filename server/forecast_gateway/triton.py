@@ -138,6 +138,8 @@ class TritonProxy:
                     name=HORIZON_INPUT, datatype="INT32", shape=[rows, 1]
                 ),
             ],
+            # Triton drops the request if it is still queued when this passes.
+            parameters={"timeout": service_pb2.InferParameter(int64_param=int(timeout_s * 1e6))},
             raw_input_contents=[
                 np.ascontiguousarray(windows, dtype=np.float32).tobytes(),
                 np.full(rows, horizon, dtype=np.int32).tobytes(),

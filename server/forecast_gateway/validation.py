@@ -13,8 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from forecast_gateway.catalog import ModelSpec, VersionSpec
-from forecast_gateway.errors import FieldViolation, InvalidArgument
+from forecast_gateway.errors import FieldViolation, InvalidArgument, shown
 from forecast_gateway.normalization import FloatArray
+
+# Largest magnitude a history value may have. Beyond it the squares summed for
+# a window's standard deviation overflow float64 and the forecast would come
+# out non-finite; real series are nowhere near it (the models see z-scores).
+MAX_ABS_VALUE = 1e150
+# Longest version accepted: Triton versions are int64.
+MAX_VERSION_DIGITS = 19
 
 
 @dataclass(frozen=True)
@@ -42,32 +49,15 @@ def check_query(query: ForecastQuery, max_history_length: int) -> None:
     violations: list[FieldViolation] = []
     if not query.model:
         violations.append(FieldViolation("model", "model is required (see ListModels)"))
-    if query.version and not query.version.isdigit():
-        violations.append(
-            FieldViolation("version", f'version must be a number like "2", got {query.version!r}')
-        )
-    length = query.history.shape[0]
-    if length == 0:
-        violations.append(FieldViolation("history", "history is empty; send at least the window"))
-    elif length > max_history_length:
+    if query.version and not _is_version_number(query.version):
         violations.append(
             FieldViolation(
-                "history",
-                f"history has {length} points, the maximum is {max_history_length}; "
-                "send only the most recent points",
+                "version", f'version must be a number like "2", got {shown(query.version)}'
             )
         )
-    else:
-        bad = np.flatnonzero(~np.isfinite(query.history))
-        if bad.size:
-            first = int(bad[0])
-            violations.append(
-                FieldViolation(
-                    "history",
-                    f"history holds {bad.size} non-finite value(s) (NaN or infinity), "
-                    f"first at index {first}: {query.history[first]}; fill or drop gaps first",
-                )
-            )
+    history = _history_violation(query.history, max_history_length)
+    if history is not None:
+        violations.append(history)
     if query.horizon < 0:
         violations.append(
             FieldViolation(
@@ -83,6 +73,45 @@ def check_query(query: ForecastQuery, max_history_length: int) -> None:
         )
     if violations:
         raise InvalidArgument.of(violations)
+
+
+def _is_version_number(text: str) -> bool:
+    """ASCII digits, at most 19 of them (an int64).
+
+    The length goes first: isdigit() is slow on long strings, and a batch
+    checks the version once per series.
+    """
+    return len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()
+
+
+def _history_violation(history: FloatArray, max_history_length: int) -> FieldViolation | None:
+    """What is wrong with the history as a whole: length, non-finite or out-of-range values."""
+    length = history.shape[0]
+    if length == 0:
+        return FieldViolation("history", "history is empty; send at least the window")
+    if length > max_history_length:
+        return FieldViolation(
+            "history",
+            f"history has {length} points, the maximum is {max_history_length}; "
+            "send only the most recent points",
+        )
+    bad = np.flatnonzero(~np.isfinite(history))
+    if bad.size:
+        first = int(bad[0])
+        return FieldViolation(
+            "history",
+            f"history holds {bad.size} non-finite value(s) (NaN or infinity), "
+            f"first at index {first}: {history[first]}; fill or drop gaps first",
+        )
+    huge = np.flatnonzero(np.abs(history) > MAX_ABS_VALUE)
+    if huge.size:
+        first = int(huge[0])
+        return FieldViolation(
+            "history",
+            f"history holds {huge.size} value(s) beyond +-{MAX_ABS_VALUE:g}, "
+            f"first at index {first}: {history[first]}; rescale the series first",
+        )
+    return None
 
 
 def resolve_shape(query: ForecastQuery, model: ModelSpec, version: VersionSpec) -> Shape:

@@ -5,8 +5,10 @@ load, overload. Each test runs its own Triton and gateway, so a fault stays in i
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import random
+import shutil
 import signal
 import threading
 import time
@@ -264,3 +266,28 @@ def test_caller_deadline_is_honoured(gateway: GatewayProcess) -> None:
         assert time.monotonic() - started < 0.5
         ok = stub.Forecast(pb.ForecastRequest(model="lstm_timeseries", history=HISTORY), timeout=10)
         assert ok.values
+
+
+def test_full_triton_queue_is_shed_as_resource_exhausted(tmp_path: Path) -> None:
+    repository = tmp_path / "model_repository"
+    shutil.copytree(
+        ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    config = repository / "lstm_timeseries" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_size: 2048", "max_queue_size: 4"))
+    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    triton = TritonProcess(repository, ports, tmp_path / "triton.log")
+    triton.start()
+    try:
+        triton.wait_ready()
+        gateway = start_gateway(triton.grpc_url, tmp_path / "gateway.log", FORECAST_ROUTING_FILE="")
+        try:
+            results = asyncio.run(concurrent_forecasts(gateway.target, 300))
+        finally:
+            stop_process(gateway.process)
+    finally:
+        triton.stop()
+    codes = collections.Counter(code for code, _, _ in results)
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes["OK"] > 0 and codes["RESOURCE_EXHAUSTED"] > 0, codes
+    assert '"reason": "TRITON_OVERLOADED"' in gateway.log_text()
