@@ -177,16 +177,18 @@ def test_concurrent_requests_are_batched(client: Any, model: str, version: int) 
         entry = stats["model_stats"][0]
         return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
 
-    before = counts()
-    windows = z_windows(128, WINDOWS[model, version])
-    results = infer_concurrently(client, model, version, windows, [12] * 128)
-    after = counts()
-    assert all(isinstance(r, np.ndarray) and r.shape == (1, 12) for r in results)
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    assert inferences == 128
-    # How many requests share an execution depends on timing (2 busy cores);
-    # that some do is the property: without dynamic batching, or with an
-    # execute() that ran one request at a time, executions == inferences.
+    # Up to three bursts: one that batches proves execute() takes whole
+    # batches; a model or config that cannot batch fails all three.
+    for attempt in range(3):
+        before = counts()
+        windows = z_windows(128, WINDOWS[model, version], seed=attempt)
+        results = infer_concurrently(client, model, version, windows, [12] * 128)
+        after = counts()
+        assert all(isinstance(r, np.ndarray) and r.shape == (1, 12) for r in results)
+        inferences, executions = after[0] - before[0], after[1] - before[1]
+        assert inferences == 128
+        if executions < inferences:
+            break
     assert executions < inferences, f"no batching: {executions} executions for {inferences}"
 
 
