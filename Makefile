@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Tools installed into the venv (buf, grpcurl, ruff, mypy) come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install system-tools run test unit functional lint check-gen gen train lock clean
+.PHONY: help install system-tools run test unit functional lint check-gen gen train bench lock clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ check-gen: install  ## Fail if the committed generated code is stale.
 train: install  ## Retrain the LSTM versions (writes model_repository/lstm_timeseries/*/model.pt).
 	$(PY) -m training.train_lstm --version 1
 	$(PY) -m training.train_lstm --version 2
+
+bench: install  ## Throughput: gateway vs direct Triton vs the hand-written server (~3 min; BENCH_ARGS=--smoke).
+	$(PY) -m bench $(BENCH_ARGS)
 
 lock:  ## Re-resolve requirements.in into requirements.lock in a scratch venv.
 	rm -rf /tmp/fg-lock && $(PYTHON) -m venv /tmp/fg-lock

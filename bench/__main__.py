@@ -1,0 +1,75 @@
+"""``python -m bench``: the side-by-side throughput benchmark (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.machine import load_average
+from bench.runner import SECTIONS, BenchSettings, measure, write_report
+from bench.services import ModelOverrides
+
+BUSY_LOAD = 0.5
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny fast run (c=1 and 8, ~100 calls/cell)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("bench-results.json"), help="JSON results path"
+    )
+    parser.add_argument("--seconds", type=float, help="measured seconds per cell (default 7)")
+    parser.add_argument("--concurrency", type=_ints, help="comma-separated, default 1,8,32,64,256")
+    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--queue-delay-us", type=int, help="override lstm max_queue_delay_microseconds"
+    )
+    parser.add_argument("--instances", type=int, help="override the lstm instance_group count")
+    parser.add_argument("--max-batch-size", type=int, help="override the lstm max_batch_size")
+    parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs to this directory")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> BenchSettings:
+    """BenchSettings from the parsed command line."""
+    changes: dict[str, object] = {
+        "overrides": ModelOverrides(args.queue_delay_us, args.instances, args.max_batch_size)
+    }
+    if args.keep_logs is not None:
+        changes["logs_dir"] = args.keep_logs
+    if args.seconds is not None:
+        changes["cell_seconds"] = args.seconds
+    if args.concurrency:
+        changes["concurrencies"] = args.concurrency
+    if args.sections:
+        sections = tuple(s.strip() for s in args.sections.split(","))
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise SystemExit(f"unknown sections: {sorted(unknown)}")
+        changes["sections"] = sections
+    if args.smoke:
+        return BenchSettings.smoke_run(**changes)
+    return BenchSettings(**changes)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the report; a missed target never fails the command."""
+    args = parse_args(argv)
+    settings = settings_from(args)
+    load = load_average()
+    if load[0] > BUSY_LOAD:
+        sys.stdout.write(f"warning: load average {load} before the run: results will be noisy\n")
+    results = measure(settings, sys.stdout)
+    write_report(results, args.output, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

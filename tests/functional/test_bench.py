@@ -1,0 +1,130 @@
+"""`make bench` itself: the smoke run reports every section with sane fields (no timing limits)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from bench import report
+from bench.loadgen import CellSpec, run_cell
+from forecast.v1 import forecast_service_pb2_grpc
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.functional
+
+SECTIONS = {"direct", "gateway", "baseline", "batch", "stream"}
+CPU_GROUPS = {"gateway", "triton", "baseline", "loadgen", "other", "machine_busy", "machine_idle"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    output = tmp_path_factory.mktemp("bench") / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout, json.loads(output.read_text())
+
+
+def check_measured(cell: dict[str, Any]) -> None:
+    assert cell["series"] > 0, cell
+    assert cell["series_per_s"] > 0, cell
+    assert cell["wall_s"] > 0, cell
+    latency = cell["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"], cell
+    assert set(cell["cpu_cores"]) == CPU_GROUPS, cell
+    assert all(value >= 0 for value in cell["cpu_cores"].values()), cell
+    assert cell["rss_mb"]["gateway_max"] > 0, cell
+    triton = cell["triton"]
+    if cell["kind"] == "baseline":
+        assert triton["requests"] == 0, cell  # the baseline never touches Triton
+        assert cell["cpu_cores"]["baseline"] > 0, cell
+    else:
+        assert triton["requests"] > 0, cell
+        assert triton["avg_batch"] >= 1, cell
+        assert triton["inferences"] >= cell["series"], cell
+
+
+def test_smoke_run_reports_every_section(smoke: tuple[str, dict[str, Any]]) -> None:
+    _, results = smoke
+    cells = results["cells"]
+    assert {cell["kind"] for cell in cells} == SECTIONS
+    for cell in cells:
+        if cell["kind"] in {"batch", "stream"} and cell["status"] == "skipped":
+            assert "UNIMPLEMENTED" in cell["note"]
+            continue
+        assert cell["status"] == "ok", cell
+        check_measured(cell)
+    for kind in ("direct", "gateway", "baseline"):
+        assert sorted(c["concurrency"] for c in cells if c["kind"] == kind) == [1, 8]
+    assert sorted(c["batch_size"] for c in cells if c["kind"] == "batch") == [32, 256]
+
+
+def test_smoke_run_prints_machine_table_ratios_and_targets(
+    smoke: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, results = smoke
+    machine = results["machine"]
+    assert machine["cores"] >= 1 and machine["memory_gib"] > 0
+    assert machine["triton_server"].startswith("2.")
+    assert machine["python"].startswith("3.11")
+    for text in ("CPU ", "Triton 2.", "series/s", "p99 ms", "avg batch", "gateway/direct"):
+        assert text in stdout
+    ratios = results["ratios"]
+    assert ratios["reference_concurrency"] == 8
+    assert ratios["gateway_over_direct"]["1"] > 0
+    assert ratios["added_p50_ms_c1"] is not None
+    assert {t["status"] for t in results["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert len(results["targets"]) == 8
+    for target in results["targets"]:
+        assert f"{target['status']:<5} {target['target']}" in stdout
+
+
+class Unimplemented(forecast_service_pb2_grpc.ForecastServiceServicer):
+    """Every RPC answers UNIMPLEMENTED (the generated base class's behaviour)."""
+
+
+@pytest.fixture
+async def unimplemented_server() -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(Unimplemented(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+@pytest.mark.parametrize(("kind", "batch_size"), [("batch", 32), ("stream", 1)])
+async def test_a_missing_rpc_is_skipped_with_a_note(
+    unimplemented_server: str, kind: str, batch_size: int
+) -> None:
+    spec = CellSpec(
+        name=kind,
+        kind=kind,
+        target=unimplemented_server,
+        concurrency=2,
+        seconds=1.0,
+        warmup_seconds=0.1,
+        max_calls=10,
+        triton_url="127.0.0.1:1",  # never reached: the probe stops first
+        watch={},
+        rss_pid=0,
+        batch_size=batch_size,
+    )
+    cell = await run_cell(spec)
+    assert cell["status"] == "skipped"
+    assert "UNIMPLEMENTED" in cell["note"]
+    table = report.format_table([cell])
+    assert "SKIPPED: server answered UNIMPLEMENTED" in table
+    targets = report.evaluate_targets([cell], report.compute_ratios([cell], [1], [batch_size]))
+    assert all(t["status"] == "n/a" for t in targets)
