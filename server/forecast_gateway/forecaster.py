@@ -23,6 +23,7 @@ import structlog
 
 from forecast_gateway import metrics
 from forecast_gateway.catalog import ModelCatalog, ModelSpec
+from forecast_gateway.coalescing import Coalescer
 from forecast_gateway.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -96,6 +97,7 @@ class Forecaster:
     ) -> None:
         self.catalog = catalog
         self.proxy = proxy
+        self.coalescer = Coalescer(proxy)
         self.routing = routing
         self.store = store
         self.max_history_length = max_history_length
@@ -225,15 +227,18 @@ class Forecaster:
     async def _infer(
         self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
     ) -> FloatArray:
-        """Normalize rows, run them on Triton in chunks of max_batch_size, denormalize."""
-        timeout_s = deadline - time.monotonic()
-        if timeout_s <= 0:
+        """Normalize rows, run them on Triton (coalesced, max_batch_size at most), denormalize."""
+        if deadline <= time.monotonic():
             raise DeadlineExceeded("the deadline passed before the request reached Triton")
         z, scaling = normalize(windows)
         size = spec.max_batch_size
-        chunks = [z[start : start + size] for start in range(0, z.shape[0], size)]
         outputs = await asyncio.gather(
-            *(self.proxy.forecast(spec.name, version, c, horizon, timeout_s) for c in chunks)
+            *(
+                self.coalescer.forecast(
+                    spec.name, version, z[start : start + size], horizon, deadline, size
+                )
+                for start in range(0, z.shape[0], size)
+            )
         )
         return denormalize(np.concatenate(outputs), scaling)
 

@@ -1,0 +1,133 @@
+"""Request coalescing: concurrent forecasts for the same tensor shape share one Triton call.
+
+Every gRPC hop costs the gateway CPU, and a Triton request per series keeps
+Triton's batches small when the gateway is the bottleneck. Calls for the same
+(model, version, window, horizon) are stacked into one multi-row request while
+MAX_OUTSTANDING requests for that key are already at Triton, and sent as soon
+as one returns (adaptive, no timer: with nothing outstanding a call is sent on
+the next loop iteration, so a lone caller waits for nobody). The rows are
+handed back to their callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal
+from forecast_gateway.triton import TritonProxy
+
+Rows = npt.NDArray[np.float32]
+Key = tuple[str, str, int, int]
+
+# Requests per key at Triton at once: two keep Triton's pipeline full while
+# the next group gathers.
+MAX_OUTSTANDING = 2
+
+
+@dataclass
+class _Waiting:
+    rows: Rows
+    deadline: float
+    future: asyncio.Future[Rows]
+
+
+@dataclass
+class _Group:
+    members: list[_Waiting] = field(default_factory=list)
+    rows: int = 0
+
+
+class Coalescer:
+    """Sends the rows of concurrent calls with equal shapes as one Triton request."""
+
+    def __init__(self, proxy: TritonProxy) -> None:
+        self.proxy = proxy
+        self._groups: dict[Key, _Group] = {}
+        self._outstanding: dict[Key, int] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def forecast(
+        self, model: str, version: str, rows: Rows, horizon: int, deadline: float, max_rows: int
+    ) -> Rows:
+        """Forecast `rows` (normalized windows), possibly in one request with other calls.
+
+        A request never holds more than `max_rows` rows (the model's
+        max_batch_size); `rows` itself must not exceed it.
+        """
+        if deadline <= time.monotonic():
+            raise DeadlineExceeded("the deadline passed before the request reached Triton")
+        loop = asyncio.get_running_loop()
+        key = (model, version, rows.shape[1], horizon)
+        group = self._groups.get(key)
+        if group is not None and group.rows + rows.shape[0] > max_rows:
+            self._flush(key, group)
+            group = None
+        if group is None:
+            group = self._groups[key] = _Group()
+            if self._outstanding.get(key, 0) < MAX_OUTSTANDING:
+                loop.call_soon(self._flush, key, group)
+            # else: sent when an outstanding request for this key returns
+        waiting = _Waiting(rows, deadline, loop.create_future())
+        group.members.append(waiting)
+        group.rows += rows.shape[0]
+        if group.rows >= max_rows:
+            self._flush(key, group)
+        return await waiting.future
+
+    def _flush(self, key: Key, group: _Group) -> None:
+        if self._groups.get(key) is not group:
+            return  # already sent
+        del self._groups[key]
+        self._outstanding[key] = self._outstanding.get(key, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._send(key, group.members))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _sent(self, key: Key) -> None:
+        """One request for `key` came back: send the group that gathered meanwhile."""
+        self._outstanding[key] -= 1
+        waiting = self._groups.get(key)
+        if waiting is not None:
+            self._flush(key, waiting)
+
+    async def _send(self, key: Key, members: list[_Waiting]) -> None:
+        try:
+            await self._send_rows(key, members)
+        finally:
+            self._sent(key)
+
+    async def _send_rows(self, key: Key, members: list[_Waiting]) -> None:
+        live = [m for m in members if not m.future.done()]  # callers gone: skip their rows
+        if not live:
+            return
+        model, version, _, horizon = key
+        timeout_s = max(m.deadline for m in live) - time.monotonic()
+        try:
+            if timeout_s <= 0:
+                raise DeadlineExceeded("the deadline passed before the request reached Triton")
+            output = await self.proxy.forecast(
+                model, version, np.concatenate([m.rows for m in live]), horizon, timeout_s
+            )
+        except GatewayError as error:
+            _fail(live, error)
+            return
+        except Exception as error:  # never leave a caller waiting
+            _fail(live, Internal("the forecast failed"))
+            raise error
+        start = 0
+        for member in live:
+            stop = start + member.rows.shape[0]
+            if not member.future.done():
+                member.future.set_result(output[start:stop])
+            start = stop
+
+
+def _fail(members: list[_Waiting], error: GatewayError) -> None:
+    for member in members:
+        if not member.future.done():
+            member.future.set_exception(error)

@@ -1,0 +1,109 @@
+"""The coalescer on its own, with a stand-in proxy that records the requests it gets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from forecast_gateway.coalescing import MAX_OUTSTANDING, Coalescer
+from forecast_gateway.errors import DeadlineExceeded, Unavailable
+
+
+class RecordingProxy:
+    """Answers each row with its own first value, after `delay` seconds."""
+
+    def __init__(self, delay: float = 0.01, fail: bool = False) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.requests: list[int] = []
+
+    async def forecast(
+        self, model: str, version: str, windows: np.ndarray, horizon: int, timeout_s: float
+    ) -> np.ndarray:
+        self.requests.append(windows.shape[0])
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise Unavailable("Triton is unreachable", reason="TRITON_UNAVAILABLE")
+        return np.repeat(windows[:, :1], horizon, axis=1)
+
+
+def rows(value: float, count: int = 1) -> np.ndarray:
+    return np.full((count, 4), value, dtype=np.float32)
+
+
+def later(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+async def test_a_lone_call_is_sent_at_once() -> None:
+    proxy = RecordingProxy()
+    out = await Coalescer(proxy).forecast("m", "1", rows(3.0), 2, later(), 256)  # type: ignore[arg-type]
+    assert out.tolist() == [[3.0, 3.0]] and proxy.requests == [1]
+
+
+async def test_calls_arriving_while_triton_is_busy_share_a_request() -> None:
+    proxy = RecordingProxy(delay=0.05)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    calls = [
+        asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
+        for i in range(50)
+    ]
+    results = await asyncio.gather(*calls)
+    # Every caller gets its own row back...
+    assert [r[0, 0] for r in results] == [float(i) for i in range(50)]
+    # ...and the 50 rows went in far fewer requests than 50.
+    assert sum(proxy.requests) == 50 and len(proxy.requests) <= MAX_OUTSTANDING + 2
+
+
+async def test_a_request_never_exceeds_max_rows() -> None:
+    proxy = RecordingProxy(delay=0.02)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    calls = [coalescer.forecast("m", "1", rows(1.0, 3), 2, later(), 8) for _ in range(20)]
+    await asyncio.gather(*calls)
+    assert sum(proxy.requests) == 60 and max(proxy.requests) <= 8
+
+
+async def test_different_shapes_are_not_mixed() -> None:
+    proxy = RecordingProxy()
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    await asyncio.gather(
+        coalescer.forecast("m", "1", rows(1.0), 2, later(), 256),
+        coalescer.forecast("m", "1", rows(1.0), 3, later(), 256),
+        coalescer.forecast("m", "2", rows(1.0), 2, later(), 256),
+    )
+    assert proxy.requests == [1, 1, 1]
+
+
+async def test_an_error_reaches_every_caller_of_the_request() -> None:
+    coalescer = Coalescer(RecordingProxy(fail=True))  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(coalescer.forecast("m", "1", rows(1.0), 2, later(), 256) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, Unavailable) for r in results)
+
+
+async def test_expired_deadline_is_not_sent() -> None:
+    proxy = RecordingProxy()
+    with pytest.raises(DeadlineExceeded):
+        await Coalescer(proxy).forecast("m", "1", rows(1.0), 2, time.monotonic() - 1, 256)  # type: ignore[arg-type]
+    assert proxy.requests == []
+
+
+async def test_a_cancelled_caller_does_not_block_the_others() -> None:
+    proxy = RecordingProxy(delay=0.05)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
+    await asyncio.sleep(0)  # first is outstanding; the next ones gather
+    waiting = [
+        asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
+        for i in range(1, 4)
+    ]
+    await asyncio.sleep(0)
+    waiting[0].cancel()
+    await first
+    results = await asyncio.gather(*waiting[1:])
+    assert [r[0, 0] for r in results] == [2.0, 3.0]
