@@ -172,24 +172,28 @@ def test_model_unloaded_and_loaded_while_traffic_flows(tmp_path: Path) -> None:
 
 
 async def concurrent_forecasts(
-    target: str, count: int, deadline_s: float = 10.0
+    target: str, count: int, deadline_s: float = 10.0, horizons: int = 1
 ) -> list[tuple[str, float, str]]:
-    """`count` Forecast calls at once: (code, seconds, forecast_id)."""
+    """`count` Forecast calls at once: (code, seconds, forecast_id).
+
+    With `horizons` > 1 the calls cycle through that many horizons: shapes the
+    gateway cannot coalesce into one Triton request.
+    """
     async with grpc.aio.insecure_channel(target) as channel:
         stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
 
-        async def one() -> tuple[str, float, str]:
+        async def one(index: int) -> tuple[str, float, str]:
             started = time.monotonic()
+            request = pb.ForecastRequest(
+                model="lstm_timeseries", version="2", history=HISTORY, horizon=1 + index % horizons
+            )
             try:
-                reply = await stub.Forecast(
-                    pb.ForecastRequest(model="lstm_timeseries", version="2", history=HISTORY),
-                    timeout=deadline_s,
-                )
+                reply = await stub.Forecast(request, timeout=deadline_s)
                 return "OK", time.monotonic() - started, reply.forecast_id
             except grpc.RpcError as error:
                 return error.code().name, time.monotonic() - started, ""
 
-        return list(await asyncio.gather(*(one() for _ in range(count))))
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 def test_overload_is_shed_quickly_and_accepted_calls_stay_fast(
@@ -282,7 +286,8 @@ def test_full_triton_queue_is_shed_as_resource_exhausted(tmp_path: Path) -> None
         triton.wait_ready()
         gateway = start_gateway(triton.grpc_url, tmp_path / "gateway.log", FORECAST_ROUTING_FILE="")
         try:
-            results = asyncio.run(concurrent_forecasts(gateway.target, 300))
+            # 60 shapes x 2 requests each at Triton at once overflow a queue of 4.
+            results = asyncio.run(concurrent_forecasts(gateway.target, 300, horizons=60))
         finally:
             stop_process(gateway.process)
     finally:

@@ -177,15 +177,24 @@ def test_concurrent_requests_are_batched(client: Any, model: str, version: int) 
         entry = stats["model_stats"][0]
         return int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0))
 
-    # Up to three bursts: one that batches proves execute() takes whole
-    # batches; a model or config that cannot batch fails all three.
+    # A full batch (256 rows, longest horizon) keeps the one instance busy
+    # while the 128 small requests arrive, so they wait in Triton's queue
+    # together; up to three bursts, so a starved client thread cannot fake a
+    # failure. A model or config that cannot batch fails all three.
+    window = WINDOWS[model, version]
     for attempt in range(3):
         before = counts()
-        windows = z_windows(128, WINDOWS[model, version], seed=attempt)
+        blocker = threading.Thread(
+            target=infer, args=(client, model, version, z_windows(256, window, seed=99), 64)
+        )
+        blocker.start()
+        windows = z_windows(128, window, seed=attempt)
         results = infer_concurrently(client, model, version, windows, [12] * 128)
+        blocker.join()
         after = counts()
         assert all(isinstance(r, np.ndarray) and r.shape == (1, 12) for r in results)
-        inferences, executions = after[0] - before[0], after[1] - before[1]
+        inferences = after[0] - before[0] - 256
+        executions = after[1] - before[1] - 1  # the blocker ran alone (a full batch)
         assert inferences == 128
         if executions < inferences:
             break
