@@ -1,0 +1,101 @@
+"""The Triton proxy's retry rule, with the ModelInfer call replaced by a scripted stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2
+
+from forecast_gateway.errors import GatewayError, ResourceExhausted, Unavailable
+from forecast_gateway.triton import RetryBudget, TritonProxy
+
+
+def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def answer(rows: int, horizon: int) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse()
+    response.outputs.add(name="FORECAST", datatype="FP32", shape=[rows, horizon])
+    response.raw_output_contents.append(np.ones((rows, horizon), dtype=np.float32).tobytes())
+    return response
+
+
+class Script:
+    """Raises the scripted errors in turn, then answers."""
+
+    def __init__(self, errors: list[grpc.aio.AioRpcError]) -> None:
+        self.errors: Iterator[grpc.aio.AioRpcError] = iter(errors)
+        self.calls = 0
+
+    async def __call__(
+        self,
+        request: service_pb2.ModelInferRequest,
+        timeout: float,  # noqa: ASYNC109 (the stub's signature)
+    ) -> service_pb2.ModelInferResponse:
+        self.calls += 1
+        error = next(self.errors, None)
+        if error is not None:
+            raise error
+        return answer(1, 2)
+
+
+@pytest.fixture
+async def proxy() -> TritonProxy:
+    # Nothing listens there: every call goes through the script.
+    return TritonProxy("127.0.0.1:9", retries=2, retry_budget_ratio=0.1)
+
+
+async def run(proxy: TritonProxy, script: Script) -> np.ndarray:
+    proxy._infer = script  # type: ignore[assignment]
+    return await proxy.forecast("m", "1", np.zeros((1, 4), dtype=np.float32), 2, timeout_s=5.0)
+
+
+async def test_unavailable_is_retried_then_answered(proxy: TritonProxy) -> None:
+    script = Script([rpc_error(grpc.StatusCode.UNAVAILABLE)] * 2)
+    assert (await run(proxy, script)).shape == (1, 2)
+    assert script.calls == 3
+
+
+async def test_retries_stop_after_the_limit(proxy: TritonProxy) -> None:
+    script = Script([rpc_error(grpc.StatusCode.UNAVAILABLE)] * 5)
+    with pytest.raises(Unavailable):
+        await run(proxy, script)
+    assert script.calls == 3
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad shape"), GatewayError),
+        (rpc_error(grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size"), ResourceExhausted),
+    ],
+)
+async def test_errors_that_a_retry_cannot_fix_are_not_retried(
+    proxy: TritonProxy, error: grpc.aio.AioRpcError, kind: type[GatewayError]
+) -> None:
+    script = Script([error])
+    with pytest.raises(kind):
+        await run(proxy, script)
+    assert script.calls == 1
+
+
+async def test_an_empty_budget_stops_retries(proxy: TritonProxy) -> None:
+    proxy.budget = RetryBudget(ratio=0.0, cap=1.0)
+    first = Script([rpc_error(grpc.StatusCode.UNAVAILABLE)])
+    await run(proxy, first)  # spends the only token
+    second = Script([rpc_error(grpc.StatusCode.UNAVAILABLE)])
+    with pytest.raises(Unavailable):
+        await run(proxy, second)
+    assert (first.calls, second.calls) == (2, 1)
+
+
+def test_budget_refills_with_requests() -> None:
+    budget = RetryBudget(ratio=0.5, cap=1.0)
+    assert budget.try_spend() and not budget.try_spend()
+    budget.on_request()
+    budget.on_request()
+    assert budget.try_spend()
