@@ -215,6 +215,14 @@ class ExperimentStore:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._unreported_drops = 0
+        # GetExperiment reads every stored prediction of a model (~0.15 s at
+        # 150k forecasts) on the store's one thread, which ReportActuals and the
+        # writes need too. One computation at a time; callers that arrive while
+        # one runs share the next, so each still sees every write made before it
+        # asked, and no call rate can queue more than two on the thread.
+        self._experiment_lock = asyncio.Lock()
+        self._next_experiment: dict[str, asyncio.Future[ExperimentReport]] = {}
+        self._experiment_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Open (or create) the database and start the background flusher."""
@@ -278,8 +286,32 @@ class ExperimentStore:
         return await self._call(self._db.report_actuals, self._take(), forecast_id, values, offset)
 
     async def experiment(self, model: str) -> ExperimentReport:
-        """The A/B results of `model` (empty for a model never recorded)."""
-        return await self._call(self._db.experiment, self._take(), model)
+        """The A/B results of `model` (empty for a model never recorded).
+
+        Computed after the call arrives; concurrent calls share a computation.
+        """
+        future = self._next_experiment.get(model)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieve)
+            self._next_experiment[model] = future
+            task = asyncio.create_task(self._compute_experiment(model, future))
+            self._experiment_tasks.add(task)
+            task.add_done_callback(self._experiment_tasks.discard)
+        return await asyncio.shield(future)
+
+    async def _compute_experiment(
+        self, model: str, future: asyncio.Future[ExperimentReport]
+    ) -> None:
+        async with self._experiment_lock:
+            del self._next_experiment[model]  # later callers wait for the next computation
+            try:
+                future.set_result(await self._call(self._db.experiment, self._take(), model))
+            except Exception as error:
+                future.set_exception(error)
+            finally:
+                if not future.done():  # cancelled at shutdown: release the callers
+                    future.cancel()
 
     def _enqueue(self, op: _Op) -> None:
         if self._closed or len(self._pending) >= self._max_pending:

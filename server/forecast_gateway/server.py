@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+# Calls admitted by gRPC beyond max_in_flight (health checks, reflection, and
+# ForecastService calls the LoadShedder then refuses with details).
+ARRIVAL_HEADROOM = 32
 
 
 @dataclass
@@ -164,6 +167,10 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         # construction (max_batch_series x max_horizon, clipped error texts): a
         # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.
         options=[("grpc.max_receive_message_length", config.max_message_bytes)],
+        # The LoadShedder counts calls inside handlers; a burst also waits in
+        # gRPC's own queue before that. This bound applies where calls arrive:
+        # past it gRPC answers RESOURCE_EXHAUSTED at once (without details).
+        maximum_concurrent_rpcs=config.max_in_flight + ARRIVAL_HEADROOM,
     )
     servicer = ForecastServicer(
         forecaster,

@@ -53,7 +53,7 @@ class ForecastRequest(_message.Message):
     def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """history is the series, oldest point first, in its own units. The gateway
         reads the most recent sequence_length points. Required; every value must be
-        finite.
+        finite and at most 1e150 in magnitude.
         """
 
     def __init__(
