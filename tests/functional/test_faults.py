@@ -207,10 +207,12 @@ def test_overload_is_shed_quickly_and_accepted_calls_stay_fast(
         own_triton.grpc_url,
         tmp_path / "gateway.log",
         FORECAST_ROUTING_FILE="",
-        FORECAST_MAX_IN_FLIGHT="16",
+        FORECAST_MAX_IN_FLIGHT="2",
     )
     try:
-        results = asyncio.run(concurrent_forecasts(gateway.target, 400))
+        # 400 calls at once, in 60 shapes (so coalescing cannot fold them into
+        # a few requests), against 2 slots: most arrive while both are taken.
+        results = asyncio.run(concurrent_forecasts(gateway.target, 400, horizons=60))
     finally:
         stop_process(gateway.process)
     codes = [code for code, _, _ in results]
