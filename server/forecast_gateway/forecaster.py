@@ -25,7 +25,6 @@ from forecast_gateway import metrics
 from forecast_gateway.catalog import ModelCatalog, ModelSpec
 from forecast_gateway.coalescing import Coalescer
 from forecast_gateway.errors import (
-    DeadlineExceeded,
     FieldViolation,
     GatewayError,
     Internal,
@@ -96,7 +95,6 @@ class Forecaster:
         shadow_timeout_s: float,
     ) -> None:
         self.catalog = catalog
-        self.proxy = proxy
         self.coalescer = Coalescer(proxy)
         self.routing = routing
         self.store = store
@@ -227,9 +225,10 @@ class Forecaster:
     async def _infer(
         self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
     ) -> FloatArray:
-        """Normalize rows, run them on Triton (coalesced, max_batch_size at most), denormalize."""
-        if deadline <= time.monotonic():
-            raise DeadlineExceeded("the deadline passed before the request reached Triton")
+        """Normalize rows, run them on Triton (coalesced, max_batch_size at most), denormalize.
+
+        The coalescer refuses a call whose deadline has already passed.
+        """
         z, scaling = normalize(windows)
         size = spec.max_batch_size
         outputs = await asyncio.gather(
