@@ -14,7 +14,6 @@ import asyncio
 import collections
 import itertools
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,13 @@ from forecast_gateway.errors import (
     InvalidArgument,
     NotFound,
 )
-from forecast_gateway.experiments import ExperimentStore, Prediction, RecordedForecast, Role
+from forecast_gateway.experiments import (
+    ExperimentStore,
+    Prediction,
+    RecordedForecast,
+    Role,
+    new_forecast_id,
+)
 from forecast_gateway.normalization import FloatArray, denormalize, fit_window, normalize
 from forecast_gateway.routing import Decision, Route, choose_version
 from forecast_gateway.routing_config import RoutingTable
@@ -210,7 +215,7 @@ class Forecaster:
                 continue
             results.append(
                 ForecastResult(
-                    forecast_id=str(uuid.uuid4()),
+                    forecast_id=new_forecast_id(),
                     model=spec.name,
                     version=plan.route.version,
                     decision=plan.route.decision,

@@ -52,6 +52,10 @@ SHED = Counter(
     "forecast_gateway_shed_requests",
     "Calls refused with RESOURCE_EXHAUSTED at the in-flight limit.",
 )
+EXPERIMENT_RECORDS_DROPPED = Counter(
+    "forecast_gateway_experiment_records_dropped",
+    "A/B records not stored: the writer's queue was full (a stalled disk) or the store closed.",
+)
 READY_VERSIONS = Gauge(
     "forecast_gateway_model_ready_versions", "Ready versions per served model.", ["model"]
 )

@@ -3,12 +3,14 @@ import dataclasses
 import math
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from forecast_gateway import metrics
 from forecast_gateway.errors import InvalidArgument, NotFound
 from forecast_gateway.experiments import (
     ORPHAN_GRACE_S,
@@ -16,6 +18,7 @@ from forecast_gateway.experiments import (
     Prediction,
     RecordedForecast,
     Role,
+    new_forecast_id,
 )
 from forecast_gateway.scoring import PAIRED_TEST, WELCH_TEST, compare, naive_scale
 
@@ -392,9 +395,11 @@ async def test_the_flusher_writes_without_a_read(tmp_path: Path, clock: Clock) -
 
 async def test_a_full_queue_drops_instead_of_blocking(clock: Clock) -> None:
     store = ExperimentStore(":memory:", 100, 3600.0, clock=clock, max_pending=3)
+    counted = metrics.EXPERIMENT_RECORDS_DROPPED._value.get()
     for i in range(5):
         store.record(served(f"f{i}"))  # not started: everything stays queued
     assert store.dropped == 2
+    assert metrics.EXPERIMENT_RECORDS_DROPPED._value.get() - counted == 2
     await store.start()
     try:
         [summary] = (await store.experiment(MODEL)).versions
@@ -444,3 +449,18 @@ async def test_an_orphan_shadow_survives_a_restart(tmp_path: Path, clock: Clock)
         assert [s.version for s in report.scores] == ["1", "2"]
     finally:
         await second.close()
+
+
+def test_forecast_ids_are_unique_version_7_uuids_in_time_order() -> None:
+    ids = []
+    for _ in range(3):
+        ids += [new_forecast_id() for _ in range(1000)]
+        time.sleep(0.002)
+    parsed = [uuid.UUID(forecast_id) for forecast_id in ids]
+    assert {u.version for u in parsed} == {7}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert len(set(ids)) == len(ids)
+    milliseconds = [u.int >> 80 for u in parsed]
+    assert milliseconds == sorted(milliseconds)
+    assert abs(milliseconds[-1] - time.time() * 1000) < 5_000
+    assert ids[999] < ids[1000] < ids[2000]  # string order follows time across milliseconds
