@@ -48,26 +48,52 @@ def request_id_from(context: Context) -> str:
     return uuid.uuid4().hex
 
 
-class RequestInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the ForecastService handlers (access check, errors, log line); others pass through.
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each ForecastService handler once and reuses the wrapper for every call.
 
-    `authorizer` (None: no token file configured) decides which calls need a
-    token; see `auth.py` for the rule.
+    grpc.aio asks every interceptor for a handler on every call; building the
+    wrapper closures and handler objects anew each time was per-request work
+    that can be done once. Health and reflection pass through untouched.
     """
 
-    def __init__(self, authorizer: TokenAuthorizer | None = None) -> None:
-        self._authorizer = authorizer
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler | None]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        """Wrap ForecastService's unary methods; leave health and reflection alone."""
+        """The wrapped handler of a ForecastService method (built on its first call)."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
+        cached = self._wrapped.get(method)  # only served methods: a bounded set of keys
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def wrap(self, method: str, handler: Handler) -> Handler | None:
+        """The handler to serve `method` with (None: refuse it as UNIMPLEMENTED)."""
+        raise NotImplementedError
+
+
+class RequestInterceptor(ServiceInterceptor):
+    """Wraps the ForecastService handlers (access check, errors, log line).
+
+    `authorizer` (None: no token file configured) decides which calls need a
+    token; see `auth.py` for the rule.
+    """
+
+    def __init__(self, authorizer: TokenAuthorizer | None = None) -> None:
+        super().__init__()
+        self._authorizer = authorizer
+
+    def wrap(self, method: str, handler: Handler) -> Handler | None:
+        """Wrap a unary or bidirectional method; refuse any other kind when it needs a token."""
         rpc = method.rsplit("/", 1)[-1]
         guard = self._guard(method)
         if handler.unary_unary:

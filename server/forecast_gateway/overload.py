@@ -8,21 +8,21 @@ queue is bounded as well (`default_queue_policy` in each config.pbtxt).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from forecast_gateway import metrics
 from forecast_gateway.errors import ResourceExhausted
-from forecast_gateway.interceptors import SERVICE_PREFIX
+from forecast_gateway.interceptors import ServiceInterceptor
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 
-class LoadShedder(grpc.aio.ServerInterceptor):
+class LoadShedder(ServiceInterceptor):
     """Counts ForecastService calls in progress and sheds those over the limit.
 
     Installed after RequestInterceptor, so the refusal is reported like any
@@ -30,18 +30,12 @@ class LoadShedder(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, max_in_flight: int) -> None:
+        super().__init__()
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        """Wrap ForecastService's methods with the in-flight count."""
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(SERVICE_PREFIX):
-            return handler
+    def wrap(self, method: str, handler: Handler) -> Handler | None:
+        """Wrap a unary or bidirectional method with the in-flight count."""
         if handler.unary_unary:
             behavior = handler.unary_unary
 
