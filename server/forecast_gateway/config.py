@@ -51,6 +51,8 @@ class GatewayConfig:
     routing_poll_s: float = 2.0
     shadow_timeout_s: float = 10.0
     max_in_flight: int = 1024
+    idle_timeout_s: float = 300.0
+    max_connection_age_s: float = 0.0
     triton_retries: int = 2
     retry_budget_ratio: float = 0.1
     tls_cert_file: str = ""
@@ -120,14 +122,28 @@ class GatewayConfig:
             "routing_poll_s": self.routing_poll_s,
             "shadow_timeout_s": self.shadow_timeout_s,
             "max_in_flight": self.max_in_flight,
+            "idle_timeout_s": self.idle_timeout_s,
             "store_max_forecasts": self.store_max_forecasts,
             "store_max_age_s": self.store_max_age_s,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
-        if self.triton_retries < 0 or not 0 <= self.retry_budget_ratio <= 1:
-            raise ConfigError("triton_retries must be >= 0 and retry_budget_ratio within 0-1")
+        non_negative = {
+            "max_connection_age_s": self.max_connection_age_s,  # 0: off
+            "triton_retries": self.triton_retries,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        if not 0 <= self.retry_budget_ratio <= 1:
+            raise ConfigError(
+                f"retry_budget_ratio must be within 0-1, got {self.retry_budget_ratio}"
+            )
+        self._validate_settings()
+
+    def _validate_settings(self) -> None:
+        """The checks of validate() that are not plain number bounds."""
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:

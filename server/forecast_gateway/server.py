@@ -39,6 +39,9 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 # Calls admitted by gRPC beyond max_in_flight (health checks, reflection, and
 # ForecastService calls the LoadShedder then refuses with details).
 ARRIVAL_HEADROOM = 32
+KEEPALIVE_TIME_MS = 60_000
+"""How often the server pings a connection that has been quiet (gRPC's default is 2 hours)."""
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 @dataclass
@@ -166,7 +169,10 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         # max_message_bytes bounds requests only. Responses are bounded by
         # construction (max_batch_series x max_horizon, clipped error texts): a
         # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.
-        options=[("grpc.max_receive_message_length", config.max_message_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            *connection_options(config),
+        ],
         # The LoadShedder counts calls inside handlers; a burst also waits in
         # gRPC's own queue before that. This bound applies where calls arrive:
         # past it gRPC answers RESOURCE_EXHAUSTED at once (without details).
@@ -194,6 +200,25 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     return Gateway(
         config, server, port, catalog, proxy, health_servicer, routing, store, forecaster
     )
+
+
+def connection_options(config: GatewayConfig) -> list[tuple[str, int]]:
+    """Channel arguments that bound the life of client connections.
+
+    Keepalive pings find peers that vanished without closing TCP (a node
+    lost, a NAT entry dropped), so their connections do not live forever.
+    """
+    options = [
+        ("grpc.max_connection_idle_ms", int(config.idle_timeout_s * 1000)),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ]
+    if config.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.shutdown_grace_s * 1000)),
+        ]
+    return options
 
 
 def _add_reflection(server: grpc.aio.Server) -> None:

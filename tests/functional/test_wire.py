@@ -27,7 +27,8 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from tests.conftest import GatewayProcess
+from forecast_gateway.embedded_triton import TritonProcess
+from tests.conftest import GatewayProcess, start_gateway, stop_process
 from tests.functional.test_bad_input import details
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub
@@ -428,7 +429,7 @@ def test_bytes_that_are_not_grpc_are_dropped(gateway: GatewayProcess) -> None:
         (bytes(range(256)) * 4, True),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),
         (preface + garbage_frame, True),
-        (preface, False),  # then nothing: the connection stays open (no idle timeout is set)
+        (preface, False),  # then nothing: open for now (closed once idle, see below)
     ):
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
             sock.sendall(payload)
@@ -439,3 +440,37 @@ def test_bytes_that_are_not_grpc_are_dropped(gateway: GatewayProcess) -> None:
                     pass
                 ended = True
             assert ended is closed, payload[:30]
+
+
+def test_idle_connections_are_closed_and_clients_reconnect(
+    triton: TritonProcess, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        triton.grpc_url,
+        tmp_path / "gateway.log",
+        FORECAST_ROUTING_FILE="",
+        FORECAST_IDLE_TIMEOUT_S="1",
+    )
+    request = pb.ForecastRequest(model="moving_average", history=HISTORY)
+    try:
+        states: list[grpc.ChannelConnectivity] = []
+        with grpc.insecure_channel(gateway.target) as channel:
+            channel.subscribe(states.append)
+            stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
+            stub.Forecast(request, timeout=10)
+            ready_at = len(states)
+            assert grpc.ChannelConnectivity.READY in states
+            deadline = time.monotonic() + 15
+            while grpc.ChannelConnectivity.IDLE not in states[ready_at:]:
+                assert time.monotonic() < deadline, f"never closed when idle: {states}"
+                time.sleep(0.1)
+            assert len(stub.Forecast(request, timeout=10).values) > 0  # reconnects by itself
+        # A socket that never sends a request is closed as well.
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            started = time.monotonic()
+            while sock.recv(65536):
+                pass
+            assert time.monotonic() - started < 15
+    finally:
+        stop_process(gateway.process)

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from forecast_gateway.config import ConfigError, GatewayConfig, ModelConfig
+from forecast_gateway.server import connection_options
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = {"gateway": {"port": 6000}, "models": [{"name": "a", "default_version": "2"}]}
@@ -36,6 +37,10 @@ def test_forecast_models_env_replaces_the_list() -> None:
         (DOCUMENT, {"FORECAST_PORT": "70000"}, "port must be"),
         (DOCUMENT, {"FORECAST_MAX_HISTORY_LENGTH": "0"}, "max_history_length must be > 0"),
         (DOCUMENT, {"FORECAST_LOG_FORMAT": "xml"}, "log_format"),
+        (DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "0"}, "idle_timeout_s must be > 0"),
+        (DOCUMENT, {"FORECAST_MAX_CONNECTION_AGE_S": "-1"}, "max_connection_age_s must be >= 0"),
+        (DOCUMENT, {"FORECAST_TRITON_RETRIES": "-1"}, "triton_retries must be >= 0"),
+        (DOCUMENT, {"FORECAST_RETRY_BUDGET_RATIO": "2"}, "retry_budget_ratio must be within"),
         ({"models": []}, {}, "no models configured"),
         ({"models": [{"name": "a"}, {"name": "a"}]}, {}, "listed twice"),
         (
@@ -55,3 +60,16 @@ def test_invalid_configuration_names_the_key(
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         GatewayConfig.load({"FORECAST_CONFIG_FILE": str(tmp_path / "missing.toml")})
+
+
+def test_connection_options_follow_the_config() -> None:
+    config = GatewayConfig.from_mapping(DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "2.5"})
+    options = dict(connection_options(config))
+    assert options["grpc.max_connection_idle_ms"] == 2500
+    assert "grpc.max_connection_age_ms" not in options  # 0: off
+    aged = GatewayConfig.from_mapping(
+        DOCUMENT, {"FORECAST_MAX_CONNECTION_AGE_S": "60", "FORECAST_SHUTDOWN_GRACE_S": "5"}
+    )
+    options = dict(connection_options(aged))
+    assert options["grpc.max_connection_age_ms"] == 60_000
+    assert options["grpc.max_connection_age_grace_ms"] == 5_000
