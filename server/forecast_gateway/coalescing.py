@@ -6,7 +6,8 @@ Triton's batches small when the gateway is the bottleneck. Calls for the same
 MAX_OUTSTANDING requests for that key are already at Triton, and sent as soon
 as one returns (adaptive, no timer: with nothing outstanding a call is sent on
 the next loop iteration, so a lone caller waits for nobody). The rows are
-handed back to their callers.
+handed back to their callers. A request whose callers have all gone
+(cancelled, or past their deadline) is cancelled, at Triton too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class _Waiting:
 class _Group:
     members: list[_Waiting] = field(default_factory=list)
     rows: int = 0
+    task: asyncio.Task[None] | None = None
+    """The Triton request once sent."""
+
+    def cancel_if_abandoned(self) -> None:
+        """Cancel the Triton request (gRPC cancels it at Triton too) once every caller is gone."""
+        if self.task is not None and all(m.future.done() for m in self.members):
+            self.task.cancel()
 
 
 class Coalescer:
@@ -77,14 +85,18 @@ class Coalescer:
         group.rows += rows.shape[0]
         if group.rows >= max_rows:
             self._flush(key, group)
-        return await waiting.future
+        try:
+            return await waiting.future
+        except asyncio.CancelledError:
+            group.cancel_if_abandoned()
+            raise
 
     def _flush(self, key: Key, group: _Group) -> None:
         if self._groups.get(key) is not group:
             return  # already sent
         del self._groups[key]
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._send(key, group.members))
+        task = group.task = asyncio.get_running_loop().create_task(self._send(key, group.members))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 

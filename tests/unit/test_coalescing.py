@@ -107,3 +107,23 @@ async def test_a_cancelled_caller_does_not_block_the_others() -> None:
     await first
     results = await asyncio.gather(*waiting[1:])
     assert [r[0, 0] for r in results] == [2.0, 3.0]
+
+
+async def test_a_request_is_cancelled_once_all_its_callers_are_gone() -> None:
+    proxy = RecordingProxy(delay=0.05)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    shared = [
+        asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
+        for i in range(2)
+    ]
+    await asyncio.sleep(0.01)  # both sent in one request, now at the proxy
+    assert proxy.requests == [2]
+    (sending,) = coalescer._sending
+    shared[0].cancel()
+    await asyncio.sleep(0)
+    assert not sending.done()  # one caller still waits for it
+    shared[1].cancel()
+    await asyncio.wait([sending], timeout=0.04)  # well before the proxy's 0.05 s answer
+    assert sending.cancelled()
+    out = await coalescer.forecast("m", "1", rows(7.0), 2, later(), 256)
+    assert out[0, 0] == 7.0 and proxy.requests == [2, 1]  # the key is free again
