@@ -163,6 +163,23 @@ class ModelCatalog:
         self.specs = specs
         self.triton_up = triton_up
 
+    def mark_unavailable(self, model: str, version: str) -> None:
+        """Take a version out of routing until the next refresh: Triton said it is not loaded.
+
+        The refresh re-reads Triton's view, so a version wrongly marked comes
+        back within `catalog_refresh_s`.
+        """
+        spec = self.specs.get(model)
+        state = spec.versions.get(version) if spec is not None else None
+        if spec is None or state is None or not state.ready:
+            return
+        versions = {
+            **spec.versions,
+            version: dataclasses.replace(state, state=VersionState.UNAVAILABLE),
+        }
+        self.specs = {**self.specs, model: dataclasses.replace(spec, versions=versions)}
+        log.warning("version_unavailable_at_triton", model=model, version=version)
+
     async def refresh(self, proxy: TritonProxy) -> None:
         """Re-read versions and parameters of the served models from Triton.
 

@@ -29,6 +29,7 @@ from forecast_gateway.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from forecast_gateway.experiments import (
     ExperimentStore,
@@ -49,6 +50,8 @@ log = structlog.get_logger(__name__)
 # Shadow forecasts in flight at most; beyond it new shadows are dropped (and
 # counted), so a slow shadow version can never pile up work in the gateway.
 MAX_SHADOWS_IN_FLIGHT = 256
+VERSION_GONE = "VERSION_UNAVAILABLE"
+"""The reason of Triton's "this version is not loaded" (see triton.convert_error)."""
 
 
 @dataclass(frozen=True)
@@ -115,17 +118,35 @@ class Forecaster:
         check_query(query, self.max_history_length)
         spec = self.catalog.get(query.model)
         plan = self._plan(spec, 0, query)
-        structlog.contextvars.bind_contextvars(
-            model=spec.name, version=plan.route.version, routing=plan.route.decision.value
-        )
         try:
-            result = await self._run_one(spec, plan, deadline)
+            spec, plan, result = await self._run_routed(spec, plan, deadline)
         except GatewayError as error:
             if plan.route.fallback is None or isinstance(error, InvalidArgument):
                 raise
             result = await self._fallback(plan, error, deadline)
         self._mirror(spec, [(plan, result)])
         return result
+
+    async def _run_routed(
+        self, spec: ModelSpec, plan: _Plan, deadline: float
+    ) -> tuple[ModelSpec, _Plan, ForecastResult]:
+        """Run one series; if Triton no longer serves the version the router chose, route again.
+
+        Between Triton unloading a version and the next catalog refresh, the
+        router may still pick it. `_run_group` takes it out of the catalog on
+        Triton's answer; an unpinned call then goes to another ready version
+        (once) instead of failing. A pinned call keeps its error.
+        """
+        _bind_route(spec, plan)
+        try:
+            return spec, plan, await self._run_one(spec, plan, deadline)
+        except Unavailable as error:
+            if error.reason != VERSION_GONE or plan.route.decision is Decision.PINNED:
+                raise
+            spec = self.catalog.get(spec.name)
+            plan = self._plan(spec, plan.index, plan.query)
+            _bind_route(spec, plan)
+            return spec, plan, await self._run_one(spec, plan, deadline)
 
     async def forecast_batch(
         self, model: str, queries: Sequence[ForecastQuery], deadline: float
@@ -198,9 +219,14 @@ class Forecaster:
         first = plans[0]
         windows = np.stack([fit_window(p.query.history, first.shape.window) for p in plans])
         started = time.perf_counter()
-        values = await self._infer(
-            spec, first.route.version, windows, first.shape.horizon, deadline
-        )
+        try:
+            values = await self._infer(
+                spec, first.route.version, windows, first.shape.horizon, deadline
+            )
+        except Unavailable as error:
+            if error.reason == VERSION_GONE:  # Triton answered: out of routing until refreshed
+                self.catalog.mark_unavailable(spec.name, first.route.version)
+            raise
         latency_ms = _ms_since(started)
         results: list[ForecastResult | GatewayError] = []
         for plan, row in zip(plans, values, strict=True):
@@ -387,6 +413,13 @@ def _expand(
         log.error("batch_group_failed", error=repr(group_result))
         return [Internal("the forecast failed")] * size
     return group_result
+
+
+def _bind_route(spec: ModelSpec, plan: _Plan) -> None:
+    """Put the chosen model, version and routing decision on the request's log line."""
+    structlog.contextvars.bind_contextvars(
+        model=spec.name, version=plan.route.version, routing=plan.route.decision.value
+    )
 
 
 def _ms_since(started: float) -> float:

@@ -171,9 +171,8 @@ class TritonProxy:
                 return await self._infer(request, timeout=max(deadline - time.monotonic(), 0.0))
             except grpc.aio.AioRpcError as error:
                 backoff = RETRY_BACKOFF_S * (2**attempt) * random.uniform(0.5, 1.5)
-                retryable = error.code() is grpc.StatusCode.UNAVAILABLE and not _overloaded(error)
                 if (
-                    not retryable
+                    not _retryable(error)
                     or attempt == self.retries
                     or time.monotonic() + backoff >= deadline
                     or not self.budget.try_spend()
@@ -237,14 +236,14 @@ def convert_error(status: str, message: str, **context: str) -> GatewayError:
         )
     if status.endswith("DEADLINE_EXCEEDED"):
         return DeadlineExceeded("the deadline passed while Triton was computing the forecast")
-    if status.endswith("UNAVAILABLE"):
-        return Unavailable("Triton is unreachable; retry later", reason="TRITON_UNAVAILABLE")
-    if status.endswith("NOT_FOUND") or "unknown model" in message or "not ready" in message:
+    if status.endswith("NOT_FOUND") or _version_not_ready(message):
         return Unavailable(
             "the model version is not loaded in Triton right now; retry later",
             reason="VERSION_UNAVAILABLE",
             metadata=dict(context),
         )
+    if status.endswith("UNAVAILABLE"):
+        return Unavailable("Triton is unreachable; retry later", reason="TRITON_UNAVAILABLE")
     if status.endswith("CANCELLED"):
         return Unavailable("the call to Triton was cancelled", reason="TRITON_CANCELLED")
     return Internal("Triton failed to compute the forecast", reason="TRITON_ERROR")
@@ -253,9 +252,26 @@ def convert_error(status: str, message: str, **context: str) -> GatewayError:
 _QUEUE_FULL = "Exceeds maximum queue size"
 
 
-def _overloaded(error: grpc.aio.AioRpcError) -> bool:
-    """Triton sheds a full queue with UNAVAILABLE; that is not worth a retry."""
-    return _QUEUE_FULL in (error.details() or "")
+def _version_not_ready(message: str) -> bool:
+    """Triton's words for a model or version it does not serve now (sent as UNAVAILABLE).
+
+    e.g. "Request for unknown model: 'lstm_timeseries' version 1 is not at ready state".
+    """
+    return "unknown model" in message or "not ready" in message or "not at ready" in message
+
+
+def _retryable(error: grpc.aio.AioRpcError) -> bool:
+    """UNAVAILABLE from a Triton that is down, not one that answered "queue full" or "not ready".
+
+    A full queue is shed on purpose, and a version being unloaded will not be
+    back within a retry's backoff: the caller (or the router) should go elsewhere.
+    """
+    details = error.details() or ""
+    return (
+        error.code() is grpc.StatusCode.UNAVAILABLE
+        and _QUEUE_FULL not in details
+        and not _version_not_ready(details)
+    )
 
 
 def _output(

@@ -76,3 +76,15 @@ def test_catalog_distinguishes_unknown_from_not_yet_reported_models() -> None:
     with pytest.raises(Unavailable):
         catalog.get("m")
     assert not catalog.all_ready()
+
+
+def test_a_version_marked_unavailable_leaves_routing_until_the_next_refresh() -> None:
+    spec = build_spec(ModelConfig("m"), PARAMETERS, {"1": "READY", "2": "READY"})
+    catalog = ModelCatalog(models=(ModelConfig("m"),), specs={"m": spec}, triton_up=True)
+    catalog.mark_unavailable("m", "2")
+    assert catalog.get("m").ready_versions() == ["1"]
+    assert catalog.get("m").default_version() == "1"
+    assert spec.versions["2"].ready  # the old snapshot is untouched (readers may hold it)
+    catalog.mark_unavailable("m", "9")  # unknown versions and models are ignored
+    catalog.mark_unavailable("x", "1")
+    assert catalog.get("m").ready_versions() == ["1"]

@@ -72,15 +72,24 @@ async def test_retries_stop_after_the_limit(proxy: TritonProxy) -> None:
     [
         (rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad shape"), GatewayError),
         (rpc_error(grpc.StatusCode.UNAVAILABLE, "Exceeds maximum queue size"), ResourceExhausted),
+        (
+            rpc_error(
+                grpc.StatusCode.UNAVAILABLE,
+                "Request for unknown model: 'lstm_timeseries' version 1 is not at ready state",
+            ),
+            Unavailable,
+        ),
     ],
 )
 async def test_errors_that_a_retry_cannot_fix_are_not_retried(
     proxy: TritonProxy, error: grpc.aio.AioRpcError, kind: type[GatewayError]
 ) -> None:
     script = Script([error])
-    with pytest.raises(kind):
+    with pytest.raises(kind) as raised:
         await run(proxy, script)
     assert script.calls == 1
+    if kind is Unavailable:  # Triton answered: the version is gone, Triton is not down
+        assert raised.value.reason == "VERSION_UNAVAILABLE"
 
 
 async def test_an_empty_budget_stops_retries(proxy: TritonProxy) -> None:
