@@ -2,8 +2,9 @@
 
 Past `max_in_flight` concurrent calls, a new call is refused at once with
 RESOURCE_EXHAUSTED instead of queueing without bound: at 10x capacity the
-accepted calls keep a bounded latency and memory stays bounded. Triton's own
-queue is bounded as well (`default_queue_policy` in each config.pbtxt).
+accepted calls keep a bounded latency and memory stays bounded. This bound is
+also what bounds Triton's queue: the shipped model configs set no Triton queue
+policy (it stalled Triton's batcher; see model_repository/*/config.pbtxt).
 """
 
 from __future__ import annotations

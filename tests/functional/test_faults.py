@@ -371,7 +371,7 @@ def test_cancelled_calls_stop_waiting_on_a_stalled_triton(
     own_triton: TritonProcess, tmp_path: Path
 ) -> None:
     """Triton is SIGSTOPped with calls waiting on it: cancels and deadlines free their slots
-    and their requests never run at Triton."""
+    at once, and their requests are cancelled at Triton."""
     slots, cancelled_count = 12, 8
     gateway = start_gateway(
         own_triton.grpc_url,
@@ -447,10 +447,12 @@ def test_cancelled_calls_stop_waiting_on_a_stalled_triton(
         client.close()
         stop_process(gateway.process)
     assert freed_after < 2.0  # the calls had 60 s deadlines and Triton was stopped
-    # The gateway cancels its call to Triton when its callers are gone (and gRPC
-    # cancels it at Triton): only the second burst ran, not the cancelled or expired calls.
+    # The gateway cancels its call to Triton when its callers are gone, and gRPC cancels
+    # it at Triton. Triton may still run a request it had taken from its queue before it
+    # read the cancel (0-2 of the 12 abandoned ones in runs of this test); before the
+    # coalescer cancelled its calls, all 8 cancelled ones ran (20 in all).
     ran = {key: after[key] - before[key] for key in after}
-    assert ran["success"] == slots, ran
+    assert slots <= ran["success"] <= slots + 4, ran
     report = {
         "freed_after_cancel_s": round(freed_after, 2),
         "freed_after_deadline_s": round(expired_freed_after, 2),
@@ -569,7 +571,13 @@ def test_full_triton_queue_is_shed_as_resource_exhausted(tmp_path: Path) -> None
         ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
     )
     config = repository / "lstm_timeseries" / "config.pbtxt"
-    config.write_text(config.read_text().replace("max_queue_size: 2048", "max_queue_size: 4"))
+    # The shipped configs set no queue policy (see their comment); an operator may.
+    text = config.read_text()
+    bounded = text.replace(
+        "dynamic_batching {", "dynamic_batching {\n  default_queue_policy { max_queue_size: 4 }", 1
+    )
+    assert bounded != text
+    config.write_text(bounded)
     ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
     triton = TritonProcess(repository, ports, tmp_path / "triton.log")
     triton.start()
