@@ -138,7 +138,9 @@ class TritonProxy:
                     name=HORIZON_INPUT, datatype="INT32", shape=[rows, 1]
                 ),
             ],
-            # Triton drops the request if it is still queued when this passes.
+            # Triton drops the request if still queued when this passes, where the
+            # model's queue policy allows timeout override (the shipped models set
+            # no policy; there the gRPC deadline's cancellation does it).
             parameters={"timeout": service_pb2.InferParameter(int64_param=int(timeout_s * 1e6))},
             raw_input_contents=[
                 np.ascontiguousarray(windows, dtype=np.float32).tobytes(),
