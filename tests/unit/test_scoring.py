@@ -1,4 +1,8 @@
 import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -7,12 +11,21 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from forecast_gateway.scoring import PAIRED_TEST, WELCH_TEST, compare, naive_scale, score
+from forecast_gateway.scoring import (
+    PAIRED_TEST,
+    WELCH_TEST,
+    Comparison,
+    compare,
+    naive_scale,
+    score,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-3, max_value=1e3)
 
-# scipy warns on nearly constant samples; compare() must never hand it one.
+# Nearly constant samples make numpy (and scipy, the reference) warn; compare() must not.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
@@ -268,3 +281,71 @@ def test_paired_drops_pairs_with_a_nan() -> None:
 def test_paired_requires_equal_lengths() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         compare([1.0, 2.0], [1.0], paired=True)
+
+
+# -- compare against scipy's t-tests on random samples -------------------------------------
+# compare() computes the tests from the sample moments (no scipy at run time); these pin
+# its p-values and intervals to scipy's on many samples, sizes and spreads.
+
+
+def _assert_matches(result: Comparison, p_value: float, interval: tuple[float, float]) -> None:
+    assert abs(result.p_value - p_value) < 1e-12
+    assert (result.ci_low, result.ci_high) == pytest.approx(interval, rel=1e-12, abs=1e-12)
+    assert result.significant is bool(p_value < 0.05)
+
+
+def _scipy(reference: Any, shift: float = 0.0) -> tuple[float, tuple[float, float]]:
+    """A scipy test result's p-value and 95% interval (minus `shift`)."""
+    interval = reference.confidence_interval(0.95)
+    return float(reference.pvalue), (interval.low - shift, interval.high - shift)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_paired_matches_scipy_on_random_samples(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 200))
+    a = rng.lognormal(0.0, rng.uniform(0.1, 1.0), n)
+    b = a + rng.normal(rng.uniform(-0.5, 0.5), rng.uniform(0.01, 2.0), n)
+    _assert_matches(compare(a, b, paired=True), *_scipy(stats.ttest_rel(a, b)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_welch_matches_scipy_on_random_samples(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    a = rng.normal(1.0, rng.uniform(0.01, 2.0), int(rng.integers(2, 150)))
+    b = rng.normal(rng.uniform(0.0, 2.0), rng.uniform(0.01, 3.0), int(rng.integers(2, 150)))
+    _assert_matches(compare(a, b, paired=False), *_scipy(stats.ttest_ind(a, b, equal_var=False)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_welch_with_a_constant_group_matches_scipy_one_sample_test(seed: int) -> None:
+    rng = np.random.default_rng(200 + seed)
+    varying = rng.normal(1.0, rng.uniform(0.01, 2.0), int(rng.integers(2, 100)))
+    level = float(rng.normal(1.0, 1.0))
+    constant = np.full(int(rng.integers(2, 10)), level)
+    # The one-sample interval is of mean(varying); compare()'s is of the difference.
+    p_value, (low, high) = _scipy(stats.ttest_1samp(varying, level), shift=level)
+    _assert_matches(compare(varying, constant, paired=False), p_value, (low, high))
+    _assert_matches(compare(constant, varying, paired=False), p_value, (-high, -low))
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_many_samples_match_scipy(paired: bool) -> None:
+    # Tens of thousands of degrees of freedom: the asymptotic branch of student_t.
+    rng = np.random.default_rng(7)
+    a = rng.normal(1.0, 1.0, 30_000)
+    b = a + rng.normal(0.01, 1.0, 30_000) if paired else rng.normal(1.02, 2.0, 20_000)
+    reference = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
+    _assert_matches(compare(a, b, paired=paired), *_scipy(reference))
+
+
+def test_the_gateway_does_not_import_scipy() -> None:
+    # scipy.stats costs the gateway process ~60 MB of memory; it is a test-only dependency.
+    code = (
+        "import sys; sys.path[:0] = ['server', 'gen/python']; "
+        "import forecast_gateway.server; print('scipy' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
