@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from forecast_gateway import student_t
-from forecast_gateway.normalization import CONSTANT_RELATIVE_STD, FloatArray
+from forecast_gateway.normalization import CONSTANT_RELATIVE_STD
 
 PAIRED_TEST = "paired t-test"
 WELCH_TEST = "Welch two-sample t-test"
@@ -139,32 +139,64 @@ def compare(a: npt.ArrayLike, b: npt.ArrayLike, *, paired: bool) -> Comparison:
         if first.shape != second.shape:
             raise ValueError(f"paired samples differ in length: {first.size} != {second.size}")
         keep = ~(np.isnan(first) | np.isnan(second))
-        return _paired(first[keep], second[keep])
-    return _welch(first[~np.isnan(first)], second[~np.isnan(second)])
+        return compare_paired(Moments.of(first[keep] - second[keep]))
+    return compare_welch(Moments.of(first[~np.isnan(first)]), Moments.of(second[~np.isnan(second)]))
 
 
-def _paired(a: FloatArray, b: FloatArray) -> Comparison:
-    differences = a - b
-    n = int(differences.size)
-    mean = float(differences.mean()) if n else math.nan
-    if n < MIN_SAMPLES or _no_spread(differences):
+@dataclass(frozen=True)
+class Moments:
+    """All a t-test needs from a sample: so the store can compute it in SQL, not in Python.
+
+    `variance` has ddof=1 (NaN below 2 values); `max_deviation` is the
+    largest |x - mean|, for the no-spread check. `mean` is NaN when empty.
+    """
+
+    count: int
+    mean: float
+    variance: float
+    max_deviation: float
+
+    @classmethod
+    def of(cls, sample: npt.ArrayLike) -> Moments:
+        """The moments of a sample (no NaN in it)."""
+        values = np.asarray(sample, dtype=np.float64).ravel()
+        if values.size == 0:
+            return EMPTY
+        mean = float(values.mean())
+        variance = float(values.var(ddof=1)) if values.size > 1 else math.nan
+        return cls(int(values.size), mean, variance, float(np.max(np.abs(values - mean))))
+
+    @property
+    def constant(self) -> bool:
+        """Constant up to rounding: all values within NO_SPREAD_RELATIVE of the mean (cf. scipy)."""
+        return self.max_deviation <= NO_SPREAD_RELATIVE * abs(self.mean)
+
+
+EMPTY = Moments(0, math.nan, math.nan, math.nan)
+
+
+def compare_paired(differences: Moments) -> Comparison:
+    """The paired t-test from the moments of the per-request differences a - b."""
+    n = differences.count
+    mean = differences.mean
+    if n < MIN_SAMPLES or differences.constant:
         return _untested(PAIRED_TEST, n, mean)
-    standard_error = float(differences.std(ddof=1)) / math.sqrt(n)
+    standard_error = math.sqrt(differences.variance) / math.sqrt(n)
     if not standard_error > 0:  # the variance underflowed
         return _untested(PAIRED_TEST, n, mean)
     return _tested(PAIRED_TEST, n, mean, standard_error, n - 1)
 
 
-def _welch(a: FloatArray, b: FloatArray) -> Comparison:
-    n = min(int(a.size), int(b.size))
-    mean = float(a.mean() - b.mean()) if n else math.nan
+def compare_welch(a: Moments, b: Moments) -> Comparison:
+    """Welch's t-test of mean(a) - mean(b) from each group's moments."""
+    n = min(a.count, b.count)
+    mean = a.mean - b.mean if n else math.nan
     if n < MIN_SAMPLES:
         return _untested(WELCH_TEST, n, mean)
-    constant_a, constant_b = _no_spread(a), _no_spread(b)
-    if constant_a and constant_b:
+    if a.constant and b.constant:
         return _untested(WELCH_TEST, n, mean)
-    share_a = 0.0 if constant_a else float(a.var(ddof=1)) / a.size
-    share_b = 0.0 if constant_b else float(b.var(ddof=1)) / b.size
+    share_a = 0.0 if a.constant else a.variance / a.count
+    share_b = 0.0 if b.constant else b.variance / b.count
     standard_error = math.sqrt(share_a + share_b)
     if not standard_error > 0:  # the variances underflowed
         return _untested(WELCH_TEST, n, mean)
@@ -173,14 +205,8 @@ def _welch(a: FloatArray, b: FloatArray) -> Comparison:
     # Welch-Satterthwaite. With one group constant (its share taken as exactly 0,
     # not its rounding noise) this is n - 1 of the other group, and the test is
     # exactly the one-sample test of the other group against the constant.
-    df = 1.0 / (weight_a**2 / (a.size - 1) + weight_b**2 / (b.size - 1))
+    df = 1.0 / (weight_a**2 / (a.count - 1) + weight_b**2 / (b.count - 1))
     return _tested(WELCH_TEST, n, mean, standard_error, df)
-
-
-def _no_spread(sample: FloatArray) -> bool:
-    """Whether `sample` is constant up to rounding (relative to its mean; cf. scipy's check)."""
-    center = float(sample.mean())
-    return float(np.max(np.abs(sample - center))) <= NO_SPREAD_RELATIVE * abs(center)
 
 
 def _tested(test: str, samples: int, mean: float, standard_error: float, df: float) -> Comparison:

@@ -464,3 +464,50 @@ def test_forecast_ids_are_unique_version_7_uuids_in_time_order() -> None:
     assert milliseconds == sorted(milliseconds)
     assert abs(milliseconds[-1] - time.time() * 1000) < 5_000
     assert ids[999] < ids[1000] < ids[2000]  # string order follows time across milliseconds
+
+
+async def test_sql_aggregates_match_the_per_row_computation(store: ExperimentStore) -> None:
+    """GetExperiment's aggregates (in SQLite) equal means and t-tests over the rows themselves."""
+    rng = np.random.default_rng(7)
+    final: dict[str, dict[str, tuple[float, float, float]]] = {}  # forecast -> version -> errors
+    for i in range(300):
+        forecast_id = f"f{i}"
+        version = "1" if rng.random() < 0.5 else "2"
+        values = tuple(float(v) for v in rng.normal(10.0, 2.0, 4))
+        flat = rng.random() < 0.05  # a constant window: MASE undefined
+        store.record(served(forecast_id, values, version=version, scale=0.0 if flat else None))
+        if rng.random() < 0.6:  # v3 shadows most requests: paired comparisons with v3
+            store.record_shadow(forecast_id, MODEL, shadow("3", tuple(v + 0.3 for v in values)))
+        if rng.random() < 0.8:
+            steps = int(rng.integers(1, 5))
+            actuals = [float(v) for v in rng.normal(10.0, 2.0, steps)]
+            report = await store.report_actuals(forecast_id, actuals, offset=0)
+            final[forecast_id] = {s.version: (s.mae, s.smape, s.mase) for s in report.scores}
+    report = await store.experiment(MODEL)
+
+    def column(version: str, index: int, ids: list[str] | None = None) -> np.ndarray:
+        chosen = ids if ids is not None else list(final)
+        return np.array([final[f][version][index] for f in chosen if version in final[f]])
+
+    for summary in report.versions:
+        mae, smape, mase = (column(summary.version, k) for k in range(3))
+        assert summary.errors.count == summary.actuals_received == mae.size > 0
+        assert summary.errors.mae_mean == pytest.approx(np.nanmean(mae), rel=1e-12)
+        assert summary.errors.smape_mean == pytest.approx(np.nanmean(smape), rel=1e-12)
+        assert summary.errors.mase_mean == pytest.approx(np.nanmean(mase), rel=1e-12)
+    tests = {}
+    for comparison in report.comparisons:
+        a, b = comparison.version_a, comparison.version_b
+        both = [f for f in final if a in final[f] and b in final[f]]
+        paired = [f for f in both if not np.isnan([final[f][a][2], final[f][b][2]]).any()]
+        expected = (
+            compare(column(a, 2, paired), column(b, 2, paired), paired=True)
+            if len(paired) >= 2
+            else compare(column(a, 2), column(b, 2), paired=False)
+        )
+        tests[(a, b)] = comparison.test
+        assert comparison.test == expected.test
+        assert comparison.samples == expected.samples
+        for name in ("mean_difference", "ci_low", "ci_high", "p_value"):
+            assert getattr(comparison, name) == pytest.approx(getattr(expected, name), rel=1e-9)
+    assert tests == {("1", "2"): WELCH_TEST, ("1", "3"): PAIRED_TEST, ("2", "3"): PAIRED_TEST}
