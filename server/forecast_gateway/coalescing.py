@@ -13,6 +13,7 @@ handed back to their callers. A request whose callers have all gone
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -86,7 +87,11 @@ class Coalescer:
         if group.rows >= max_rows:
             self._flush(key, group)
         try:
-            return await waiting.future
+            async with asyncio.timeout_at(deadline):  # loop time is time.monotonic()
+                return await waiting.future
+        except TimeoutError:
+            group.cancel_if_abandoned()
+            raise DeadlineExceeded("the deadline passed before Triton answered") from None
         except asyncio.CancelledError:
             group.cancel_if_abandoned()
             raise
@@ -95,23 +100,24 @@ class Coalescer:
         if self._groups.get(key) is not group:
             return  # already sent
         del self._groups[key]
+        if all(m.future.done() for m in group.members):
+            return  # every caller already gone: nothing to send
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
-        task = group.task = asyncio.get_running_loop().create_task(self._send(key, group.members))
+        task = group.task = asyncio.get_running_loop().create_task(
+            self._send_rows(key, group.members)
+        )
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        # A done-callback, not a `finally` in the task: a task cancelled before
+        # its first step never runs its body, and the key would stay counted.
+        task.add_done_callback(functools.partial(self._sent, key))
 
-    def _sent(self, key: Key) -> None:
+    def _sent(self, key: Key, task: asyncio.Task[None]) -> None:
         """One request for `key` came back: send the group that gathered meanwhile."""
+        self._sending.discard(task)
         self._outstanding[key] -= 1
         waiting = self._groups.get(key)
         if waiting is not None:
             self._flush(key, waiting)
-
-    async def _send(self, key: Key, members: list[_Waiting]) -> None:
-        try:
-            await self._send_rows(key, members)
-        finally:
-            self._sent(key)
 
     async def _send_rows(self, key: Key, members: list[_Waiting]) -> None:
         live = [m for m in members if not m.future.done()]  # callers gone: skip their rows

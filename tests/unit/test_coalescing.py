@@ -127,3 +127,36 @@ async def test_a_request_is_cancelled_once_all_its_callers_are_gone() -> None:
     assert sending.cancelled()
     out = await coalescer.forecast("m", "1", rows(7.0), 2, later(), 256)
     assert out[0, 0] == 7.0 and proxy.requests == [2, 1]  # the key is free again
+
+
+async def test_a_send_cancelled_before_it_starts_frees_its_key() -> None:
+    """The caller goes away in the iteration its request is created: the key is not leaked."""
+    proxy = RecordingProxy(delay=0.01)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    for _ in range(MAX_OUTSTANDING + 1):
+        call = loop.create_task(coalescer.forecast("m", "1", rows(1.0), 2, later(), 256))
+        loop.call_soon(call.cancel)  # right after the call's first step queued the flush
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert call.cancelled()
+    assert sum(coalescer._outstanding.values()) == 0 and not coalescer._sending
+    out = await asyncio.wait_for(coalescer.forecast("m", "1", rows(7.0), 2, later(), 256), 2)
+    assert out[0, 0] == 7.0
+
+
+async def test_a_caller_waiting_behind_a_stuck_request_gets_its_deadline() -> None:
+    proxy = RecordingProxy(delay=5.0)  # Triton never answers in time
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    stuck = [
+        asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
+        for _ in range(MAX_OUTSTANDING)
+    ]
+    for _ in range(MAX_OUTSTANDING):  # one request per iteration: both slots taken
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await coalescer.forecast("m", "1", rows(1.0), 2, later(0.1), 256)
+    assert time.monotonic() - started < 1.0
+    for call in stuck:
+        call.cancel()
