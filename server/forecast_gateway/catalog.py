@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -132,6 +133,8 @@ class ModelCatalog:
     models: tuple[ModelConfig, ...]
     specs: dict[str, ModelSpec] = field(default_factory=dict)
     triton_up: bool = False
+    _marks: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(model, version) -> when Triton said it was gone (time.monotonic())."""
 
     def get(self, name: str) -> ModelSpec:
         """The spec of a served model; NOT_FOUND for a name not in the gateway config."""
@@ -166,19 +169,15 @@ class ModelCatalog:
     def mark_unavailable(self, model: str, version: str) -> None:
         """Take a version out of routing until the next refresh: Triton said it is not loaded.
 
-        The refresh re-reads Triton's view, so a version wrongly marked comes
-        back within `catalog_refresh_s`.
+        A refresh that began before the mark read Triton before the version
+        went, so it keeps the mark; the next one re-reads Triton's view, and
+        a version wrongly marked comes back within `catalog_refresh_s`.
         """
+        self._marks[(model, version)] = time.monotonic()
         spec = self.specs.get(model)
-        state = spec.versions.get(version) if spec is not None else None
-        if spec is None or state is None or not state.ready:
-            return
-        versions = {
-            **spec.versions,
-            version: dataclasses.replace(state, state=VersionState.UNAVAILABLE),
-        }
-        self.specs = {**self.specs, model: dataclasses.replace(spec, versions=versions)}
-        log.warning("version_unavailable_at_triton", model=model, version=version)
+        if spec is not None and spec.versions.get(version, _NONE).ready:
+            self.specs = {**self.specs, model: _without(spec, version)}
+            log.warning("version_unavailable_at_triton", model=model, version=version)
 
     async def refresh(self, proxy: TritonProxy) -> None:
         """Re-read versions and parameters of the served models from Triton.
@@ -186,6 +185,7 @@ class ModelCatalog:
         If Triton is unreachable every version is marked UNAVAILABLE (so
         health turns NOT_SERVING) but the last known shapes are kept.
         """
+        started = time.monotonic()
         try:
             states = await proxy.version_states()
             specs: dict[str, ModelSpec] = {}
@@ -209,7 +209,22 @@ class ModelCatalog:
             return
         if not self.triton_up:
             log.info("triton_reachable", models=sorted(specs))
+        for (name, version), marked_at in list(self._marks.items()):
+            if marked_at < started:
+                del self._marks[(name, version)]  # this refresh read Triton after it
+            elif name in specs and specs[name].versions.get(version, _NONE).ready:
+                specs[name] = _without(specs[name], version)
         self.replace(specs, triton_up=True)
+
+
+_NONE = VersionSpec("", VersionState.UNAVAILABLE, 0, 0, 0)
+"""Stands in for a version the spec does not have (never ready)."""
+
+
+def _without(spec: ModelSpec, version: str) -> ModelSpec:
+    """`spec` with `version` UNAVAILABLE (a new snapshot; readers may hold the old one)."""
+    state = dataclasses.replace(spec.versions[version], state=VersionState.UNAVAILABLE)
+    return dataclasses.replace(spec, versions={**spec.versions, version: state})
 
 
 def _unavailable(spec: ModelSpec) -> ModelSpec:

@@ -144,7 +144,10 @@ class Forecaster:
             if error.reason != VERSION_GONE or plan.route.decision is Decision.PINNED:
                 raise
             spec = self.catalog.get(spec.name)
-            plan = self._plan(spec, plan.index, plan.query)
+            try:
+                plan = self._plan(spec, plan.index, plan.query)
+            except GatewayError:  # e.g. the history is too short for the other version
+                raise error from None
             _bind_route(spec, plan)
             return spec, plan, await self._run_one(spec, plan, deadline)
 

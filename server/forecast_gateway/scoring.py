@@ -15,6 +15,7 @@ Undefined values are NaN, never a made-up number:
   A floor would turn a flat window into an arbitrarily large MASE that
   dominates every mean and t-test, which is worse than leaving it out.
 - A score with no reported step: MAE, sMAPE and MASE are NaN, steps is 0.
+- An error that overflows (actuals near the float limit): NaN.
 - A comparison that cannot be tested (fewer than 2 pairs or 2 samples per
   group, or no variance at all: the paired differences, or both groups,
   constant up to rounding): p-value and confidence interval are NaN and
@@ -114,13 +115,18 @@ def score(values: npt.ArrayLike, actuals: npt.ArrayLike, scale: float) -> Score:
     if steps == 0:
         return Score(steps=0, mae=math.nan, smape=math.nan, mase=math.nan)
     f, a = forecast[reported], observed[reported]
-    errors = np.abs(f - a)
-    mae = float(errors.mean())
-    denominator = np.abs(f) + np.abs(a)
-    ratios = np.divide(2.0 * errors, denominator, out=np.zeros_like(errors), where=denominator > 0)
-    smape = 100.0 * float(ratios.mean())
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow -> NaN below
+        errors = np.abs(f - a)
+        mae = float(errors.mean())
+        denominator = np.abs(f) + np.abs(a)
+        ratios = np.divide(
+            2.0 * errors, denominator, out=np.zeros_like(errors), where=denominator > 0
+        )
+        smape = 100.0 * float(ratios.mean())
     mase = mae / scale if scale > 0 and math.isfinite(scale) else math.nan
-    return Score(steps=steps, mae=mae, smape=smape, mase=mase)
+    # Actuals near the float limit overflow the error to inf: undefined, not a
+    # number that would turn every mean and test of the version into inf.
+    return Score(steps, *(v if math.isfinite(v) else math.nan for v in (mae, smape, mase)))
 
 
 def compare(a: npt.ArrayLike, b: npt.ArrayLike, *, paired: bool) -> Comparison:

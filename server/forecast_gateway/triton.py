@@ -259,7 +259,9 @@ def _version_not_ready(message: str) -> bool:
 
     e.g. "Request for unknown model: 'lstm_timeseries' version 1 is not at ready state".
     """
-    return "unknown model" in message or "not ready" in message or "not at ready" in message
+    # Not a bare "not ready": Triton says "Server not ready" when it is not
+    # serving at all, which is TRITON_UNAVAILABLE and worth a retry.
+    return "unknown model" in message or "is not at ready state" in message
 
 
 def _retryable(error: grpc.aio.AioRpcError) -> bool:

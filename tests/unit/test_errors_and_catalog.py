@@ -88,3 +88,34 @@ def test_a_version_marked_unavailable_leaves_routing_until_the_next_refresh() ->
     catalog.mark_unavailable("m", "9")  # unknown versions and models are ignored
     catalog.mark_unavailable("x", "1")
     assert catalog.get("m").ready_versions() == ["1"]
+
+
+class SlowTriton:
+    """A Triton index read before a version went, answered after the gateway marked it."""
+
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.catalog = catalog
+
+    async def version_states(self) -> dict[str, dict[str, str]]:
+        states = {"m": {"1": "READY", "2": "READY"}}  # read before v2 went
+        self.catalog.mark_unavailable("m", "2")  # meanwhile a call learns v2 is gone
+        return states
+
+    async def model_config(self, model: str) -> object:
+        return type("Config", (), {"parameters": PARAMETERS, "max_batch_size": 8})()
+
+
+async def test_a_refresh_that_read_triton_before_a_mark_keeps_it() -> None:
+    spec = build_spec(ModelConfig("m"), PARAMETERS, {"1": "READY", "2": "READY"})
+    catalog = ModelCatalog(models=(ModelConfig("m"),), specs={"m": spec}, triton_up=True)
+    await catalog.refresh(SlowTriton(catalog))  # type: ignore[arg-type]
+    assert catalog.get("m").ready_versions() == ["1"]
+    await catalog.refresh(Fresh(catalog))  # type: ignore[arg-type]
+    assert catalog.get("m").ready_versions() == ["1", "2"]  # a later refresh decides
+
+
+class Fresh(SlowTriton):
+    """A refresh that began after the mark: Triton's own view wins."""
+
+    async def version_states(self) -> dict[str, dict[str, str]]:
+        return {"m": {"1": "READY", "2": "READY"}}

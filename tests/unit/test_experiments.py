@@ -511,3 +511,15 @@ async def test_sql_aggregates_match_the_per_row_computation(store: ExperimentSto
         for name in ("mean_difference", "ci_low", "ci_high", "p_value"):
             assert getattr(comparison, name) == pytest.approx(getattr(expected, name), rel=1e-9)
     assert tests == {("1", "2"): WELCH_TEST, ("1", "3"): PAIRED_TEST, ("2", "3"): PAIRED_TEST}
+
+
+async def test_overflowing_actuals_do_not_poison_the_version(store: ExperimentStore) -> None:
+    store.record(served("f1"))
+    store.record(served("f2"))
+    report = await store.report_actuals("f1", [1.7e308, 1.7e308, 1.7e308], offset=0)
+    [score] = report.scores
+    assert math.isnan(score.mae) and math.isnan(score.mase)  # undefined, not inf
+    await store.report_actuals("f2", [2.0, 2.0, 5.0], offset=0)
+    [summary] = (await store.experiment(MODEL)).versions
+    assert summary.errors.mae_mean == pytest.approx(1.0)
+    assert summary.errors.mase_mean == pytest.approx(1.0 / 1.5)

@@ -54,6 +54,14 @@ async def run(proxy: TritonProxy, script: Script) -> np.ndarray:
     return await proxy.forecast("m", "1", np.zeros((1, 4), dtype=np.float32), 2, timeout_s=5.0)
 
 
+async def test_server_not_ready_is_triton_unavailable_and_retried(proxy: TritonProxy) -> None:
+    script = Script([rpc_error(grpc.StatusCode.UNAVAILABLE, "Server not ready")] * 5)
+    with pytest.raises(Unavailable) as raised:
+        await run(proxy, script)
+    assert raised.value.reason == "TRITON_UNAVAILABLE"
+    assert script.calls == 3
+
+
 async def test_unavailable_is_retried_then_answered(proxy: TritonProxy) -> None:
     script = Script([rpc_error(grpc.StatusCode.UNAVAILABLE)] * 2)
     assert (await run(proxy, script)).shape == (1, 2)

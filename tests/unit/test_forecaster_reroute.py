@@ -1,0 +1,101 @@
+"""The forecaster when Triton no longer serves the version the router chose (before a refresh).
+
+A stand-in proxy plays Triton with version 1 of model "m" unloaded; the
+catalog still says it is ready, as it does until its next refresh.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from forecast_gateway.catalog import ModelCatalog, build_spec
+from forecast_gateway.coalescing import Rows
+from forecast_gateway.config import ModelConfig
+from forecast_gateway.errors import Unavailable
+from forecast_gateway.forecaster import Forecaster
+from forecast_gateway.routing import Decision, Fallback, Policy
+from forecast_gateway.validation import ForecastQuery
+
+PARAMETERS = {"default_horizon": "4", "max_horizon": "8", "v1.sequence_length": "10"}
+PARAMETERS["v2.sequence_length"] = "52"
+
+
+class UnloadedV1:
+    """Triton with m v1 unloaded: it answers VERSION_UNAVAILABLE for it, zeros otherwise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def forecast(
+        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+    ) -> Rows:
+        self.calls.append((model, version))
+        if (model, version) == ("m", "1"):
+            raise Unavailable("not loaded", reason="VERSION_UNAVAILABLE")
+        return np.zeros((windows.shape[0], horizon), dtype=np.float32)
+
+
+class Routing:
+    """Every unpinned call of "m" drawn to v1, with or without a fallback."""
+
+    def __init__(self, fallback: Fallback | None = None) -> None:
+        self.fallback = fallback
+
+    def policy(self, name: str) -> Policy | None:
+        return Policy(split=(("1", 1.0),), fallback=self.fallback) if name == "m" else None
+
+
+def forecaster(proxy: UnloadedV1, routing: Routing) -> Forecaster:
+    spec = build_spec(ModelConfig("m"), PARAMETERS, {"1": "READY", "2": "READY"}, 8)
+    other = build_spec(
+        ModelConfig("other"),
+        {"default_horizon": "4", "max_horizon": "8", "sequence_length": "10"},
+        {"1": "READY"},
+        8,
+    )
+    catalog = ModelCatalog(
+        models=(ModelConfig("m"), ModelConfig("other")),
+        specs={"m": spec, "other": other},
+        triton_up=True,
+    )
+    return Forecaster(catalog, proxy, routing, None, 10_000, 1.0)  # type: ignore[arg-type]
+
+
+def query(points: int, version: str = "") -> ForecastQuery:
+    return ForecastQuery("m", version, "", np.arange(points, dtype=np.float64), 0, 0)
+
+
+async def test_an_unpinned_call_is_routed_again_and_the_version_leaves_routing() -> None:
+    proxy = UnloadedV1()
+    core = forecaster(proxy, Routing())
+    result = await core.forecast(query(60), time.monotonic() + 2)
+    assert (result.version, result.decision) == ("2", Decision.DEFAULT)
+    assert proxy.calls == [("m", "1"), ("m", "2")]
+    assert core.catalog.get("m").ready_versions() == ["2"]  # until the next refresh
+    await core.forecast(query(60), time.monotonic() + 2)
+    assert proxy.calls[2:] == [("m", "2")]  # Triton is not asked for v1 again
+
+
+async def test_a_pinned_call_keeps_its_error() -> None:
+    proxy = UnloadedV1()
+    with pytest.raises(Unavailable) as raised:
+        await forecaster(proxy, Routing()).forecast(query(60, "1"), time.monotonic() + 2)
+    assert raised.value.reason == "VERSION_UNAVAILABLE"
+    assert proxy.calls == [("m", "1")]
+
+
+async def test_a_history_too_short_for_the_other_version_gets_the_fallback() -> None:
+    proxy = UnloadedV1()
+    core = forecaster(proxy, Routing(Fallback("other")))
+    result = await core.forecast(query(20), time.monotonic() + 2)  # v2 needs 52 points
+    assert (result.model, result.decision) == ("other", Decision.FALLBACK)
+
+
+async def test_without_a_fallback_the_caller_gets_the_version_error() -> None:
+    proxy = UnloadedV1()
+    with pytest.raises(Unavailable) as raised:
+        await forecaster(proxy, Routing()).forecast(query(20), time.monotonic() + 2)
+    assert raised.value.reason == "VERSION_UNAVAILABLE"  # not INVALID_ARGUMENT from v2's window
