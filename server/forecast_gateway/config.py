@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FORECAST_"
+MAX_CONNECTION_SECONDS = (2**31 - 1) / 1000
+"""Longest idle timeout or connection age gRPC accepts (int32 milliseconds, ~24.8 days)."""
 DEFAULT_CONFIG_FILE = Path("config/gateway.toml")
 
 
@@ -122,7 +124,6 @@ class GatewayConfig:
             "routing_poll_s": self.routing_poll_s,
             "shadow_timeout_s": self.shadow_timeout_s,
             "max_in_flight": self.max_in_flight,
-            "idle_timeout_s": self.idle_timeout_s,
             "store_max_forecasts": self.store_max_forecasts,
             "store_max_age_s": self.store_max_age_s,
         }
@@ -130,12 +131,19 @@ class GatewayConfig:
             if value <= 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         non_negative = {
+            "idle_timeout_s": self.idle_timeout_s,  # 0: off
             "max_connection_age_s": self.max_connection_age_s,  # 0: off
             "triton_retries": self.triton_retries,
         }
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
+        for key in ("idle_timeout_s", "max_connection_age_s"):  # gRPC takes int32 milliseconds
+            if non_negative[key] > MAX_CONNECTION_SECONDS:
+                raise ConfigError(
+                    f"{key} must be at most {MAX_CONNECTION_SECONDS:.0f} s (0: off), "
+                    f"got {non_negative[key]}"
+                )
         if not 0 <= self.retry_budget_ratio <= 1:
             raise ConfigError(
                 f"retry_budget_ratio must be within 0-1, got {self.retry_budget_ratio}"

@@ -42,6 +42,7 @@ ARRIVAL_HEADROOM = 32
 KEEPALIVE_TIME_MS = 60_000
 """How often the server pings a connection that has been quiet (gRPC's default is 2 hours)."""
 KEEPALIVE_TIMEOUT_MS = 20_000
+INT32_MAX = 2**31 - 1
 
 
 @dataclass
@@ -209,14 +210,17 @@ def connection_options(config: GatewayConfig) -> list[tuple[str, int]]:
     lost, a NAT entry dropped), so their connections do not live forever.
     """
     options = [
-        ("grpc.max_connection_idle_ms", int(config.idle_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ]
+    if config.idle_timeout_s > 0:
+        options.append(("grpc.max_connection_idle_ms", int(config.idle_timeout_s * 1000)))
     if config.max_connection_age_s > 0:
+        # No forced close after the GOAWAY: calls in progress, long streams
+        # included, run to their end; new calls go over a new connection.
         options += [
             ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(config.shutdown_grace_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", INT32_MAX),
         ]
     return options
 

@@ -37,7 +37,8 @@ def test_forecast_models_env_replaces_the_list() -> None:
         (DOCUMENT, {"FORECAST_PORT": "70000"}, "port must be"),
         (DOCUMENT, {"FORECAST_MAX_HISTORY_LENGTH": "0"}, "max_history_length must be > 0"),
         (DOCUMENT, {"FORECAST_LOG_FORMAT": "xml"}, "log_format"),
-        (DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "0"}, "idle_timeout_s must be > 0"),
+        (DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "-1"}, "idle_timeout_s must be >= 0"),
+        (DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "1e7"}, "idle_timeout_s must be at most"),
         (DOCUMENT, {"FORECAST_MAX_CONNECTION_AGE_S": "-1"}, "max_connection_age_s must be >= 0"),
         (DOCUMENT, {"FORECAST_TRITON_RETRIES": "-1"}, "triton_retries must be >= 0"),
         (DOCUMENT, {"FORECAST_RETRY_BUDGET_RATIO": "2"}, "retry_budget_ratio must be within"),
@@ -72,4 +73,6 @@ def test_connection_options_follow_the_config() -> None:
     )
     options = dict(connection_options(aged))
     assert options["grpc.max_connection_age_ms"] == 60_000
-    assert options["grpc.max_connection_age_grace_ms"] == 5_000
+    assert options["grpc.max_connection_age_grace_ms"] == 2**31 - 1  # streams run to their end
+    off = GatewayConfig.from_mapping(DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "0"})
+    assert "grpc.max_connection_idle_ms" not in dict(connection_options(off))
