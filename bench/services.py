@@ -1,7 +1,9 @@
 """The processes under test: Triton (embedded), the gateway and the hand-written baseline.
 
 Each runs as a child process on loopback with free ports; logs go to the run's
-scratch directory. `Services` starts them all and stops them all.
+scratch directory. `Services` starts them all and stops them all. The process
+helpers here (`free_port`, `wait_serving`, `stop`) also serve the soak tool
+and the tests.
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ def model_repository(scratch: Path, overrides: ModelOverrides) -> Path:
     return copy
 
 
-def wait_serving(target: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Block until the gRPC health service at `target` answers SERVING."""
+def wait_serving(target: str, timeout_s: float = START_TIMEOUT_S, service: str = "") -> None:
+    """Block until the gRPC health service at `target` answers SERVING (for `service`)."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -108,16 +110,18 @@ def spawn(
         )
 
 
-def stop(process: subprocess.Popen[bytes] | None, timeout_s: float = 15.0) -> None:
-    """SIGTERM, wait, SIGKILL if needed."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def stop(process: subprocess.Popen[bytes] | None, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM, wait, SIGKILL if needed; the exit code (None: no process)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 @dataclass

@@ -8,46 +8,21 @@ and are printed when start-up fails.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.services import free_port, stop, wait_serving
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_serving(target: str, timeout_s: float = 60.0, service: str = "") -> None:
-    """Block until the gRPC health service at `target` answers SERVING."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} not SERVING after {timeout_s}s")
 
 
 @dataclass
@@ -107,13 +82,7 @@ def start_gateway(triton_url: str, log_path: Path, **env: str) -> GatewayProcess
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
     """SIGTERM, wait, SIGKILL if needed; return the exit code."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop(process, timeout_s)
     return int(process.returncode)
 
 

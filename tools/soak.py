@@ -36,7 +36,6 @@ import csv
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.procs import children
+from bench.services import free_port, stop, wait_serving
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
@@ -92,13 +92,6 @@ class SoakConfig:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS (kB) and Threads of a process, and its open file descriptors; {} if it is gone."""
     try:
@@ -112,33 +105,6 @@ def proc_status(pid: int) -> dict[str, int]:
         "threads": int(fields["Threads"]),
         "fds": fds,
     }
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (Triton's Python backend stubs)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def wait_serving(target: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Block until the gRPC health service at `target` answers SERVING."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} not SERVING after {timeout_s:.0f}s")
 
 
 @dataclass
@@ -200,22 +166,11 @@ def start_gateway(
         )
     target = f"127.0.0.1:{port}"
     try:
-        wait_serving(target)
+        wait_serving(target, START_TIMEOUT_S)
     except TimeoutError:
         stop(process)
         raise
     return process, target
-
-
-def stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- the workload ------------------------------------------------------------------------------
