@@ -553,7 +553,9 @@ def test_fuzz_run_left_the_gateway_healthy(
         print(f"  {rpc}: {dict(sorted(codes.items()))}")
     assert growth < RSS_GROWTH_BOUND_MB, f"RSS grew {growth:.1f} MB over {fuzzed} cases"
     assert labelled <= {*MODELS, ""}, sorted(labelled - {*MODELS, ""})[:5]
-    assert "unhandled_error" not in log
-    assert "batch_group_failed" not in log
+    # The events, not the words: Hypothesis draws text from string constants in the
+    # gateway's source, so a fuzzed model name can be "batch_group_failed" itself.
+    assert '"event": "unhandled_error"' not in log
+    assert '"event": "batch_group_failed"' not in log
     for rpc, codes in TALLY.counts.items():
         assert "INTERNAL" not in codes and "UNKNOWN" not in codes, rpc
