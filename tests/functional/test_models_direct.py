@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,11 @@ def test_concurrent_requests_are_batched(client: Any, model: str, version: int) 
         windows = z_windows(128, window, seed=attempt)
         results = infer_concurrently(client, model, version, windows, [12] * 128)
         blocker.join()
-        after = counts()
+        # Triton records statistics after the Python backend has sent the
+        # responses: wait (briefly) until the counts stop lagging the answers.
+        settle = time.monotonic() + 5.0
+        while (after := counts())[0] - before[0] < 256 + 128 and time.monotonic() < settle:
+            time.sleep(0.05)
         assert all(isinstance(r, np.ndarray) and r.shape == (1, 12) for r in results)
         inferences = after[0] - before[0] - 256
         executions = after[1] - before[1] - 1  # the blocker ran alone (a full batch)
