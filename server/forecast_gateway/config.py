@@ -47,6 +47,7 @@ class GatewayConfig:
     default_timeout_s: float = 10.0
     catalog_refresh_s: float = 1.0
     shutdown_grace_s: float = 10.0
+    shutdown_drain_s: float = 0.0
     max_batch_series: int = 4096
     stream_max_pending: int = 64
     routing_file: str = "config/routing.toml"
@@ -63,6 +64,8 @@ class GatewayConfig:
     auth_token_file: str = ""
     auth_required_for_reads: bool = False
     store_path: str = ".run/experiments.sqlite3"
+    store_url: str = ""
+    store_password_file: str = ""
     store_max_forecasts: int = 200_000
     store_max_age_s: float = 7 * 24 * 3600.0
     log_format: str = "auto"
@@ -134,6 +137,8 @@ class GatewayConfig:
             "idle_timeout_s": self.idle_timeout_s,  # 0: off
             "max_connection_age_s": self.max_connection_age_s,  # 0: off
             "triton_retries": self.triton_retries,
+            "shutdown_grace_s": self.shutdown_grace_s,
+            "shutdown_drain_s": self.shutdown_drain_s,
         }
         for key, value in non_negative.items():
             if value < 0:
