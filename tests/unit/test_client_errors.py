@@ -204,7 +204,8 @@ def test_status_without_details(target: str) -> None:
 
 
 def test_unreachable_gateway_is_unavailable(closed_target: str) -> None:
-    with ForecastClient(closed_target, timeout_s=2) as client, pytest.raises(ForecastError) as e:
+    # 5 s: the default retry policy tries 5 times before giving up (about 1.5 s).
+    with ForecastClient(closed_target, timeout_s=5) as client, pytest.raises(ForecastError) as e:
         client.list_models()
     assert e.value.code is grpc.StatusCode.UNAVAILABLE
 
@@ -293,9 +294,10 @@ def test_cli_exit_codes(
 
 
 def test_cli_unreachable_gateway(closed_target: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--target", closed_target, "--timeout", "2", "models"]) == 1
+    assert main(["--target", closed_target, "--timeout", "5", "models"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: UNAVAILABLE: ")
+    assert f"hint: is a gateway listening on {closed_target}? If it uses TLS" in err
     assert "Traceback" not in err
 
 

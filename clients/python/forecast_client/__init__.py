@@ -18,9 +18,11 @@ from forecast_client.client import (
     VersionForecast,
     VersionScore,
 )
+from forecast_client.connection import DEFAULT_RETRY_POLICY, RetryPolicy, SettingError
 from forecast_client.errors import FieldViolation, ForecastError, from_proto_error, from_rpc_error
 
 __all__ = [
+    "DEFAULT_RETRY_POLICY",
     "ActualsReport",
     "Comparison",
     "ErrorStats",
@@ -33,7 +35,9 @@ __all__ = [
     "LatencyStats",
     "ModelInfo",
     "ModelVersionInfo",
+    "RetryPolicy",
     "SeriesOutcome",
+    "SettingError",
     "VersionComparison",
     "VersionDifference",
     "VersionExperiment",

@@ -8,6 +8,15 @@
     forecast report --forecast-id 7d0c... --actuals "318.2,318.9" [--offset 2]
     forecast experiment --model lstm_timeseries
     forecast plot --model lstm_timeseries --csv sales.csv --actuals "..." --output plot.png
+    forecast --cacert ca.pem --token-file token models      # a gateway with TLS and tokens
+
+Every command takes the connection options, named like grpcurl's: --cacert
+(TLS, verifying the gateway with this CA), --tls (TLS with the system's
+CAs), --cert/--key (a client certificate, mTLS), --token or --token-file
+(sent as `authorization: Bearer <token>`), --plaintext (ignore the TLS
+environment variables). Each has an environment variable used when the flag
+is absent: FORECAST_CACERT, FORECAST_TLS, FORECAST_CERT, FORECAST_KEY,
+FORECAST_TOKEN, FORECAST_TOKEN_FILE. No token is ever printed.
 
 Output is a plain-text table, or with --json the response as JSON (proto JSON
 names). Errors go to stderr; exit status 2 means the input was invalid
@@ -21,13 +30,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import grpc
 
 from forecast_client.client import Comparison, ForecastClient
+from forecast_client.connection import SettingError, read_token_file
 from forecast_client.errors import FieldViolation, ForecastError
 from forecast_client.render import (
     actuals_json,
@@ -61,6 +71,15 @@ Output = tuple[object, str]
 _INVALID_INPUT_CODES = frozenset(
     {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE}
 )
+# Connection options: the flag, its environment variable, what it takes.
+_CONNECTION_OPTIONS = (
+    ("--cacert", "FORECAST_CACERT", "FILE", "PEM CA that signed the gateway's certificate (TLS)"),
+    ("--cert", "FORECAST_CERT", "FILE", "PEM client certificate for mTLS (with --key)"),
+    ("--key", "FORECAST_KEY", "FILE", "PEM private key of --cert"),
+    ("--token", "FORECAST_TOKEN", "TOKEN", "bearer token (visible in `ps`: prefer --token-file)"),
+    ("--token-file", "FORECAST_TOKEN_FILE", "FILE", "file holding the bearer token"),
+)
+_TLS_FILES = ("cacert", "cert", "key")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,6 +267,24 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         default=default(False),
         help="print JSON (proto JSON names) instead of tables; errors as JSON on stderr",
     )
+    for flag, variable, metavar, text in _CONNECTION_OPTIONS:
+        parser.add_argument(
+            flag, default=default(None), metavar=metavar, help=f"{text} [{variable}]"
+        )
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="TLS, verifying the gateway with the system's CAs (implied by --cacert) "
+        "[FORECAST_TLS=1]",
+    )
+    transport.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=default(False),
+        help="no TLS, whatever the FORECAST_CACERT/CERT/KEY/TLS variables say",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -271,9 +308,64 @@ def _positive_int(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> Output:
-    with ForecastClient(args.target, timeout_s=args.timeout) as client:
+    with _connect(args, os.environ) as client:
         result: Output = args.handler(client, args)
     return result
+
+
+def _connect(args: argparse.Namespace, environ: Mapping[str, str]) -> ForecastClient:
+    """The client for the connection options: each flag, else its environment variable.
+
+    Records on `args` whether the channel is TLS and a token is sent, for the
+    hints of `_fail`. A setting that cannot be used is an InputError naming
+    the flag, or the variable it came from.
+    """
+    # option name (as in SettingError.option) -> (value, where it came from)
+    chosen: dict[str, tuple[str | None, str]] = {}
+    for flag, variable, _, _ in _CONNECTION_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        from_env = value is None and bool(environ.get(variable))
+        chosen[flag[2:].replace("-", "_")] = (
+            environ[variable] if from_env else value,
+            variable if from_env else flag,
+        )
+    tls = args.tls or _env_flag(environ, "FORECAST_TLS")
+    if args.plaintext:
+        given = [chosen[o][1] for o in _TLS_FILES if chosen[o][0] and chosen[o][1][0] == "-"]
+        if given or args.tls:
+            raise InputError(
+                "--plaintext", f"cannot be combined with {', '.join(given) or '--tls'}"
+            )
+        tls = False
+        chosen.update({option: (None, f"--{option}") for option in _TLS_FILES})
+    (cacert, _), (cert, _), (key, _) = (chosen[o] for o in _TLS_FILES)
+    token, token_file = chosen["token"][0], chosen["token_file"][0]
+    try:
+        if token is None and token_file is not None:
+            token = read_token_file(token_file)
+            chosen["token"] = (token, chosen["token_file"][1])
+        client = ForecastClient(
+            args.target,
+            timeout_s=args.timeout,
+            tls=tls,
+            cacert=cacert,
+            cert=cert,
+            key=key,
+            token=token,
+        )
+    except SettingError as error:
+        raise InputError(chosen[error.option][1], str(error)) from None
+    args.secure, args.has_token = client.secure, token is not None
+    return client
+
+
+def _env_flag(environ: Mapping[str, str], variable: str) -> bool:
+    value = environ.get(variable, "").strip().lower()
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    raise InputError(variable, f"expected 1 or 0, got {value!r}")
 
 
 def _predict(client: ForecastClient, args: argparse.Namespace) -> Output:
@@ -315,7 +407,13 @@ def _experiment(client: ForecastClient, args: argparse.Namespace) -> Output:
 
 
 def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
-    from forecast_client.plot import forecast_png  # matplotlib: only imported when plotting
+    try:
+        from forecast_client.plot import forecast_png  # matplotlib: only imported when plotting
+    except ImportError as error:
+        if error.name is None or error.name.split(".")[0] != "matplotlib":
+            raise
+        message = "plotting needs matplotlib: pip install 'forecast-client[plot]'"
+        raise ForecastError(grpc.StatusCode.FAILED_PRECONDITION, message) from None
 
     history = _history(args)
     if args.actuals_column is not None and args.actuals_csv is None:
@@ -390,11 +488,34 @@ def _read_csv(path: str, column: str | None, *, field: str = "--csv") -> list[fl
 
 
 def _fail(args: argparse.Namespace, error: ForecastError) -> int:
+    hint = _hint(error, args)
     if args.json:
-        sys.stderr.write(json.dumps(error_json(error)) + "\n")
+        sys.stderr.write(json.dumps(error_json(error, hint)) + "\n")
     else:
-        sys.stderr.write(error_text(error))
+        sys.stderr.write(error_text(error, hint))
     return EXIT_INVALID if error.code in _INVALID_INPUT_CODES else EXIT_FAILED
+
+
+def _hint(error: ForecastError, args: argparse.Namespace) -> str | None:
+    """What to try for the errors of a secured gateway, where gRPC's own words are cryptic."""
+    secure, has_token = getattr(args, "secure", False), getattr(args, "has_token", False)
+    code = error.code
+    if code is grpc.StatusCode.UNAUTHENTICATED and not has_token:
+        return "this call needs a token: pass --token-file FILE (or --token, FORECAST_TOKEN)"
+    if code is grpc.StatusCode.PERMISSION_DENIED and error.reason == "TOKEN_INVALID":
+        return "the gateway does not accept this token"
+    if code is not grpc.StatusCode.UNAVAILABLE or error.reason is not None:
+        return None  # the gateway's own UNAVAILABLE (e.g. TRITON_UNAVAILABLE) explains itself
+    if not secure:
+        return (
+            f"is a gateway listening on {args.target}? If it uses TLS, pass --cacert FILE "
+            "(the CA that signed its certificate) or --tls"
+        )
+    return (
+        f"is a gateway listening on {args.target} with TLS? --cacert must be the CA that "
+        "signed its certificate, which must name the host you dial; a gateway that asks "
+        "for client certificates needs --cert and --key"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A small, typed, blocking client for `forecast.v1.ForecastService`.
 
-    with ForecastClient("localhost:50051") as client:
+    with ForecastClient("localhost:50051") as client:  # or ..., cacert="ca.pem", token=...
         result = client.forecast("lstm_timeseries", history, horizon=12)
         result.values  # list[float], `horizon` steps
 
@@ -26,6 +26,14 @@ from typing import Required, Self, TypedDict, TypeVar
 import grpc
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2, forecast_service_pb2_grpc
+from forecast_client.connection import (
+    AUTHORIZATION,
+    DEFAULT_RETRY_POLICY,
+    PathLike,
+    RetryPolicy,
+    bearer_metadata,
+    channel_credentials,
+)
 from forecast_client.errors import ForecastError, from_proto_error, from_rpc_error
 
 __all__ = [
@@ -239,9 +247,22 @@ class Experiment:
 class ForecastClient:
     """Blocking client; use it as a context manager (or call `close()`).
 
-    `timeout_s` is the deadline of every call; `metadata` is sent with every
-    call (e.g. `[("x-request-id", "abc")]`). Without `credentials` the channel
-    is plaintext.
+    `timeout_s` is the deadline of every call, retries included; `metadata`
+    is sent with every call (e.g. `[("x-request-id", "abc")]`).
+
+    Secured gateways (the options of grpcurl and of the `forecast` command):
+    `cacert` (PEM CA that signed the gateway's certificate) or `tls=True`
+    (the system's trusted roots) make the channel TLS; `cert` and `key` add a
+    client certificate (mTLS); `token` is sent as `authorization: Bearer
+    <token>`. `credentials` takes ready-made channel credentials instead of
+    the files. Without any of them the channel is plaintext. A missing or
+    unreadable file, or a malformed token, raises `SettingError` (a
+    ValueError naming the option, never the token) here, not at a call.
+
+    `retry_policy` (default `DEFAULT_RETRY_POLICY`: UNAVAILABLE, 5 attempts)
+    is applied by gRPC to every call; None turns retries off. `options` are
+    extra gRPC channel options (e.g. `("grpc.ssl_target_name_override",
+    "gateway.internal")`).
     """
 
     def __init__(
@@ -250,17 +271,37 @@ class ForecastClient:
         *,
         timeout_s: float = 10.0,
         metadata: Sequence[tuple[str, str]] = (),
+        tls: bool = False,
+        cacert: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
+        token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if credentials is not None and (tls or any(f is not None for f in (cacert, cert, key))):
+            raise ValueError("pass either credentials or tls/cacert/cert/key, not both")
+        if credentials is None:
+            credentials = channel_credentials(tls=tls, cacert=cacert, cert=cert, key=key)
+        call_metadata = tuple(metadata)
+        if token is not None:
+            if any(name.lower() == AUTHORIZATION for name, _ in call_metadata):
+                raise ValueError("pass the token either as token or in metadata, not both")
+            call_metadata += (bearer_metadata(token),)
         self.target = target
+        self.secure = credentials is not None
         self._timeout_s = timeout_s
-        self._metadata = tuple(metadata)
+        self._metadata = call_metadata
+        channel_options = [*(retry_policy.channel_options() if retry_policy else []), *options]
+        if retry_policy is None:
+            channel_options.append(("grpc.enable_retries", 0))
         self._channel = (
-            grpc.insecure_channel(target)
+            grpc.insecure_channel(target, channel_options)
             if credentials is None
-            else grpc.secure_channel(target, credentials)
+            else grpc.secure_channel(target, credentials, channel_options)
         )
         self._stub = forecast_service_pb2_grpc.ForecastServiceStub(self._channel)
 

@@ -88,9 +88,12 @@ def model_json(model: ModelInfo) -> JsonObject:
     }
 
 
-def error_json(error: ForecastError) -> JsonObject:
-    """Return the error as {"error": {code, message, reason, domain, fieldViolations}}."""
-    return {"error": _error_body(error)}
+def error_json(error: ForecastError, hint: str | None = None) -> JsonObject:
+    """Return the error as {"error": {code, message, reason, domain, fieldViolations[, hint]}}."""
+    body = _error_body(error)
+    if hint:
+        body["hint"] = hint
+    return {"error": body}
 
 
 def comparison_json(comparison: Comparison) -> JsonObject:
@@ -295,13 +298,15 @@ def experiment_text(experiment: Experiment) -> str:
     return text + "\n" + _table(_COMPARISON_HEADERS, rows) + note
 
 
-def error_text(error: ForecastError) -> str:
-    """Return "error: CODE: message", one line per field violation, then the reason."""
+def error_text(error: ForecastError, hint: str | None = None) -> str:
+    """Return "error: CODE: message", one line per field violation, the reason, the hint."""
     lines = [f"error: {error.code.name}: {error.message}"]
     lines += [f"  field {v.field}: {v.description}" for v in error.field_violations]
     if error.reason:
         domain = f" (domain {error.domain})" if error.domain else ""
         lines.append(f"  reason: {error.reason}{domain}")
+    if hint:
+        lines.append(f"  hint: {hint}")
     return "\n".join(lines) + "\n"
 
 
