@@ -1,177 +1,280 @@
 """Gateway configuration: a TOML file plus FORECAST_* environment overrides.
 
-Built once at start-up by `GatewayConfig.load()` and validated there, so a bad
-value stops the gateway with a message naming the key instead of failing on
-the first request.
+Every key is declared once, below, with its type, range and meaning; pydantic
+checks them: numbers finite and in range, no bool or fraction where an int
+is due, one of the listed words, unknown keys rejected. The file is checked
+with TOML's own types (`port = "1"` is an error); environment variables are
+text, parsed by the field's type. Built once at start-up by
+`GatewayConfig.load()`, so a bad value stops the gateway with one line naming
+the key instead of failing on the first request.
+
+Relative paths (`routing_file`, `store_path`, `sqlite:///` store URLs, the
+TLS, token and password files) are resolved against the directory of the
+config file that sets them, so a file works from any working directory;
+paths from FORECAST_* variables, and the defaults, are relative to the
+working directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 ENV_PREFIX = "FORECAST_"
 MAX_CONNECTION_SECONDS = (2**31 - 1) / 1000
 """Longest idle timeout or connection age gRPC accepts (int32 milliseconds, ~24.8 days)."""
+MAX_SECONDS = 366 * 24 * 3600.0
+"""Longest duration any setting takes: keeps timers and deadlines far from overflow."""
 DEFAULT_CONFIG_FILE = Path("config/gateway.toml")
+PATH_KEYS = (
+    "routing_file",
+    "store_path",
+    "store_password_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "auth_token_file",
+)
+"""Keys holding a file path: relative values in a config file are relative to that file."""
+SECRET_KEYS = frozenset({"store_url"})
+"""Keys whose value may hold a password: never shown in a message."""
+_SQLITE = "sqlite:///"
+_POSTGRES = ("postgresql://", "postgres://")
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key at fault."""
 
 
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _version_text(value: object) -> object:
+    """`default_version = 2` is read as "2" (the key is a version name)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _store_url(value: str) -> str:
+    """Empty, `sqlite:///path`, a plain path or a PostgreSQL URL; never echoes the value."""
+    if value.startswith((_SQLITE, *_POSTGRES)) or "://" not in value:
+        return value
+    raise ValueError("must be empty, sqlite:///<path>, a file path or postgresql://... (not shown)")
+
+
+Text = Annotated[str, Field(min_length=1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Count = Annotated[int, Field(gt=0, le=2**31 - 1)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+OptionalSeconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+ConnectionSeconds = Annotated[float, Field(ge=0, le=MAX_CONNECTION_SECONDS)]
+Version = Annotated[str, BeforeValidator(_version_text), StringConstraints(pattern=r"^\d*$")]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A model the gateway serves (the allow-list of Triton models callers may reach)."""
 
-    name: str
-    default_version: str = ""
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
+    """The Triton model name."""
+    default_version: Annotated[Version, StringConstraints(strip_whitespace=True)] = ""
+    """The version serving requests that name none; empty: the highest ready version."""
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
+class _Settings(BaseModel):
+    """The `[gateway]` keys, each validated on its own (FORECAST_<KEY> overrides one)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
+    )
+
+    host: Text = "0.0.0.0"
+    """Address the gRPC server binds."""
+    port: Port = 50051
+    """gRPC port (0: any free port)."""
+    triton_url: Text = "127.0.0.1:8001"
+    """Triton's gRPC endpoint (host:port, or a dns:/// target for several Tritons)."""
+    metrics_port: Annotated[int, Field(ge=-1, le=65535)] = 9100
+    """Prometheus /metrics port (-1: off)."""
+    max_history_length: Count = 10_000
+    """Longest history accepted (points); longer ones are rejected, not truncated."""
+    max_message_bytes: Count = 1024 * 1024
+    """Largest request message (bytes); larger ones get RESOURCE_EXHAUSTED."""
+    default_timeout_s: Seconds = 10.0
+    """Deadline of the Triton call when the caller sets none."""
+    catalog_refresh_s: Seconds = 1.0
+    """How often versions and readiness are re-read from Triton."""
+    shutdown_grace_s: OptionalSeconds = 10.0
+    """Time in-flight requests get to finish on SIGTERM."""
+    shutdown_drain_s: OptionalSeconds = 0.0
+    """On SIGTERM, time the gateway keeps serving while reporting NOT_SERVING."""
+    max_batch_series: Count = 4096
+    """Most series in one ForecastBatch call."""
+    stream_max_pending: Count = 64
+    """StreamForecast requests in flight or waiting to be read by the caller."""
+    routing_file: str = "config/routing.toml"
+    """Routing policies per model, reloaded on change; empty: default routing only."""
+    routing_poll_s: Seconds = 2.0
+    """How often the routing file is checked for changes."""
+    shadow_timeout_s: Seconds = 10.0
+    """Timeout of each shadow forecast."""
+    max_in_flight: Count = 1024
+    """Requests in progress at most; beyond it new ones are shed (RESOURCE_EXHAUSTED)."""
+    idle_timeout_s: ConnectionSeconds = 300.0
+    """A connection with no call for this long is closed (GOAWAY); 0: never."""
+    max_connection_age_s: ConnectionSeconds = 0.0
+    """Connections this old get GOAWAY so clients re-resolve and spread; 0: never."""
+    triton_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of a Triton call that failed with UNAVAILABLE, within the deadline."""
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Most retries per request over the last seconds (0-1)."""
+    tls_cert_file: str = ""
+    """TLS certificate (PEM) of the gateway's port; with tls_key_file, TLS is on."""
+    tls_key_file: str = ""
+    """TLS private key (PEM)."""
+    tls_client_ca_file: str = ""
+    """CA (PEM) that client certificates must be signed by (mTLS)."""
+    auth_token_file: str = ""
+    """Bearer tokens, one per line; when set, ReportActuals needs one."""
+    auth_required_for_reads: bool = False
+    """Also require a token for forecasts and reads."""
+    store_path: Text = ".run/experiments.sqlite3"
+    """SQLite file of the A/B store (forecasts awaiting actuals), when store_url is empty."""
+    store_url: Annotated[str, AfterValidator(_store_url)] = Field(default="", repr=False)
+    """A/B store: empty or sqlite:///<path> (SQLite), or postgresql://user@host/db."""
+    store_password_file: str = ""
+    """File holding the PostgreSQL password (instead of one in store_url)."""
+    store_max_forecasts: Count = 200_000
+    """Most forecasts kept awaiting actuals (oldest dropped first)."""
+    store_max_age_s: Seconds = 7 * 24 * 3600.0
+    """Longest a forecast waits for its actuals."""
+    log_format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = "auto"
+    """Log lines as json, console, or auto (JSON unless on a terminal)."""
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)
+    ] = "info"
+    """Lowest level logged."""
+
+
+class _File(BaseModel):
+    """A config file: the `[gateway]` table and the `[[models]]` list."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    gateway: _Settings = _Settings()
+    models: list[ModelConfig] | None = None
+
+
+class GatewayConfig(_Settings):
     """Every setting of the gateway. Field names are the TOML keys of [gateway]."""
 
-    host: str = "0.0.0.0"
-    port: int = 50051
-    triton_url: str = "127.0.0.1:8001"
-    metrics_port: int = 9100
-    max_history_length: int = 10_000
-    max_message_bytes: int = 1024 * 1024
-    default_timeout_s: float = 10.0
-    catalog_refresh_s: float = 1.0
-    shutdown_grace_s: float = 10.0
-    shutdown_drain_s: float = 0.0
-    max_batch_series: int = 4096
-    stream_max_pending: int = 64
-    routing_file: str = "config/routing.toml"
-    routing_poll_s: float = 2.0
-    shadow_timeout_s: float = 10.0
-    max_in_flight: int = 1024
-    idle_timeout_s: float = 300.0
-    max_connection_age_s: float = 0.0
-    triton_retries: int = 2
-    retry_budget_ratio: float = 0.1
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""
-    auth_token_file: str = ""
-    auth_required_for_reads: bool = False
-    store_path: str = ".run/experiments.sqlite3"
-    store_url: str = ""
-    store_password_file: str = ""
-    store_max_forecasts: int = 200_000
-    store_max_age_s: float = 7 * 24 * 3600.0
-    log_format: str = "auto"
-    log_level: str = "info"
-    models: tuple[ModelConfig, ...] = field(default_factory=tuple)
+    model_config = ConfigDict(strict=False)
+
+    models: tuple[ModelConfig, ...] = ()
+    """The served models ([[models]] in the file, or FORECAST_MODELS=a,b)."""
 
     @property
     def address(self) -> str:
         """The host:port the gRPC server binds."""
         return f"{self.host}:{self.port}"
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        """The checks that involve more than one key."""
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if self.store_password_file and not self.store_url.startswith(_POSTGRES):
+            raise ValueError("store_password_file needs a postgresql:// store_url")
+        if not self.models:
+            raise ValueError(
+                "no models configured: list them under [[models]] in the config file "
+                f"or in {ENV_PREFIX}MODELS (comma-separated names)"
+            )
+        if len({m.name for m in self.models}) != len(self.models):
+            raise ValueError("models: a model is listed twice")
+        return self
+
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Read FORECAST_CONFIG_FILE (default config/gateway.toml), then apply FORECAST_* env."""
         env = os.environ if env is None else env
-        path = Path(env.get(f"{ENV_PREFIX}CONFIG_FILE", str(DEFAULT_CONFIG_FILE)))
-        document: dict[str, Any] = {}
-        if path.exists():
-            try:
-                document = tomllib.loads(path.read_text())
-            except tomllib.TOMLDecodeError as error:
-                raise ConfigError(f"{path}: not valid TOML: {error}") from error
-        elif f"{ENV_PREFIX}CONFIG_FILE" in env:
-            raise ConfigError(f"{ENV_PREFIX}CONFIG_FILE={path}: no such file")
-        return cls.from_mapping(document, env, source=str(path))
+        named = env.get(f"{ENV_PREFIX}CONFIG_FILE")
+        path = Path(named) if named else DEFAULT_CONFIG_FILE
+        if not named and not path.exists():
+            return cls.from_mapping({}, env, source=str(path))
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{ENV_PREFIX}CONFIG_FILE={path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read the config file: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        return cls.from_mapping(document, env, source=str(path), directory=path.parent)
 
     @classmethod
     def from_mapping(
-        cls, document: Mapping[str, Any], env: Mapping[str, str], source: str = "config"
+        cls,
+        document: Mapping[str, Any],
+        env: Mapping[str, str],
+        source: str = "config",
+        directory: Path | None = None,
     ) -> GatewayConfig:
-        """Build from a parsed TOML document and environment overrides."""
-        settings = dict(document.get("gateway", {}))
-        known = {f.name for f in dataclasses.fields(cls)} - {"models"}
-        unknown = set(settings) - known
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) in [gateway]: {sorted(unknown)}")
-        values: dict[str, Any] = {}
-        for spec in dataclasses.fields(cls):
-            if spec.name == "models":
-                continue
-            env_value = env.get(f"{ENV_PREFIX}{spec.name.upper()}")
-            raw = env_value if env_value is not None else settings.get(spec.name)
-            if raw is not None:
-                values[spec.name] = _coerce(spec.name, raw, spec.type)
-        values["models"] = _models(document.get("models", []), env, source)
-        config = cls(**values)
-        config.validate()
-        return config
+        """Build from a parsed TOML document and environment overrides.
 
-    def validate(self) -> None:
-        """Raise ConfigError for values that cannot work."""
-        positive = {
-            "max_history_length": self.max_history_length,
-            "max_message_bytes": self.max_message_bytes,
-            "default_timeout_s": self.default_timeout_s,
-            "catalog_refresh_s": self.catalog_refresh_s,
-            "max_batch_series": self.max_batch_series,
-            "stream_max_pending": self.stream_max_pending,
-            "routing_poll_s": self.routing_poll_s,
-            "shadow_timeout_s": self.shadow_timeout_s,
-            "max_in_flight": self.max_in_flight,
-            "store_max_forecasts": self.store_max_forecasts,
-            "store_max_age_s": self.store_max_age_s,
+        Relative paths in `document` are resolved against `directory` when given.
+        """
+        try:
+            file = _File.model_validate(document)
+        except ValidationError as error:
+            raise ConfigError(_describe(error, lambda loc: f"{source}: {_dotted(loc)}")) from None
+        values = {key: getattr(file.gateway, key) for key in file.gateway.model_fields_set}
+        if directory is not None:
+            values = _resolved(values, directory.absolute())
+        overrides = {
+            key: env[f"{ENV_PREFIX}{key.upper()}"]
+            for key in _Settings.model_fields
+            if f"{ENV_PREFIX}{key.upper()}" in env
         }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be > 0, got {value}")
-        non_negative = {
-            "idle_timeout_s": self.idle_timeout_s,  # 0: off
-            "max_connection_age_s": self.max_connection_age_s,  # 0: off
-            "triton_retries": self.triton_retries,
-            "shutdown_grace_s": self.shutdown_grace_s,
-            "shutdown_drain_s": self.shutdown_drain_s,
-        }
-        for key, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{key} must be >= 0, got {value}")
-        for key in ("idle_timeout_s", "max_connection_age_s"):  # gRPC takes int32 milliseconds
-            if non_negative[key] > MAX_CONNECTION_SECONDS:
-                raise ConfigError(
-                    f"{key} must be at most {MAX_CONNECTION_SECONDS:.0f} s (0: off), "
-                    f"got {non_negative[key]}"
-                )
-        if not 0 <= self.retry_budget_ratio <= 1:
-            raise ConfigError(
-                f"retry_budget_ratio must be within 0-1, got {self.retry_budget_ratio}"
-            )
-        self._validate_settings()
-
-    def _validate_settings(self) -> None:
-        """The checks of validate() that are not plain number bounds."""
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigError("tls_cert_file and tls_key_file must be set together")
-        if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ConfigError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be 0-65535, got {self.port}")
-        if not -1 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port must be -1 (off) or 0-65535, got {self.metrics_port}")
-        if self.log_format not in {"auto", "json", "console"}:
-            raise ConfigError(f"log_format must be auto, json or console, got {self.log_format!r}")
-        if not self.models:
-            raise ConfigError(
-                "no models configured: list them under [[models]] in the config file "
-                f"or in {ENV_PREFIX}MODELS (comma-separated names)"
-            )
+        try:
+            parsed = _Settings.model_validate_strings(overrides)
+        except ValidationError as error:
+            where = lambda loc: f"{ENV_PREFIX}{_dotted(loc).upper()}"  # noqa: E731
+            raise ConfigError(_describe(error, where)) from None
+        values |= {key: getattr(parsed, key) for key in overrides}
+        models: Any = file.models or ()
+        names = env.get(f"{ENV_PREFIX}MODELS")
+        if names is not None:
+            models = [{"name": name} for name in names.split(",") if name.strip()]
+        try:
+            return cls(**values, models=models)
+        except ValidationError as error:
+            raise ConfigError(_describe(error, _dotted)) from None
 
 
 def load_or_exit(env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -180,44 +283,58 @@ def load_or_exit(env: Mapping[str, str] | None = None) -> GatewayConfig:
         return GatewayConfig.load(env)
     except ConfigError as error:
         sys.stderr.write(f"forecast-gateway: invalid configuration: {error}\n")
-        raise SystemExit(2) from error
+        raise SystemExit(2) from None
 
 
-def _coerce(key: str, raw: object, kind: object) -> object:
-    """Convert a TOML or env value to the field's type, naming the key on failure."""
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in {"true", "1", "yes", "on"}:
-            return True
-        if text in {"false", "0", "no", "off", ""}:
-            return False
-        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
-    converters: dict[object, type] = {"int": int, "float": float, "str": str}
-    convert = converters.get(kind, str)
-    try:
-        return convert(raw)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{key}: expected {kind}, got {raw!r}") from error
+def _resolved(values: Mapping[str, Any], directory: Path) -> dict[str, Any]:
+    """`values` with its relative paths made relative to `directory` (absolute)."""
+    resolved = dict(values)
+    for key in PATH_KEYS:
+        if resolved.get(key):
+            resolved[key] = os.path.normpath(directory / resolved[key])
+    url = resolved.get("store_url", "")
+    if url.startswith(_SQLITE) and not url.removeprefix(_SQLITE).startswith("/"):
+        resolved["store_url"] = _SQLITE + os.path.normpath(directory / url.removeprefix(_SQLITE))
+    elif url and "://" not in url:
+        resolved["store_url"] = os.path.normpath(directory / url)
+    return resolved
 
 
-def _models(
-    entries: list[Mapping[str, Any]], env: Mapping[str, str], source: str
-) -> tuple[ModelConfig, ...]:
-    """The served models: FORECAST_MODELS (names) replaces the file's [[models]] list."""
-    names = env.get(f"{ENV_PREFIX}MODELS")
-    if names is not None:
-        entries = [{"name": n.strip()} for n in names.split(",") if n.strip()]
-    models: list[ModelConfig] = []
-    for entry in entries:
-        name = str(entry.get("name", "")).strip()
-        if not name:
-            raise ConfigError(f"{source}: a [[models]] entry has no name")
-        version = str(entry.get("default_version", "")).strip()
-        if version and not version.isdigit():
-            raise ConfigError(f"{source}: model {name}: default_version must be a number")
-        models.append(ModelConfig(name=name, default_version=version))
-    if len({m.name for m in models}) != len(models):
-        raise ConfigError(f"{source}: a model is listed twice")
-    return tuple(models)
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "unexpected_keyword_argument": "unknown key",
+    "model_type": "expected a table",
+    "dataclass_type": "expected a table",
+    "list_type": "expected a list of tables ([[models]])",
+}
+
+
+def _describe(error: ValidationError, where: Any) -> str:
+    """One line naming each key at fault; values shown only where they hold no secret."""
+    parts = []
+    for item in error.errors(include_url=False):
+        loc = item["loc"]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in _MESSAGES:
+            message = _MESSAGES[item["type"]]
+        elif _showable(loc, item.get("input")):
+            message = f"{message}, got {item['input']!r}"
+        parts.append(f"{where(loc)}: {message}" if loc else message)
+    return "; ".join(parts)
+
+
+_SHOWN = (set(GatewayConfig.model_fields) | {"name", "default_version"}) - SECRET_KEYS
+
+
+def _showable(loc: tuple[int | str, ...], value: object) -> bool:
+    """Whether a rejected value can appear in a message: a short scalar of a known, public key."""
+    return (
+        bool(loc)
+        and loc[-1] in _SHOWN
+        and isinstance(value, str | int | float)
+        and len(repr(value)) <= 80
+    )
