@@ -31,18 +31,27 @@ COPY --from=wheel /wheels/ /tmp/wheels/
 RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
 COPY docker/grpc_healthcheck.py /usr/local/bin/grpc_healthcheck.py
-# The served models and limits (config/gateway.toml). Kubernetes mounts its own
-# file over this directory (deploy/kubernetes/gateway.yaml); FORECAST_* vars
-# override single keys.
-COPY config/gateway.toml /etc/forecast-gateway/gateway.toml
+# The served models and limits, and the routing policies that gateway.toml
+# names (routing_file = "routing.toml": relative to gateway.toml's directory).
+# Kubernetes mounts its own pair of files over this directory
+# (deploy/kubernetes/gateway.yaml); FORECAST_* vars override single keys.
+COPY config/gateway.toml config/routing.toml /etc/forecast-gateway/
 
 RUN groupadd --system --gid 10001 gateway \
-    && useradd --system --uid 10001 --gid gateway --no-create-home --shell /usr/sbin/nologin gateway
+    && useradd --system --uid 10001 --gid gateway --no-create-home --shell /usr/sbin/nologin gateway \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/forecast-gateway
 USER 10001:10001
+# The only place the gateway writes (the A/B store's SQLite file): a volume
+# (compose: a named volume, which starts with this directory's owner;
+# Kubernetes: an emptyDir), so the root filesystem can be read-only.
+VOLUME /var/lib/forecast-gateway
+WORKDIR /var/lib/forecast-gateway
 
 # The gateway reads FORECAST_CONFIG_FILE, then FORECAST_<KEY> variables that
-# override its [gateway] keys.
+# override its [gateway] keys. Absolute paths: the gateway does not depend on
+# its working directory.
 ENV FORECAST_CONFIG_FILE=/etc/forecast-gateway/gateway.toml \
+    FORECAST_STORE_PATH=/var/lib/forecast-gateway/experiments.sqlite3 \
     FORECAST_TRITON_URL=triton:8001 \
     FORECAST_PORT=50051 \
     FORECAST_METRICS_PORT=9100 \

@@ -345,7 +345,12 @@ def test_gateway_dockerfile() -> None:
     env = image_env(GATEWAY_DOCKERFILE)
     assert env["FORECAST_TRITON_URL"] == "triton:8001"
     assert env["FORECAST_LOG_FORMAT"] == "json"
-    assert ("COPY", f"config/gateway.toml {env['FORECAST_CONFIG_FILE']}") in instructions
+    config_dir = Path(env["FORECAST_CONFIG_FILE"]).parent
+    assert ("COPY", f"config/gateway.toml config/routing.toml {config_dir}/") in instructions
+    assert Path(env["FORECAST_STORE_PATH"]).parent.as_posix() in {
+        a for op, a in instructions if op == "VOLUME"
+    }, "the store must be on a volume: the root filesystem may be read-only"
+    assert Path(next(a for op, a in reversed(instructions) if op == "WORKDIR")).is_absolute()
     assert exec_form(next(a for op, a in instructions if op == "CMD")) == [
         "python",
         "-m",
@@ -362,12 +367,26 @@ def test_gateway_image_config_loads_with_the_gateway_loader() -> None:
     assert config.triton_url == "triton:8001"
 
 
+def test_gateway_image_paths_resolve_inside_the_image() -> None:
+    # The image's config names its routing file relative to itself (the file
+    # is copied beside it) and keeps the store out of /etc.
+    from forecast_gateway.config import GatewayConfig
+
+    env = image_env(GATEWAY_DOCKERFILE)
+    path = Path(env["FORECAST_CONFIG_FILE"])
+    document = tomllib.loads(GATEWAY_TOML.read_text())
+    config = GatewayConfig.from_mapping(document, env, source="image", directory=path.parent)
+    assert config.routing_file == str(path.parent / "routing.toml")
+    assert config.store_path == env["FORECAST_STORE_PATH"]
+
+
 def test_gateway_requirements_match_the_lock() -> None:
     pins = read_pins(GATEWAY_REQUIREMENTS)
     lock = read_pins(LOCK)
     expected = {
         "grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "protobuf",
         "googleapis-common-protos", "tritonclient", "numpy", "structlog", "prometheus-client",
+        "pydantic",
     }  # fmt: skip
     assert set(pins) == expected
     for name, (version, _) in pins.items():
@@ -437,6 +456,15 @@ def test_compose_gateway(compose: dict[str, Any]) -> None:
     script = next(arg for arg in gateway["healthcheck"]["test"] if arg.endswith(".py"))
     copies = [a for op, a in dockerfile_instructions(GATEWAY_DOCKERFILE) if op == "COPY"]
     assert f"docker/grpc_healthcheck.py {script}" in copies
+
+
+def test_compose_gateway_store_is_on_a_named_volume(compose: dict[str, Any]) -> None:
+    gateway = compose["services"]["gateway"]
+    env = {**image_env(GATEWAY_DOCKERFILE), **gateway["environment"]}
+    mounts = dict(v.split(":")[::-1] for v in gateway["volumes"] if isinstance(v, str))
+    volume = mounts.get(str(Path(env["FORECAST_STORE_PATH"]).parent))
+    assert volume in compose["volumes"], "the store must be on a named volume"
+    assert gateway["read_only"], "the gateway writes only to its volume"
 
 
 def test_compose_mounts_match_grafana_and_prometheus(compose: dict[str, Any]) -> None:
@@ -781,6 +809,29 @@ def test_k8s_gateway_config_loads_with_the_gateway_loader(k8s_docs: list[dict[st
     assert config.models == gateway_config(GATEWAY_TOML.read_text(), {}).models
     grace = pod["terminationGracePeriodSeconds"]
     assert config.shutdown_grace_s + 5 < grace, "graceful stop must fit in the grace period"
+
+
+def test_k8s_gateway_files_and_store_are_mounted(k8s_docs: list[dict[str, Any]]) -> None:
+    from forecast_gateway.config import GatewayConfig
+    from forecast_gateway.routing_config import parse_policies
+
+    pod = find(k8s_docs, "Deployment", "forecast-gateway")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env_map = find(k8s_docs, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+    env = {**image_env(GATEWAY_DOCKERFILE), **env_map}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    path = Path(env["FORECAST_CONFIG_FILE"])
+    files = find(k8s_docs, "ConfigMap", volumes[mounts[str(path.parent)]]["configMap"]["name"])
+    document = tomllib.loads(files["data"][path.name])
+    config = GatewayConfig.from_mapping(document, env, source="k8s", directory=path.parent)
+    routing = Path(config.routing_file)
+    assert routing.parent == path.parent and routing.name in files["data"]
+    policies = parse_policies(tomllib.loads(files["data"][routing.name]), routing.name)
+    assert set(policies) <= {m.name for m in config.models}
+    store = volumes[mounts[str(Path(config.store_path).parent)]]
+    assert "emptyDir" in store or "persistentVolumeClaim" in store
+    assert container["securityContext"]["readOnlyRootFilesystem"]
 
 
 def test_k8s_gateway_autoscaling(k8s_docs: list[dict[str, Any]]) -> None:
