@@ -20,6 +20,7 @@ import pytest
 from bench.services import free_port, stop, wait_serving
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
+from tools.local_postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -95,6 +96,17 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     server.start()
     try:
         server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server (the machine's binaries; `make system-tools` installs them)."""
+    server = LocalPostgres(free_port())
+    server.start()
+    try:
         yield server
     finally:
         server.stop()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2
+from forecast_gateway.ab import ActualsReport, ExperimentReport, Role
 from forecast_gateway.catalog import ModelSpec, VersionState
 from forecast_gateway.errors import (
     ERROR_CODES,
@@ -20,7 +21,6 @@ from forecast_gateway.errors import (
     GatewayError,
     clip,
 )
-from forecast_gateway.experiments import ActualsReport, ExperimentReport, Role
 from forecast_gateway.forecaster import ForecastResult, VersionOutcome
 from forecast_gateway.routing import Decision
 from forecast_gateway.validation import ForecastQuery

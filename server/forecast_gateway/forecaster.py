@@ -21,6 +21,14 @@ import numpy as np
 import structlog
 
 from forecast_gateway import metrics
+from forecast_gateway.ab import (
+    ExperimentStore,
+    Prediction,
+    RecordedForecast,
+    Role,
+    naive_scale,
+    new_forecast_id,
+)
 from forecast_gateway.catalog import ModelCatalog, ModelSpec
 from forecast_gateway.coalescing import Coalescer
 from forecast_gateway.errors import (
@@ -31,17 +39,9 @@ from forecast_gateway.errors import (
     NotFound,
     Unavailable,
 )
-from forecast_gateway.experiments import (
-    ExperimentStore,
-    Prediction,
-    RecordedForecast,
-    Role,
-    new_forecast_id,
-)
 from forecast_gateway.normalization import FloatArray, denormalize, fit_window, normalize
 from forecast_gateway.routing import Decision, Route, choose_version
 from forecast_gateway.routing_config import RoutingTable
-from forecast_gateway.scoring import naive_scale
 from forecast_gateway.triton import TritonProxy
 from forecast_gateway.validation import ForecastQuery, Shape, check_query, resolve_shape
 

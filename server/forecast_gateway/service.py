@@ -14,6 +14,7 @@ import structlog
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
+from forecast_gateway.ab import ExperimentStore
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.convert import (
     actuals_from,
@@ -28,7 +29,6 @@ from forecast_gateway.convert import (
     response_from,
 )
 from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument
-from forecast_gateway.experiments import ExperimentStore
 from forecast_gateway.forecaster import Forecaster, ForecastResult, batch_violations
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs

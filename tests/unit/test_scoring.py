@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from forecast_gateway.scoring import (
+from forecast_gateway.ab.scoring import (
     PAIRED_TEST,
     WELCH_TEST,
     Comparison,

@@ -1,7 +1,7 @@
 """Scoring forecasts against reported actuals, and comparing versions' errors.
 
-Pure functions (numpy and `student_t` only), used by the experiment store
-(`experiments.py`) and unit-tested without I/O. The t-tests are computed
+Pure functions (numpy and `student_t` only), used by the A/B store
+(`ab.aggregates`, `ab.report`) and unit-tested without I/O. The t-tests are computed
 from the sample moments with the t distribution of `student_t`, not scipy:
 importing `scipy.stats` would cost the gateway ~60 MB of memory and ~0.6 s of
 start-up for these few lines. The unit tests check them against scipy's
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from forecast_gateway import student_t
+from forecast_gateway.ab import student_t
 from forecast_gateway.normalization import CONSTANT_RELATIVE_STD
 
 PAIRED_TEST = "paired t-test"
@@ -151,16 +151,14 @@ def compare(a: npt.ArrayLike, b: npt.ArrayLike, *, paired: bool) -> Comparison:
 
 @dataclass(frozen=True)
 class Moments:
-    """All a t-test needs from a sample: so the store can compute it in SQL, not in Python.
+    """All a t-test needs from a sample, so the store can keep it as running sums.
 
-    `variance` has ddof=1 (NaN below 2 values); `max_deviation` is the
-    largest |x - mean|, for the no-spread check. `mean` is NaN when empty.
+    `variance` has ddof=1 (NaN below 2 values); `mean` is NaN when empty.
     """
 
     count: int
     mean: float
     variance: float
-    max_deviation: float
 
     @classmethod
     def of(cls, sample: npt.ArrayLike) -> Moments:
@@ -168,17 +166,32 @@ class Moments:
         values = np.asarray(sample, dtype=np.float64).ravel()
         if values.size == 0:
             return EMPTY
-        mean = float(values.mean())
         variance = float(values.var(ddof=1)) if values.size > 1 else math.nan
-        return cls(int(values.size), mean, variance, float(np.max(np.abs(values - mean))))
+        return cls(int(values.size), float(values.mean()), variance)
+
+    @classmethod
+    def from_sums(cls, count: int, shift: float, total: float, squares: float) -> Moments:
+        """From running sums of (x - shift) and (x - shift)**2 over `count` values.
+
+        Shifting by a value of the sample (the store keeps the first one)
+        keeps the sums small, so the variance does not cancel to noise: a
+        constant sample has sums exactly 0. Rounding left by values added
+        and later removed is clamped at a variance of 0.
+        """
+        if count <= 0:
+            return EMPTY
+        mean = shift + total / count
+        if count < 2:
+            return cls(count, mean, math.nan)
+        return cls(count, mean, max(squares - total * total / count, 0.0) / (count - 1))
 
     @property
     def constant(self) -> bool:
-        """Constant up to rounding: all values within NO_SPREAD_RELATIVE of the mean (cf. scipy)."""
-        return self.max_deviation <= NO_SPREAD_RELATIVE * abs(self.mean)
+        """Constant up to rounding: a spread within NO_SPREAD_RELATIVE of the mean (cf. scipy)."""
+        return not self.variance > (NO_SPREAD_RELATIVE * self.mean) ** 2
 
 
-EMPTY = Moments(0, math.nan, math.nan, math.nan)
+EMPTY = Moments(0, math.nan, math.nan)
 
 
 def compare_paired(differences: Moments) -> Comparison:

@@ -1,0 +1,31 @@
+"""The A/B subsystem: forecasts recorded for scoring, actuals, running aggregates, reports.
+
+The rest of the gateway uses only the names below. Layout, one concern per
+module: `records` (types), `store` (the write-behind façade), `actuals`
+(checks), `aggregates` (running totals), `report` (GetExperiment),
+`scoring` and `student_t` (metrics and tests), `storage` (the interface and
+the backend choice), `sql` (the queries both backends run), `sqlite` and
+`postgres` (schemas, connections, migrations).
+"""
+
+from forecast_gateway.ab.records import (
+    ActualsReport,
+    ExperimentReport,
+    Prediction,
+    RecordedForecast,
+    Role,
+    new_forecast_id,
+)
+from forecast_gateway.ab.scoring import naive_scale
+from forecast_gateway.ab.store import ExperimentStore
+
+__all__ = [
+    "ActualsReport",
+    "ExperimentReport",
+    "ExperimentStore",
+    "Prediction",
+    "RecordedForecast",
+    "Role",
+    "naive_scale",
+    "new_forecast_id",
+]

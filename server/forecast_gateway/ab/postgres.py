@@ -1,0 +1,187 @@
+"""PostgreSQL backend of the A/B store: one database shared by every replica.
+
+psycopg 3's asyncio API with a psycopg-pool connection pool, on the
+gateway's event loop. Migrations run at start-up inside a session-level
+advisory lock, so replicas starting together apply each version once; the
+applied versions are rows of `schema_migrations`. Scoring locks the
+forecast's row (`FOR UPDATE`), so actuals for one forecast that reach two
+replicas at once are applied one after the other (ab.sql).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from forecast_gateway.ab.sql import Migration, Row, Transaction, migrate
+
+MIGRATION_LOCK = 0x46475354  # "FGST": the advisory lock key of the store's migrations
+POOL_MIN = 1
+POOL_MAX = 4
+"""Connections per gateway process: the writer, ReportActuals and GetExperiment at once."""
+CONNECT_TIMEOUT_S = 30.0
+"""How long start-up waits for the database before the gateway gives up (and is restarted)."""
+
+_V1 = (
+    """CREATE TABLE forecasts (
+        forecast_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        horizon INTEGER NOT NULL,
+        naive_scale DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        actuals BYTEA,
+        steps_received INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX forecasts_by_age ON forecasts (created_at, forecast_id)",
+    """CREATE TABLE predictions (
+        forecast_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        model TEXT NOT NULL,
+        role TEXT NOT NULL,
+        forecast_values BYTEA NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        recorded_at DOUBLE PRECISION NOT NULL,
+        orphan SMALLINT NOT NULL DEFAULT 0,
+        steps_scored INTEGER NOT NULL DEFAULT 0,
+        mae DOUBLE PRECISION,
+        smape DOUBLE PRECISION,
+        mase DOUBLE PRECISION,
+        PRIMARY KEY (forecast_id, version)
+    )""",
+    "CREATE INDEX orphans_by_age ON predictions (recorded_at) WHERE orphan = 1",
+    """CREATE TABLE counters (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        served BIGINT NOT NULL DEFAULT 0,
+        shadowed BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (model, version)
+    )""",
+    """CREATE TABLE moments (
+        model TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        version_a TEXT NOT NULL,
+        version_b TEXT NOT NULL,
+        shift DOUBLE PRECISION NOT NULL,
+        n BIGINT NOT NULL,
+        s1 DOUBLE PRECISION NOT NULL,
+        s2 DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (model, metric, version_a, version_b)
+    )""",
+    """CREATE TABLE latency_buckets (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (model, version, bucket)
+    )""",
+    "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",
+)
+MIGRATIONS = (Migration(1, _V1),)
+
+
+class PostgresBackend:
+    """The store's database on a PostgreSQL server (`postgresql://user@host:port/db`)."""
+
+    lock_rows = " FOR UPDATE"
+
+    def __init__(self, url: str, password: str | None = None) -> None:
+        self._url = url
+        self._password = password
+        self._pool: AsyncConnectionPool | None = None
+
+    def describe(self) -> str:
+        """user@host:port/dbname, without the password."""
+        parts = conninfo_to_dict(self._url)
+        host = parts.get("host", "localhost")
+        return (
+            f"postgresql://{parts.get('user', '')}@{host}:{parts.get('port', 5432)}"
+            f"/{parts.get('dbname', '')}"
+        )
+
+    async def open(self) -> None:
+        """Open the pool and migrate under the advisory lock."""
+        extra = {} if self._password is None else {"password": self._password}
+        self._pool = AsyncConnectionPool(
+            self._url, kwargs=extra, min_size=POOL_MIN, max_size=POOL_MAX, open=False
+        )
+        await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        async with self._pool.connection() as connection:
+            await connection.set_autocommit(True)
+            await connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            try:
+                async with connection.transaction():
+                    await _migrate(_PostgresTransaction(connection))
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+                await connection.set_autocommit(False)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[Transaction]:
+        """A pooled connection in a READ COMMITTED transaction (row locks do the rest)."""
+        if self._pool is None:
+            raise RuntimeError("the experiment store is not started")
+        async with self._pool.connection() as connection, connection.transaction():
+            yield _PostgresTransaction(connection)
+
+    def is_conflict(self, error: BaseException) -> bool:
+        """A deadlock or serialization failure: PostgreSQL rolled back, a rerun can succeed."""
+        return isinstance(error, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        """The server is down or unreachable, or the pool found no connection in time."""
+        return isinstance(error, psycopg.OperationalError)
+
+
+async def _migrate(tx: Transaction) -> None:
+    """Apply the versions `schema_migrations` does not list yet (under the advisory lock)."""
+    await tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    row = await tx.fetchone("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    current = int(row[0]) if row else 0
+    if current > MIGRATIONS[-1].version:
+        raise RuntimeError(f"unknown experiment store schema {current}")
+    reached = await migrate(tx, current, MIGRATIONS)
+    await tx.executemany(
+        "INSERT INTO schema_migrations (version) VALUES (%s)",
+        [(m.version,) for m in MIGRATIONS if current < m.version <= reached],
+    )
+
+
+class _PostgresTransaction:
+    """Statements of one transaction on one pooled connection."""
+
+    def __init__(self, connection: psycopg.AsyncConnection[Row]) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        cursor = await self._connection.execute(sql, params or None)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        if not rows:
+            return 0
+        async with self._connection.cursor() as cursor:
+            await cursor.executemany(sql, rows)
+            return cursor.rowcount
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        cursor = await self._connection.execute(sql, params or None)
+        return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        cursor = await self._connection.execute(sql, params or None)
+        return await cursor.fetchall()

@@ -1,0 +1,197 @@
+"""The A/B store's record types: what the request path records and what reads return."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+
+def new_forecast_id() -> str:
+    """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, 74 random bits.
+
+    The store's keys are forecast ids: ids that grow with time append to the
+    B-tree instead of rewriting pages all over it (docs/benchmarks.md), and
+    their timestamp tells a replica that an unknown id is still being written.
+    """
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (random_bits >> 68) << 64
+        | 0b10 << 62
+        | random_bits & ((1 << 62) - 1)
+    )
+    return str(uuid.UUID(int=value))
+
+
+def forecast_id_time(forecast_id: str) -> float | None:
+    """The Unix time (seconds) a version-7 forecast id was made at; None for other ids."""
+    try:
+        parsed = uuid.UUID(forecast_id)
+    except ValueError:
+        return None
+    return (parsed.int >> 80) / 1000.0 if parsed.version == 7 else None
+
+
+class Role(enum.Enum):
+    """Whether a prediction was returned to the caller (mirrors forecast.v1.ScoreRole)."""
+
+    SERVED = "served"
+    SHADOW = "shadow"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One version's forecast of a request, in the units of the history."""
+
+    version: str
+    role: Role
+    values: tuple[float, ...]
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class RecordedForecast:
+    """A served forecast, recorded so that actuals reported later can score it.
+
+    `naive_scale` is `scoring.naive_scale` of the request's window;
+    `created_at` is wall-clock seconds (`time.time()`), the clock the age
+    bound is checked against, also across restarts and replicas.
+    """
+
+    forecast_id: str
+    model: str
+    horizon: int
+    naive_scale: float
+    created_at: float
+    served: Prediction
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    """A shadow prediction of a recorded forecast, queued for the writer."""
+
+    forecast_id: str
+    model: str
+    prediction: Prediction
+    recorded_at: float
+
+
+Record = RecordedForecast | ShadowRecord
+
+
+@dataclass(frozen=True)
+class VersionScore:
+    """One version's accuracy on one forecast (mirrors forecast.v1.VersionScore)."""
+
+    version: str
+    role: Role
+    steps_scored: int
+    mae: float
+    smape: float
+    mase: float
+
+
+@dataclass(frozen=True)
+class ActualsReport:
+    """What has been scored for a forecast so far; scores: served first, then shadows."""
+
+    forecast_id: str
+    model: str
+    horizon: int
+    steps_received: int
+    scores: list[VersionScore]
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Means over a version's scored forecasts; NaN when there is nothing to average.
+
+    `mase_mean` leaves out forecasts whose MASE is undefined (constant window).
+    """
+
+    count: int
+    mae_mean: float
+    smape_mean: float
+    mase_mean: float
+
+
+NO_ERRORS = ErrorStats(count=0, mae_mean=math.nan, smape_mean=math.nan, mase_mean=math.nan)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency percentiles in ms over a version's recorded predictions (NaN when none)."""
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+NO_LATENCY = LatencyStats(count=0, p50_ms=math.nan, p95_ms=math.nan, p99_ms=math.nan)
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One version's traffic, accuracy and latency (mirrors forecast.v1.VersionExperiment)."""
+
+    version: str
+    requests_served: int
+    requests_shadowed: int
+    actuals_received: int
+    errors: ErrorStats
+    latency: LatencyStats
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """`scoring.Comparison` of two versions' MASE (mirrors forecast.v1.VersionComparison)."""
+
+    version_a: str
+    version_b: str
+    metric: str
+    test: str
+    samples: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """A model's A/B results: versions in version order, one comparison per scored pair."""
+
+    model: str
+    versions: list[VersionSummary]
+    comparisons: list[VersionComparison]
+
+
+def version_key(version: str) -> tuple[int, int, str]:
+    """Numeric versions in numeric order, then any others by name."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def check_prediction(prediction: Prediction, role: Role) -> None:
+    """Raise ValueError for a malformed prediction (a caller bug, caught before queueing)."""
+    if prediction.role is not role:
+        raise ValueError(f"expected a prediction with role {role.name}, got {prediction.role.name}")
+    if not (math.isfinite(prediction.latency_ms) and prediction.latency_ms >= 0):
+        raise ValueError(f"latency_ms must be finite and >= 0, got {prediction.latency_ms}")
+
+
+def check_forecast(forecast: RecordedForecast) -> None:
+    """Raise ValueError for a malformed served record, so a bad row never fails a batch."""
+    check_prediction(forecast.served, Role.SERVED)
+    if forecast.horizon < 1 or len(forecast.served.values) != forecast.horizon:
+        raise ValueError(
+            f"{len(forecast.served.values)} values for a horizon of {forecast.horizon}"
+        )
+    if not (math.isfinite(forecast.naive_scale) and forecast.naive_scale >= 0):
+        raise ValueError(f"naive_scale must be finite and >= 0, got {forecast.naive_scale}")

@@ -1,0 +1,480 @@
+"""The A/B store's queries, written once for both backends (SQLite and PostgreSQL).
+
+Both backends take the same SQL (`%s` placeholders, `ON CONFLICT` upserts,
+`RETURNING`); each backend module holds its own schema, connection handling
+and migrations behind `Backend`. Every operation is one transaction:
+
+- `write`: a batch of served forecasts and shadow predictions, request
+  counters and latency buckets, and the rescoring of shadows that arrive
+  after their forecast's actuals. Pruning follows in a transaction of its own.
+- `report_actuals`: lock the forecast's row, merge the actuals, rescore every
+  prediction of it and move the running aggregates by the difference, so two
+  replicas scoring the same forecast at once are applied one after the other
+  and never count it twice.
+- `aggregates`: O(versions) rows (`ab.aggregates`), never the scored rows.
+
+Rows are locked in one order everywhere (forecast rows sorted, then
+aggregate rows sorted by key), so concurrent writers wait, not deadlock; a
+backend may still report a deadlock or serialization failure, which is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import structlog
+
+from forecast_gateway.ab import aggregates, scoring
+from forecast_gateway.ab.actuals import merge
+from forecast_gateway.ab.records import (
+    ActualsReport,
+    Prediction,
+    Record,
+    RecordedForecast,
+    Role,
+    ShadowRecord,
+    VersionScore,
+)
+from forecast_gateway.ab.report import ModelAggregates
+from forecast_gateway.errors import Unavailable
+from forecast_gateway.normalization import FloatArray
+
+log = structlog.get_logger(__name__)
+
+ORPHAN_GRACE_S = 60.0
+"""How long a shadow prediction waits for its served forecast's record before it is pruned."""
+PRUNE_INTERVAL_S = 1.0
+"""How often an idle store deletes what is past its bounds."""
+CONFLICT_RETRIES = 5
+"""Attempts at a transaction that the database aborted for a deadlock or serialization failure."""
+
+Row = tuple[Any, ...]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: statements run in order, then an optional data step."""
+
+    version: int
+    statements: tuple[str, ...]
+    then: Callable[[Transaction], Awaitable[None]] | None = None
+
+
+async def migrate(tx: Transaction, current: int, migrations: Sequence[Migration]) -> int:
+    """Apply the migrations newer than `current` in `tx`; the version reached."""
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        for statement in migration.statements:
+            await tx.execute(statement)
+        if migration.then is not None:
+            await migration.then(tx)
+        current = migration.version
+    return current
+
+
+class Transaction(Protocol):
+    """One open transaction: the statements of one store operation."""
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        """Run a statement once per row; the number of rows changed in all."""
+        ...
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        """The first row of a query."""
+        ...
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """Every row of a query."""
+        ...
+
+
+class Backend(Protocol):
+    """A database the store's SQL runs on: SQLite (`ab.sqlite`) or PostgreSQL (`ab.postgres`)."""
+
+    lock_rows: str
+    """Appended to a SELECT that reads rows the transaction will change (" FOR UPDATE" or "")."""
+
+    def describe(self) -> str:
+        """Where the data lives, for logs: never a password."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and bring the schema to the current version."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection."""
+        ...
+
+    def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction, committed when the block ends, rolled back if it raises."""
+        ...
+
+    def is_conflict(self, error: BaseException) -> bool:
+        """Whether `error` aborted a transaction that is safe to run again (deadlock...)."""
+        ...
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        """Whether `error` means the database cannot be reached (worth a retry by the caller)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much the store keeps: at most `max_forecasts`, none older than `max_age_s`."""
+
+    max_forecasts: int
+    max_age_s: float
+
+    def __post_init__(self) -> None:
+        if self.max_forecasts <= 0 or self.max_age_s <= 0:
+            raise ValueError("max_forecasts and max_age_s must be > 0")
+
+
+class SqlStorage:
+    """The store's operations on a `Backend` (implements `ab.storage.Storage`)."""
+
+    def __init__(
+        self, backend: Backend, bounds: Bounds, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.backend = backend
+        self._bounds = bounds
+        self._clock = clock
+        self._pruned_at = -math.inf
+
+    def describe(self) -> str:
+        """Where the data lives, for logs."""
+        return self.backend.describe()
+
+    async def open(self) -> None:
+        """Connect and migrate."""
+        await self.backend.open()
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self.backend.close()
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Write a batch in one transaction, then prune in another.
+
+        With no records, only prunes, and at most every PRUNE_INTERVAL_S:
+        the age bound holds in a store that receives nothing.
+        """
+        if records:
+            lock_rows = self.backend.lock_rows
+            await self._retrying(lambda tx: _write(tx, lock_rows, records), write=True)
+        now = self._clock()
+        if records or not now - PRUNE_INTERVAL_S < self._pruned_at <= now:
+            self._pruned_at = now
+            await self._retrying(lambda tx: _prune(tx, self._bounds, now), write=True)
+
+    async def report_actuals(
+        self, forecast_id: str, actuals: FloatArray, offset: int
+    ) -> ActualsReport | None:
+        """Store actuals at [offset, offset + len) and rescore; None for an unknown/expired id."""
+        cutoff = self._clock() - self._bounds.max_age_s
+        return await self._retrying(
+            lambda tx: _report_actuals(
+                tx, self.backend.lock_rows, forecast_id, actuals, offset, cutoff
+            ),
+            write=True,
+        )
+
+    async def aggregates(self, model: str) -> ModelAggregates:
+        """The running totals of one model."""
+        return await self._retrying(lambda tx: _aggregates(tx, model), write=False)
+
+    async def _retrying(
+        self, operation: Callable[[Transaction], Awaitable[_T]], *, write: bool
+    ) -> _T:
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                async with self.backend.transaction(write=write) as tx:
+                    return await operation(tx)
+            except Exception as error:
+                if self.backend.is_unavailable(error):
+                    raise Unavailable(
+                        "the A/B store is unreachable; retry later", reason="STORE_UNAVAILABLE"
+                    ) from error
+                if not self.backend.is_conflict(error) or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                log.info(
+                    "store_transaction_retried", attempt=attempt + 1, error=type(error).__name__
+                )
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> None:
+    served = [r for r in records if isinstance(r, RecordedForecast)]
+    shadows = [r for r in records if isinstance(r, ShadowRecord)]
+    if served:
+        inserted = await tx.executemany(
+            "INSERT INTO forecasts (forecast_id, model, horizon, naive_scale, created_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (forecast_id) DO NOTHING",
+            [(f.forecast_id, f.model, f.horizon, f.naive_scale, f.created_at) for f in served],
+        )
+        await tx.execute(
+            "UPDATE store_meta SET value = value + %s WHERE name = 'forecasts'", (inserted,)
+        )
+        await tx.executemany(
+            _INSERT_PREDICTION,
+            [_prediction_row(f.forecast_id, f.model, f.served, f.created_at, 0) for f in served],
+        )
+        # Shadows written before their served forecast (a later batch) are adopted.
+        await tx.executemany(
+            "UPDATE predictions SET orphan = 0 WHERE forecast_id = %s AND orphan = 1",
+            [(f.forecast_id,) for f in served],
+        )
+    if shadows:
+        await _write_shadows(tx, lock_rows, shadows)
+    await _count_requests(tx, served, shadows)
+
+
+async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[ShadowRecord]) -> None:
+    """Insert shadow predictions; rescore those whose forecast already has actuals."""
+    ids = sorted({s.forecast_id for s in shadows})
+    known: dict[str, Row] = {}
+    for forecast_id in ids:  # sorted: every writer locks forecast rows in the same order
+        row = await tx.fetchone(
+            "SELECT forecast_id, model, naive_scale, actuals FROM forecasts WHERE forecast_id = %s"
+            + lock_rows,
+            (forecast_id,),
+        )
+        if row is not None:
+            known[forecast_id] = row
+    await tx.executemany(
+        _INSERT_PREDICTION,
+        [
+            _prediction_row(
+                s.forecast_id, s.model, s.prediction, s.recorded_at, int(s.forecast_id not in known)
+            )
+            for s in shadows
+        ],
+    )
+    deltas: list[aggregates.MomentDelta] = []
+    for forecast_id, model, scale, stored in known.values():
+        if stored is not None:
+            predictions = await _predictions(tx, forecast_id)
+            scores, changes = aggregates.rescore(model, predictions, _array(stored), scale)
+            await _store_scores(tx, forecast_id, scores)
+            deltas += changes
+    await _apply(tx, deltas)
+
+
+async def _count_requests(
+    tx: Transaction, served: Sequence[RecordedForecast], shadows: Sequence[ShadowRecord]
+) -> None:
+    counts: dict[tuple[str, str], list[int]] = {}
+    latencies: list[tuple[str, str, float]] = []
+    for f in served:
+        counts.setdefault((f.model, f.served.version), [0, 0])[0] += 1
+        latencies.append((f.model, f.served.version, f.served.latency_ms))
+    for s in shadows:
+        counts.setdefault((s.model, s.prediction.version), [0, 0])[1] += 1
+        latencies.append((s.model, s.prediction.version, s.prediction.latency_ms))
+    await tx.executemany(
+        "INSERT INTO counters (model, version, served, shadowed) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (model, version) DO UPDATE SET "
+        "served = counters.served + excluded.served, "
+        "shadowed = counters.shadowed + excluded.shadowed",
+        [(m, v, n[0], n[1]) for (m, v), n in sorted(counts.items())],
+    )
+    await tx.executemany(
+        "INSERT INTO latency_buckets (model, version, bucket, n) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (model, version, bucket) DO UPDATE SET n = latency_buckets.n + excluded.n",
+        aggregates.latency_counts(latencies),
+    )
+
+
+async def _report_actuals(
+    tx: Transaction,
+    lock_rows: str,
+    forecast_id: str,
+    actuals: FloatArray,
+    offset: int,
+    cutoff: float,
+) -> ActualsReport | None:
+    row = await tx.fetchone(
+        "SELECT model, horizon, naive_scale, actuals, created_at FROM forecasts "
+        "WHERE forecast_id = %s" + lock_rows,
+        (forecast_id,),
+    )
+    if row is None or row[4] < cutoff:
+        return None
+    model, horizon, scale, stored, _ = row
+    merged = merge(None if stored is None else _array(stored), horizon, actuals, offset)
+    steps_received = int(np.isfinite(merged).sum())
+    await tx.execute(
+        "UPDATE forecasts SET actuals = %s, steps_received = %s WHERE forecast_id = %s",
+        (merged.tobytes(), steps_received, forecast_id),
+    )
+    predictions = await _predictions(tx, forecast_id)
+    scores, deltas = aggregates.rescore(model, predictions, merged, scale)
+    await _store_scores(tx, forecast_id, scores)
+    await _apply(tx, deltas)
+    return ActualsReport(forecast_id, model, horizon, steps_received, scores)
+
+
+async def _predictions(tx: Transaction, forecast_id: str) -> list[aggregates.StoredPrediction]:
+    rows = await tx.fetchall(
+        "SELECT version, role, forecast_values, steps_scored, mae, smape, mase "
+        "FROM predictions WHERE forecast_id = %s ORDER BY version",
+        (forecast_id,),
+    )
+    return [
+        aggregates.StoredPrediction(
+            version,
+            Role(role),
+            _array(values),
+            scoring.Score(steps, *(math.nan if v is None else v for v in (mae, smape, mase)))
+            if steps
+            else aggregates.UNSCORED,
+        )
+        for version, role, values, steps, mae, smape, mase in rows
+    ]
+
+
+async def _store_scores(tx: Transaction, forecast_id: str, scores: Iterable[VersionScore]) -> None:
+    await tx.executemany(
+        "UPDATE predictions SET steps_scored = %s, mae = %s, smape = %s, mase = %s "
+        "WHERE forecast_id = %s AND version = %s",
+        [
+            (s.steps_scored, *_sql_floats(s.mae, s.smape, s.mase), forecast_id, s.version)
+            for s in scores
+        ],
+    )
+
+
+async def _apply(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> None:
+    """Move the running sums; `shift` is the row's first value (see `scoring.Moments.from_sums`).
+
+    A new row takes the delta's value as its shift, so its sums start at 0;
+    an existing row adds weight * (value - shift) and its square.
+    """
+    await tx.executemany(
+        "INSERT INTO moments (model, metric, version_a, version_b, shift, n, s1, s2) "
+        "VALUES (%s, %s, %s, %s, %s, %s, 0, 0) "
+        "ON CONFLICT (model, metric, version_a, version_b) DO UPDATE SET "
+        "n = moments.n + excluded.n, "
+        "s1 = moments.s1 + excluded.n * (excluded.shift - moments.shift), "
+        "s2 = moments.s2 + excluded.n * (excluded.shift - moments.shift) "
+        "* (excluded.shift - moments.shift)",
+        [(*d.key, d.value, d.weight) for d in sorted(deltas, key=lambda d: d.key)],
+    )
+
+
+async def _aggregates(tx: Transaction, model: str) -> ModelAggregates:
+    result = ModelAggregates()
+    for version, served, shadowed in await tx.fetchall(
+        "SELECT version, served, shadowed FROM counters WHERE model = %s", (model,)
+    ):
+        result.counters[version] = (int(served), int(shadowed))
+    for metric, a, b, shift, n, s1, s2 in await tx.fetchall(
+        "SELECT metric, version_a, version_b, shift, n, s1, s2 FROM moments "
+        "WHERE model = %s AND n > 0",
+        (model,),
+    ):
+        result.moments[(metric, a, b)] = scoring.Moments.from_sums(int(n), shift, s1, s2)
+    for version, bucket, n in await tx.fetchall(
+        "SELECT version, bucket, n FROM latency_buckets WHERE model = %s", (model,)
+    ):
+        result.latency.setdefault(version, {})[int(bucket)] = int(n)
+    return result
+
+
+async def _prune(tx: Transaction, bounds: Bounds, now: float) -> None:
+    """Delete forecasts past the age bound, then the oldest past the count bound, and orphans."""
+    expired = await tx.fetchall(
+        "SELECT forecast_id FROM forecasts WHERE created_at < %s", (now - bounds.max_age_s,)
+    )
+    await _delete_forecasts(tx, [forecast_id for (forecast_id,) in expired])
+    row = await tx.fetchone("SELECT value FROM store_meta WHERE name = 'forecasts'")
+    excess = (int(row[0]) if row else 0) - bounds.max_forecasts
+    if excess > 0:
+        oldest = await tx.fetchall(
+            "SELECT forecast_id FROM forecasts ORDER BY created_at, forecast_id LIMIT %s",
+            (excess,),
+        )
+        await _delete_forecasts(tx, [forecast_id for (forecast_id,) in oldest])
+    await tx.execute(
+        "DELETE FROM predictions WHERE orphan = 1 AND recorded_at < %s",
+        (now - min(ORPHAN_GRACE_S, bounds.max_age_s),),
+    )
+
+
+async def _delete_forecasts(tx: Transaction, ids: Sequence[str]) -> None:
+    if not ids:
+        return
+    rows = [(forecast_id,) for forecast_id in sorted(ids)]
+    await tx.executemany("DELETE FROM predictions WHERE forecast_id = %s", rows)
+    deleted = await tx.executemany("DELETE FROM forecasts WHERE forecast_id = %s", rows)
+    await tx.execute(
+        "UPDATE store_meta SET value = value - %s WHERE name = 'forecasts'", (deleted,)
+    )
+
+
+async def backfill_aggregates(tx: Transaction) -> None:
+    """Rebuild counters' companions (moments, latency, count) from stored rows (a migration)."""
+    await tx.execute("DELETE FROM moments")
+    await tx.execute("DELETE FROM latency_buckets")
+    rows = await tx.fetchall(
+        "SELECT p.model, p.forecast_id, p.version, p.steps_scored, p.mae, p.smape, p.mase "
+        "FROM predictions AS p WHERE p.steps_scored > 0 ORDER BY p.forecast_id"
+    )
+    by_forecast: dict[tuple[str, str], dict[str, scoring.Score]] = {}
+    for model, forecast_id, version, steps, *errors in rows:
+        by_forecast.setdefault((model, forecast_id), {})[version] = scoring.Score(
+            steps, *(math.nan if v is None else v for v in errors)
+        )
+    deltas = [
+        delta
+        for (model, _), scores in by_forecast.items()
+        for delta in aggregates.contributions(model, scores, +1)
+    ]
+    await _apply(tx, deltas)
+    latencies = await tx.fetchall("SELECT model, version, latency_ms FROM predictions")
+    await tx.executemany(
+        "INSERT INTO latency_buckets (model, version, bucket, n) VALUES (%s, %s, %s, %s)",
+        aggregates.latency_counts(latencies),
+    )
+    await tx.execute(
+        "UPDATE store_meta SET value = (SELECT COUNT(*) FROM forecasts) WHERE name = 'forecasts'"
+    )
+
+
+_INSERT_PREDICTION = (
+    "INSERT INTO predictions (forecast_id, version, model, role, "
+    "forecast_values, latency_ms, recorded_at, orphan) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (forecast_id, version) DO NOTHING"
+)
+
+
+def _prediction_row(
+    forecast_id: str, model: str, p: Prediction, recorded_at: float, orphan: int
+) -> tuple[str, str, str, str, bytes, float, float, int]:
+    values = struct.pack(f"<{len(p.values)}d", *p.values)
+    return (forecast_id, p.version, model, p.role.value, values, p.latency_ms, recorded_at, orphan)
+
+
+def _array(blob: bytes) -> FloatArray:
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
+
+def _sql_floats(*values: float) -> tuple[float | None, ...]:
+    """NULL for an undefined score (NaN): SQL has no NaN in SQLite, and NULL reads back as NaN."""
+    return tuple(value if math.isfinite(value) else None for value in values)

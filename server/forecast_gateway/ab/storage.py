@@ -1,0 +1,87 @@
+"""The storage interface the A/B store uses, and the choice of backend from `store_url`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from forecast_gateway.ab.records import ActualsReport, Record
+from forecast_gateway.ab.report import ModelAggregates
+from forecast_gateway.ab.sql import Bounds, SqlStorage
+from forecast_gateway.normalization import FloatArray
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite://"
+
+
+class Storage(Protocol):
+    """Where forecasts, scores and running aggregates live (SQLite or PostgreSQL)."""
+
+    def describe(self) -> str:
+        """Where the data lives, for logs: never a password."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and bring the schema to the current version."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection."""
+        ...
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Write a batch of records (one transaction), then prune to the bounds."""
+        ...
+
+    async def report_actuals(
+        self, forecast_id: str, actuals: FloatArray, offset: int
+    ) -> ActualsReport | None:
+        """Store actuals and rescore the forecast; None for an id the store does not hold."""
+        ...
+
+    async def aggregates(self, model: str) -> ModelAggregates:
+        """A model's running totals (O(versions))."""
+        ...
+
+
+def is_postgres(url: str) -> bool:
+    """Whether a store URL names a PostgreSQL database."""
+    return url.strip().lower().startswith(POSTGRES_SCHEMES)
+
+
+def sqlite_path(url: str, default_path: str) -> str:
+    """The SQLite file a store URL names: `sqlite:///rel`, `sqlite:////abs`, a path, or the default.
+
+    As in SQLAlchemy, `sqlite:///` is followed by the path, relative unless
+    it starts with another `/`.
+    """
+    url = url.strip()
+    if not url:
+        return default_path
+    if url.startswith(SQLITE_SCHEME):
+        path = url[len(SQLITE_SCHEME) :]
+        if not path.startswith("/"):
+            raise ValueError("a SQLite store URL is sqlite:///relative/path or sqlite:////abs/path")
+        return path[1:] or ":memory:"
+    return url
+
+
+def open_storage(
+    url: str,
+    bounds: Bounds,
+    *,
+    default_path: str = "",
+    password_file: str = "",
+    clock: Callable[[], float] = time.time,
+) -> Storage:
+    """The storage a store URL selects (not yet opened); the password is read from its file here."""
+    if is_postgres(url):
+        from forecast_gateway.ab.postgres import PostgresBackend  # psycopg only when used
+
+        password = Path(password_file).read_text().rstrip("\r\n") if password_file else None
+        return SqlStorage(PostgresBackend(url.strip(), password), bounds, clock)
+    from forecast_gateway.ab.sqlite import SQLiteBackend
+
+    return SqlStorage(SQLiteBackend(sqlite_path(url, default_path)), bounds, clock)

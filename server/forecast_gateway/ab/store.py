@@ -1,0 +1,193 @@
+"""The A/B store's façade: write-behind recording on the request path, reads that see it.
+
+The request path only enqueues (`record`, `record_shadow`); a background
+task writes the queue in batches every `flush_interval_s` or `flush_batch`
+records. Reads (`report_actuals`, `experiment`) write what is queued first,
+after any write in progress, so they see everything this process recorded
+before them. Another replica's forecasts become visible once that replica
+has flushed (within `flush_interval_s` plus one write): an unknown id made
+less than `WRITE_BEHIND_GRACE_S` ago is looked up again until then, so a
+forecast served by one replica and reported to another right away is found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from forecast_gateway import metrics
+from forecast_gateway.ab.actuals import checked_actuals, not_found
+from forecast_gateway.ab.records import (
+    ActualsReport,
+    ExperimentReport,
+    Prediction,
+    Record,
+    RecordedForecast,
+    Role,
+    ShadowRecord,
+    check_forecast,
+    check_prediction,
+    forecast_id_time,
+)
+from forecast_gateway.ab.report import summarize
+from forecast_gateway.ab.sql import Bounds
+from forecast_gateway.ab.storage import Storage, open_storage
+from forecast_gateway.config import GatewayConfig
+
+log = structlog.get_logger(__name__)
+
+MAX_PENDING = 20_000
+"""Records queued for the writer at most (~0.6 KB each at horizon 5, ~2 KB at 64); past it
+they are dropped and counted: A/B recording never grows the gateway's memory without
+bound. Only a stalled database fills it."""
+WRITE_BEHIND_GRACE_S = 2.0
+"""How long after its id was made an unknown forecast may still be in a replica's queue."""
+LOOKUP_INTERVAL_S = 0.05
+
+
+class ExperimentStore:
+    """Records forecasts write-behind and scores them when actuals arrive.
+
+    Use from one event loop: `await start()`, `record*()` on the request
+    path, `await close()` on shutdown (writes everything still queued).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_interval_s: float = 0.05,
+        flush_batch: int = 256,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.storage = storage
+        self.dropped = 0
+        """Records dropped because the queue was full, the store closed or a write failed."""
+        self._clock = clock
+        self._flush_interval_s = flush_interval_s
+        self._flush_batch = flush_batch
+        self._max_pending = max_pending
+        self._pending: list[Record] = []
+        self._wakeup = asyncio.Event()
+        self._write_lock = asyncio.Lock()  # writes in order; a read waits for earlier ones
+        self._flusher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._closed = False
+        self._unreported_drops = 0
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> ExperimentStore:
+        """The store `store_url` (or `store_path`) names, bounded by the store_max_* keys."""
+        bounds = Bounds(config.store_max_forecasts, config.store_max_age_s)
+        storage = open_storage(
+            config.store_url,
+            bounds,
+            default_path=config.store_path,
+            password_file=config.store_password_file,
+        )
+        return cls(storage)
+
+    async def start(self) -> None:
+        """Open (or create) the database and start the background flusher."""
+        await self.storage.open()
+        log.info("experiment_store_opened", store=self.storage.describe())
+        self._flusher = asyncio.create_task(self._flush_forever(), name="experiment-flusher")
+
+    async def close(self) -> None:
+        """Write everything queued, then close the database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            self._stopping = True  # not cancelled: a batch being written is finished
+            self._wakeup.set()
+            await asyncio.wait([self._flusher])
+            await self._flush()
+        await self.storage.close()
+
+    def record(self, forecast: RecordedForecast) -> None:
+        """Queue a served forecast (never blocks); counts a served request for its version.
+
+        Raises ValueError for a malformed record (a caller bug), so that a
+        bad row never fails the batch it would be written in.
+        """
+        check_forecast(forecast)
+        self._enqueue(forecast)
+
+    def record_shadow(self, forecast_id: str, model: str, prediction: Prediction) -> None:
+        """Queue a shadow prediction of a recorded forecast (never blocks).
+
+        It may arrive before or after the served record and after actuals
+        were reported; in the last case it is scored when written.
+        """
+        check_prediction(prediction, Role.SHADOW)
+        self._enqueue(ShadowRecord(forecast_id, model, prediction, self._clock()))
+
+    async def report_actuals(
+        self, forecast_id: str, actuals: Sequence[float], offset: int
+    ) -> ActualsReport:
+        """Store actuals at horizon steps [offset, offset + len) and rescore the forecast.
+
+        Raises InvalidArgument (field "forecast_id", "actuals" or "offset"),
+        NotFound (reason FORECAST_NOT_FOUND) for an unknown or expired id, and
+        Unavailable (STORE_UNAVAILABLE) when the database cannot be reached.
+        """
+        values = checked_actuals(forecast_id, actuals, offset)
+        await self._flush()
+        report = await self.storage.report_actuals(forecast_id, values, offset)
+        made_at = forecast_id_time(forecast_id)
+        while report is None and made_at is not None:
+            if time.time() > made_at + WRITE_BEHIND_GRACE_S:
+                break
+            await asyncio.sleep(LOOKUP_INTERVAL_S)  # possibly still queued on another replica
+            report = await self.storage.report_actuals(forecast_id, values, offset)
+        if report is None:
+            raise not_found(forecast_id)
+        return report
+
+    async def experiment(self, model: str) -> ExperimentReport:
+        """The A/B results of `model` (empty for a model never recorded)."""
+        await self._flush()
+        return summarize(model, await self.storage.aggregates(model))
+
+    def _enqueue(self, record: Record) -> None:
+        if self._closed or len(self._pending) >= self._max_pending:
+            self._drop(1)
+            return
+        self._pending.append(record)
+        if len(self._pending) >= self._flush_batch:
+            self._wakeup.set()
+
+    def _drop(self, records: int) -> None:
+        self.dropped += records
+        metrics.EXPERIMENT_RECORDS_DROPPED.inc(records)
+        self._unreported_drops += records
+        if self._unreported_drops == records:  # once per episode; the flusher reports the total
+            log.warning("experiment_records_dropping", closed=self._closed)
+
+    async def _flush(self) -> None:
+        """Write the queue, after any write in progress; a failed batch is logged and dropped."""
+        async with self._write_lock:
+            records, self._pending = self._pending, []
+            try:
+                await self.storage.write(records)
+            except Exception:
+                log.exception("experiment_flush_failed", records=len(records))
+                self._drop(len(records))
+
+    async def _flush_forever(self) -> None:
+        while not self._stopping:
+            try:
+                async with asyncio.timeout(self._flush_interval_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            await self._flush()
+            if self._unreported_drops:
+                log.warning("experiment_records_dropped", records=self._unreported_drops)
+                self._unreported_drops = 0
