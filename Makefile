@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Tools installed into the venv (buf, grpcurl, ruff, mypy) come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install system-tools run test unit functional lint check-gen gen train bench lock clean
+.PHONY: help install system-tools run postgres test unit functional lint check-gen gen train bench lock clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,16 +28,19 @@ install: $(STAMP)  ## Create .venv with the pinned dependencies and the project.
 run: install  ## Start Triton (embedded CPU build) and the gateway on localhost:50051.
 	$(PY) -m forecast_gateway.stack
 
-system-tools:  ## promtool for the Prometheus checks (apt-get; skipped where unavailable).
+postgres: install system-tools  ## A throwaway PostgreSQL on 127.0.0.1:5433 for the shared store; prints the make run line.
+	$(PY) -m tools.local_postgres --port 5433
+
+system-tools:  ## promtool and the PostgreSQL server binaries for the tests (apt-get where missing).
 	tools/install_system_tools.sh
 
 test: install system-tools lint check-gen  ## Lint, check generated code, run the whole test suite.
 	$(PY) -m pytest -q
 
-unit: install  ## Only the unit tests (no Triton).
+unit: install system-tools  ## Only the unit tests (no Triton; the A/B store tests start PostgreSQL).
 	$(PY) -m pytest -q tests/unit
 
-functional: install  ## Only the functional tests (real Triton + gateway).
+functional: install system-tools  ## Only the functional tests (real Triton + gateway).
 	$(PY) -m pytest -q tests/functional
 
 lint: install  ## ruff, mypy, buf lint/format/breaking, compose schema.
