@@ -1,8 +1,8 @@
 """Access through real gateway processes: TLS, mTLS, tokens, model allow-list, no secret logged.
 
-Certificates come from a throw-away CA made with the openssl CLI in a tmp dir:
-a server certificate for 127.0.0.1 / localhost, a client certificate from
-the same CA, and a client certificate from an unrelated CA.
+Certificates come from a throw-away CA made with the openssl CLI in a tmp dir
+(tests/pki.py): a server certificate for 127.0.0.1 / localhost, a client
+certificate from the same CA, and a client certificate from an unrelated CA.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,6 @@ import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
@@ -32,6 +28,7 @@ from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import ROOT, GatewayProcess, free_port, start_gateway, stop_process
+from tests.pki import Pki, health_check, make_pki, start_tls_gateway
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub
 TOKEN = "tok-6f1d0c7a9b3e4f2a8c5d7e9f01234567"
@@ -46,131 +43,9 @@ SERVICES = {
 }
 
 
-@dataclass(frozen=True)
-class Pki:
-    """PEM files of the test CA, the gateway, and two clients."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_cert: Path
-    rogue_key: Path
-
-    def credentials(
-        self, client: tuple[Path, Path] | None = None, trust: Path | None = None
-    ) -> grpc.ChannelCredentials:
-        """Channel credentials trusting `trust` (default: the CA), with an optional client cert."""
-        cert, key = client or (None, None)
-        return grpc.ssl_channel_credentials(
-            root_certificates=(trust or self.ca).read_bytes(),
-            private_key=key.read_bytes() if key else None,
-            certificate_chain=cert.read_bytes() if cert else None,
-        )
-
-    @property
-    def client(self) -> tuple[Path, Path]:
-        return self.client_cert, self.client_key
-
-    @property
-    def rogue(self) -> tuple[Path, Path]:
-        return self.rogue_cert, self.rogue_key
-
-
-def openssl(directory: Path, *args: str) -> None:
-    binary = shutil.which("openssl") or "/usr/bin/openssl"
-    subprocess.run([binary, *args], cwd=directory, check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> Path:
-    openssl(
-        directory,
-        *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-        *("-nodes", "-days", "2", "-subj", f"/CN={name}"),
-        *("-keyout", f"{name}.key", "-out", f"{name}.pem"),
-        *("-addext", "basicConstraints=critical,CA:TRUE"),
-        *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
-    )
-    return directory / f"{name}.pem"
-
-
-def issue(directory: Path, name: str, ca: str, extensions: str) -> tuple[Path, Path]:
-    openssl(
-        directory,
-        *("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-        *("-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr"),
-    )
-    (directory / f"{name}.ext").write_text(extensions)
-    openssl(
-        directory,
-        *("x509", "-req", "-in", f"{name}.csr", "-days", "2", "-CAcreateserial"),
-        *("-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-out", f"{name}.pem"),
-        *("-extfile", f"{name}.ext"),
-    )
-    return directory / f"{name}.pem", directory / f"{name}.key"
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = make_ca(directory, "test-ca")
-    make_ca(directory, "rogue-ca")
-    server = issue(
-        directory,
-        "gateway",
-        "test-ca",
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    client_ext = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
-    client = issue(directory, "client", "test-ca", client_ext)
-    rogue = issue(directory, "rogue-client", "rogue-ca", client_ext)
-    return Pki(ca, *server, *client, *rogue)
-
-
-def start_tls_gateway(
-    triton_url: str, log_path: Path, credentials: grpc.ChannelCredentials, **env: str
-) -> GatewayProcess:
-    """conftest.start_gateway for a TLS port: the readiness probe goes over TLS too."""
-    port, metrics_port = free_port(), free_port()
-    environment = {
-        **os.environ,
-        "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
-        "FORECAST_HOST": "127.0.0.1",
-        "FORECAST_PORT": str(port),
-        "FORECAST_METRICS_PORT": str(metrics_port),
-        "FORECAST_TRITON_URL": triton_url,
-        "FORECAST_LOG_FORMAT": "json",
-        "FORECAST_CATALOG_REFRESH_S": "0.5",
-        "FORECAST_ROUTING_FILE": "",
-        "FORECAST_STORE_PATH": str(log_path.with_suffix(".sqlite3")),
-        **env,
-    }
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "forecast_gateway"],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    gateway = GatewayProcess(process, port, metrics_port, log_path)
-    deadline = time.monotonic() + 60
-    with grpc.secure_channel(gateway.target, credentials) as channel:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                health_check(channel)
-                return gateway
-            except grpc.RpcError:
-                time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"TLS gateway did not become SERVING:\n{gateway.log_text()[-3000:]}")
-
-
-def health_check(channel: grpc.Channel) -> None:
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def listed_services(channel: grpc.Channel) -> set[str]:
