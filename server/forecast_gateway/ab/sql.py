@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 ORPHAN_GRACE_S = 60.0
 """How long a shadow prediction waits for its served forecast's record before it is pruned."""
+IN_LIST_MAX = 500
+"""Most ids in one `IN (...)` list (SQLite allows 32,766 parameters a statement)."""
 PRUNE_INTERVAL_S = 1.0
 """How often an idle store deletes what is past its bounds."""
 CONFLICT_RETRIES = 5
@@ -249,14 +251,15 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
     """Insert shadow predictions; rescore those whose forecast already has actuals."""
     ids = sorted({s.forecast_id for s in shadows})
     known: dict[str, Row] = {}
-    for forecast_id in ids:  # sorted: every writer locks forecast rows in the same order
-        row = await tx.fetchone(
-            "SELECT forecast_id, model, naive_scale, actuals FROM forecasts WHERE forecast_id = %s"
+    for start in range(0, len(ids), IN_LIST_MAX):
+        chunk = ids[start : start + IN_LIST_MAX]
+        for row in await tx.fetchall(  # sorted: every writer locks forecast rows in one order
+            "SELECT forecast_id, model, naive_scale, actuals FROM forecasts "
+            f"WHERE forecast_id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY forecast_id"
             + lock_rows,
-            (forecast_id,),
-        )
-        if row is not None:
-            known[forecast_id] = row
+            chunk,
+        ):
+            known[row[0]] = row
     await tx.executemany(
         _INSERT_PREDICTION,
         [
