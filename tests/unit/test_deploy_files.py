@@ -691,6 +691,20 @@ def generated_config_maps() -> list[dict[str, Any]]:
     return maps
 
 
+def generated_secrets() -> list[dict[str, Any]]:
+    """The Secrets kustomize's secretGenerator makes (literals only, without the name hash)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": generator["name"]},
+            "type": "Opaque",
+            "stringData": dict(item.split("=", 1) for item in generator.get("literals", [])),
+        }
+        for generator in kustomization().get("secretGenerator", [])
+    ]
+
+
 @pytest.fixture(scope="module")
 def k8s_docs() -> list[dict[str, Any]]:
     docs = [
@@ -698,7 +712,7 @@ def k8s_docs() -> list[dict[str, Any]]:
         for name in kustomization()["resources"]
         for doc in load_yaml_text_all((K8S / name).read_text())
     ]
-    return docs + generated_config_maps()
+    return docs + generated_config_maps() + generated_secrets()
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -745,12 +759,12 @@ def test_kustomize_build_renders_valid_manifests(k8s_docs: list[dict[str, Any]])
 
 
 def test_k8s_services_select_pods_and_named_ports(k8s_docs: list[dict[str, Any]]) -> None:
-    deployments = [d for d in k8s_docs if d["kind"] == "Deployment"]
+    deployments = [d for d in k8s_docs if d["kind"] in ("Deployment", "StatefulSet")]
     for service in [d for d in k8s_docs if d["kind"] == "Service"]:
         selector = service["spec"]["selector"].items()
         pods = [d["spec"]["template"] for d in deployments]
         backing = [p for p in pods if selector <= p["metadata"]["labels"].items()]
-        assert backing, f"Service {service['metadata']['name']} selects no Deployment"
+        assert backing, f"Service {service['metadata']['name']} selects no workload"
         ports = {p["name"] for c in backing[0]["spec"]["containers"] for p in c["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, (
@@ -759,6 +773,22 @@ def test_k8s_services_select_pods_and_named_ports(k8s_docs: list[dict[str, Any]]
     for deployment in deployments:
         labels = deployment["spec"]["template"]["metadata"]["labels"].items()
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels
+
+
+def test_k8s_postgres_keeps_its_data_and_reads_the_store_secret(
+    k8s_docs: list[dict[str, Any]],
+) -> None:
+    postgres = find(k8s_docs, "StatefulSet", "postgres")["spec"]
+    (claim,) = postgres["volumeClaimTemplates"]
+    (container,) = postgres["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/var/lib/postgresql/data"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["POSTGRES_PASSWORD_FILE"].startswith(mounts["store-secret"])
+    secret = find(k8s_docs, "Secret", "forecast-store")["stringData"]
+    assert secret["url"].startswith("postgresql://") and ":" not in secret["url"].split("@")[0][13:]
+    service = find(k8s_docs, "Service", "postgres")["spec"]
+    assert service["clusterIP"] == "None" and secret["url"].split("@")[1].startswith("postgres:")
 
 
 def test_k8s_triton(k8s_docs: list[dict[str, Any]]) -> None:
