@@ -10,7 +10,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from forecast_gateway.errors import GatewayError, ResourceExhausted, Unavailable
-from forecast_gateway.triton import RetryBudget, TritonProxy
+from forecast_gateway.triton import RetryBudget, TritonProxy, merge_states
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
@@ -116,3 +116,38 @@ def test_budget_refills_with_requests() -> None:
     budget.on_request()
     budget.on_request()
     assert budget.try_spend()
+
+
+def test_budget_grows_to_the_most_requests_in_flight() -> None:
+    # A replica that dies fails all it holds at once: each may be retried once.
+    budget = RetryBudget(ratio=0.1, cap=10.0)
+    budget.on_request(in_flight=30)
+    assert sum(budget.try_spend() for _ in range(31)) == 30
+    budget.on_request(in_flight=30)  # the same peak again grants nothing new
+    assert budget.tokens == pytest.approx(0.1)
+
+
+NOT_READY = "Request for unknown model: 'lstm_timeseries' version 1 is not at ready state"
+
+
+async def test_a_version_missing_on_one_replica_is_retried_on_the_next() -> None:
+    proxy = TritonProxy("127.0.0.1:9,127.0.0.1:10", retries=2, retry_budget_ratio=0.1)
+    script = Script([rpc_error(grpc.StatusCode.UNAVAILABLE, NOT_READY)])
+    assert (await run(proxy, script)).shape == (1, 2)
+    assert script.calls == 2
+    await proxy.close()
+
+
+def test_replica_indexes_merge_ready_first_and_count_ready_replicas() -> None:
+    def index(*entries: tuple[str, str, str]) -> dict[str, list[dict[str, str]]]:
+        return {"models": [{"name": n, "version": v, "state": s} for n, v, s in entries]}
+
+    states, ready = merge_states(
+        [
+            index(("m", "1", "READY"), ("m", "2", "UNAVAILABLE"), ("m", "", "")),
+            index(("m", "1", "READY"), ("m", "2", "LOADING")),
+            index(("m", "1", "UNAVAILABLE"), ("m", "2", "READY")),
+        ]
+    )
+    assert states == {"m": {"1": "READY", "2": "READY"}}
+    assert ready == {("m", "1"): 2, ("m", "2"): 1}
