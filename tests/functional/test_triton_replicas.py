@@ -1,0 +1,202 @@
+"""Two real Triton replicas behind one gateway (`triton_url` as a comma list).
+
+Calls are balanced per call (round_robin); a replica SIGKILLed under load
+costs no call (in-flight calls are retried on the other one); restarted on
+the same ports, it gets traffic again without touching the gateway. The
+Tritons and the gateway are started once for this module.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from bench.services import free_port
+from forecast.v1 import forecast_service_pb2 as pb
+from forecast.v1 import forecast_service_pb2_grpc
+from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
+from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+
+MODEL = "moving_average"
+SLOW_MODEL = "lstm_timeseries"
+HISTORY = [float(i % 17) for i in range(60)]
+CALLERS = 8
+DEADLINE_S = 5.0
+
+
+@dataclass
+class Replicas:
+    """Two Tritons (a and b) and a gateway balancing over both."""
+
+    a: TritonProcess
+    b: TritonProcess
+    gateway: GatewayProcess
+    tmp: Path
+    starts: int = 0
+
+    def restart_b(self) -> None:
+        """Start b again on the same ports (after a kill) and wait until it is ready."""
+        self.starts += 1
+        self.b = TritonProcess(
+            ROOT / "model_repository", self.b.ports, self.tmp / f"triton-b{self.starts}.log"
+        )
+        self.b.start()
+        self.b.wait_ready()
+
+    def ensure_both_up(self) -> None:
+        """Bring b back if an earlier test left it dead."""
+        if not self.b.is_ready():
+            self.b.kill()
+            self.restart_b()
+
+
+def served(triton: TritonProcess) -> int:
+    """Inference requests `triton` completed for MODEL (0 while it is down)."""
+    try:
+        with triton_grpc.InferenceServerClient(triton.grpc_url) as client:
+            stats = client.get_inference_statistics(MODEL, as_json=True, client_timeout=1.0)
+    except Exception:  # a dead replica has served nothing more
+        return 0
+    return sum(
+        int(model["inference_stats"]["success"].get("count", 0))
+        for model in stats.get("model_stats", [])
+    )
+
+
+@dataclass
+class Load:
+    """CALLERS threads of sequential Forecast calls; every outcome is kept."""
+
+    target: str
+    model: str = MODEL
+    callers: int = CALLERS
+    shapes: int = 1
+    """Distinct horizons: each is its own coalescing key, so its own Triton requests."""
+    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (end, status code)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, caller: int) -> None:
+        horizon = 1 + caller % self.shapes
+        request = pb.ForecastRequest(model=self.model, history=HISTORY, horizon=horizon)
+        with grpc.insecure_channel(self.target) as channel:
+            stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
+            while not self.stop.is_set():
+                try:
+                    stub.Forecast(request, timeout=DEADLINE_S)
+                    code = "OK"
+                except grpc.RpcError as error:
+                    code = f"{error.code().name}: {error.details()}"
+                self.outcomes.append((time.monotonic(), code))
+
+    def failures(self) -> list[str]:
+        return [code for _, code in self.outcomes if code != "OK"]
+
+    def __enter__(self) -> Load:
+        self._threads = [
+            threading.Thread(target=self.run, args=(caller,)) for caller in range(self.callers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def new_triton(tmp: Path, name: str) -> TritonProcess:
+    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    return TritonProcess(ROOT / "model_repository", ports, tmp / f"triton-{name}.log")
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    a, b = new_triton(tmp, "a"), new_triton(tmp, "b")
+    a.start()
+    b.start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        gateway = start_gateway(
+            f"{a.grpc_url},{b.grpc_url}", tmp / "gateway.log", FORECAST_ROUTING_FILE=""
+        )
+        group = Replicas(a, b, gateway, tmp)
+        try:
+            yield group
+        finally:
+            stop_process(gateway.process)
+            group.b.kill()
+    finally:
+        a.kill()
+        b.kill()
+
+
+def counted(triton: TritonProcess, before: int, timeout_s: float = 3.0) -> int:
+    """Requests served since `before`, once Triton's statistics stop moving.
+
+    The Python backend reports its statistics after sending the responses.
+    """
+    last, deadline = -1, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = served(triton)
+        if now == last:
+            return now - before
+        last = now
+        time.sleep(0.2)
+    return last - before
+
+
+def test_calls_are_shared_fairly(replicas: Replicas) -> None:
+    replicas.ensure_both_up()
+    before = served(replicas.a), served(replicas.b)
+    with Load(replicas.gateway.target) as load:
+        time.sleep(2.0)
+    shares = counted(replicas.a, before[0]), counted(replicas.b, before[1])
+    total = sum(shares)
+    print(json.dumps({"calls": len(load.outcomes), "triton_requests": shares}))
+    assert not load.failures()
+    assert total > 20
+    assert min(shares) >= 0.25 * total, shares
+
+
+def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
+    replicas.ensure_both_up()
+    # The LSTM over many shapes keeps many requests in flight at Triton
+    # (up to two per shape): the replica's death fails them all at once.
+    with Load(replicas.gateway.target, model=SLOW_MODEL, callers=48, shapes=48) as load:
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        replicas.b.kill()
+        time.sleep(2.0)
+    after = [end for end, _ in load.outcomes if end > killed_at]
+    log = replicas.gateway.log_text()
+    report = {"calls": len(load.outcomes), "after_kill": len(after)}
+    print(json.dumps({**report, "retries": log.count('"triton_retry"')}))
+    assert not load.failures(), load.failures()[:5]
+    assert len(after) > 20
+    assert '"triton_retry_budget_empty"' not in log
+
+
+def test_restarted_replica_gets_traffic_again(replicas: Replicas) -> None:
+    if replicas.b.is_ready():
+        replicas.b.kill()
+    # Light load while b starts: its start-up competes for the same 2 cores.
+    with Load(replicas.gateway.target, callers=2) as load:
+        replicas.restart_b()
+        ready_at = time.monotonic()
+        while served(replicas.b) == 0 and time.monotonic() - ready_at < 10.0:
+            time.sleep(0.05)
+        traffic_after = time.monotonic() - ready_at
+    print(json.dumps({"traffic_after_ready_s": round(traffic_after, 2)}))
+    assert not load.failures(), load.failures()[:5]
+    assert traffic_after < 5.0
