@@ -24,6 +24,7 @@ from forecast_client.connection import (
     SettingError,
     bearer_metadata,
     channel_credentials,
+    channel_options,
     read_token_file,
 )
 
@@ -89,12 +90,21 @@ def pem(tmp_path: Path) -> Path:
 
 
 def test_the_default_policy_retries_unavailable_on_every_method() -> None:
-    config = json.loads(DEFAULT_RETRY_POLICY.service_config())
+    options = dict(channel_options(DEFAULT_RETRY_POLICY))
+    assert options["grpc.enable_retries"] == 1
+    config = json.loads(str(options["grpc.service_config"]))
     (method,) = config["methodConfig"]
     assert method["name"] == [{"service": "forecast.v1.ForecastService"}]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert method["retryPolicy"]["maxAttempts"] == 5
-    assert ("grpc.enable_retries", 1) in DEFAULT_RETRY_POLICY.channel_options()
+    assert "loadBalancingConfig" not in config
+
+
+def test_channel_options_without_retries_and_with_round_robin() -> None:
+    assert channel_options(None) == [("grpc.enable_retries", 0)]
+    options = dict(channel_options(None, "round_robin"))
+    config = json.loads(str(options["grpc.service_config"]))
+    assert config == {"loadBalancingConfig": [{"round_robin": {}}]}
 
 
 @pytest.mark.parametrize("method", ["list_models", "report_actuals"])

@@ -33,6 +33,7 @@ from forecast_client.connection import (
     RetryPolicy,
     bearer_metadata,
     channel_credentials,
+    channel_options,
 )
 from forecast_client.errors import ForecastError, from_proto_error, from_rpc_error
 
@@ -260,9 +261,12 @@ class ForecastClient:
     ValueError naming the option, never the token) here, not at a call.
 
     `retry_policy` (default `DEFAULT_RETRY_POLICY`: UNAVAILABLE, 5 attempts)
-    is applied by gRPC to every call; None turns retries off. `options` are
-    extra gRPC channel options (e.g. `("grpc.ssl_target_name_override",
-    "gateway.internal")`).
+    is applied by gRPC to every call; None turns retries off.
+    `load_balancing="round_robin"` spreads the calls over every address the
+    target resolves to (e.g. "dns:///gateway-headless:50051" or
+    "ipv4:10.0.0.1:50051,10.0.0.2:50051"), so a replica that restarts only
+    moves its share to the others. `options` are extra gRPC channel options
+    (e.g. `("grpc.ssl_target_name_override", "gateway.internal")`).
     """
 
     def __init__(
@@ -278,6 +282,7 @@ class ForecastClient:
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        load_balancing: str | None = None,
         options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         if timeout_s <= 0:
@@ -295,13 +300,11 @@ class ForecastClient:
         self.secure = credentials is not None
         self._timeout_s = timeout_s
         self._metadata = call_metadata
-        channel_options = [*(retry_policy.channel_options() if retry_policy else []), *options]
-        if retry_policy is None:
-            channel_options.append(("grpc.enable_retries", 0))
+        all_options = [*channel_options(retry_policy, load_balancing), *options]
         self._channel = (
-            grpc.insecure_channel(target, channel_options)
+            grpc.insecure_channel(target, all_options)
             if credentials is None
-            else grpc.secure_channel(target, credentials, channel_options)
+            else grpc.secure_channel(target, credentials, all_options)
         )
         self._stub = forecast_service_pb2_grpc.ForecastServiceStub(self._channel)
 

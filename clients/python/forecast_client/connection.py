@@ -31,6 +31,7 @@ __all__ = [
     "SettingError",
     "bearer_metadata",
     "channel_credentials",
+    "channel_options",
     "read_token_file",
 ]
 
@@ -86,8 +87,8 @@ class RetryPolicy:
         if unknown or not self.retryable_codes:
             raise ValueError(f"retryable_codes must be gRPC status code names, got {unknown}")
 
-    def service_config(self) -> str:
-        """The `grpc.service_config` channel option (JSON) carrying this policy."""
+    def method_config(self) -> dict[str, object]:
+        """The service config's methodConfig entry (gRFC A6) carrying this policy."""
         policy = {
             "maxAttempts": self.max_attempts,
             "initialBackoff": f"{self.initial_backoff_s}s",
@@ -95,16 +96,31 @@ class RetryPolicy:
             "backoffMultiplier": self.backoff_multiplier,
             "retryableStatusCodes": list(self.retryable_codes),
         }
-        config = {"methodConfig": [{"name": [{"service": RETRIED_SERVICE}], "retryPolicy": policy}]}
-        return json.dumps(config)
-
-    def channel_options(self) -> list[tuple[str, str | int]]:
-        """Channel options that turn retries on with this policy."""
-        return [("grpc.enable_retries", 1), ("grpc.service_config", self.service_config())]
+        return {"name": [{"service": RETRIED_SERVICE}], "retryPolicy": policy}
 
 
 DEFAULT_RETRY_POLICY = RetryPolicy()
 """The policy `ForecastClient` uses unless given another (or None: no retries)."""
+
+
+def channel_options(
+    retry_policy: RetryPolicy | None, load_balancing: str | None = None
+) -> list[tuple[str, str | int]]:
+    """The channel options for retries with `retry_policy` (None: off) and the LB policy.
+
+    `load_balancing` is a gRPC policy name: "round_robin" spreads calls over
+    every address the target resolves to (several replicas); gRPC's default
+    is "pick_first".
+    """
+    config: dict[str, object] = {}
+    if retry_policy is not None:
+        config["methodConfig"] = [retry_policy.method_config()]
+    if load_balancing is not None:
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+    options: list[tuple[str, str | int]] = [("grpc.enable_retries", int(retry_policy is not None))]
+    if config:
+        options.append(("grpc.service_config", json.dumps(config)))
+    return options
 
 
 def channel_credentials(
