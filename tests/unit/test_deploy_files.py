@@ -834,8 +834,20 @@ def test_k8s_gateway_config_loads_with_the_gateway_loader(k8s_docs: list[dict[st
     config = gateway_config(files[path.name], env)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (config.port, config.metrics_port) == (ports["grpc"], ports["metrics"])
-    host, port = config.triton_url.split(":")
-    assert int(port) in {p["port"] for p in find(k8s_docs, "Service", host)["spec"]["ports"]}
+    # The headless Service, by its full name in the kustomization's namespace.
+    scheme, name, port = config.triton_url.split(":")
+    service, namespace, *domain = name.removeprefix("///").split(".")
+    assert (scheme, namespace, domain) == (
+        "dns",
+        kustomization()["namespace"],
+        ["svc", "cluster", "local"],
+    )
+    headless = find(k8s_docs, "Service", service)["spec"]
+    assert headless["clusterIP"] == "None"
+    assert int(port) in {p["port"] for p in headless["ports"]}
+    from forecast_gateway.triton_target import parse_target
+
+    assert parse_target(config.triton_url).balanced
     assert config.models == gateway_config(GATEWAY_TOML.read_text(), {}).models
     grace = pod["terminationGracePeriodSeconds"]
     assert config.shutdown_grace_s + 5 < grace, "graceful stop must fit in the grace period"
