@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,23 +129,40 @@ def kubernetes(container: Container) -> None:
     ]
     pod = deployment["spec"]["template"]["spec"]
     (spec,) = pod["containers"]
-    generators = {g["name"]: g for g in kustomization()["configMapGenerator"]}
+    maps = {name: data for name, data in generated(kustomization())}
     volumes = {v["name"]: v for v in pod["volumes"]}
     container.volumes = set()  # only what the pod mounts is writable
     for mount in spec["volumeMounts"]:
         volume = volumes[mount["name"]]
-        if "configMap" in volume:
-            names = generators[volume["configMap"]["name"]]["files"]
-            container.mount_config_map(
-                mount["mountPath"], {name: (K8S / name).read_text() for name in names}
-            )
+        source = volume.get("configMap", {}).get("name") or volume.get("secret", {}).get(
+            "secretName"
+        )
+        if source:
+            data = maps[source]
+            items = volume.get("configMap", volume.get("secret", {})).get("items")
+            files = {i["path"]: data[i["key"]] for i in items} if items else data
+            container.mount_config_map(mount["mountPath"], files)
         else:
             assert "emptyDir" in volume, f"{mount['name']}: expected an emptyDir"
             container.volumes.add(mount["mountPath"])
-    for source in spec["envFrom"]:
-        generator = generators[source["configMapRef"]["name"]]
-        for name in generator["envs"]:
-            container.env.update(read_env_file(K8S / name))
+    for source in spec.get("envFrom", []):
+        container.env.update(maps[source["configMapRef"]["name"]])
+    for variable in spec.get("env", []):
+        ref = variable.get("valueFrom", {})
+        ref = ref.get("configMapKeyRef") or ref.get("secretKeyRef")
+        container.env[variable["name"]] = (
+            maps[ref["name"]][ref["key"]] if ref else variable["value"]
+        )
+
+
+def generated(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """The data of each ConfigMap and Secret kustomize generates."""
+    for generator in spec.get("configMapGenerator", []) + spec.get("secretGenerator", []):
+        data = {Path(name).name: (K8S / name).read_text() for name in generator.get("files", [])}
+        data |= dict(line.split("=", 1) for line in generator.get("literals", []))
+        for name in generator.get("envs", []):
+            data |= read_env_file(K8S / name)
+        yield generator["name"], data
 
 
 def compose(container: Container) -> None:
@@ -156,10 +174,20 @@ def compose(container: Container) -> None:
 
 @pytest.mark.parametrize("deployment", [kubernetes, compose], ids=["kubernetes", "compose"])
 def test_the_shipped_configuration_reaches_serving(
-    deployment: Callable[[Container], None], container: Container, triton: TritonProcess
+    deployment: Callable[[Container], None],
+    container: Container,
+    triton: TritonProcess,
+    request: pytest.FixtureRequest,
 ) -> None:
     container.build_image()
     deployment(container)
+    if container.env.get("FORECAST_STORE_URL", "").startswith("postgres"):
+        # A shared PostgreSQL store: the test's server, its password in the mounted file.
+        server = request.getfixturevalue("postgres")
+        container.env["FORECAST_STORE_URL"] = server.create_database(f"shipped_{id(container)}")
+        password_file = container.env.get("FORECAST_STORE_PASSWORD_FILE", "")
+        assert password_file.startswith("/"), "expected the password file's path in the env"
+        container.at(password_file).write_text(server.password + "\n")
     container.seal()
     before = container.files()
 
@@ -203,7 +231,8 @@ def test_the_shipped_configuration_reaches_serving(
     (routing,) = [e for e in events if e.get("event") == "routing_loaded"]
     assert routing["path"] == str(config_dir / "routing.toml")
     assert "lstm_timeseries" in routing["policies"], "the shipped routing policies are in force"
-    store = Path(env["FORECAST_STORE_PATH"])
-    assert store.is_file() and any(store.parent == container.at(v) for v in container.volumes)
+    if not env.get("FORECAST_STORE_URL"):
+        store = Path(env["FORECAST_STORE_PATH"])
+        assert store.is_file() and any(store.parent == container.at(v) for v in container.volumes)
     assert container.files() == before, "the gateway wrote outside its volumes"
     assert set(os.listdir("/")) == top_level, "the gateway wrote into its working directory"

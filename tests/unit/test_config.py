@@ -274,6 +274,33 @@ def test_the_gateway_exits_2_with_one_line_naming_the_key(
     assert result.stderr.count("\n") == 1
 
 
+def readme_configuration_rows() -> dict[str, list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration") : text.index("## The models")]
+    cells = [[c.strip().strip("`") for c in line.split("|")[1:-1]] for line in section.splitlines()]
+    return {row[0]: row[1:] for row in cells if row and row[0] not in {"key", "---"}}
+
+
+def shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) or "(empty)"
+
+
+def test_every_key_is_described_in_the_code_and_the_readme() -> None:
+    rows = readme_configuration_rows()
+    fields = {k: v for k, v in GatewayConfig.model_fields.items() if k != "models"}
+    assert set(rows) == set(fields)
+    for key, field in fields.items():
+        assert field.description, f"{key}: no description in config.py"
+        environment, default, meaning = rows[key]
+        assert environment == f"FORECAST_{key.upper()}"
+        assert default == shown(field.default), key
+        assert meaning
+
+
 def test_connection_options_follow_the_config() -> None:
     config = GatewayConfig.from_mapping(DOCUMENT, {"FORECAST_IDLE_TIMEOUT_S": "2.5"})
     options = dict(connection_options(config))
