@@ -12,7 +12,7 @@ COPY pyproject.toml README.m[d] ./
 COPY server/ server/
 COPY gen/ gen/
 COPY clients/ clients/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./clients/python .
 
 # --- runtime ---
 FROM ${PYTHON_IMAGE}
