@@ -73,7 +73,7 @@ def _version_text(value: object) -> object:
 
 def _store_url(value: str) -> str:
     """Empty, `sqlite:///path`, a plain path or a PostgreSQL URL; never echoes the value."""
-    if value.startswith((_SQLITE, *_POSTGRES)) or "://" not in value:
+    if value.strip().lower().startswith((_SQLITE, *_POSTGRES)) or "://" not in value:
         return value
     raise ValueError("must be empty, sqlite:///<path>, a file path or postgresql://... (not shown)")
 
@@ -208,7 +208,7 @@ class GatewayConfig(_Settings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
-        if self.store_password_file and not self.store_url.startswith(_POSTGRES):
+        if self.store_password_file and not self.store_url.strip().lower().startswith(_POSTGRES):
             raise ValueError("store_password_file needs a postgresql:// store_url")
         if not self.models:
             raise ValueError(
@@ -293,8 +293,9 @@ def _resolved(values: Mapping[str, Any], directory: Path) -> dict[str, Any]:
         if resolved.get(key):
             resolved[key] = os.path.normpath(directory / resolved[key])
     url = resolved.get("store_url", "")
-    if url.startswith(_SQLITE) and not url.removeprefix(_SQLITE).startswith("/"):
-        resolved["store_url"] = _SQLITE + os.path.normpath(directory / url.removeprefix(_SQLITE))
+    path = url.removeprefix(_SQLITE)
+    if url.startswith(_SQLITE) and path and not path.startswith("/"):
+        resolved["store_url"] = _SQLITE + os.path.normpath(directory / path)
     elif url and "://" not in url:
         resolved["store_url"] = os.path.normpath(directory / url)
     return resolved

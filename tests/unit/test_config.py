@@ -87,10 +87,21 @@ def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "url",
-    ["", "sqlite:////var/lib/x.sqlite3", "x.sqlite3", "postgresql://u@h/db", "postgres://h/db"],
+    [
+        "",
+        "sqlite:///",
+        "sqlite:////var/lib/x.sqlite3",
+        "x.sqlite3",
+        "postgresql://u@h/db",
+        "postgres://h/db",
+        "PostgreSQL://u@h/db",
+    ],
 )
 def test_store_urls_accepted(url: str) -> None:
     assert config_of({"store_url": url}).store_url == url
+    document = {"gateway": {"store_url": url}, "models": [{"name": "a"}]}
+    resolved = GatewayConfig.from_mapping(document, {}, directory=Path("/etc/g")).store_url
+    assert resolved == ("/etc/g/x.sqlite3" if url == "x.sqlite3" else url)
 
 
 # Every bad value: (key, value from the environment). Each must be rejected
