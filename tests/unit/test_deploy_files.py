@@ -144,6 +144,23 @@ def read_env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
+SHUTDOWN_MARGIN_S = 5.0
+"""Time a SIGTERMed gateway may need beyond drain + grace (the hold, shadows, the store flush)."""
+
+
+def shutdown_budget_s(config: Any) -> float:
+    """Seconds a SIGTERMed gateway may take before it exits (see Gateway.stop)."""
+    return float(config.shutdown_drain_s + config.shutdown_grace_s + SHUTDOWN_MARGIN_S)
+
+
+def duration_s(text: str) -> float:
+    """A Compose duration ("30s", "1m30s", "1500ms") in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
 def gateway_config(toml_text: str, env: dict[str, str]) -> Any:
     """The configuration the gateway would run with, built by its own loader."""
     from forecast_gateway.config import GatewayConfig
@@ -386,13 +403,14 @@ def test_gateway_requirements_match_the_lock() -> None:
     expected = {
         "grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "protobuf",
         "googleapis-common-protos", "tritonclient", "numpy", "structlog", "prometheus-client",
-        "pydantic",
+        "pydantic", "psycopg", "psycopg-pool",
     }  # fmt: skip
     assert set(pins) == expected
     for name, (version, _) in pins.items():
         assert name in lock, f"{name} is not in requirements.lock"
         assert version == lock[name][0], f"{name}=={version}, requirements.lock: {lock[name][0]}"
     assert pins["tritonclient"][1] == "[grpc]"
+    assert pins["psycopg"][1] == "[binary]"  # libpq inside the wheel: the slim image has none
 
 
 # --- docker-compose.yml ------------------------------------------------------
@@ -456,6 +474,8 @@ def test_compose_gateway(compose: dict[str, Any]) -> None:
     script = next(arg for arg in gateway["healthcheck"]["test"] if arg.endswith(".py"))
     copies = [a for op, a in dockerfile_instructions(GATEWAY_DOCKERFILE) if op == "COPY"]
     assert f"docker/grpc_healthcheck.py {script}" in copies
+    # docker stop SIGKILLs after stop_grace_period: the drain must end first.
+    assert shutdown_budget_s(config) <= duration_s(gateway["stop_grace_period"])
 
 
 def test_compose_gateway_store_is_on_a_named_volume(compose: dict[str, Any]) -> None:
@@ -849,8 +869,17 @@ def test_k8s_gateway_config_loads_with_the_gateway_loader(k8s_docs: list[dict[st
 
     assert parse_target(config.triton_url).balanced
     assert config.models == gateway_config(GATEWAY_TOML.read_text(), {}).models
+    # The kubelet SIGKILLs terminationGracePeriodSeconds after the pod's deletion
+    # (preStop included): the drain, the grace period and the flush must end first.
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+    pre_stop_s = float(pre_stop[1]) if pre_stop and pre_stop[0] == "sleep" else 0.0
+    assert not pre_stop or pre_stop_s, f"unrecognised preStop {pre_stop}"
     grace = pod["terminationGracePeriodSeconds"]
-    assert config.shutdown_grace_s + 5 < grace, "graceful stop must fit in the grace period"
+    assert pre_stop_s + shutdown_budget_s(config) <= grace, "the drain must end before SIGKILL"
+    # Readiness follows health, which turns NOT_SERVING at SIGTERM: the probe
+    # takes the pod out of the endpoints before the drain ends.
+    probe = container["readinessProbe"]
+    assert 0 < probe["periodSeconds"] * probe["failureThreshold"] <= config.shutdown_drain_s
 
 
 def test_k8s_gateway_files_and_store_are_mounted(k8s_docs: list[dict[str, Any]]) -> None:
