@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -55,6 +55,7 @@ PATH_KEYS = (
 SECRET_KEYS = frozenset({"store_url"})
 """Keys whose value may hold a password: never shown in a message."""
 _SQLITE = "sqlite:///"
+Loc = tuple[int | str, ...]
 _POSTGRES = ("postgresql://", "postgres://")
 
 
@@ -264,8 +265,7 @@ class GatewayConfig(_Settings):
         try:
             parsed = _Settings.model_validate_strings(overrides)
         except ValidationError as error:
-            where = lambda loc: f"{ENV_PREFIX}{_dotted(loc).upper()}"  # noqa: E731
-            raise ConfigError(_describe(error, where)) from None
+            raise ConfigError(_describe(error, _variable)) from None
         values |= {key: getattr(parsed, key) for key in overrides}
         models: Any = file.models or ()
         names = env.get(f"{ENV_PREFIX}MODELS")
@@ -301,8 +301,12 @@ def _resolved(values: Mapping[str, Any], directory: Path) -> dict[str, Any]:
     return resolved
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
+def _dotted(loc: Loc) -> str:
     return ".".join(str(part) for part in loc)
+
+
+def _variable(loc: Loc) -> str:
+    return f"{ENV_PREFIX}{_dotted(loc).upper()}"
 
 
 _MESSAGES = {
@@ -314,7 +318,7 @@ _MESSAGES = {
 }
 
 
-def _describe(error: ValidationError, where: Any) -> str:
+def _describe(error: ValidationError, where: Callable[[Loc], str]) -> str:
     """One line naming each key at fault; values shown only where they hold no secret."""
     parts = []
     for item in error.errors(include_url=False):
@@ -331,7 +335,7 @@ def _describe(error: ValidationError, where: Any) -> str:
 _SHOWN = (set(GatewayConfig.model_fields) | {"name", "default_version"}) - SECRET_KEYS
 
 
-def _showable(loc: tuple[int | str, ...], value: object) -> bool:
+def _showable(loc: Loc, value: object) -> bool:
     """Whether a rejected value can appear in a message: a short scalar of a known, public key."""
     return (
         bool(loc)
