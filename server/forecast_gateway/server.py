@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import auth, metrics
-from forecast_gateway.ab import ExperimentStore
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.config import ConfigError, GatewayConfig
+from forecast_gateway.experiments import ExperimentStore
 from forecast_gateway.forecaster import Forecaster
 from forecast_gateway.interceptors import RequestInterceptor
 from forecast_gateway.overload import LoadShedder
@@ -36,9 +36,12 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-# Calls admitted by gRPC beyond max_in_flight (health checks, reflection, and
-# ForecastService calls the LoadShedder then refuses with details).
-ARRIVAL_HEADROOM = 32
+QUIET_S = 0.1
+"""At shutdown, new calls are held until none has arrived or finished for this long."""
+MAX_HOLD_S = 1.0
+"""...or for at most this long (callers that never wait for an answer never go quiet)."""
+STOP_SETTLE_S = 1.0
+"""How long gRPC's stop may wait for streams that never end by themselves (health Watch)."""
 KEEPALIVE_TIME_MS = 60_000
 """How often the server pings a connection that has been quiet (gRPC's default is 2 hours)."""
 KEEPALIVE_TIMEOUT_MS = 20_000
@@ -58,6 +61,7 @@ class Gateway:
     routing: RoutingTable
     store: ExperimentStore
     forecaster: Forecaster
+    shedder: LoadShedder
     metrics_port: int | None = None
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -98,20 +102,28 @@ class Gateway:
             metrics.READY_VERSIONS.labels(name).set(len(spec.ready_versions()))
 
     async def stop(self) -> None:
-        """Stop taking calls, let in-flight ones finish, then persist and close.
+        """Drain without losing a call, then persist and close.
 
-        Order: health NOT_SERVING, no new calls, in-flight calls get the grace
-        period, shadow forecasts finish, the experiment store flushes
-        (forecasts awaiting actuals are on disk), the Triton channel closes.
+        Order: health NOT_SERVING (for good: the catalog refresh stops); calls
+        served as usual for shutdown_drain_s while load balancers take the
+        replica out; gRPC's stop (GOAWAY: new calls go elsewhere, or get
+        UNAVAILABLE), entered so that it cancels nothing (_stop_serving);
+        every call received finishes within shutdown_grace_s. Then shadow
+        forecasts finish, the experiment store flushes (forecasts awaiting
+        actuals are on disk) and the Triton channel closes.
         """
-        log.info("gateway_stopping", grace_s=self.config.shutdown_grace_s)
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info(
+            "gateway_draining",
+            drain_s=self.config.shutdown_drain_s,
+            grace_s=self.config.shutdown_grace_s,
+        )
+        await self.health.enter_graceful_shutdown()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        await self.server.stop(self.config.shutdown_grace_s)
+        await asyncio.sleep(self.config.shutdown_drain_s)
+        await self._stop_serving(self.config.shutdown_grace_s)
         try:
             await asyncio.wait_for(self.forecaster.drain_shadows(), self.config.shutdown_grace_s)
         except TimeoutError:
@@ -119,6 +131,30 @@ class Gateway:
         await self.store.close()
         await self.proxy.close()
         log.info("gateway_stopped")
+
+    async def _stop_serving(self, grace_s: float) -> None:
+        """Stop gRPC without it cancelling a call it has received.
+
+        gRPC's stop cancels the calls no handler has picked up yet, and those
+        that reach the server before the client reads its GOAWAY. So new calls
+        are held until callers go quiet, gRPC's stop begins (GOAWAY: callers
+        send elsewhere), and only then are the held calls served.
+        """
+        deadline = time.monotonic() + grace_s
+        quiet = await self.shedder.hold_until_quiet(QUIET_S, min(MAX_HOLD_S, grace_s))
+        log.info("gateway_stopping", quiet=quiet, held=self.shedder.held)
+        stopping = asyncio.ensure_future(self.server.stop(max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(0)  # the stop task runs first: gRPC has begun its stop
+        self.shedder.release()
+        if not await self.shedder.wait_idle(max(0.0, deadline - time.monotonic())):
+            log.warning("calls_still_running_at_grace_end", in_flight=self.shedder.in_flight)
+        # What can hold gRPC's stop longer is a health Watch or reflection
+        # stream (they never end by themselves): cancel those after a short settle.
+        settle_s = min(STOP_SETTLE_S, max(0.0, deadline - time.monotonic()))
+        done, _ = await asyncio.wait({stopping}, timeout=settle_s)
+        if not done:
+            await self.server.stop(0)
+        await stopping
 
     def reload_routing(self) -> None:
         """Re-read the routing file (SIGHUP); an invalid file keeps the current policies."""
@@ -156,7 +192,7 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         lambda: catalog.specs,
         [m.name for m in config.models],
     )
-    store = ExperimentStore.from_config(config)
+    store = ExperimentStore(config.store_path, config.store_max_forecasts, config.store_max_age_s)
     forecaster = Forecaster(
         catalog,
         proxy,
@@ -165,8 +201,9 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         config.max_history_length,
         shadow_timeout_s=config.shadow_timeout_s,
     )
+    shedder = LoadShedder(config.max_in_flight)
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor(authorizer), LoadShedder(config.max_in_flight)],
+        interceptors=[RequestInterceptor(authorizer), shedder],
         # max_message_bytes bounds requests only. Responses are bounded by
         # construction (max_batch_series x max_horizon, clipped error texts): a
         # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.
@@ -174,10 +211,9 @@ def create_gateway(config: GatewayConfig) -> Gateway:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             *connection_options(config),
         ],
-        # The LoadShedder counts calls inside handlers; a burst also waits in
-        # gRPC's own queue before that. This bound applies where calls arrive:
-        # past it gRPC answers RESOURCE_EXHAUSTED at once (without details).
-        maximum_concurrent_rpcs=config.max_in_flight + ARRIVAL_HEADROOM,
+        # No maximum_concurrent_rpcs: the LoadShedder bounds the calls in
+        # progress (with details), and gRPC's limiter made server.stop()
+        # cancel calls it had already received (see docs/reliability.md).
     )
     servicer = ForecastServicer(
         forecaster,
@@ -199,7 +235,7 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     if port == 0:
         raise RuntimeError(f"could not bind {config.address}")
     return Gateway(
-        config, server, port, catalog, proxy, health_servicer, routing, store, forecaster
+        config, server, port, catalog, proxy, health_servicer, routing, store, forecaster, shedder
     )
 
 

@@ -1,0 +1,106 @@
+"""LoadShedder's shutdown hold: calls held at the door until released, quiet detection, idle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from forecast_gateway.errors import ResourceExhausted
+from forecast_gateway.overload import LoadShedder
+
+
+def unary(shedder: LoadShedder, served: list[int]) -> Any:
+    """The shedder's wrapper around a handler that records its request."""
+
+    async def behavior(request: int, context: object) -> int:
+        await asyncio.sleep(0.01)
+        served.append(request)
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    wrapped = shedder.wrap("/forecast.v1.ForecastService/Forecast", handler)
+    assert wrapped is not None
+    return wrapped.unary_unary
+
+
+def test_held_calls_wait_for_release_and_are_then_served() -> None:
+    async def scenario() -> None:
+        shedder, served = LoadShedder(max_in_flight=8), []
+        call = unary(shedder, served)
+        holding = asyncio.ensure_future(shedder.hold_until_quiet(0.05, 5.0))
+        await asyncio.sleep(0)
+        calls = [asyncio.ensure_future(call(i, None)) for i in range(3)]
+        assert await holding is True  # quiet once nothing arrives for 50 ms
+        assert (shedder.held, served) == (3, [])
+        assert not await shedder.wait_idle(0.05)  # held calls count
+        shedder.release()
+        assert await asyncio.gather(*calls) == [0, 1, 2]
+        assert await shedder.wait_idle(1.0)
+        assert (shedder.held, shedder.in_flight) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_hold_gives_up_when_calls_keep_arriving() -> None:
+    async def scenario() -> None:
+        shedder, served = LoadShedder(max_in_flight=64), []
+        call = unary(shedder, served)
+        holding = asyncio.ensure_future(shedder.hold_until_quiet(0.05, 0.3))
+        calls = []
+        while not holding.done():
+            calls.append(asyncio.ensure_future(call(len(calls), None)))
+            await asyncio.sleep(0.02)
+        assert holding.result() is False
+        shedder.release()
+        await asyncio.gather(*calls)
+        assert sorted(served) == list(range(len(calls)))
+
+    asyncio.run(scenario())
+
+
+def test_a_held_call_that_is_cancelled_leaves_the_count() -> None:
+    async def scenario() -> None:
+        shedder = LoadShedder(max_in_flight=8)
+        call = unary(shedder, [])
+        holding = asyncio.ensure_future(shedder.hold_until_quiet(10.0, 10.0))
+        await asyncio.sleep(0)
+        held = asyncio.ensure_future(call(1, None))
+        await asyncio.sleep(0.01)
+        assert shedder.held == 1
+        held.cancel()
+        assert await shedder.wait_idle(1.0)
+        assert shedder.held == 0
+        holding.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_released_calls_over_the_limit_are_shed() -> None:
+    async def scenario() -> None:
+        shedder = LoadShedder(max_in_flight=2)
+        call = unary(shedder, [])
+        holding = asyncio.ensure_future(shedder.hold_until_quiet(0.02, 5.0))
+        await asyncio.sleep(0)
+        calls = [asyncio.ensure_future(call(i, None)) for i in range(3)]
+        await holding
+        shedder.release()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert sum(isinstance(r, ResourceExhausted) for r in results) == 1
+        assert await shedder.wait_idle(1.0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_without_a_hold_calls_pass_straight_through(released: bool) -> None:
+    async def scenario() -> None:
+        shedder, served = LoadShedder(max_in_flight=2), []
+        if released:
+            shedder.release()  # release() before any hold is harmless
+        assert await unary(shedder, served)(7, None) == 7
+        assert served == [7] and await shedder.wait_idle(0.1)
+
+    asyncio.run(scenario())
