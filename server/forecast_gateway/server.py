@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import auth, metrics
+from forecast_gateway.ab import ExperimentStore
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.config import ConfigError, GatewayConfig
-from forecast_gateway.experiments import ExperimentStore
 from forecast_gateway.forecaster import Forecaster
 from forecast_gateway.interceptors import RequestInterceptor
 from forecast_gateway.overload import LoadShedder
@@ -192,7 +192,7 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         lambda: catalog.specs,
         [m.name for m in config.models],
     )
-    store = ExperimentStore(config.store_path, config.store_max_forecasts, config.store_max_age_s)
+    store = ExperimentStore.from_config(config)
     forecaster = Forecaster(
         catalog,
         proxy,
