@@ -9,6 +9,8 @@ Tritons and the gateway are started once for this module.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -175,15 +177,19 @@ def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
     # (up to two per shape): the replica's death fails them all at once.
     with Load(replicas.gateway.target, model=SLOW_MODEL, callers=48, shapes=48) as load:
         time.sleep(1.0)
+        # Stalled first, so that b surely holds requests when it dies.
+        os.kill(replicas.b.pid or 0, signal.SIGSTOP)
+        time.sleep(0.5)
         killed_at = time.monotonic()
         replicas.b.kill()
         time.sleep(2.0)
     after = [end for end, _ in load.outcomes if end > killed_at]
     log = replicas.gateway.log_text()
     report = {"calls": len(load.outcomes), "after_kill": len(after)}
-    print(json.dumps({**report, "retries": log.count('"triton_retry"')}))
+    retries = log.count('"triton_retry"')
+    print(json.dumps({**report, "retries": retries}))
     assert not load.failures(), load.failures()[:5]
-    assert len(after) > 20
+    assert len(after) > 20 and retries > 0
     assert '"triton_retry_budget_empty"' not in log
 
 
