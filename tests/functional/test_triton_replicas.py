@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.services import free_port
 from forecast.v1 import forecast_service_pb2 as pb
@@ -71,6 +72,15 @@ def served(triton: TritonProcess) -> int:
         int(model["inference_stats"]["success"].get("count", 0))
         for model in stats.get("model_stats", [])
     )
+
+
+def serving(target: str) -> bool:
+    """Whether the gateway's health says SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=2.0
+        )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 @dataclass
@@ -190,6 +200,9 @@ def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
     print(json.dumps({**report, "retries": retries}))
     assert not load.failures(), load.failures()[:5]
     assert len(after) > 20 and retries > 0
+    # Health and the catalog: still SERVING on one replica, every refresh since.
+    assert serving(replicas.gateway.target)
+    assert "triton_unreachable" not in log
     assert '"triton_retry_budget_empty"' not in log
 
 
