@@ -256,9 +256,12 @@ class TritonProxy:
 
     async def is_ready(self) -> bool:
         """Whether at least one replica answers and reports itself ready."""
-        answers = await self._each(
-            lambda client: client.is_server_ready(client_timeout=CONTROL_TIMEOUT_S)
-        )
+        try:
+            answers = await self._each(
+                lambda client: client.is_server_ready(client_timeout=CONTROL_TIMEOUT_S)
+            )
+        except GatewayError:
+            return False
         return any(bool(answer) for answer in answers.values())
 
     async def version_states(self) -> dict[str, dict[str, str]]:

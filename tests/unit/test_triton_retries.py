@@ -151,3 +151,12 @@ def test_replica_indexes_merge_ready_first_and_count_ready_replicas() -> None:
     )
     assert states == {"m": {"1": "READY", "2": "READY"}}
     assert ready == {("m", "1"): 2, ("m", "2"): 1}
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9", "127.0.0.1:9,127.0.0.1:11"])
+async def test_nothing_listening_is_not_ready_and_the_catalog_read_fails(url: str) -> None:
+    proxy = TritonProxy(url)
+    assert not await proxy.is_ready()
+    with pytest.raises(Unavailable):
+        await proxy.version_states()
+    await proxy.close()
