@@ -5,13 +5,14 @@ The servicer stays thin: every field mapping lives here, in one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf import timestamp_pb2
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2
-from forecast_gateway.ab import ActualsReport, ExperimentReport, Role
+from forecast_gateway.ab import ActualsReport, ExperimentInfo, ExperimentReport, Role
 from forecast_gateway.catalog import ModelSpec, VersionState
 from forecast_gateway.errors import (
     ERROR_CODES,
@@ -214,10 +215,46 @@ def experiment_from(report: ExperimentReport) -> forecast_service_pb2.GetExperim
                 ci_high=c.ci_high,
                 p_value=c.p_value,
                 significant=c.significant,
+                verdict=c.verdict,
+                conclusive=c.conclusive,
+                sequential_test=c.sequential_test,
+                sequential_p_value=c.sequential_p_value,
+                cs_low=c.cs_low,
+                cs_high=c.cs_high,
             )
             for c in report.comparisons
         ],
+        experiment=report.experiment,
+        started_at=_timestamp(report.started_at),
+        forecasts=report.forecasts,
     )
+
+
+def experiments_from(
+    infos: Sequence[ExperimentInfo], current: Mapping[str, str]
+) -> forecast_service_pb2.ListExperimentsResponse:
+    """The proto view of the store's experiments; `current`: model -> its current experiment."""
+    return forecast_service_pb2.ListExperimentsResponse(
+        experiments=[
+            forecast_service_pb2.ExperimentSummary(
+                model=info.model,
+                experiment=info.experiment,
+                started_at=_timestamp(info.started_at),
+                forecasts=info.forecasts,
+                current=current.get(info.model) == info.experiment,
+            )
+            for info in infos
+        ]
+    )
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp of Unix seconds (None stays unset)."""
+    if seconds is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
 def model_to_proto(spec: ModelSpec) -> forecast_pb2.Model:

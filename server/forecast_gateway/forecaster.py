@@ -327,6 +327,7 @@ class Forecaster:
         if not served:
             return
         now = time.time()
+        experiment = self.routing.experiment(spec.name)
         if self.store is not None:
             for plan, result in served:
                 window = fit_window(plan.query.history, result.window)
@@ -340,6 +341,7 @@ class Forecaster:
                         served=Prediction(
                             result.version, Role.SERVED, tuple(result.values), result.latency_ms
                         ),
+                        experiment=experiment,
                     )
                 )
         by_version: dict[str, list[tuple[_Plan, ForecastResult]]] = {}
@@ -352,12 +354,16 @@ class Forecaster:
             if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
                 metrics.SHADOWS.labels(spec.name, version, "dropped").inc(len(pairs))
                 continue
-            task = asyncio.create_task(self._shadow(spec, version, pairs))
+            task = asyncio.create_task(self._shadow(spec, version, pairs, experiment))
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
 
     async def _shadow(
-        self, spec: ModelSpec, version: str, pairs: Sequence[tuple[_Plan, ForecastResult]]
+        self,
+        spec: ModelSpec,
+        version: str,
+        pairs: Sequence[tuple[_Plan, ForecastResult]],
+        experiment: str,
     ) -> None:
         """Forecast the same series with a shadow version; record, never return, never raise."""
         version_spec = spec.versions.get(version)
@@ -394,6 +400,7 @@ class Forecaster:
                         served[plan.index].forecast_id,
                         spec.name,
                         Prediction(version, Role.SHADOW, tuple(outcome.values), outcome.latency_ms),
+                        experiment,
                     )
 
 

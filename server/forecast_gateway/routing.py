@@ -60,11 +60,16 @@ class Fallback:
 
 @dataclass(frozen=True)
 class Policy:
-    """A model's routing policy: weighted split (version, weight), shadow, fallback."""
+    """A model's routing policy: weighted split (version, weight), shadow, fallback.
+
+    `experiment` names the A/B experiment its forecasts are recorded under
+    ("" = the default experiment); a new name starts fresh counts and scores.
+    """
 
     split: tuple[tuple[str, float], ...] = ()
     shadow: Shadow | None = None
     fallback: Fallback | None = None
+    experiment: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ demand (an invalid file is logged and the previous policies stay).
     split = { "1" = 10, "2" = 90 }          # weights, sum 100
     shadow = { version = "1", percent = 100 }
     fallback = { model = "moving_average", version = "1" }
+    experiment = "lstm-v2-rollout"        # A/B results are kept per experiment name
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import Any
 
 import structlog
 
+from forecast_gateway.ab.records import DEFAULT_EXPERIMENT, EXPERIMENT_NAME
 from forecast_gateway.catalog import ModelSpec
 from forecast_gateway.routing import Fallback, Policy, Shadow
 
 log = structlog.get_logger(__name__)
 
 _VERSION = re.compile(r"[1-9][0-9]*")
-_MODEL_KEYS = frozenset({"split", "shadow", "fallback"})
+_MODEL_KEYS = frozenset({"split", "shadow", "fallback", "experiment"})
 _SHADOW_KEYS = frozenset({"version", "percent"})
 _FALLBACK_KEYS = frozenset({"model", "version"})
 _WEIGHT_TOTAL = 100.0
@@ -65,6 +67,7 @@ def parse_policies(document: Mapping[str, Any], source: str) -> dict[str, Policy
             fallback=(
                 _fallback(table["fallback"], f"{where}.fallback") if "fallback" in table else None
             ),
+            experiment=_experiment(table.get("experiment", ""), f"{where}.experiment"),
         )
     return policies
 
@@ -114,6 +117,8 @@ def describe(policy: Policy) -> str:
     if policy.fallback is not None:
         target = policy.fallback.model
         parts.append(f"fallback {target}/{policy.fallback.version or 'default'}")
+    if policy.experiment:
+        parts.append(f"experiment {policy.experiment}")
     return "; ".join(parts) or "default"
 
 
@@ -178,6 +183,11 @@ class RoutingTable:
     def policy(self, model: str) -> Policy | None:
         """The model's policy, or None (default routing)."""
         return self._policies.get(model)
+
+    def experiment(self, model: str) -> str:
+        """The experiment the model's forecasts are recorded under now."""
+        policy = self._policies.get(model)
+        return policy.experiment if policy and policy.experiment else DEFAULT_EXPERIMENT
 
     def summary(self) -> dict[str, str]:
         """Each model's policy in one line, for logs."""
@@ -353,6 +363,17 @@ def _fallback(raw: object, where: str) -> Fallback:
         raise RoutingConfigError(f"{where}.model: expected a model name, got {model!r}")
     version = _version(raw["version"], f"{where}.version") if "version" in raw else ""
     return Fallback(model=model.strip(), version=version)
+
+
+def _experiment(raw: object, where: str) -> str:
+    if raw == "":
+        return ""
+    if not isinstance(raw, str) or not EXPERIMENT_NAME.fullmatch(raw):
+        raise RoutingConfigError(
+            f"{where}: expected a name of 1-64 letters, digits, '.', '_' or '-' "
+            f'(e.g. "lstm-v2-rollout"), got {raw!r}'
+        )
+    return raw
 
 
 def _check_version(spec: ModelSpec | None, version: str, where: str) -> None:

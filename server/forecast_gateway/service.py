@@ -14,7 +14,8 @@ import structlog
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
-from forecast_gateway.ab import ExperimentStore
+from forecast_gateway.ab import ExperimentInfo, ExperimentStore
+from forecast_gateway.ab.records import EXPERIMENT_NAME
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.convert import (
     actuals_from,
@@ -23,12 +24,13 @@ from forecast_gateway.convert import (
     comparison_from,
     error_from,
     experiment_from,
+    experiments_from,
     forecast_from,
     model_to_proto,
     query_from,
     response_from,
 )
-from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument
+from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, shown
 from forecast_gateway.forecaster import Forecaster, ForecastResult, batch_violations
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
@@ -198,12 +200,47 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
     async def GetExperiment(
         self, request: forecast_service_pb2.GetExperimentRequest, context: Context
     ) -> forecast_service_pb2.GetExperimentResponse:
-        """Per-version traffic, accuracy, latency and significance tests of a model."""
+        """One experiment's per-version traffic, accuracy, latency, tests and verdict."""
         if not request.model:
             raise InvalidArgument.of([FieldViolation("model", "model is required")])
         self.catalog.get(request.model)
-        structlog.contextvars.bind_contextvars(model=request.model)
-        return experiment_from(await self.store.experiment(request.model))
+        current = self.forecaster.routing.experiment(request.model)
+        name = request.experiment or current
+        structlog.contextvars.bind_contextvars(model=request.model, experiment=name)
+        if name != current:
+            await self._check_experiment(request.model, name)
+        return experiment_from(await self.store.experiment(request.model, name))
+
+    async def ListExperiments(
+        self, request: forecast_service_pb2.ListExperimentsRequest, context: Context
+    ) -> forecast_service_pb2.ListExperimentsResponse:
+        """The experiments of a model (or of every served model), newest first."""
+        if request.model:
+            self.catalog.get(request.model)
+        models = [request.model] if request.model else [m.name for m in self.catalog.models]
+        current = {model: self.forecaster.routing.experiment(model) for model in models}
+        infos = [i for i in await self.store.experiments(request.model) if i.model in current]
+        listed = {(i.model, i.experiment) for i in infos}
+        waiting = [  # a current experiment before its first forecast
+            ExperimentInfo(model, name, None, 0)
+            for model, name in current.items()
+            if (model, name) not in listed
+        ]
+        ordered = sorted(waiting + infos, key=lambda i: i.model)  # stable: newest first within
+        return experiments_from(ordered, current)
+
+    async def _check_experiment(self, model: str, name: str) -> None:
+        """INVALID_ARGUMENT for a malformed name, NOT_FOUND for one the store does not hold."""
+        if not EXPERIMENT_NAME.fullmatch(name):
+            raise InvalidArgument.of(
+                [FieldViolation("experiment", "1-64 letters, digits, '.', '_' or '-'")]
+            )
+        if all(i.experiment != name for i in await self.store.experiments(model)):
+            raise NotFound(
+                f"model {model!r} has no experiment {shown(name)}; ListExperiments lists them",
+                reason="EXPERIMENT_NOT_FOUND",
+                metadata={"model": model, "experiment": name},
+            )
 
     async def ListModels(
         self, request: forecast_service_pb2.ListModelsRequest, context: Context

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -25,18 +26,28 @@ ROUTING = """
 [models.lstm_timeseries]
 split = { "1" = 50, "2" = 50 }
 shadow = { version = "1", percent = 100 }
+experiment = "shared-first"
 """
 HORIZON = 4
 FORECASTS_PER_REPLICA = 40
 
 
 @pytest.fixture(scope="module")
+def routing_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("shared-routing") / "routing.toml"
+    path.write_text(ROUTING)
+    return path
+
+
+@pytest.fixture(scope="module")
 def replicas(
-    triton: TritonProcess, postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
+    triton: TritonProcess,
+    postgres: LocalPostgres,
+    routing_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     folder = tmp_path_factory.mktemp("shared-store")
-    routing = folder / "routing.toml"
-    routing.write_text(ROUTING)
+    routing = routing_file
     store = {
         "FORECAST_STORE_URL": postgres.create_database("shared_store"),
         "FORECAST_STORE_PASSWORD_FILE": str(postgres.password_file),
@@ -88,13 +99,20 @@ async def report(target: str, served: list[tuple[pb.ForecastResponse, list[float
         return [len(r.scores) for r in replies]
 
 
-def experiment(gateway: GatewayProcess) -> pb.GetExperimentResponse:
+def experiment(gateway: GatewayProcess, name: str = "") -> pb.GetExperimentResponse:
     with grpc.insecure_channel(gateway.target) as channel:
         stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
         reply: pb.GetExperimentResponse = stub.GetExperiment(
-            pb.GetExperimentRequest(model="lstm_timeseries"), timeout=10
+            pb.GetExperimentRequest(model="lstm_timeseries", experiment=name), timeout=10
         )
         return reply
+
+
+def experiments(gateway: GatewayProcess) -> list[tuple[str, int, bool]]:
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
+        reply = stub.ListExperiments(pb.ListExperimentsRequest(model="lstm_timeseries"), timeout=10)
+        return [(e.experiment, e.forecasts, e.current) for e in reply.experiments]
 
 
 def test_any_replica_scores_any_forecast_and_both_report_the_same(
@@ -132,3 +150,37 @@ def test_any_replica_scores_any_forecast_and_both_report_the_same(
     [comparison] = seen_by_first.comparisons
     assert comparison.test == "paired t-test"
     assert comparison.samples == versions["1"].actuals_received - served.count("1")
+    assert seen_by_first.experiment == "shared-first"
+    assert seen_by_first.forecasts == len(served)
+    assert comparison.verdict.startswith(("version ", "not conclusive yet"))
+    assert comparison.sequential_test == "paired asymptotic confidence sequence"
+
+
+def test_renaming_the_experiment_starts_a_fresh_one_and_keeps_the_old(
+    replicas: tuple[GatewayProcess, GatewayProcess], routing_file: Path
+) -> None:
+    first, second = replicas
+    before = experiment(first)
+    assert before.experiment == "shared-first" and before.forecasts > 0
+    routing_file.write_text(ROUTING.replace("shared-first", "shared-second"))
+    deadline = time.monotonic() + 15
+    while experiment(second).experiment != "shared-second":  # both reload within ~1 s
+        assert time.monotonic() < deadline, "the routing file was not reloaded"
+        time.sleep(0.2)
+    while experiment(first).experiment != "shared-second":
+        assert time.monotonic() < deadline, "the routing file was not reloaded"
+        time.sleep(0.2)
+    start = len(load_co2()) - 100
+    asyncio.run(forecasts(first.target, list(range(start, start + 30, 10))))
+    fresh = experiment(first)  # its own queue is written first; the other replica's a moment later
+    assert fresh.forecasts == 3
+    assert sum(v.requests_served for v in fresh.versions) == 3
+    old = experiment(second, "shared-first")
+    assert old.forecasts == before.forecasts and old.versions == before.versions
+    assert experiments(first) == [
+        ("shared-second", 3, True),
+        ("shared-first", old.forecasts, False),
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        experiment(first, "no-such-experiment")
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND

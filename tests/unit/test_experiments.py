@@ -665,3 +665,40 @@ async def test_a_version_1_sqlite_store_is_migrated_with_its_aggregates(tmp_path
         assert summary.latency.count == 3
     finally:
         await store.close()
+
+
+# -- named experiments ------------------------------------------------------------------------
+
+
+async def test_a_new_experiment_starts_with_fresh_counts_and_the_old_one_stays(
+    store: ExperimentStore, clock: Clock
+) -> None:
+    for i in range(3):
+        store.record(dataclasses.replace(served(f"old{i}"), experiment="first"))
+    await store.report_actuals("old0", [2.0, 2.0, 5.0], 0)
+    clock.now += 10
+    store.record(dataclasses.replace(served("new0", created_at=clock.now), experiment="second"))
+    store.record_shadow("new0", MODEL, shadow("2", (1.0, 1.0, 1.0)), "second")
+    await store.report_actuals("new0", [2.0, 2.0, 5.0], 0)
+    first, second = await store.experiment(MODEL, "first"), await store.experiment(MODEL, "second")
+    assert (first.experiment, first.forecasts, first.started_at) == ("first", 3, 1_700_000_000.0)
+    assert [(v.version, v.requests_served, v.actuals_received) for v in first.versions] == [
+        ("1", 3, 1)
+    ]
+    assert [(v.version, v.requests_served, v.requests_shadowed) for v in second.versions] == [
+        ("1", 1, 0),
+        ("2", 0, 1),
+    ]
+    assert second.forecasts == 1
+    empty = await store.experiment(MODEL)  # the default experiment holds nothing
+    assert (empty.versions, empty.forecasts, empty.started_at) == ([], 0, None)
+    listed = [(i.experiment, i.forecasts) for i in await store.experiments(MODEL)]
+    assert listed == [("second", 1), ("first", 3)]  # newest first
+    assert await store.experiments("other") == []
+
+
+def test_experiment_names_are_checked() -> None:
+    store = ExperimentStore(open_storage("sqlite:///:memory:", Bounds(10, 60.0)))
+    for bad in ("", "has space", "x" * 65, "-leading"):
+        with pytest.raises(ValueError, match="experiment name"):
+            store.record(dataclasses.replace(served("f"), experiment=bad))

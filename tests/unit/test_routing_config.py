@@ -75,6 +75,15 @@ def test_split_is_ordered_by_version_and_optional_parts_default() -> None:
     )
 
 
+def test_a_named_experiment_is_the_models_current_one(tmp_path: Path) -> None:
+    path = tmp_path / "routing.toml"
+    path.write_text('[models.lstm_timeseries]\nexperiment = "v2-rollout.2026-11"\n')
+    table = RoutingTable(path, lambda: SPECS, SERVED)
+    table.load()
+    assert table.experiment("lstm_timeseries") == "v2-rollout.2026-11"
+    assert table.experiment("moving_average") == "default"  # no policy: the default one
+
+
 def test_an_empty_document_has_no_policies() -> None:
     assert parse("") == {}
 
@@ -117,6 +126,9 @@ def test_the_shipped_routing_file_is_valid_for_the_shipped_models() -> None:
         ("[models]\nm = 3", ["models.m", "expected a table"]),
         ('[[models]]\nname = "m"', ["models", "[models.<name>]"]),
         ("[routing]\nx = 1", ["top-level", "'routing'"]),
+        ('[models.m]\nexperiment = "has space"', ["models.m.experiment", "'has space'"]),
+        ("[models.m]\nexperiment = 3", ["models.m.experiment", "3"]),
+        (f'[models.m]\nexperiment = "{"x" * 65}"', ["models.m.experiment", "1-64"]),
     ],
 )
 def test_every_invalid_value_names_its_key(text: str, names: list[str]) -> None:

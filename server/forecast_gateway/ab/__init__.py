@@ -2,14 +2,17 @@
 
 The rest of the gateway uses only the names below. Layout, one concern per
 module: `records` (types), `store` (the write-behind façade), `actuals`
-(checks), `aggregates` (running totals), `report` (GetExperiment),
+(checks), `aggregates` (running totals), `report` (GetExperiment and its verdict),
+`sequential` (always-valid comparisons),
 `scoring` and `student_t` (metrics and tests), `storage` (the interface and
 the backend choice), `sql` (the queries both backends run), `sqlite` and
 `postgres` (schemas, connections, migrations).
 """
 
 from forecast_gateway.ab.records import (
+    DEFAULT_EXPERIMENT,
     ActualsReport,
+    ExperimentInfo,
     ExperimentReport,
     Prediction,
     RecordedForecast,
@@ -20,7 +23,9 @@ from forecast_gateway.ab.scoring import naive_scale
 from forecast_gateway.ab.store import ExperimentStore
 
 __all__ = [
+    "DEFAULT_EXPERIMENT",
     "ActualsReport",
+    "ExperimentInfo",
     "ExperimentReport",
     "ExperimentStore",
     "Prediction",

@@ -46,6 +46,7 @@ class MomentDelta:
     """One value added to (weight +1) or removed from (weight -1) an aggregate row."""
 
     model: str
+    experiment: str
     metric: str
     version_a: str
     version_b: str
@@ -53,9 +54,9 @@ class MomentDelta:
     weight: int
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, str, str, str, str]:
         """The aggregate row: deltas are applied in this order, so writers lock rows alike."""
-        return (self.model, self.metric, self.version_a, self.version_b)
+        return (self.model, self.experiment, self.metric, self.version_a, self.version_b)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ UNSCORED = scoring.Score(steps=0, mae=math.nan, smape=math.nan, mase=math.nan)
 
 
 def rescore(
-    model: str, predictions: Sequence[StoredPrediction], actuals: FloatArray, scale: float
+    model: str,
+    experiment: str,
+    predictions: Sequence[StoredPrediction],
+    actuals: FloatArray,
+    scale: float,
 ) -> tuple[list[VersionScore], list[MomentDelta]]:
     """Score every prediction of a forecast on its actuals; the deltas to the totals.
 
@@ -88,28 +93,33 @@ def rescore(
             VersionScore(p.version, p.role, result.steps, result.mae, result.smape, result.mase)
         )
     old = {p.version: p.score for p in predictions}
-    deltas = _net(contributions(model, old, -1) + contributions(model, new, +1))
+    deltas = _net(
+        contributions(model, experiment, old, -1) + contributions(model, experiment, new, +1)
+    )
     scores.sort(key=lambda s: (s.role is not Role.SERVED, version_key(s.version)))
     return scores, deltas
 
 
 def contributions(
-    model: str, scores: Mapping[str, scoring.Score], weight: int
+    model: str, experiment: str, scores: Mapping[str, scoring.Score], weight: int
 ) -> list[MomentDelta]:
     """What one forecast's scores add to the totals (weight +1), or take away (-1)."""
     scored = {v: s for v, s in scores.items() if s.steps > 0}
     deltas: list[MomentDelta] = []
     for version, score in scored.items():
-        deltas.append(MomentDelta(model, SCORED, version, NO_PAIR, float(score.steps), weight))
+        row = (model, experiment)
+        deltas.append(MomentDelta(*row, SCORED, version, NO_PAIR, float(score.steps), weight))
         for metric, value in zip(ERROR_METRICS, (score.mae, score.smape, score.mase), strict=True):
             if math.isfinite(value):
-                deltas.append(MomentDelta(model, metric, version, NO_PAIR, value, weight))
+                deltas.append(MomentDelta(*row, metric, version, NO_PAIR, value, weight))
     defined = sorted((v for v, s in scored.items() if math.isfinite(s.mase)), key=version_key)
     for i, a in enumerate(defined):
         for b in defined[i + 1 :]:
             difference = scored[a].mase - scored[b].mase
             if math.isfinite(difference):
-                deltas.append(MomentDelta(model, MASE_DIFFERENCE, a, b, difference, weight))
+                deltas.append(
+                    MomentDelta(model, experiment, MASE_DIFFERENCE, a, b, difference, weight)
+                )
     return deltas
 
 
@@ -160,7 +170,9 @@ def latency_stats(buckets: Mapping[int, int]) -> LatencyStats:
     return LatencyStats(count, *percentiles)
 
 
-def latency_counts(latencies: Iterable[tuple[str, str, float]]) -> list[tuple[str, str, int, int]]:
-    """(model, version, bucket, count) rows to add for the given (model, version, latency)."""
-    counts = Counter((model, version, latency_bucket(ms)) for model, version, ms in latencies)
-    return [(m, v, b, n) for (m, v, b), n in sorted(counts.items())]
+def latency_counts(
+    latencies: Iterable[tuple[str, str, str, float]],
+) -> list[tuple[str, str, str, int, int]]:
+    """Rows (model, experiment, version, bucket, count) for (model, experiment, version, ms)."""
+    counts = Counter((m, e, v, latency_bucket(ms)) for m, e, v, ms in latencies)
+    return [(m, e, v, b, n) for (m, e, v, b), n in sorted(counts.items())]

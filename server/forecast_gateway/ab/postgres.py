@@ -31,6 +31,7 @@ _V1 = (
     """CREATE TABLE forecasts (
         forecast_id TEXT PRIMARY KEY,
         model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
         horizon INTEGER NOT NULL,
         naive_scale DOUBLE PRECISION NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
@@ -56,13 +57,22 @@ _V1 = (
     "CREATE INDEX orphans_by_age ON predictions (recorded_at) WHERE orphan = 1",
     """CREATE TABLE counters (
         model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
         version TEXT NOT NULL,
         served BIGINT NOT NULL DEFAULT 0,
         shadowed BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (model, version)
+        PRIMARY KEY (model, experiment, version)
+    )""",
+    """CREATE TABLE experiments (
+        model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        forecasts BIGINT NOT NULL,
+        PRIMARY KEY (model, experiment)
     )""",
     """CREATE TABLE moments (
         model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
         metric TEXT NOT NULL,
         version_a TEXT NOT NULL,
         version_b TEXT NOT NULL,
@@ -70,14 +80,15 @@ _V1 = (
         n BIGINT NOT NULL,
         s1 DOUBLE PRECISION NOT NULL,
         s2 DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (model, metric, version_a, version_b)
+        PRIMARY KEY (model, experiment, metric, version_a, version_b)
     )""",
     """CREATE TABLE latency_buckets (
         model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
         version TEXT NOT NULL,
         bucket INTEGER NOT NULL,
         n BIGINT NOT NULL,
-        PRIMARY KEY (model, version, bucket)
+        PRIMARY KEY (model, experiment, version, bucket)
     )""",
     "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",

@@ -5,9 +5,15 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
+
+DEFAULT_EXPERIMENT = "default"
+"""The experiment of forecasts served under no named experiment."""
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""An experiment name: letters, digits, '.', '_', '-'; 64 characters at most."""
 
 
 def new_forecast_id() -> str:
@@ -69,6 +75,7 @@ class RecordedForecast:
     naive_scale: float
     created_at: float
     served: Prediction
+    experiment: str = DEFAULT_EXPERIMENT
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class ShadowRecord:
     model: str
     prediction: Prediction
     recorded_at: float
+    experiment: str = DEFAULT_EXPERIMENT
 
 
 Record = RecordedForecast | ShadowRecord
@@ -162,15 +170,34 @@ class VersionComparison:
     ci_high: float
     p_value: float
     significant: bool
+    verdict: str = ""
+    conclusive: bool = False
+    sequential_test: str = ""
+    sequential_p_value: float = math.nan
+    cs_low: float = math.nan
+    cs_high: float = math.nan
 
 
 @dataclass(frozen=True)
 class ExperimentReport:
-    """A model's A/B results: versions in version order, one comparison per scored pair."""
+    """One experiment's A/B results: versions in version order, a comparison per scored pair."""
 
     model: str
     versions: list[VersionSummary]
     comparisons: list[VersionComparison]
+    experiment: str = DEFAULT_EXPERIMENT
+    started_at: float | None = None
+    forecasts: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """An experiment: when its first forecast came (None: none yet) and how many it has."""
+
+    model: str
+    experiment: str
+    started_at: float | None
+    forecasts: int
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -186,6 +213,15 @@ def check_prediction(prediction: Prediction, role: Role) -> None:
         raise ValueError(f"latency_ms must be finite and >= 0, got {prediction.latency_ms}")
 
 
+def check_experiment(name: str) -> None:
+    """Raise ValueError unless `name` is a valid experiment name."""
+    if not EXPERIMENT_NAME.fullmatch(name):
+        raise ValueError(
+            f"experiment name {name[:80]!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
 def check_forecast(forecast: RecordedForecast) -> None:
     """Raise ValueError for a malformed served record, so a bad row never fails a batch."""
     check_prediction(forecast.served, Role.SERVED)
@@ -195,3 +231,4 @@ def check_forecast(forecast: RecordedForecast) -> None:
         )
     if not (math.isfinite(forecast.naive_scale) and forecast.naive_scale >= 0):
         raise ValueError(f"naive_scale must be finite and >= 0, got {forecast.naive_scale}")
+    check_experiment(forecast.experiment)

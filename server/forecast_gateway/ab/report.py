@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from forecast_gateway.ab import scoring
+from forecast_gateway.ab import scoring, sequential
 from forecast_gateway.ab.aggregates import (
     MASE_DIFFERENCE,
     NO_PAIR,
@@ -15,6 +15,7 @@ from forecast_gateway.ab.aggregates import (
 from forecast_gateway.ab.records import (
     NO_ERRORS,
     ErrorStats,
+    ExperimentInfo,
     ExperimentReport,
     VersionComparison,
     VersionSummary,
@@ -26,7 +27,7 @@ METRIC = "mase"
 
 @dataclass
 class ModelAggregates:
-    """Everything a storage backend keeps for one model, as read in one go.
+    """Everything a storage backend keeps for one experiment of a model, read in one go.
 
     `counters`: version -> (served, shadowed) requests; `moments`: (metric,
     version_a, version_b) -> moments of that metric; `latency`: version ->
@@ -36,13 +37,14 @@ class ModelAggregates:
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)
     moments: dict[tuple[str, str, str], scoring.Moments] = field(default_factory=dict)
     latency: dict[str, dict[int, int]] = field(default_factory=dict)
+    info: ExperimentInfo | None = None
 
     def of(self, metric: str, version_a: str, version_b: str = NO_PAIR) -> scoring.Moments:
         """The moments of one aggregate row (EMPTY when nothing was added)."""
         return self.moments.get((metric, version_a, version_b), scoring.EMPTY)
 
 
-def summarize(model: str, aggregates: ModelAggregates) -> ExperimentReport:
+def summarize(model: str, experiment: str, aggregates: ModelAggregates) -> ExperimentReport:
     """Per-version summaries and pairwise MASE comparisons.
 
     Two versions are compared with the paired t-test when at least
@@ -59,7 +61,15 @@ def summarize(model: str, aggregates: ModelAggregates) -> ExperimentReport:
         for b in versions[i + 1 :]
         if aggregates.of(METRIC, a).count and aggregates.of(METRIC, b).count
     ]
-    return ExperimentReport(model=model, versions=summaries, comparisons=comparisons)
+    info = aggregates.info
+    return ExperimentReport(
+        model=model,
+        versions=summaries,
+        comparisons=comparisons,
+        experiment=experiment,
+        started_at=info.started_at if info else None,
+        forecasts=info.forecasts if info else 0,
+    )
 
 
 def _summary(version: str, aggregates: ModelAggregates) -> VersionSummary:
@@ -89,10 +99,13 @@ def _mean(moments: scoring.Moments) -> float:
 
 def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionComparison:
     paired = aggregates.of(MASE_DIFFERENCE, a, b)
+    mase_a, mase_b = aggregates.of(METRIC, a), aggregates.of(METRIC, b)
     if paired.count >= scoring.MIN_SAMPLES:
         result = scoring.compare_paired(paired)
+        always_valid = sequential.paired(paired)
     else:
-        result = scoring.compare_welch(aggregates.of(METRIC, a), aggregates.of(METRIC, b))
+        result = scoring.compare_welch(mase_a, mase_b)
+        always_valid = sequential.two_sample(mase_a, mase_b)
     return VersionComparison(
         version_a=a,
         version_b=b,
@@ -104,4 +117,36 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
         ci_high=result.ci_high,
         p_value=result.p_value,
         significant=result.significant,
+        verdict=verdict(a, b, mase_a.mean, mase_b.mean, always_valid),
+        conclusive=always_valid.conclusive,
+        sequential_test=always_valid.test,
+        sequential_p_value=always_valid.p_value,
+        cs_low=always_valid.cs_low,
+        cs_high=always_valid.cs_high,
+    )
+
+
+def verdict(
+    a: str, b: str, mase_a: float, mase_b: float, result: sequential.SequentialResult
+) -> str:
+    """The comparison in words: who is more accurate, by how much, and whether it is settled.
+
+    The MASE figures are each version's mean over its scored forecasts; the
+    decision is the sequential test's, so it may be read at any time.
+    """
+    unit = "paired forecasts" if result.test == sequential.PAIRED_SEQUENTIAL else "forecasts each"
+    after = f"after {result.samples} {unit}"
+    if result.conclusive:
+        a_wins = result.mean_difference < 0
+        better = a if a_wins else b
+        good, bad = (mase_a, mase_b) if a_wins else (mase_b, mase_a)
+        change = f" ({(good - bad) / bad:+.0%})" if bad > 0 else ""
+        return (
+            f"version {better} is more accurate: MASE {good:.3g} vs {bad:.3g}{change}, "
+            f"conclusive {after}"
+        )
+    if result.samples < 2 or math.isnan(result.p_value):
+        return f"not conclusive yet: too few scored forecasts to compare ({after})"
+    return (
+        f"not conclusive yet: MASE {mase_a:.3g} (version {a}) vs {mase_b:.3g} (version {b}) {after}"
     )

@@ -35,7 +35,9 @@ import structlog
 from forecast_gateway.ab import aggregates, scoring
 from forecast_gateway.ab.actuals import merge
 from forecast_gateway.ab.records import (
+    DEFAULT_EXPERIMENT,
     ActualsReport,
+    ExperimentInfo,
     Prediction,
     Record,
     RecordedForecast,
@@ -196,9 +198,13 @@ class SqlStorage:
             write=True,
         )
 
-    async def aggregates(self, model: str) -> ModelAggregates:
-        """The running totals of one model."""
-        return await self._retrying(lambda tx: _aggregates(tx, model), write=False)
+    async def aggregates(self, model: str, experiment: str) -> ModelAggregates:
+        """The running totals of one experiment of a model."""
+        return await self._retrying(lambda tx: _aggregates(tx, model, experiment), write=False)
+
+    async def experiments(self, model: str) -> list[ExperimentInfo]:
+        """The experiments of `model` ("" = every model), newest first within a model."""
+        return await self._retrying(lambda tx: _experiments(tx, model), write=False)
 
     async def _retrying(
         self, operation: Callable[[Transaction], Awaitable[_T]], *, write: bool
@@ -226,9 +232,12 @@ async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> 
     shadows = [r for r in records if isinstance(r, ShadowRecord)]
     if served:
         inserted = await tx.executemany(
-            "INSERT INTO forecasts (forecast_id, model, horizon, naive_scale, created_at) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (forecast_id) DO NOTHING",
-            [(f.forecast_id, f.model, f.horizon, f.naive_scale, f.created_at) for f in served],
+            "INSERT INTO forecasts (forecast_id, model, experiment, horizon, naive_scale, "
+            "created_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (forecast_id) DO NOTHING",
+            [
+                (f.forecast_id, f.model, f.experiment, f.horizon, f.naive_scale, f.created_at)
+                for f in served
+            ],
         )
         await tx.execute(
             "UPDATE store_meta SET value = value + %s WHERE name = 'forecasts'", (inserted,)
@@ -254,7 +263,7 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
     for start in range(0, len(ids), IN_LIST_MAX):
         chunk = ids[start : start + IN_LIST_MAX]
         for row in await tx.fetchall(  # sorted: every writer locks forecast rows in one order
-            "SELECT forecast_id, model, naive_scale, actuals FROM forecasts "
+            "SELECT forecast_id, model, experiment, naive_scale, actuals FROM forecasts "
             f"WHERE forecast_id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY forecast_id"
             + lock_rows,
             chunk,
@@ -270,10 +279,12 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
         ],
     )
     deltas: list[aggregates.MomentDelta] = []
-    for forecast_id, model, scale, stored in known.values():
+    for forecast_id, model, experiment, scale, stored in known.values():
         if stored is not None:
             predictions = await _predictions(tx, forecast_id)
-            scores, changes = aggregates.rescore(model, predictions, _array(stored), scale)
+            scores, changes = aggregates.rescore(
+                model, experiment, predictions, _array(stored), scale
+            )
             await _store_scores(tx, forecast_id, scores)
             deltas += changes
     await _apply(tx, deltas)
@@ -282,24 +293,34 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
 async def _count_requests(
     tx: Transaction, served: Sequence[RecordedForecast], shadows: Sequence[ShadowRecord]
 ) -> None:
-    counts: dict[tuple[str, str], list[int]] = {}
-    latencies: list[tuple[str, str, float]] = []
+    counts: dict[tuple[str, str, str], list[int]] = {}
+    latencies: list[tuple[str, str, str, float]] = []
+    started: dict[tuple[str, str], list[float]] = {}
     for f in served:
-        counts.setdefault((f.model, f.served.version), [0, 0])[0] += 1
-        latencies.append((f.model, f.served.version, f.served.latency_ms))
+        counts.setdefault((f.model, f.experiment, f.served.version), [0, 0])[0] += 1
+        latencies.append((f.model, f.experiment, f.served.version, f.served.latency_ms))
+        first = started.setdefault((f.model, f.experiment), [f.created_at, 0])
+        first[0], first[1] = min(first[0], f.created_at), first[1] + 1
     for s in shadows:
-        counts.setdefault((s.model, s.prediction.version), [0, 0])[1] += 1
-        latencies.append((s.model, s.prediction.version, s.prediction.latency_ms))
+        counts.setdefault((s.model, s.experiment, s.prediction.version), [0, 0])[1] += 1
+        latencies.append((s.model, s.experiment, s.prediction.version, s.prediction.latency_ms))
     await tx.executemany(
-        "INSERT INTO counters (model, version, served, shadowed) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (model, version) DO UPDATE SET "
-        "served = counters.served + excluded.served, "
-        "shadowed = counters.shadowed + excluded.shadowed",
-        [(m, v, n[0], n[1]) for (m, v), n in sorted(counts.items())],
+        "INSERT INTO experiments (model, experiment, started_at, forecasts) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (model, experiment) DO UPDATE SET "
+        "forecasts = experiments.forecasts + excluded.forecasts",
+        [(m, e, at, int(n)) for (m, e), (at, n) in sorted(started.items())],
     )
     await tx.executemany(
-        "INSERT INTO latency_buckets (model, version, bucket, n) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (model, version, bucket) DO UPDATE SET n = latency_buckets.n + excluded.n",
+        "INSERT INTO counters (model, experiment, version, served, shadowed) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model, experiment, version) DO UPDATE SET "
+        "served = counters.served + excluded.served, "
+        "shadowed = counters.shadowed + excluded.shadowed",
+        [(m, e, v, n[0], n[1]) for (m, e, v), n in sorted(counts.items())],
+    )
+    await tx.executemany(
+        "INSERT INTO latency_buckets (model, experiment, version, bucket, n) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model, experiment, version, bucket) "
+        "DO UPDATE SET n = latency_buckets.n + excluded.n",
         aggregates.latency_counts(latencies),
     )
 
@@ -313,13 +334,13 @@ async def _report_actuals(
     cutoff: float,
 ) -> ActualsReport | None:
     row = await tx.fetchone(
-        "SELECT model, horizon, naive_scale, actuals, created_at FROM forecasts "
+        "SELECT model, experiment, horizon, naive_scale, actuals, created_at FROM forecasts "
         "WHERE forecast_id = %s" + lock_rows,
         (forecast_id,),
     )
-    if row is None or row[4] < cutoff:
+    if row is None or row[5] < cutoff:
         return None
-    model, horizon, scale, stored, _ = row
+    model, experiment, horizon, scale, stored, _ = row
     merged = merge(None if stored is None else _array(stored), horizon, actuals, offset)
     steps_received = int(np.isfinite(merged).sum())
     await tx.execute(
@@ -327,7 +348,7 @@ async def _report_actuals(
         (merged.tobytes(), steps_received, forecast_id),
     )
     predictions = await _predictions(tx, forecast_id)
-    scores, deltas = aggregates.rescore(model, predictions, merged, scale)
+    scores, deltas = aggregates.rescore(model, experiment, predictions, merged, scale)
     await _store_scores(tx, forecast_id, scores)
     await _apply(tx, deltas)
     return ActualsReport(forecast_id, model, horizon, steps_received, scores)
@@ -370,9 +391,9 @@ async def _apply(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> N
     an existing row adds weight * (value - shift) and its square.
     """
     await tx.executemany(
-        "INSERT INTO moments (model, metric, version_a, version_b, shift, n, s1, s2) "
-        "VALUES (%s, %s, %s, %s, %s, %s, 0, 0) "
-        "ON CONFLICT (model, metric, version_a, version_b) DO UPDATE SET "
+        "INSERT INTO moments (model, experiment, metric, version_a, version_b, shift, n, s1, s2) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0) "
+        "ON CONFLICT (model, experiment, metric, version_a, version_b) DO UPDATE SET "
         "n = moments.n + excluded.n, "
         "s1 = moments.s1 + excluded.n * (excluded.shift - moments.shift), "
         "s2 = moments.s2 + excluded.n * (excluded.shift - moments.shift) "
@@ -381,23 +402,38 @@ async def _apply(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> N
     )
 
 
-async def _aggregates(tx: Transaction, model: str) -> ModelAggregates:
+async def _aggregates(tx: Transaction, model: str, experiment: str) -> ModelAggregates:
     result = ModelAggregates()
+    key = (model, experiment)
     for version, served, shadowed in await tx.fetchall(
-        "SELECT version, served, shadowed FROM counters WHERE model = %s", (model,)
+        "SELECT version, served, shadowed FROM counters WHERE model = %s AND experiment = %s", key
     ):
         result.counters[version] = (int(served), int(shadowed))
     for metric, a, b, shift, n, s1, s2 in await tx.fetchall(
         "SELECT metric, version_a, version_b, shift, n, s1, s2 FROM moments "
-        "WHERE model = %s AND n > 0",
-        (model,),
+        "WHERE model = %s AND experiment = %s AND n > 0",
+        key,
     ):
         result.moments[(metric, a, b)] = scoring.Moments.from_sums(int(n), shift, s1, s2)
     for version, bucket, n in await tx.fetchall(
-        "SELECT version, bucket, n FROM latency_buckets WHERE model = %s", (model,)
+        "SELECT version, bucket, n FROM latency_buckets WHERE model = %s AND experiment = %s", key
     ):
         result.latency.setdefault(version, {})[int(bucket)] = int(n)
+    row = await tx.fetchone(
+        "SELECT started_at, forecasts FROM experiments WHERE model = %s AND experiment = %s", key
+    )
+    if row is not None:
+        result.info = ExperimentInfo(model, experiment, float(row[0]), int(row[1]))
     return result
+
+
+async def _experiments(tx: Transaction, model: str) -> list[ExperimentInfo]:
+    rows = await tx.fetchall(
+        "SELECT model, experiment, started_at, forecasts FROM experiments "
+        "WHERE model = %s OR %s = '' ORDER BY model, started_at DESC, experiment",
+        (model, model),
+    )
+    return [ExperimentInfo(m, e, float(at), int(n)) for m, e, at, n in rows]
 
 
 async def _prune(tx: Transaction, bounds: Bounds, now: float) -> None:
@@ -432,28 +468,38 @@ async def _delete_forecasts(tx: Transaction, ids: Sequence[str]) -> None:
 
 
 async def backfill_aggregates(tx: Transaction) -> None:
-    """Rebuild counters' companions (moments, latency, count) from stored rows (a migration)."""
-    await tx.execute("DELETE FROM moments")
-    await tx.execute("DELETE FROM latency_buckets")
+    """Build the running totals, experiments and count from stored rows (a migration step)."""
     rows = await tx.fetchall(
-        "SELECT p.model, p.forecast_id, p.version, p.steps_scored, p.mae, p.smape, p.mase "
-        "FROM predictions AS p WHERE p.steps_scored > 0 ORDER BY p.forecast_id"
+        "SELECT p.model, f.experiment, p.forecast_id, p.version, p.steps_scored, "
+        "p.mae, p.smape, p.mase FROM predictions AS p "
+        "JOIN forecasts AS f ON f.forecast_id = p.forecast_id "
+        "WHERE p.steps_scored > 0 ORDER BY p.forecast_id"
     )
-    by_forecast: dict[tuple[str, str], dict[str, scoring.Score]] = {}
-    for model, forecast_id, version, steps, *errors in rows:
-        by_forecast.setdefault((model, forecast_id), {})[version] = scoring.Score(
+    by_forecast: dict[tuple[str, str, str], dict[str, scoring.Score]] = {}
+    for model, experiment, forecast_id, version, steps, *errors in rows:
+        by_forecast.setdefault((model, experiment, forecast_id), {})[version] = scoring.Score(
             steps, *(math.nan if v is None else v for v in errors)
         )
     deltas = [
         delta
-        for (model, _), scores in by_forecast.items()
-        for delta in aggregates.contributions(model, scores, +1)
+        for (model, experiment, _), scores in by_forecast.items()
+        for delta in aggregates.contributions(model, experiment, scores, +1)
     ]
     await _apply(tx, deltas)
-    latencies = await tx.fetchall("SELECT model, version, latency_ms FROM predictions")
+    latencies = await tx.fetchall(
+        "SELECT p.model, COALESCE(f.experiment, %s), p.version, p.latency_ms "
+        "FROM predictions AS p LEFT JOIN forecasts AS f ON f.forecast_id = p.forecast_id",
+        (DEFAULT_EXPERIMENT,),
+    )
     await tx.executemany(
-        "INSERT INTO latency_buckets (model, version, bucket, n) VALUES (%s, %s, %s, %s)",
+        "INSERT INTO latency_buckets (model, experiment, version, bucket, n) "
+        "VALUES (%s, %s, %s, %s, %s)",
         aggregates.latency_counts(latencies),
+    )
+    await tx.execute(
+        "INSERT INTO experiments (model, experiment, started_at, forecasts) "
+        "SELECT model, experiment, MIN(created_at), COUNT(*) FROM forecasts "
+        "GROUP BY model, experiment"
     )
     await tx.execute(
         "UPDATE store_meta SET value = (SELECT COUNT(*) FROM forecasts) WHERE name = 'forecasts'"

@@ -60,11 +60,32 @@ _V1 = (
     )""",
 )
 _V2 = (
-    # Running aggregates (ab.aggregates) replace the per-read scans and their indexes.
+    # Named experiments, and running aggregates (ab.aggregates) in place of the
+    # per-read scans and their indexes.
     "DROP INDEX IF EXISTS predictions_by_latency",
     "DROP INDEX IF EXISTS predictions_scored",
+    "ALTER TABLE forecasts ADD COLUMN experiment TEXT NOT NULL DEFAULT 'default'",
+    "ALTER TABLE counters RENAME TO counters_v1",
+    """CREATE TABLE counters (
+        model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        version TEXT NOT NULL,
+        served INTEGER NOT NULL DEFAULT 0,
+        shadowed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (model, experiment, version)
+    )""",
+    "INSERT INTO counters SELECT model, 'default', version, served, shadowed FROM counters_v1",
+    "DROP TABLE counters_v1",
+    """CREATE TABLE experiments (
+        model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        forecasts INTEGER NOT NULL,
+        PRIMARY KEY (model, experiment)
+    )""",
     """CREATE TABLE moments (
         model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
         metric TEXT NOT NULL,
         version_a TEXT NOT NULL,
         version_b TEXT NOT NULL,
@@ -72,14 +93,15 @@ _V2 = (
         n INTEGER NOT NULL,
         s1 REAL NOT NULL,
         s2 REAL NOT NULL,
-        PRIMARY KEY (model, metric, version_a, version_b)
+        PRIMARY KEY (model, experiment, metric, version_a, version_b)
     )""",
     """CREATE TABLE latency_buckets (
         model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
         version TEXT NOT NULL,
         bucket INTEGER NOT NULL,
         n INTEGER NOT NULL,
-        PRIMARY KEY (model, version, bucket)
+        PRIMARY KEY (model, experiment, version, bucket)
     )""",
     "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from forecast_gateway.ab.records import ActualsReport, Record
+from forecast_gateway.ab.records import ActualsReport, ExperimentInfo, Record
 from forecast_gateway.ab.report import ModelAggregates
 from forecast_gateway.ab.sql import Bounds, SqlStorage
 from forecast_gateway.normalization import FloatArray
@@ -41,8 +41,12 @@ class Storage(Protocol):
         """Store actuals and rescore the forecast; None for an id the store does not hold."""
         ...
 
-    async def aggregates(self, model: str) -> ModelAggregates:
-        """A model's running totals (O(versions))."""
+    async def aggregates(self, model: str, experiment: str) -> ModelAggregates:
+        """One experiment's running totals (O(versions))."""
+        ...
+
+    async def experiments(self, model: str) -> list[ExperimentInfo]:
+        """The experiments of `model` ("" = every model), newest first within a model."""
         ...
 
 

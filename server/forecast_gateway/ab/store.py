@@ -21,13 +21,16 @@ import structlog
 from forecast_gateway import metrics
 from forecast_gateway.ab.actuals import checked_actuals, not_found
 from forecast_gateway.ab.records import (
+    DEFAULT_EXPERIMENT,
     ActualsReport,
+    ExperimentInfo,
     ExperimentReport,
     Prediction,
     Record,
     RecordedForecast,
     Role,
     ShadowRecord,
+    check_experiment,
     check_forecast,
     check_prediction,
     forecast_id_time,
@@ -118,14 +121,22 @@ class ExperimentStore:
         check_forecast(forecast)
         self._enqueue(forecast)
 
-    def record_shadow(self, forecast_id: str, model: str, prediction: Prediction) -> None:
+    def record_shadow(
+        self,
+        forecast_id: str,
+        model: str,
+        prediction: Prediction,
+        experiment: str = DEFAULT_EXPERIMENT,
+    ) -> None:
         """Queue a shadow prediction of a recorded forecast (never blocks).
 
         It may arrive before or after the served record and after actuals
         were reported; in the last case it is scored when written.
+        `experiment` is the served forecast's (its request counter goes there).
         """
         check_prediction(prediction, Role.SHADOW)
-        self._enqueue(ShadowRecord(forecast_id, model, prediction, self._clock()))
+        check_experiment(experiment)
+        self._enqueue(ShadowRecord(forecast_id, model, prediction, self._clock(), experiment))
 
     async def report_actuals(
         self, forecast_id: str, actuals: Sequence[float], offset: int
@@ -149,10 +160,17 @@ class ExperimentStore:
             raise not_found(forecast_id)
         return report
 
-    async def experiment(self, model: str) -> ExperimentReport:
-        """The A/B results of `model` (empty for a model never recorded)."""
+    async def experiment(
+        self, model: str, experiment: str = DEFAULT_EXPERIMENT
+    ) -> ExperimentReport:
+        """The A/B results of one experiment of `model` (empty if nothing was recorded in it)."""
         await self._flush()
-        return summarize(model, await self.storage.aggregates(model))
+        return summarize(model, experiment, await self.storage.aggregates(model, experiment))
+
+    async def experiments(self, model: str = "") -> list[ExperimentInfo]:
+        """The experiments with recorded forecasts, of `model` or ("") of every model."""
+        await self._flush()
+        return await self.storage.experiments(model)
 
     def _enqueue(self, record: Record) -> None:
         if self._closed or len(self._pending) >= self._max_pending:

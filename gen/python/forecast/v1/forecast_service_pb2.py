@@ -23,61 +23,68 @@ _sym_db = _symbol_database.Default()
 
 
 from forecast.v1 import forecast_pb2 as forecast_dot_v1_dot_forecast__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"forecast/v1/forecast_service.proto\x12\x0b\x66orecast.v1\x1a\x1a\x66orecast/v1/forecast.proto\"\x81\x01\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x03(\x01\x12\x0f\n\x07horizon\x18\x05 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x06 \x01(\x05\"\xd2\x01\n\x10\x46orecastResponse\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x36\n\x10routing_decision\x18\x05 \x01(\x0e\x32\x1c.forecast.v1.RoutingDecision\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x07 \x01(\x05\x12\x17\n\x0fprimary_version\x18\x08 \x01(\t\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.forecast.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x10GetModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.forecast.v1.Model\":\n\x06Series\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x01\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\"\x85\x01\n\x14\x46orecastBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x05\x12#\n\x06series\x18\x05 \x03(\x0b\x32\x13.forecast.v1.Series\"}\n\x0cSeriesResult\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x08\x66orecast\x18\x02 \x01(\x0b\x32\x15.forecast.v1.ForecastH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.forecast.v1.ForecastErrorH\x00\x42\t\n\x07outcome\"C\n\x15\x46orecastBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.forecast.v1.SeriesResult\"Z\n\x15StreamForecastRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.forecast.v1.ForecastRequest\"\x97\x01\n\x16StreamForecastResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\x08\x66orecast\x18\x02 \x01(\x0b\x32\x1d.forecast.v1.ForecastResponseH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.forecast.v1.ForecastErrorH\x00\x42\t\n\x07outcome\"t\n\x16\x43ompareVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x0f\n\x07history\x18\x03 \x03(\x01\x12\x0f\n\x07horizon\x18\x04 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x05 \x01(\x05\"\x8a\x01\n\x0fVersionForecast\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x05\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.forecast.v1.ForecastError\"|\n\x11VersionDifference\x12\x11\n\tversion_a\x18\x01 \x01(\t\x12\x11\n\tversion_b\x18\x02 \x01(\t\x12 \n\x18mean_absolute_difference\x18\x03 \x01(\x01\x12\x1f\n\x17max_absolute_difference\x18\x04 \x01(\x01\"\x8e\x01\n\x17\x43ompareVersionsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\tforecasts\x18\x02 \x03(\x0b\x32\x1c.forecast.v1.VersionForecast\x12\x33\n\x0b\x64ifferences\x18\x03 \x03(\x0b\x32\x1e.forecast.v1.VersionDifference\"L\n\x14ReportActualsRequest\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tuals\x18\x02 \x03(\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"\x85\x01\n\x0cVersionScore\x12\x0f\n\x07version\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.forecast.v1.ScoreRole\x12\x14\n\x0csteps_scored\x18\x03 \x01(\x05\x12\x0b\n\x03mae\x18\x04 \x01(\x01\x12\r\n\x05smape\x18\x05 \x01(\x01\x12\x0c\n\x04mase\x18\x06 \x01(\x01\"\x8f\x01\n\x15ReportActualsResponse\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x16\n\x0esteps_received\x18\x04 \x01(\x05\x12)\n\x06scores\x18\x05 \x03(\x0b\x32\x19.forecast.v1.VersionScore\"%\n\x14GetExperimentRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xc7\x01\n\x11VersionExperiment\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0frequests_served\x18\x02 \x01(\x03\x12\x19\n\x11requests_shadowed\x18\x03 \x01(\x03\x12\x18\n\x10\x61\x63tuals_received\x18\x04 \x01(\x03\x12\'\n\x06\x65rrors\x18\x05 \x01(\x0b\x32\x17.forecast.v1.ErrorStats\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.forecast.v1.LatencyStats\"\xc8\x01\n\x11VersionComparison\x12\x11\n\tversion_a\x18\x01 \x01(\t\x12\x11\n\tversion_b\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0c\n\x04test\x18\x04 \x01(\t\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x17\n\x0fmean_difference\x18\x06 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x07 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x08 \x01(\x01\x12\x0f\n\x07p_value\x18\t \x01(\x01\x12\x13\n\x0bsignificant\x18\n \x01(\x08\"\x8d\x01\n\x15GetExperimentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x08versions\x18\x02 \x03(\x0b\x32\x1e.forecast.v1.VersionExperiment\x12\x33\n\x0b\x63omparisons\x18\x03 \x03(\x0b\x32\x1e.forecast.v1.VersionComparison2\xb7\x05\n\x0f\x46orecastService\x12G\n\x08\x46orecast\x12\x1c.forecast.v1.ForecastRequest\x1a\x1d.forecast.v1.ForecastResponse\x12M\n\nListModels\x12\x1e.forecast.v1.ListModelsRequest\x1a\x1f.forecast.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.forecast.v1.GetModelRequest\x1a\x1d.forecast.v1.GetModelResponse\x12V\n\rForecastBatch\x12!.forecast.v1.ForecastBatchRequest\x1a\".forecast.v1.ForecastBatchResponse\x12]\n\x0eStreamForecast\x12\".forecast.v1.StreamForecastRequest\x1a#.forecast.v1.StreamForecastResponse(\x01\x30\x01\x12\\\n\x0f\x43ompareVersions\x12#.forecast.v1.CompareVersionsRequest\x1a$.forecast.v1.CompareVersionsResponse\x12V\n\rReportActuals\x12!.forecast.v1.ReportActualsRequest\x1a\".forecast.v1.ReportActualsResponse\x12V\n\rGetExperiment\x12!.forecast.v1.GetExperimentRequest\x1a\".forecast.v1.GetExperimentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"forecast/v1/forecast_service.proto\x12\x0b\x66orecast.v1\x1a\x1a\x66orecast/v1/forecast.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x0f\x46orecastRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x03(\x01\x12\x0f\n\x07horizon\x18\x05 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x06 \x01(\x05\"\xee\x01\n\x10\x46orecastResponse\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x36\n\x10routing_decision\x18\x05 \x01(\x0e\x32\x1c.forecast.v1.RoutingDecision\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x07 \x01(\x05\x12\x17\n\x0fprimary_version\x18\x08 \x01(\t\x12\x1a\n\x12routing_restricted\x18\t \x01(\x08\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.forecast.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x10GetModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.forecast.v1.Model\":\n\x06Series\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\x01\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\"\x85\x01\n\x14\x46orecastBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x05\x12#\n\x06series\x18\x05 \x03(\x0b\x32\x13.forecast.v1.Series\"}\n\x0cSeriesResult\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x08\x66orecast\x18\x02 \x01(\x0b\x32\x15.forecast.v1.ForecastH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.forecast.v1.ForecastErrorH\x00\x42\t\n\x07outcome\"C\n\x15\x46orecastBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.forecast.v1.SeriesResult\"Z\n\x15StreamForecastRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.forecast.v1.ForecastRequest\"\x97\x01\n\x16StreamForecastResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x31\n\x08\x66orecast\x18\x02 \x01(\x0b\x32\x1d.forecast.v1.ForecastResponseH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.forecast.v1.ForecastErrorH\x00\x42\t\n\x07outcome\"t\n\x16\x43ompareVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x0f\n\x07history\x18\x03 \x03(\x01\x12\x0f\n\x07horizon\x18\x04 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x05 \x01(\x05\"\x8a\x01\n\x0fVersionForecast\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x05\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.forecast.v1.ForecastError\"|\n\x11VersionDifference\x12\x11\n\tversion_a\x18\x01 \x01(\t\x12\x11\n\tversion_b\x18\x02 \x01(\t\x12 \n\x18mean_absolute_difference\x18\x03 \x01(\x01\x12\x1f\n\x17max_absolute_difference\x18\x04 \x01(\x01\"\x8e\x01\n\x17\x43ompareVersionsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\tforecasts\x18\x02 \x03(\x0b\x32\x1c.forecast.v1.VersionForecast\x12\x33\n\x0b\x64ifferences\x18\x03 \x03(\x0b\x32\x1e.forecast.v1.VersionDifference\"L\n\x14ReportActualsRequest\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tuals\x18\x02 \x03(\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"\x85\x01\n\x0cVersionScore\x12\x0f\n\x07version\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.forecast.v1.ScoreRole\x12\x14\n\x0csteps_scored\x18\x03 \x01(\x05\x12\x0b\n\x03mae\x18\x04 \x01(\x01\x12\r\n\x05smape\x18\x05 \x01(\x01\x12\x0c\n\x04mase\x18\x06 \x01(\x01\"\x8f\x01\n\x15ReportActualsResponse\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x16\n\x0esteps_received\x18\x04 \x01(\x05\x12)\n\x06scores\x18\x05 \x03(\x0b\x32\x19.forecast.v1.VersionScore\"9\n\x14GetExperimentRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\"\xc7\x01\n\x11VersionExperiment\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0frequests_served\x18\x02 \x01(\x03\x12\x19\n\x11requests_shadowed\x18\x03 \x01(\x03\x12\x18\n\x10\x61\x63tuals_received\x18\x04 \x01(\x03\x12\'\n\x06\x65rrors\x18\x05 \x01(\x0b\x32\x17.forecast.v1.ErrorStats\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.forecast.v1.LatencyStats\"\xc3\x02\n\x11VersionComparison\x12\x11\n\tversion_a\x18\x01 \x01(\t\x12\x11\n\tversion_b\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0c\n\x04test\x18\x04 \x01(\t\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x17\n\x0fmean_difference\x18\x06 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x07 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x08 \x01(\x01\x12\x0f\n\x07p_value\x18\t \x01(\x01\x12\x13\n\x0bsignificant\x18\n \x01(\x08\x12\x0f\n\x07verdict\x18\x0b \x01(\t\x12\x12\n\nconclusive\x18\x0c \x01(\x08\x12\x17\n\x0fsequential_test\x18\r \x01(\t\x12\x1a\n\x12sequential_p_value\x18\x0e \x01(\x01\x12\x0e\n\x06\x63s_low\x18\x0f \x01(\x01\x12\x0f\n\x07\x63s_high\x18\x10 \x01(\x01\"\xe4\x01\n\x15GetExperimentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x08versions\x18\x02 \x03(\x0b\x32\x1e.forecast.v1.VersionExperiment\x12\x33\n\x0b\x63omparisons\x18\x03 \x03(\x0b\x32\x1e.forecast.v1.VersionComparison\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tforecasts\x18\x06 \x01(\x03\"\'\n\x16ListExperimentsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x8a\x01\n\x11\x45xperimentSummary\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tforecasts\x18\x04 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"N\n\x17ListExperimentsResponse\x12\x33\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1e.forecast.v1.ExperimentSummary2\x95\x06\n\x0f\x46orecastService\x12G\n\x08\x46orecast\x12\x1c.forecast.v1.ForecastRequest\x1a\x1d.forecast.v1.ForecastResponse\x12M\n\nListModels\x12\x1e.forecast.v1.ListModelsRequest\x1a\x1f.forecast.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.forecast.v1.GetModelRequest\x1a\x1d.forecast.v1.GetModelResponse\x12V\n\rForecastBatch\x12!.forecast.v1.ForecastBatchRequest\x1a\".forecast.v1.ForecastBatchResponse\x12]\n\x0eStreamForecast\x12\".forecast.v1.StreamForecastRequest\x1a#.forecast.v1.StreamForecastResponse(\x01\x30\x01\x12\\\n\x0f\x43ompareVersions\x12#.forecast.v1.CompareVersionsRequest\x1a$.forecast.v1.CompareVersionsResponse\x12V\n\rReportActuals\x12!.forecast.v1.ReportActualsRequest\x1a\".forecast.v1.ReportActualsResponse\x12V\n\rGetExperiment\x12!.forecast.v1.GetExperimentRequest\x1a\".forecast.v1.GetExperimentResponse\x12\\\n\x0fListExperiments\x12#.forecast.v1.ListExperimentsRequest\x1a$.forecast.v1.ListExperimentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forecast.v1.forecast_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORECASTREQUEST']._serialized_start=80
-  _globals['_FORECASTREQUEST']._serialized_end=209
-  _globals['_FORECASTRESPONSE']._serialized_start=212
-  _globals['_FORECASTRESPONSE']._serialized_end=422
-  _globals['_LISTMODELSREQUEST']._serialized_start=424
-  _globals['_LISTMODELSREQUEST']._serialized_end=443
-  _globals['_LISTMODELSRESPONSE']._serialized_start=445
-  _globals['_LISTMODELSRESPONSE']._serialized_end=501
-  _globals['_GETMODELREQUEST']._serialized_start=503
-  _globals['_GETMODELREQUEST']._serialized_end=534
-  _globals['_GETMODELRESPONSE']._serialized_start=536
-  _globals['_GETMODELRESPONSE']._serialized_end=589
-  _globals['_SERIES']._serialized_start=591
-  _globals['_SERIES']._serialized_end=649
-  _globals['_FORECASTBATCHREQUEST']._serialized_start=652
-  _globals['_FORECASTBATCHREQUEST']._serialized_end=785
-  _globals['_SERIESRESULT']._serialized_start=787
-  _globals['_SERIESRESULT']._serialized_end=912
-  _globals['_FORECASTBATCHRESPONSE']._serialized_start=914
-  _globals['_FORECASTBATCHRESPONSE']._serialized_end=981
-  _globals['_STREAMFORECASTREQUEST']._serialized_start=983
-  _globals['_STREAMFORECASTREQUEST']._serialized_end=1073
-  _globals['_STREAMFORECASTRESPONSE']._serialized_start=1076
-  _globals['_STREAMFORECASTRESPONSE']._serialized_end=1227
-  _globals['_COMPAREVERSIONSREQUEST']._serialized_start=1229
-  _globals['_COMPAREVERSIONSREQUEST']._serialized_end=1345
-  _globals['_VERSIONFORECAST']._serialized_start=1348
-  _globals['_VERSIONFORECAST']._serialized_end=1486
-  _globals['_VERSIONDIFFERENCE']._serialized_start=1488
-  _globals['_VERSIONDIFFERENCE']._serialized_end=1612
-  _globals['_COMPAREVERSIONSRESPONSE']._serialized_start=1615
-  _globals['_COMPAREVERSIONSRESPONSE']._serialized_end=1757
-  _globals['_REPORTACTUALSREQUEST']._serialized_start=1759
-  _globals['_REPORTACTUALSREQUEST']._serialized_end=1835
-  _globals['_VERSIONSCORE']._serialized_start=1838
-  _globals['_VERSIONSCORE']._serialized_end=1971
-  _globals['_REPORTACTUALSRESPONSE']._serialized_start=1974
-  _globals['_REPORTACTUALSRESPONSE']._serialized_end=2117
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=2119
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=2156
-  _globals['_VERSIONEXPERIMENT']._serialized_start=2159
-  _globals['_VERSIONEXPERIMENT']._serialized_end=2358
-  _globals['_VERSIONCOMPARISON']._serialized_start=2361
-  _globals['_VERSIONCOMPARISON']._serialized_end=2561
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=2564
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=2705
-  _globals['_FORECASTSERVICE']._serialized_start=2708
-  _globals['_FORECASTSERVICE']._serialized_end=3403
+  _globals['_FORECASTREQUEST']._serialized_start=113
+  _globals['_FORECASTREQUEST']._serialized_end=242
+  _globals['_FORECASTRESPONSE']._serialized_start=245
+  _globals['_FORECASTRESPONSE']._serialized_end=483
+  _globals['_LISTMODELSREQUEST']._serialized_start=485
+  _globals['_LISTMODELSREQUEST']._serialized_end=504
+  _globals['_LISTMODELSRESPONSE']._serialized_start=506
+  _globals['_LISTMODELSRESPONSE']._serialized_end=562
+  _globals['_GETMODELREQUEST']._serialized_start=564
+  _globals['_GETMODELREQUEST']._serialized_end=595
+  _globals['_GETMODELRESPONSE']._serialized_start=597
+  _globals['_GETMODELRESPONSE']._serialized_end=650
+  _globals['_SERIES']._serialized_start=652
+  _globals['_SERIES']._serialized_end=710
+  _globals['_FORECASTBATCHREQUEST']._serialized_start=713
+  _globals['_FORECASTBATCHREQUEST']._serialized_end=846
+  _globals['_SERIESRESULT']._serialized_start=848
+  _globals['_SERIESRESULT']._serialized_end=973
+  _globals['_FORECASTBATCHRESPONSE']._serialized_start=975
+  _globals['_FORECASTBATCHRESPONSE']._serialized_end=1042
+  _globals['_STREAMFORECASTREQUEST']._serialized_start=1044
+  _globals['_STREAMFORECASTREQUEST']._serialized_end=1134
+  _globals['_STREAMFORECASTRESPONSE']._serialized_start=1137
+  _globals['_STREAMFORECASTRESPONSE']._serialized_end=1288
+  _globals['_COMPAREVERSIONSREQUEST']._serialized_start=1290
+  _globals['_COMPAREVERSIONSREQUEST']._serialized_end=1406
+  _globals['_VERSIONFORECAST']._serialized_start=1409
+  _globals['_VERSIONFORECAST']._serialized_end=1547
+  _globals['_VERSIONDIFFERENCE']._serialized_start=1549
+  _globals['_VERSIONDIFFERENCE']._serialized_end=1673
+  _globals['_COMPAREVERSIONSRESPONSE']._serialized_start=1676
+  _globals['_COMPAREVERSIONSRESPONSE']._serialized_end=1818
+  _globals['_REPORTACTUALSREQUEST']._serialized_start=1820
+  _globals['_REPORTACTUALSREQUEST']._serialized_end=1896
+  _globals['_VERSIONSCORE']._serialized_start=1899
+  _globals['_VERSIONSCORE']._serialized_end=2032
+  _globals['_REPORTACTUALSRESPONSE']._serialized_start=2035
+  _globals['_REPORTACTUALSRESPONSE']._serialized_end=2178
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=2180
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=2237
+  _globals['_VERSIONEXPERIMENT']._serialized_start=2240
+  _globals['_VERSIONEXPERIMENT']._serialized_end=2439
+  _globals['_VERSIONCOMPARISON']._serialized_start=2442
+  _globals['_VERSIONCOMPARISON']._serialized_end=2765
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=2768
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=2996
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=2998
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=3037
+  _globals['_EXPERIMENTSUMMARY']._serialized_start=3040
+  _globals['_EXPERIMENTSUMMARY']._serialized_end=3178
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=3180
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=3258
+  _globals['_FORECASTSERVICE']._serialized_start=3261
+  _globals['_FORECASTSERVICE']._serialized_end=4050
 # @@protoc_insertion_point(module_scope)

@@ -84,6 +84,11 @@ class ForecastServiceStub:
                 request_serializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentRequest.SerializeToString,
                 response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentResponse.FromString,
                 _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/forecast.v1.ForecastService/ListExperiments',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -186,10 +191,21 @@ class ForecastServiceServicer:
 
     def GetExperiment(self, request, context):
         """GetExperiment reports, per version of a model, the traffic, the scored
-        accuracy and the latency, and whether the difference in error between
-        versions is statistically significant.
+        accuracy and the latency within one experiment (the model's current one
+        unless the request names another), whether the difference in error
+        between versions is significant, and a verdict in words.
 
         Returns NOT_FOUND if the model is not served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """ListExperiments lists the experiments the A/B store holds for a model
+        (or for every served model), newest first.
+
+        Returns NOT_FOUND if a model is named and it is not served.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +253,11 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.GetExperiment,
                     request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentRequest.FromString,
                     response_serializer=forecast_dot_v1_dot_forecast__service__pb2.GetExperimentResponse.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -465,6 +486,33 @@ class ForecastService:
             '/forecast.v1.ForecastService/GetExperiment',
             forecast_dot_v1_dot_forecast__service__pb2.GetExperimentRequest.SerializeToString,
             forecast_dot_v1_dot_forecast__service__pb2.GetExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/ListExperiments',
+            forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,10 +102,17 @@ class ForecastServiceStub:
     """
     GetExperiment: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.GetExperimentRequest, _forecast_service_pb2.GetExperimentResponse]
     """GetExperiment reports, per version of a model, the traffic, the scored
-    accuracy and the latency, and whether the difference in error between
-    versions is statistically significant.
+    accuracy and the latency within one experiment (the model's current one
+    unless the request names another), whether the difference in error
+    between versions is significant, and a verdict in words.
 
     Returns NOT_FOUND if the model is not served.
+    """
+    ListExperiments: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ListExperimentsRequest, _forecast_service_pb2.ListExperimentsResponse]
+    """ListExperiments lists the experiments the A/B store holds for a model
+    (or for every served model), newest first.
+
+    Returns NOT_FOUND if a model is named and it is not served.
     """
 
 @_typing.type_check_only
@@ -182,10 +189,17 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     """
     GetExperiment: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.GetExperimentRequest, _forecast_service_pb2.GetExperimentResponse]  # type: ignore[assignment]
     """GetExperiment reports, per version of a model, the traffic, the scored
-    accuracy and the latency, and whether the difference in error between
-    versions is statistically significant.
+    accuracy and the latency within one experiment (the model's current one
+    unless the request names another), whether the difference in error
+    between versions is significant, and a verdict in words.
 
     Returns NOT_FOUND if the model is not served.
+    """
+    ListExperiments: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ListExperimentsRequest, _forecast_service_pb2.ListExperimentsResponse]  # type: ignore[assignment]
+    """ListExperiments lists the experiments the A/B store holds for a model
+    (or for every served model), newest first.
+
+    Returns NOT_FOUND if a model is named and it is not served.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -307,10 +321,23 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_forecast_service_pb2.GetExperimentResponse, _abc.Awaitable[_forecast_service_pb2.GetExperimentResponse]]:
         """GetExperiment reports, per version of a model, the traffic, the scored
-        accuracy and the latency, and whether the difference in error between
-        versions is statistically significant.
+        accuracy and the latency within one experiment (the model's current one
+        unless the request names another), whether the difference in error
+        between versions is significant, and a verdict in words.
 
         Returns NOT_FOUND if the model is not served.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExperiments(
+        self,
+        request: _forecast_service_pb2.ListExperimentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.ListExperimentsResponse, _abc.Awaitable[_forecast_service_pb2.ListExperimentsResponse]]:
+        """ListExperiments lists the experiments the A/B store holds for a model
+        (or for every served model), newest first.
+
+        Returns NOT_FOUND if a model is named and it is not served.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
