@@ -8,6 +8,7 @@ Tritons and the gateway are started once for this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,21 +45,41 @@ class Replicas:
     gateway: GatewayProcess
     tmp: Path
     starts: int = 0
+    b_alive: bool = True
+    """False once b is killed: its pid may be reused, so it is never signalled again."""
+
+    def kill_b(self) -> None:
+        """SIGKILL b (with its stubs)."""
+        if self.b_alive:
+            self.b_alive = False
+            kill_group(self.b)
 
     def restart_b(self) -> None:
         """Start b again on the same ports (after a kill) and wait until it is ready."""
+        self.kill_b()
         self.starts += 1
         self.b = TritonProcess(
             ROOT / "model_repository", self.b.ports, self.tmp / f"triton-b{self.starts}.log"
         )
         self.b.start()
+        self.b_alive = True
         self.b.wait_ready()
 
     def ensure_both_up(self) -> None:
         """Bring b back if an earlier test left it dead."""
         if not self.b.is_ready():
-            self.b.kill()
             self.restart_b()
+
+
+def kill_group(triton: TritonProcess) -> None:
+    """SIGKILL Triton with its Python-backend stubs (its process group), as a pod dies.
+
+    Killing tritonserver alone leaves a stub of the LSTM running (~330 MB each).
+    """
+    if triton.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(triton.pid, signal.SIGKILL)
+    triton.kill()  # reaps it
 
 
 def served(triton: TritonProcess) -> int:
@@ -136,6 +157,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     a, b = new_triton(tmp, "a"), new_triton(tmp, "b")
     a.start()
     b.start()
+    group: Replicas | None = None
     try:
         a.wait_ready()
         b.wait_ready()
@@ -143,14 +165,14 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
             f"{a.grpc_url},{b.grpc_url}", tmp / "gateway.log", FORECAST_ROUTING_FILE=""
         )
         group = Replicas(a, b, gateway, tmp)
-        try:
-            yield group
-        finally:
-            stop_process(gateway.process)
-            group.b.kill()
+        yield group
     finally:
-        a.kill()
-        b.kill()
+        if group is not None:
+            stop_process(group.gateway.process)
+            group.kill_b()
+        else:
+            kill_group(b)
+        kill_group(a)
 
 
 def counted(triton: TritonProcess, before: int, timeout_s: float = 3.0) -> int:
@@ -191,7 +213,7 @@ def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
         os.kill(replicas.b.pid or 0, signal.SIGSTOP)
         time.sleep(0.5)
         killed_at = time.monotonic()
-        replicas.b.kill()
+        replicas.kill_b()
         time.sleep(2.0)
     after = [end for end, _ in load.outcomes if end > killed_at]
     log = replicas.gateway.log_text()
@@ -208,7 +230,7 @@ def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
 
 def test_restarted_replica_gets_traffic_again(replicas: Replicas) -> None:
     if replicas.b.is_ready():
-        replicas.b.kill()
+        replicas.kill_b()
     # Light load while b starts: its start-up competes for the same 2 cores.
     with Load(replicas.gateway.target, callers=2) as load:
         replicas.restart_b()
