@@ -45,6 +45,7 @@ READ_METHODS = frozenset(
         "StreamForecast",
         "CompareVersions",
         "GetExperiment",
+        "ListExperiments",
         "ListModels",
         "GetModel",
     )

@@ -93,6 +93,7 @@ def _forecast_fields(result: ForecastResult) -> dict[str, Any]:
         "routing_decision": _DECISIONS[result.decision],
         "horizon": result.horizon,
         "sequence_length": result.window,
+        "routing_restricted": result.restricted,
     }
 
 

@@ -22,6 +22,7 @@ import structlog
 
 from forecast_gateway import metrics
 from forecast_gateway.ab import (
+    DEFAULT_EXPERIMENT,
     ExperimentStore,
     Prediction,
     RecordedForecast,
@@ -40,7 +41,7 @@ from forecast_gateway.errors import (
     Unavailable,
 )
 from forecast_gateway.normalization import FloatArray, denormalize, fit_window, normalize
-from forecast_gateway.routing import Decision, Route, choose_version
+from forecast_gateway.routing import Decision, NoEligibleVersion, Route, choose_version
 from forecast_gateway.routing_config import RoutingTable
 from forecast_gateway.triton import TritonProxy
 from forecast_gateway.validation import ForecastQuery, Shape, check_query, resolve_shape
@@ -67,6 +68,7 @@ class ForecastResult:
     window: int
     latency_ms: float = 0.0
     primary_version: str = ""
+    restricted: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,32 @@ class Forecaster:
             await asyncio.gather(*self._shadows, return_exceptions=True)
 
     def _plan(self, spec: ModelSpec, index: int, query: ForecastQuery) -> _Plan:
-        route = choose_version(
-            spec, query.version, query.routing_key, self.routing.policy(spec.name)
+        """Route among the versions that can serve the query, and fix its shape."""
+        shapes: dict[str, Shape] = {}
+
+        def eligible(version: str) -> bool:
+            try:
+                shapes[version] = resolve_shape(query, spec, spec.versions[version])
+            except InvalidArgument:
+                return False
+            return True
+
+        try:
+            route = choose_version(
+                spec,
+                query.version,
+                query.routing_key,
+                self.routing.policy(spec.name),
+                None,
+                eligible,
+            )
+        except NoEligibleVersion as none:
+            raise _smallest_requirement(query, spec, none.candidates) from None
+        shape = shapes.get(route.version) or resolve_shape(
+            query, spec, spec.versions[route.version]
         )
-        shape = resolve_shape(query, spec, spec.versions[route.version])
+        if route.restricted:
+            metrics.ROUTING_RESTRICTED.labels(spec.name, route.version).inc()
         return _Plan(index, query, route, shape)
 
     async def _run_one(self, spec: ModelSpec, plan: _Plan, deadline: float) -> ForecastResult:
@@ -252,6 +276,7 @@ class Forecaster:
                     horizon=plan.shape.horizon,
                     window=plan.shape.window,
                     latency_ms=latency_ms,
+                    restricted=plan.route.restricted,
                 )
             )
         return results
@@ -327,8 +352,9 @@ class Forecaster:
         if not served:
             return
         now = time.time()
-        experiment = self.routing.experiment(spec.name)
+        experiment = DEFAULT_EXPERIMENT
         if self.store is not None:
+            experiment = self.routing.experiment(spec.name)
             for plan, result in served:
                 window = fit_window(plan.query.history, result.window)
                 self.store.record(
@@ -428,8 +454,26 @@ def _expand(
 def _bind_route(spec: ModelSpec, plan: _Plan) -> None:
     """Put the chosen model, version and routing decision on the request's log line."""
     structlog.contextvars.bind_contextvars(
-        model=spec.name, version=plan.route.version, routing=plan.route.decision.value
+        model=spec.name,
+        version=plan.route.version,
+        routing=plan.route.decision.value,
+        routing_restricted=plan.route.restricted,
     )
+
+
+def _smallest_requirement(
+    query: ForecastQuery, spec: ModelSpec, candidates: Sequence[str]
+) -> InvalidArgument:
+    """The error of the ready version asking least of the request (the shortest window)."""
+    versions = [spec.versions[v] for v in candidates]
+    easiest = min(
+        versions, key=lambda v: (query.sequence_length or v.sequence_length, int(v.version))
+    )
+    try:
+        resolve_shape(query, spec, easiest)
+    except InvalidArgument as error:
+        return error
+    return InvalidArgument(f"no version of {spec.name!r} can serve this request")
 
 
 def _ms_since(started: float) -> float:

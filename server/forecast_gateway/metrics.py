@@ -26,6 +26,11 @@ SHADOWS = Counter(
     "Shadow forecasts by outcome (ok, failed, skipped, dropped).",
     ["model", "version", "outcome"],
 )
+ROUTING_RESTRICTED = Counter(
+    "forecast_gateway_routing_restricted",
+    "Unpinned forecasts routed among fewer versions: the others could not serve the request.",
+    ["model", "version"],
+)
 FALLBACKS = Counter(
     "forecast_gateway_fallbacks",
     "Requests answered by the fallback after the chosen version failed.",

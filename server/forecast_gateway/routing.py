@@ -10,6 +10,11 @@ policies from `config/routing.toml`), so they are unit-tested without I/O.
   version (STICKY); a request without a key gets a random draw by the
   weights (WEIGHTED). Only ready versions take part.
 - Otherwise, or when no split version is ready: the model's default (DEFAULT).
+- Only versions that can serve the request take part in an unpinned draw
+  (`eligible`: history long enough for their window, horizon within range);
+  weights are renormalised over them and the route says it was restricted.
+  With none eligible, `NoEligibleVersion` lets the caller name the smallest
+  requirement.
 
 The route also lists shadow versions (run on a copy of the request, never
 returned) and the model's fallback. See docs/routing.md.
@@ -21,7 +26,7 @@ import enum
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from forecast_gateway.catalog import ModelSpec
@@ -74,12 +79,25 @@ class Policy:
 
 @dataclass(frozen=True)
 class Route:
-    """The version that will serve a request, the reason, and what else runs."""
+    """The version that will serve a request, the reason, and what else runs.
+
+    `restricted`: versions the policy (or the default) would have drawn from
+    were left out because they cannot serve this request.
+    """
 
     version: str
     decision: Decision
     shadows: tuple[str, ...] = ()
     fallback: Fallback | None = None
+    restricted: bool = False
+
+
+class NoEligibleVersion(Exception):
+    """No ready version can serve the request; `candidates` are the ready ones considered."""
+
+    def __init__(self, candidates: Sequence[str]) -> None:
+        super().__init__(f"no eligible version among {list(candidates)}")
+        self.candidates = tuple(candidates)
 
 
 def choose_version(
@@ -88,6 +106,7 @@ def choose_version(
     routing_key: str = "",
     policy: Policy | None = None,
     rng: random.Random | None = None,
+    eligible: Callable[[str], bool] | None = None,
 ) -> Route:
     """Pick the version for a request that names `requested` ("" = let the gateway choose).
 
@@ -98,6 +117,12 @@ def choose_version(
     WEIGHTED without), else gets the model's default (UNAVAILABLE if the
     model has no ready version at all). `rng` drives the random draws
     (weighted choice, shadow percent without a key); tests pass a seeded one.
+
+    `eligible(version)` says whether a version can serve the request; an
+    unpinned request is routed among eligible versions only (the sticky hash
+    of a key is then taken over the eligible versions: removing one only
+    moves the keys it had). No eligible version: NoEligibleVersion. A pinned
+    version is not filtered: its own error is the answer.
     """
     rng = rng or _RANDOM
     if requested:
@@ -107,20 +132,28 @@ def choose_version(
             decision=Decision.PINNED,
             shadows=_shadows(spec, policy, requested, routing_key, rng),
         )
-    ready = set(spec.ready_versions())
-    weights = [(v, w) for v, w in policy.split if w > 0 and v in ready] if policy else []
+    can_serve = eligible or _always
+    ready = spec.ready_versions()
+    split = [(v, w) for v, w in policy.split if w > 0 and v in ready] if policy else []
+    weights = [(v, w) for v, w in split if can_serve(v)]
     if weights and routing_key:
         version, decision = sticky_version(spec.name, routing_key, weights), Decision.STICKY
     elif weights:
         version, decision = _draw(weights, rng), Decision.WEIGHTED
     else:
-        version, decision = _default(spec), Decision.DEFAULT
+        version, decision = _default(spec, ready, can_serve), Decision.DEFAULT
+    restricted = len(weights) < len(split) or (not split and version != spec.default_version())
     return Route(
         version=version,
         decision=decision,
         shadows=_shadows(spec, policy, version, routing_key, rng),
         fallback=policy.fallback if policy else None,
+        restricted=restricted,
     )
+
+
+def _always(version: str) -> bool:
+    return True
 
 
 def sticky_version(model: str, key: str, weights: Sequence[tuple[str, float]]) -> str:
@@ -179,7 +212,8 @@ def _check_pinned(spec: ModelSpec, requested: str) -> None:
         )
 
 
-def _default(spec: ModelSpec) -> str:
+def _default(spec: ModelSpec, ready: Sequence[str], can_serve: Callable[[str], bool]) -> str:
+    """The model's default version, else the highest ready version that can serve the request."""
     default = spec.default_version()
     if default is None:
         raise Unavailable(
@@ -187,7 +221,12 @@ def _default(spec: ModelSpec) -> str:
             reason="MODEL_UNAVAILABLE",
             metadata={"model": spec.name},
         )
-    return default
+    if can_serve(default):
+        return default
+    others = sorted((v for v in ready if can_serve(v)), key=int, reverse=True)
+    if not others:
+        raise NoEligibleVersion(ready)
+    return others[0]
 
 
 def _draw(weights: Sequence[tuple[str, float]], rng: random.Random) -> str:

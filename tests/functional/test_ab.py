@@ -383,3 +383,24 @@ def test_invalid_routing_file_stops_the_gateway_at_start(
     )
     assert result.returncode == 2
     assert "invalid routing file" in result.stderr and message in result.stderr
+
+
+def test_short_histories_are_routed_to_the_versions_that_can_serve_them(ab_stub: Stub) -> None:
+    """A 12-point history: v2 (window 52) cannot serve it, so every unpinned call goes to v1."""
+    history = [float(v) for v in load_co2()[-12:]]
+    for i in range(40):
+        reply = ab_stub.Forecast(
+            pb.ForecastRequest(model="lstm_timeseries", history=history, routing_key=f"k{i}"),
+            timeout=10,
+        )
+        assert (reply.version, reply.routing_restricted) == ("1", True)
+    full = ab_stub.Forecast(
+        pb.ForecastRequest(model="lstm_timeseries", history=FLAT, routing_key="k0"), timeout=10
+    )
+    assert not full.routing_restricted
+    with pytest.raises(grpc.RpcError) as caught:  # too short for every version
+        ab_stub.Forecast(
+            pb.ForecastRequest(model="lstm_timeseries", history=history[:5]), timeout=10
+        )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs at least 10" in (caught.value.details() or "")

@@ -1,5 +1,6 @@
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from forecast_gateway.errors import NotFound, Unavailable
 from forecast_gateway.routing import (
     Decision,
     Fallback,
+    NoEligibleVersion,
     Policy,
     Route,
     Shadow,
@@ -317,3 +319,65 @@ def test_a_route_is_always_a_ready_version(
 def test_sticky_version_needs_a_positive_weight() -> None:
     with pytest.raises(ValueError, match="positive weight"):
         sticky_version("m", "k", [("1", 0.0)])
+
+
+# --- routing among eligible versions -----------------------------------------------------------
+
+SPLIT = Policy(split=(("1", 10.0), ("2", 90.0)))
+
+
+def only(*versions: str) -> Callable[[str], bool]:
+    return lambda version: version in versions
+
+
+def test_an_ineligible_split_version_is_left_out_and_the_route_says_so() -> None:
+    rng = random.Random(5)
+    model = spec({"1": READY, "2": READY}, default="2")
+    routes = [choose_version(model, "", "", SPLIT, rng, only("1")) for _ in range(200)]
+    assert {(r.version, r.decision, r.restricted) for r in routes} == {
+        ("1", Decision.WEIGHTED, True)
+    }
+    unrestricted = choose_version(model, "", "", SPLIT, rng, only("1", "2"))
+    assert not unrestricted.restricted
+
+
+def test_weights_are_renormalised_over_the_eligible_versions() -> None:
+    rng = random.Random(6)
+    model = spec({"1": READY, "2": READY, "3": READY})
+    policy = Policy(split=(("1", 20.0), ("2", 30.0), ("3", 50.0)))
+    counts = Counter(
+        choose_version(model, "", "", policy, rng, only("1", "3")).version for _ in range(5000)
+    )
+    assert set(counts) == {"1", "3"}
+    assert chisquare([counts["1"], counts["3"]], [5000 * 20 / 70, 5000 * 50 / 70]).pvalue > 0.001
+
+
+def test_a_sticky_key_is_deterministic_given_the_eligible_set() -> None:
+    model = spec({"1": READY, "2": READY, "3": READY})
+    policy = Policy(split=(("1", 20.0), ("2", 30.0), ("3", 50.0)))
+    for key in (f"k{i}" for i in range(300)):
+        full = choose_version(model, "", key, policy, None, only("1", "2", "3"))
+        without_3 = choose_version(model, "", key, policy, None, only("1", "2"))
+        assert without_3 == choose_version(model, "", key, policy, None, only("1", "2"))
+        if full.version != "3":  # only the keys of the left-out version move
+            assert without_3.version == full.version
+
+
+def test_an_ineligible_default_gives_way_to_the_highest_eligible_version() -> None:
+    model = spec({"1": READY, "2": READY, "3": READY}, default="3")
+    route = choose_version(model, "", "", None, None, only("1", "2"))
+    assert (route.version, route.decision, route.restricted) == ("2", Decision.DEFAULT, True)
+    assert not choose_version(model, "", "", None, None, only("3")).restricted
+
+
+def test_no_eligible_version_names_the_candidates() -> None:
+    model = spec({"1": READY, "2": READY, "3": DOWN})
+    with pytest.raises(NoEligibleVersion) as caught:
+        choose_version(model, "", "", SPLIT, None, only())
+    assert caught.value.candidates == ("1", "2")
+
+
+def test_a_pinned_version_is_not_filtered() -> None:
+    model = spec({"1": READY, "2": READY})
+    route = choose_version(model, "2", "", SPLIT, None, only("1"))
+    assert (route.version, route.decision, route.restricted) == ("2", Decision.PINNED, False)

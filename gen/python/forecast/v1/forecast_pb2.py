@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66orecast/v1/forecast.proto\x12\x0b\x66orecast.v1\"\xb6\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.forecast.v1.ModelVersionState\x12\x17\n\x0fsequence_length\x18\x03 \x01(\x05\x12\x1b\n\x13min_sequence_length\x18\x04 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"\x9e\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_horizon\x18\x04 \x01(\x05\x12\x13\n\x0bmax_horizon\x18\x05 \x01(\x05\x12+\n\x08versions\x18\x06 \x03(\x0b\x32\x19.forecast.v1.ModelVersion\"\xb1\x01\n\x08\x46orecast\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x36\n\x10routing_decision\x18\x05 \x01(\x0e\x32\x1c.forecast.v1.RoutingDecision\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x07 \x01(\x05\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"u\n\rForecastError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x04 \x03(\x0b\x32\x1b.forecast.v1.FieldViolation\"T\n\nErrorStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x10\n\x08mae_mean\x18\x02 \x01(\x01\x12\x12\n\nsmape_mean\x18\x03 \x01(\x01\x12\x11\n\tmase_mean\x18\x04 \x01(\x01\"M\n\x0cLatencyStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01*\xc9\x01\n\x0fRoutingDecision\x12 \n\x1cROUTING_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROUTING_DECISION_PINNED\x10\x01\x12\x1c\n\x18ROUTING_DECISION_DEFAULT\x10\x02\x12\x1d\n\x19ROUTING_DECISION_WEIGHTED\x10\x03\x12\x1b\n\x17ROUTING_DECISION_STICKY\x10\x04\x12\x1d\n\x19ROUTING_DECISION_FALLBACK\x10\x05*U\n\tScoreRole\x12\x1a\n\x16SCORE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11SCORE_ROLE_SERVED\x10\x01\x12\x15\n\x11SCORE_ROLE_SHADOW\x10\x02*\x9d\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_VERSION_STATE_READY\x10\x01\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x02\x12#\n\x1fMODEL_VERSION_STATE_UNAVAILABLE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66orecast/v1/forecast.proto\x12\x0b\x66orecast.v1\"\xb6\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.forecast.v1.ModelVersionState\x12\x17\n\x0fsequence_length\x18\x03 \x01(\x05\x12\x1b\n\x13min_sequence_length\x18\x04 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"\x9e\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_horizon\x18\x04 \x01(\x05\x12\x13\n\x0bmax_horizon\x18\x05 \x01(\x05\x12+\n\x08versions\x18\x06 \x03(\x0b\x32\x19.forecast.v1.ModelVersion\"\xcd\x01\n\x08\x46orecast\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x36\n\x10routing_decision\x18\x05 \x01(\x0e\x32\x1c.forecast.v1.RoutingDecision\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x07 \x01(\x05\x12\x1a\n\x12routing_restricted\x18\x08 \x01(\x08\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"u\n\rForecastError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x04 \x03(\x0b\x32\x1b.forecast.v1.FieldViolation\"T\n\nErrorStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x10\n\x08mae_mean\x18\x02 \x01(\x01\x12\x12\n\nsmape_mean\x18\x03 \x01(\x01\x12\x11\n\tmase_mean\x18\x04 \x01(\x01\"M\n\x0cLatencyStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01*\xc9\x01\n\x0fRoutingDecision\x12 \n\x1cROUTING_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROUTING_DECISION_PINNED\x10\x01\x12\x1c\n\x18ROUTING_DECISION_DEFAULT\x10\x02\x12\x1d\n\x19ROUTING_DECISION_WEIGHTED\x10\x03\x12\x1b\n\x17ROUTING_DECISION_STICKY\x10\x04\x12\x1d\n\x19ROUTING_DECISION_FALLBACK\x10\x05*U\n\tScoreRole\x12\x1a\n\x16SCORE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11SCORE_ROLE_SERVED\x10\x01\x12\x15\n\x11SCORE_ROLE_SHADOW\x10\x02*\x9d\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_VERSION_STATE_READY\x10\x01\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x02\x12#\n\x1fMODEL_VERSION_STATE_UNAVAILABLE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forecast.v1.forecast_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTINGDECISION']._serialized_start=908
-  _globals['_ROUTINGDECISION']._serialized_end=1109
-  _globals['_SCOREROLE']._serialized_start=1111
-  _globals['_SCOREROLE']._serialized_end=1196
-  _globals['_MODELVERSIONSTATE']._serialized_start=1199
-  _globals['_MODELVERSIONSTATE']._serialized_end=1356
+  _globals['_ROUTINGDECISION']._serialized_start=936
+  _globals['_ROUTINGDECISION']._serialized_end=1137
+  _globals['_SCOREROLE']._serialized_start=1139
+  _globals['_SCOREROLE']._serialized_end=1224
+  _globals['_MODELVERSIONSTATE']._serialized_start=1227
+  _globals['_MODELVERSIONSTATE']._serialized_end=1384
   _globals['_MODELVERSION']._serialized_start=44
   _globals['_MODELVERSION']._serialized_end=226
   _globals['_MODEL']._serialized_start=229
   _globals['_MODEL']._serialized_end=387
   _globals['_FORECAST']._serialized_start=390
-  _globals['_FORECAST']._serialized_end=567
-  _globals['_FIELDVIOLATION']._serialized_start=569
-  _globals['_FIELDVIOLATION']._serialized_end=621
-  _globals['_FORECASTERROR']._serialized_start=623
-  _globals['_FORECASTERROR']._serialized_end=740
-  _globals['_ERRORSTATS']._serialized_start=742
-  _globals['_ERRORSTATS']._serialized_end=826
-  _globals['_LATENCYSTATS']._serialized_start=828
-  _globals['_LATENCYSTATS']._serialized_end=905
+  _globals['_FORECAST']._serialized_end=595
+  _globals['_FIELDVIOLATION']._serialized_start=597
+  _globals['_FIELDVIOLATION']._serialized_end=649
+  _globals['_FORECASTERROR']._serialized_start=651
+  _globals['_FORECASTERROR']._serialized_end=768
+  _globals['_ERRORSTATS']._serialized_start=770
+  _globals['_ERRORSTATS']._serialized_end=854
+  _globals['_LATENCYSTATS']._serialized_start=856
+  _globals['_LATENCYSTATS']._serialized_end=933
 # @@protoc_insertion_point(module_scope)

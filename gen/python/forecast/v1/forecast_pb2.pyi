@@ -242,6 +242,7 @@ class Forecast(_message.Message):
     ROUTING_DECISION_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    ROUTING_RESTRICTED_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id uniquely identifies this forecast (for ReportActuals)."""
     model: _builtins.str
@@ -254,6 +255,10 @@ class Forecast(_message.Message):
     """horizon is the number of steps forecast."""
     sequence_length: _builtins.int
     """sequence_length is the window the model read."""
+    routing_restricted: _builtins.bool
+    """routing_restricted is true when some versions of the model's split could
+    not serve this series and the version was drawn among the others only.
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """values is the forecast, horizon steps, in the units of the history."""
@@ -268,10 +273,11 @@ class Forecast(_message.Message):
         routing_decision: Global___RoutingDecision.ValueType = ...,
         horizon: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
+        routing_restricted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "routing_decision", b"routing_decision", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
