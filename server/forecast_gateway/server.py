@@ -144,7 +144,9 @@ class Gateway:
         quiet = await self.shedder.hold_until_quiet(QUIET_S, min(MAX_HOLD_S, grace_s))
         log.info("gateway_stopping", quiet=quiet, held=self.shedder.held)
         stopping = asyncio.ensure_future(self.server.stop(max(0.0, deadline - time.monotonic())))
-        await asyncio.sleep(0)  # the stop task runs first: gRPC has begun its stop
+        # One loop turn: grpc.aio's stop calls core's shutdown (GOAWAY) before
+        # its first await, so the held calls are let in only after it.
+        await asyncio.sleep(0)
         self.shedder.release()
         if not await self.shedder.wait_idle(max(0.0, deadline - time.monotonic())):
             log.warning("calls_still_running_at_grace_end", in_flight=self.shedder.in_flight)
