@@ -368,6 +368,7 @@ class Forecaster:
                             result.version, Role.SERVED, tuple(result.values), result.latency_ms
                         ),
                         experiment=experiment,
+                        restricted=result.restricted,
                     )
                 )
         by_version: dict[str, list[tuple[_Plan, ForecastResult]]] = {}

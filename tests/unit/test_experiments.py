@@ -67,9 +67,7 @@ MakeStore = Callable[..., ExperimentStore]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def make_store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
-) -> MakeStore:
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> MakeStore:
     """Builds stores (not started) on one fresh database of the parametrized backend.
 
     Stores made with the same `name` share their data (a restart, or a second replica).
@@ -702,3 +700,29 @@ def test_experiment_names_are_checked() -> None:
     for bad in ("", "has space", "x" * 65, "-leading"):
         with pytest.raises(ValueError, match="experiment name"):
             store.record(dataclasses.replace(served("f"), experiment=bad))
+
+
+async def test_restricted_forecasts_stay_out_of_the_two_sample_comparison(
+    store: ExperimentStore,
+) -> None:
+    """Short histories routed to version 1 only would compare requests, not versions."""
+    rng = np.random.default_rng(21)
+    for i in range(20):
+        for version in ("1", "2"):
+            forecast_id = f"{version}-{i}"
+            store.record(served(forecast_id, errors(rng, 1.0), version=version))
+            await store.report_actuals(forecast_id, [0.0, 0.0, 0.0], 0)
+    before = (await store.experiment(MODEL)).comparisons[0]
+    for i in range(20):  # version 1 alone could serve these, and did badly
+        forecast_id = f"short-{i}"
+        record = dataclasses.replace(served(forecast_id, errors(rng, 9.0)), restricted=True)
+        store.record(record)
+        await store.report_actuals(forecast_id, [0.0, 0.0, 0.0], 0)
+    report = await store.experiment(MODEL)
+    after = report.comparisons[0]
+    assert (after.test, after.samples, after.mean_difference) == (
+        before.test,
+        before.samples,
+        pytest.approx(before.mean_difference),
+    )
+    assert report.versions[0].actuals_received == 40  # still in the version's own means

@@ -31,6 +31,12 @@ from forecast_gateway.normalization import FloatArray
 SCORED = "scored"
 """Metric whose count is the number of a version's scored forecasts (value: steps scored)."""
 ERROR_METRICS = ("mae", "smape", "mase")
+COMPARABLE_MASE = "mase_comparable"
+"""MASE of forecasts routed without restriction: the two-sample comparison's groups.
+
+A restricted forecast went to a version because the others could not serve
+its request (a short history), so which version served it depends on the
+request: comparing those groups would compare requests, not versions."""
 MASE_DIFFERENCE = "mase_diff"
 """Metric of the paired differences mase(version_a) - mase(version_b), a before b."""
 NO_PAIR = ""
@@ -78,6 +84,7 @@ def rescore(
     predictions: Sequence[StoredPrediction],
     actuals: FloatArray,
     scale: float,
+    restricted: bool = False,
 ) -> tuple[list[VersionScore], list[MomentDelta]]:
     """Score every prediction of a forecast on its actuals; the deltas to the totals.
 
@@ -94,14 +101,19 @@ def rescore(
         )
     old = {p.version: p.score for p in predictions}
     deltas = _net(
-        contributions(model, experiment, old, -1) + contributions(model, experiment, new, +1)
+        contributions(model, experiment, old, -1, restricted)
+        + contributions(model, experiment, new, +1, restricted)
     )
     scores.sort(key=lambda s: (s.role is not Role.SERVED, version_key(s.version)))
     return scores, deltas
 
 
 def contributions(
-    model: str, experiment: str, scores: Mapping[str, scoring.Score], weight: int
+    model: str,
+    experiment: str,
+    scores: Mapping[str, scoring.Score],
+    weight: int,
+    restricted: bool = False,
 ) -> list[MomentDelta]:
     """What one forecast's scores add to the totals (weight +1), or take away (-1)."""
     scored = {v: s for v, s in scores.items() if s.steps > 0}
@@ -112,6 +124,8 @@ def contributions(
         for metric, value in zip(ERROR_METRICS, (score.mae, score.smape, score.mase), strict=True):
             if math.isfinite(value):
                 deltas.append(MomentDelta(*row, metric, version, NO_PAIR, value, weight))
+        if math.isfinite(score.mase) and not restricted:
+            deltas.append(MomentDelta(*row, COMPARABLE_MASE, version, NO_PAIR, score.mase, weight))
     defined = sorted((v for v, s in scored.items() if math.isfinite(s.mase)), key=version_key)
     for i, a in enumerate(defined):
         for b in defined[i + 1 :]:

@@ -32,6 +32,7 @@ _V1 = (
         forecast_id TEXT PRIMARY KEY,
         model TEXT NOT NULL,
         experiment TEXT NOT NULL,
+        restricted SMALLINT NOT NULL DEFAULT 0,
         horizon INTEGER NOT NULL,
         naive_scale DOUBLE PRECISION NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,

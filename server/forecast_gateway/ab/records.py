@@ -67,6 +67,7 @@ class RecordedForecast:
     `naive_scale` is `scoring.naive_scale` of the request's window;
     `created_at` is wall-clock seconds (`time.time()`), the clock the age
     bound is checked against, also across restarts and replicas.
+    `restricted`: routed among fewer versions (the others could not serve it).
     """
 
     forecast_id: str
@@ -76,6 +77,7 @@ class RecordedForecast:
     created_at: float
     served: Prediction
     experiment: str = DEFAULT_EXPERIMENT
+    restricted: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from forecast_gateway.ab import scoring, sequential
 from forecast_gateway.ab.aggregates import (
+    COMPARABLE_MASE,
     MASE_DIFFERENCE,
     NO_PAIR,
     SCORED,
@@ -103,9 +104,10 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
     if paired.count >= scoring.MIN_SAMPLES:
         result = scoring.compare_paired(paired)
         always_valid = sequential.paired(paired)
-    else:
-        result = scoring.compare_welch(mase_a, mase_b)
-        always_valid = sequential.two_sample(mase_a, mase_b)
+    else:  # groups of the split's own draws: restricted forecasts would compare requests
+        group_a, group_b = aggregates.of(COMPARABLE_MASE, a), aggregates.of(COMPARABLE_MASE, b)
+        result = scoring.compare_welch(group_a, group_b)
+        always_valid = sequential.two_sample(group_a, group_b)
     return VersionComparison(
         version_a=a,
         version_b=b,

@@ -232,10 +232,19 @@ async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> 
     shadows = [r for r in records if isinstance(r, ShadowRecord)]
     if served:
         inserted = await tx.executemany(
-            "INSERT INTO forecasts (forecast_id, model, experiment, horizon, naive_scale, "
-            "created_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (forecast_id) DO NOTHING",
+            "INSERT INTO forecasts (forecast_id, model, experiment, restricted, horizon, "
+            "naive_scale, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (forecast_id) DO NOTHING",
             [
-                (f.forecast_id, f.model, f.experiment, f.horizon, f.naive_scale, f.created_at)
+                (
+                    f.forecast_id,
+                    f.model,
+                    f.experiment,
+                    int(f.restricted),
+                    f.horizon,
+                    f.naive_scale,
+                    f.created_at,
+                )
                 for f in served
             ],
         )
@@ -263,7 +272,8 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
     for start in range(0, len(ids), IN_LIST_MAX):
         chunk = ids[start : start + IN_LIST_MAX]
         for row in await tx.fetchall(  # sorted: every writer locks forecast rows in one order
-            "SELECT forecast_id, model, experiment, naive_scale, actuals FROM forecasts "
+            "SELECT forecast_id, model, experiment, restricted, naive_scale, actuals "
+            "FROM forecasts "
             f"WHERE forecast_id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY forecast_id"
             + lock_rows,
             chunk,
@@ -279,11 +289,11 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
         ],
     )
     deltas: list[aggregates.MomentDelta] = []
-    for forecast_id, model, experiment, scale, stored in known.values():
+    for forecast_id, model, experiment, restricted, scale, stored in known.values():
         if stored is not None:
             predictions = await _predictions(tx, forecast_id)
             scores, changes = aggregates.rescore(
-                model, experiment, predictions, _array(stored), scale
+                model, experiment, predictions, _array(stored), scale, bool(restricted)
             )
             await _store_scores(tx, forecast_id, scores)
             deltas += changes
@@ -334,13 +344,13 @@ async def _report_actuals(
     cutoff: float,
 ) -> ActualsReport | None:
     row = await tx.fetchone(
-        "SELECT model, experiment, horizon, naive_scale, actuals, created_at FROM forecasts "
-        "WHERE forecast_id = %s" + lock_rows,
+        "SELECT model, experiment, restricted, horizon, naive_scale, actuals, created_at "
+        "FROM forecasts WHERE forecast_id = %s" + lock_rows,
         (forecast_id,),
     )
-    if row is None or row[5] < cutoff:
+    if row is None or row[6] < cutoff:
         return None
-    model, experiment, horizon, scale, stored, _ = row
+    model, experiment, restricted, horizon, scale, stored, _ = row
     merged = merge(None if stored is None else _array(stored), horizon, actuals, offset)
     steps_received = int(np.isfinite(merged).sum())
     await tx.execute(
@@ -348,7 +358,9 @@ async def _report_actuals(
         (merged.tobytes(), steps_received, forecast_id),
     )
     predictions = await _predictions(tx, forecast_id)
-    scores, deltas = aggregates.rescore(model, experiment, predictions, merged, scale)
+    scores, deltas = aggregates.rescore(
+        model, experiment, predictions, merged, scale, bool(restricted)
+    )
     await _store_scores(tx, forecast_id, scores)
     await _apply(tx, deltas)
     return ActualsReport(forecast_id, model, horizon, steps_received, scores)
@@ -470,20 +482,21 @@ async def _delete_forecasts(tx: Transaction, ids: Sequence[str]) -> None:
 async def backfill_aggregates(tx: Transaction) -> None:
     """Build the running totals, experiments and count from stored rows (a migration step)."""
     rows = await tx.fetchall(
-        "SELECT p.model, f.experiment, p.forecast_id, p.version, p.steps_scored, "
+        "SELECT p.model, f.experiment, f.restricted, p.forecast_id, p.version, p.steps_scored, "
         "p.mae, p.smape, p.mase FROM predictions AS p "
         "JOIN forecasts AS f ON f.forecast_id = p.forecast_id "
         "WHERE p.steps_scored > 0 ORDER BY p.forecast_id"
     )
-    by_forecast: dict[tuple[str, str, str], dict[str, scoring.Score]] = {}
-    for model, experiment, forecast_id, version, steps, *errors in rows:
-        by_forecast.setdefault((model, experiment, forecast_id), {})[version] = scoring.Score(
+    by_forecast: dict[tuple[str, str, int, str], dict[str, scoring.Score]] = {}
+    for model, experiment, restricted, forecast_id, version, steps, *errors in rows:
+        key = (model, experiment, restricted, forecast_id)
+        by_forecast.setdefault(key, {})[version] = scoring.Score(
             steps, *(math.nan if v is None else v for v in errors)
         )
     deltas = [
         delta
-        for (model, experiment, _), scores in by_forecast.items()
-        for delta in aggregates.contributions(model, experiment, scores, +1)
+        for (model, experiment, restricted, _), scores in by_forecast.items()
+        for delta in aggregates.contributions(model, experiment, scores, +1, bool(restricted))
     ]
     await _apply(tx, deltas)
     latencies = await tx.fetchall(
