@@ -48,7 +48,7 @@ class CellSpec:
     """One cell of the benchmark table, as sent by the runner."""
 
     name: str
-    kind: str  # gateway | direct | baseline | batch | stream
+    kind: str  # gateway | direct | proxy | echo | baseline | batch | stream
     target: str
     concurrency: int
     seconds: float
@@ -78,7 +78,7 @@ def make_client(spec: CellSpec) -> Client:
         return GatewayBatch(spec.target, spec.workload, spec.batch_size)
     if spec.kind == "stream":
         return GatewayStream(spec.target, spec.workload)
-    return GatewayUnary(spec.target, spec.workload)
+    return GatewayUnary(spec.target, spec.workload)  # gateway, and the floors (same RPC)
 
 
 async def run_load(client: Client, spec: CellSpec, seconds: float, max_calls: int) -> Samples:
@@ -169,6 +169,8 @@ async def measure(spec: CellSpec, client: Client) -> dict[str, Any]:
         triton_after = await triton_counters(stats_client, spec)
     finally:
         await stats_client.close()
+    cores = procs.cores_used(cpu_before, cpu_after, wall_s)
+    calls_per_s = samples.calls / wall_s
     return {
         "status": "ok" if samples.series else "failed",
         "note": samples.error_sample,
@@ -180,7 +182,11 @@ async def measure(spec: CellSpec, client: Client) -> dict[str, Any]:
         "series_per_s": round(samples.series / wall_s, 1),
         "calls_per_s": round(samples.calls / wall_s, 1),
         "latency_ms": latency_summary(samples),
-        "cpu_cores": procs.cores_used(cpu_before, cpu_after, wall_s),
+        "cpu_cores": cores,
+        "cpu_us_per_call": {
+            name: round(cores[name] / calls_per_s * 1e6, 1) if calls_per_s else None
+            for name in groups
+        },
         "triton": delta(triton_before, triton_after),
         "rss_mb": rss.summary(),
     }

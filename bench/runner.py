@@ -1,7 +1,8 @@
 """Runs one benchmark: start the services, send every cell to the load generator, report.
 
 The cells run in order of concurrency, each path after the other (direct,
-gateway, baseline), so the ratios compare cells measured seconds apart.
+gateway, minimal proxy, echo, baseline), so the ratios compare cells measured
+seconds apart.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from bench import machine, report
 from bench.services import ROOT, ModelOverrides, Services, tail
 from bench.workload import Workload
 
-SECTIONS = ("gateway", "direct", "baseline", "batch", "stream")
+SECTIONS = ("gateway", "direct", "proxy", "echo", "baseline", "batch", "stream")
+UNARY_ORDER = ("direct", "gateway", "proxy", "echo", "baseline")
 NOISY_OTHER_CORES = 0.15
 
 
@@ -65,6 +67,7 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
         "stream": services.gateway_target,
         "direct": services.triton_url,
         "baseline": services.baseline_target,
+        **services.floor_targets,
     }
     common = {
         "seconds": settings.cell_seconds,
@@ -76,7 +79,7 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
     }
     cells: list[dict[str, Any]] = []
     for concurrency in settings.concurrencies:
-        for kind in ("direct", "gateway", "baseline"):
+        for kind in UNARY_ORDER:
             if kind in settings.sections:
                 cells.append(
                     {"name": f"{kind} c={concurrency}", "kind": kind, "concurrency": concurrency}
@@ -190,6 +193,7 @@ def measure(settings: BenchSettings, out: TextIO) -> dict[str, Any]:
         "cells": cells,
         "ratios": ratios,
         "targets": report.evaluate_targets(cells, ratios),
+        "retired": report.retired_figures(cells, ratios),
         "max_other_cores": report.busiest_other(cells),
         "duration_s": round(time.monotonic() - started, 1),
     }
@@ -212,6 +216,7 @@ def write_report(results: dict[str, Any], output: Path, out: TextIO) -> None:
     out.write(report.format_ratios(results["ratios"]) + "\n\n")
     if results["settings"]["smoke"]:
         out.write("smoke run: too short for the targets to mean anything\n")
-    out.write(report.format_targets(results["targets"]) + "\n\n")
+    out.write(report.format_targets(results["targets"]) + "\n")
+    out.write(report.format_retired(results["retired"]) + "\n\n")
     output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     out.write(f"wrote {output} ({results['duration_s']:.0f} s in all)\n")

@@ -1,7 +1,8 @@
-"""The processes under test: Triton (embedded), the gateway and the hand-written baseline.
+"""The processes under test: Triton, the gateway, the baseline and the floor servers.
 
-Each runs as a child process on loopback with free ports; logs go to the run's
-scratch directory. `Services` starts them all and stops them all. The process
+The floor servers are `bench.floor`'s echo and minimal proxy. Each runs as
+a child process on loopback with free ports; logs go to the run's scratch
+directory. `Services` starts them all and stops them all. The process
 helpers here (`free_port`, `wait_serving`, `stop`) also serve the soak tool
 and the tests.
 """
@@ -25,6 +26,7 @@ from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90.0
+FLOORS = ("proxy", "echo")
 
 
 def free_port() -> int:
@@ -126,18 +128,20 @@ def stop(process: subprocess.Popen[bytes] | None, timeout_s: float = 15.0) -> in
 
 @dataclass
 class Services:
-    """Triton, the gateway and the baseline, started for one benchmark run."""
+    """Triton, the gateway, the baseline and the floor servers, started for one benchmark run."""
 
     scratch: Path
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
     triton: TritonProcess | None = None
     gateway: subprocess.Popen[bytes] | None = None
     baseline: subprocess.Popen[bytes] | None = None
+    floors: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateway_target: str = ""
     baseline_target: str = ""
+    floor_targets: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        """Start the baseline and Triton together, then the gateway once Triton is ready."""
+        """Start the baseline and Triton together, then the gateway and floors once it is ready."""
         ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
         repository = model_repository(self.scratch, self.overrides)
         self.triton = TritonProcess(repository, ports, log_path=self.scratch / "triton.log")
@@ -149,8 +153,27 @@ class Services:
         )
         self.baseline_target = f"127.0.0.1:{baseline_port}"
         self.triton.wait_ready()
+        for kind in FLOORS:
+            port = free_port()
+            self.floors[kind] = spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.floor",
+                    "--kind",
+                    kind,
+                    "--port",
+                    str(port),
+                    "--triton-url",
+                    self.triton_url,
+                ],
+                self.scratch / f"{kind}.log",
+            )
+            self.floor_targets[kind] = f"127.0.0.1:{port}"
         self._start_gateway()
-        self._wait_baseline()
+        self._wait_port_line(self.baseline, self.scratch / "baseline.log", "baseline server")
+        for kind, process in self.floors.items():
+            self._wait_port_line(process, self.scratch / f"{kind}.log", f"{kind} server")
 
     def _start_gateway(self) -> None:
         port = free_port()
@@ -172,16 +195,13 @@ class Services:
         except TimeoutError:
             raise RuntimeError(f"the gateway did not start:\n{tail(log_path)}") from None
 
-    def _wait_baseline(self) -> None:
-        log_path = self.scratch / "baseline.log"
+    @staticmethod
+    def _wait_port_line(process: subprocess.Popen[bytes] | None, log_path: Path, what: str) -> None:
+        """Wait for the ``PORT <n>`` line a bench server writes once it serves."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while "PORT " not in (text := log_path.read_text(errors="replace")):
-            if (
-                self.baseline is None
-                or self.baseline.poll() is not None
-                or time.monotonic() > deadline
-            ):
-                raise RuntimeError(f"the baseline server did not start:\n{text[-2000:]}")
+            if process is None or process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {what} did not start:\n{text[-2000:]}")
             time.sleep(0.1)
 
     @property
@@ -193,15 +213,17 @@ class Services:
 
     def pids(self) -> dict[str, list[int]]:
         """The process of each group (Triton's stubs are found as its children)."""
-        groups = {"gateway": self.gateway, "baseline": self.baseline}
+        groups = {"gateway": self.gateway, "baseline": self.baseline, **self.floors}
         found = {name: [p.pid] for name, p in groups.items() if p is not None}
         if self.triton is not None and self.triton.pid is not None:
             found["triton"] = [self.triton.pid]
         return found
 
     def stop(self) -> None:
-        """Stop the gateway and the baseline, then Triton."""
+        """Stop the gateway, the baseline and the floors, then Triton."""
         stop(self.gateway)
         stop(self.baseline)
+        for process in self.floors.values():
+            stop(process)
         if self.triton is not None:
             self.triton.stop()

@@ -18,8 +18,10 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.functional
 
-SECTIONS = {"direct", "gateway", "baseline", "batch", "stream"}
-CPU_GROUPS = {"gateway", "triton", "baseline", "loadgen", "other", "machine_busy", "machine_idle"}
+SECTIONS = {"direct", "gateway", "proxy", "echo", "baseline", "batch", "stream"}
+SERVERS = {"gateway", "triton", "baseline", "proxy", "echo", "loadgen"}
+UNARY = {"gateway", "proxy", "echo", "baseline"}
+CPU_GROUPS = SERVERS | {"other", "machine_busy", "machine_idle"}
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,15 @@ def check_measured(cell: dict[str, Any]) -> None:
     assert 0 < latency["p50"] <= latency["p99"] <= latency["max"], cell
     assert set(cell["cpu_cores"]) == CPU_GROUPS, cell
     assert all(value >= 0 for value in cell["cpu_cores"].values()), cell
+    assert set(cell["cpu_us_per_call"]) == SERVERS, cell
     assert cell["rss_mb"]["gateway_max"] > 0, cell
+    server = report.SERVER_OF.get(cell["kind"])
+    if cell["kind"] in UNARY:  # the process answering ~100 calls used CPU for them
+        assert server is not None and cell["cpu_cores"][server] > 0, cell
+        assert (report.server_us_per_call(cell) or 0.0) > 0, cell
     triton = cell["triton"]
-    if cell["kind"] == "baseline":
-        assert triton["requests"] == 0, cell  # the baseline never touches Triton
-        assert cell["cpu_cores"]["baseline"] > 0, cell
+    if cell["kind"] in {"baseline", "echo"}:
+        assert triton["requests"] == 0, cell  # these never touch Triton
     else:
         assert triton["requests"] > 0, cell
         assert triton["avg_batch"] >= 1, cell
@@ -65,8 +71,10 @@ def test_smoke_run_reports_every_section(smoke: tuple[str, dict[str, Any]]) -> N
             continue
         assert cell["status"] == "ok", cell
         check_measured(cell)
-    for kind in ("direct", "gateway", "baseline"):
+    for kind in ("direct", "gateway", "proxy", "echo", "baseline"):
         assert sorted(c["concurrency"] for c in cells if c["kind"] == kind) == [1, 8]
+    proxy = next(c for c in cells if c["kind"] == "proxy")
+    assert proxy["triton"]["inferences"] == proxy["triton"]["requests"], proxy  # one row each
     assert sorted(c["batch_size"] for c in cells if c["kind"] == "batch") == [32, 256]
 
 
@@ -78,16 +86,26 @@ def test_smoke_run_prints_machine_table_ratios_and_targets(
     assert machine["cores"] >= 1 and machine["memory_gib"] > 0
     assert machine["triton_server"].startswith("2.")
     assert machine["python"].startswith("3.11")
-    for text in ("CPU ", "Triton 2.", "series/s", "p99 ms", "avg batch", "gateway/direct"):
+    for text in ("CPU ", "Triton 2.", "series/s", "p99 ms", "avg batch", "server us/call"):
+        assert text in stdout
+    for text in ("minimal proxy", "echo (1 hop)", "gateway/minimal proxy", "retired targets"):
         assert text in stdout
     ratios = results["ratios"]
     assert ratios["reference_concurrency"] == 8
     assert ratios["gateway_over_direct"]["1"] > 0
+    assert ratios["gateway_over_proxy"]["8"] > 0
+    assert ratios["proxy_over_echo"]["8"] > 0
+    assert ratios["gateway_cpu_over_proxy"] > 0
+    assert ratios["gateway_p99_over_proxy"] > 0
     assert ratios["added_p50_ms_c1"] is not None
-    assert {t["status"] for t in results["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert ratios["gateway_p50_minus_proxy_ms_c1"] is not None
+    assert {t["status"] for t in results["targets"]} <= {"PASS", "MISS"}
     assert len(results["targets"]) == 8
     for target in results["targets"]:
         assert f"{target['status']:<5} {target['target']}" in stdout
+    retired = {f["former_target"]: f for f in results["retired"]}
+    assert set(retired) == {">= 0.8 x", ">= 5 x", "< 40 ms", "< 1 ms"}
+    assert all(f["gateway"] is not None and f["floor"] is not None for f in retired.values())
 
 
 class Unimplemented(forecast_service_pb2_grpc.ForecastServiceServicer):
