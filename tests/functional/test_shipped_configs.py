@@ -166,10 +166,17 @@ def generated(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def compose(container: Container) -> None:
-    """The compose service: image + its environment and named volumes."""
-    service = load_yaml(COMPOSE)["services"]["gateway"]
+    """The compose service: image + its environment, named volumes and secrets (/run/secrets)."""
+    document = load_yaml(COMPOSE)
+    service = document["services"]["gateway"]
     container.env.update(service["environment"])
     container.volumes.update(v.split(":")[1] for v in service.get("volumes", []))
+    secrets = document.get("secrets", {})
+    files = {
+        name: (ROOT / secrets[name]["file"]).read_text() for name in service.get("secrets", [])
+    }
+    if files:
+        container.mount_config_map("/run/secrets", files)
 
 
 @pytest.mark.parametrize("deployment", [kubernetes, compose], ids=["kubernetes", "compose"])

@@ -478,6 +478,22 @@ def test_compose_gateway(compose: dict[str, Any]) -> None:
     assert shutdown_budget_s(config) <= duration_s(gateway["stop_grace_period"])
 
 
+def test_compose_postgres_is_the_gateways_shared_store(compose: dict[str, Any]) -> None:
+    postgres, gateway = compose["services"]["postgres"], compose["services"]["gateway"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
+    (data,) = postgres["volumes"]
+    assert data.split(":")[0] in compose["volumes"]
+    assert data.split(":")[1] == "/var/lib/postgresql/data"
+    url = gateway["environment"]["FORECAST_STORE_URL"]
+    assert url.startswith("postgresql://forecast@postgres:5432/")  # no password in the URL
+    secret = compose["secrets"]["store-password"]["file"]
+    assert (ROOT / secret).read_text().strip()
+    assert "store-password" in postgres["secrets"] and "store-password" in gateway["secrets"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/store-password"
+    assert gateway["environment"]["FORECAST_STORE_PASSWORD_FILE"] == "/run/secrets/store-password"
+
+
 def test_compose_gateway_store_is_on_a_named_volume(compose: dict[str, Any]) -> None:
     gateway = compose["services"]["gateway"]
     env = {**image_env(GATEWAY_DOCKERFILE), **gateway["environment"]}
