@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import auth, metrics
-from forecast_gateway.ab import ExperimentStore
+from forecast_gateway.ab import ExperimentStore, StoreOpenError
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.config import ConfigError, GatewayConfig
 from forecast_gateway.forecaster import Forecaster
@@ -293,6 +293,9 @@ def run(config: GatewayConfig) -> None:
         kind = "routing file" if isinstance(error, RoutingConfigError) else "configuration"
         sys.stderr.write(f"forecast-gateway: invalid {kind}: {error}\n")
         raise SystemExit(2) from error
+    except StoreOpenError as error:  # the database is down or the path is not writable
+        sys.stderr.write(f"forecast-gateway: {error}\n")
+        raise SystemExit(1) from error
 
 
 async def serve(config: GatewayConfig, stop_event: asyncio.Event | None = None) -> None:

@@ -17,7 +17,7 @@ from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_
 from forecast_gateway.ab.scoring import PAIRED_TEST, WELCH_TEST, compare, naive_scale
 from forecast_gateway.ab.sql import ORPHAN_GRACE_S, Bounds
 from forecast_gateway.ab.storage import open_storage
-from forecast_gateway.ab.store import ExperimentStore
+from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 from forecast_gateway.errors import InvalidArgument, NotFound
 from tools.local_postgres import LocalPostgres
 
@@ -726,3 +726,19 @@ async def test_restricted_forecasts_stay_out_of_the_two_sample_comparison(
         pytest.approx(before.mean_difference),
     )
     assert report.versions[0].actuals_received == 40  # still in the version's own means
+
+
+async def test_a_store_that_cannot_be_opened_says_which_and_why(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    bounds = Bounds(10, 60.0)
+    store = ExperimentStore(open_storage(f"sqlite:///{tmp_path}/a-file/s.db", bounds))
+    with pytest.raises(StoreOpenError, match=r"cannot open the A/B store sqlite:.*a-file/s\.db"):
+        await store.start()
+    secret = ExperimentStore(
+        open_storage("postgresql://forecast:hunter2@127.0.0.1:1/x", bounds)  # nothing listens
+    )
+    secret.storage.backend.connect_timeout_s = 1.0  # type: ignore[attr-defined]
+    with pytest.raises(StoreOpenError) as caught:
+        await secret.start()
+    assert "postgresql://forecast@127.0.0.1:1/x" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -20,7 +20,7 @@ from forecast_gateway.ab.records import (
     new_forecast_id,
 )
 from forecast_gateway.ab.scoring import naive_scale
-from forecast_gateway.ab.store import ExperimentStore
+from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
@@ -31,6 +31,7 @@ __all__ = [
     "Prediction",
     "RecordedForecast",
     "Role",
+    "StoreOpenError",
     "naive_scale",
     "new_forecast_id",
 ]

@@ -106,6 +106,7 @@ class PostgresBackend:
         self._url = url
         self._password = password
         self._pool: AsyncConnectionPool | None = None
+        self.connect_timeout_s = CONNECT_TIMEOUT_S
 
     def describe(self) -> str:
         """user@host:port/dbname, without the password."""
@@ -122,7 +123,11 @@ class PostgresBackend:
         self._pool = AsyncConnectionPool(
             self._url, kwargs=extra, min_size=POOL_MIN, max_size=POOL_MAX, open=False
         )
-        await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await self._pool.open(wait=True, timeout=self.connect_timeout_s)
+        except BaseException:
+            await self.close()  # stop the pool's reconnect attempts
+            raise
         async with self._pool.connection() as connection:
             await connection.set_autocommit(True)
             await connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))

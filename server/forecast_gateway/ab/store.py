@@ -51,6 +51,10 @@ WRITE_BEHIND_GRACE_S = 2.0
 LOOKUP_INTERVAL_S = 0.05
 
 
+class StoreOpenError(RuntimeError):
+    """The store could not be opened at start-up; the message names it (never a password)."""
+
+
 class ExperimentStore:
     """Records forecasts write-behind and scores them when actuals arrive.
 
@@ -95,8 +99,19 @@ class ExperimentStore:
         return cls(storage)
 
     async def start(self) -> None:
-        """Open (or create) the database and start the background flusher."""
-        await self.storage.open()
+        """Open (or create) the database and start the background flusher.
+
+        Raises StoreOpenError if the database cannot be reached or the file
+        cannot be written.
+        """
+        try:
+            await self.storage.open()
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise StoreOpenError(
+                f"cannot open the A/B store {self.storage.describe()}: "
+                f"{type(error).__name__}: {reason}"
+            ) from error
         log.info("experiment_store_opened", store=self.storage.describe())
         self._flusher = asyncio.create_task(self._flush_forever(), name="experiment-flusher")
 
