@@ -30,6 +30,7 @@ pytestmark = pytest.mark.functional
 ROUTING = """
 [models.lstm_timeseries]
 shadow = { version = "1", percent = 100 }
+experiment = "cli-test"
 """
 HORIZON = 6
 SERIES = load_co2()
@@ -228,21 +229,33 @@ def test_experiment_after_scoring_held_out_co2(env: dict[str, str], client: Fore
     assert comparison["ciLow"] <= comparison["meanDifference"] <= comparison["ciHigh"]
     assert comparison["significant"] == (comparison["pValue"] < 0.05)
 
+    assert body["experiment"] == "cli-test" and body["forecasts"] >= 30
+    assert comparison["verdict"].startswith(("version 2 is more accurate", "not conclusive yet"))
+    assert comparison["conclusive"] == comparison["verdict"].startswith("version")
+    assert comparison["csLow"] <= comparison["meanDifference"] <= comparison["csHigh"]
+
     table = forecast(env, "experiment", "--model", "lstm_timeseries")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0] == "lstm_timeseries: A/B experiment"
-    assert lines[2].split() == ["VERSION", "SERVED", "SHADOWED", "ACTUALS", "MAE", "sMAPE", "%",
-                                "MASE", "P50", "ms", "P95", "ms", "P99", "ms"]  # fmt: skip
-    rows = {line.split()[0]: line.split() for line in lines[3:5]}
+    assert lines[0].startswith(f"lstm_timeseries: experiment cli-test ({body['forecasts']} ")
+    assert lines[2] == f"1 vs 2: {comparison['verdict']}"  # the verdict comes first
+    header = lines.index(next(line for line in lines if line.startswith("VERSION ")))
+    assert lines[header].split() == ["VERSION", "SERVED", "SHADOWED", "ACTUALS", "MAE", "sMAPE",
+                                     "%", "MASE", "P50", "ms", "P95", "ms", "P99", "ms"]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 3]}
     assert rows["2"][1] == str(versions["2"]["requestsServed"])
     assert rows["1"][2] == str(versions["1"]["requestsShadowed"])
-    assert lines[6].split()[:4] == ["VERSIONS", "TEST", "METRIC", "SAMPLES"]
-    row = lines[7]
+    assert lines[header + 4].split()[:4] == ["VERSIONS", "TEST", "METRIC", "SAMPLES"]
+    row = lines[header + 5]
     assert row.startswith(f"{comparison['versionA']} vs {comparison['versionB']}")
     assert "paired t-test" in row
     assert row.split()[-1] == ("yes" if comparison["significant"] else "no")
-    assert lines[8].startswith("mean difference = ")
+    assert lines[header + 6].startswith("mean difference = ")
+
+    listed = forecast_json(env, "experiment", "--model", "lstm_timeseries", "--list")
+    assert [(e["experiment"], e["current"]) for e in listed["experiments"]] == [("cli-test", True)]
+    old = forecast(env, "experiment", "--model", "lstm_timeseries", "--experiment", "nope")
+    assert_fails(old, 2, "NOT_FOUND")
 
 
 def test_experiment_unknown_model(env: dict[str, str]) -> None:

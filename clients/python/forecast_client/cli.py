@@ -48,6 +48,8 @@ from forecast_client.render import (
     error_text,
     experiment_json,
     experiment_text,
+    experiments_json,
+    experiments_text,
     forecast_json,
     forecast_text,
     model_json,
@@ -188,12 +190,22 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     experiment = commands.add_parser(
         "experiment",
         parents=[common],
-        help="A/B results of a model: traffic, accuracy, latency, significance",
-        description="Per version: requests served and shadowed, forecasts with actuals, mean "
-        "MAE/sMAPE/MASE, latency percentiles; then a significance test of each version pair "
-        "(GetExperiment).",
+        help="A/B results of a model: the verdict, traffic, accuracy, latency, tests",
+        description="The verdict of each version pair first (always valid, however often you "
+        "look), then per version: requests served and shadowed, forecasts with actuals, mean "
+        "MAE/sMAPE/MASE, latency percentiles; then the tests of each version pair "
+        "(GetExperiment). --list lists the model's experiments (ListExperiments).",
     )
     experiment.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
+    experiment.add_argument(
+        "--experiment",
+        default="",
+        metavar="NAME",
+        help="the experiment to report (default: the model's current one)",
+    )
+    experiment.add_argument(
+        "--list", action="store_true", help="list the model's experiments instead (newest first)"
+    )
     experiment.set_defaults(handler=_experiment)
 
     plot = commands.add_parser(
@@ -402,7 +414,10 @@ def _report(client: ForecastClient, args: argparse.Namespace) -> Output:
 
 
 def _experiment(client: ForecastClient, args: argparse.Namespace) -> Output:
-    experiment = client.get_experiment(args.model)
+    if args.list:
+        experiments = client.list_experiments(args.model)
+        return experiments_json(experiments), experiments_text(experiments)
+    experiment = client.get_experiment(args.model, args.experiment)
     return experiment_json(experiment), experiment_text(experiment)
 
 

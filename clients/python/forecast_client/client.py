@@ -18,10 +18,11 @@ have their forecasts. Scores and statistics the gateway cannot compute yet
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Required, Self, TypedDict, TypeVar
+from typing import Any, Required, Self, TypedDict, TypeVar
 
 import grpc
 
@@ -221,7 +222,10 @@ class VersionComparison:
 
     `mean_difference` is mean(error of a) - mean(error of b) on `metric`:
     negative means version a is more accurate. `ci_low`/`ci_high` bound its
-    95% confidence interval; `significant` is `p_value < 0.05`.
+    95% confidence interval; `significant` is `p_value < 0.05`: a
+    fixed-sample test, valid when read once. `verdict`, `conclusive`,
+    `sequential_p_value` and the confidence sequence `cs_low`/`cs_high` stay
+    valid however often the results are read.
     """
 
     version_a: str
@@ -234,15 +238,38 @@ class VersionComparison:
     ci_high: float
     p_value: float
     significant: bool
+    verdict: str = ""
+    conclusive: bool = False
+    sequential_test: str = ""
+    sequential_p_value: float = math.nan
+    cs_low: float = math.nan
+    cs_high: float = math.nan
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """The A/B results of a model: per-version statistics and pairwise tests."""
+    """One experiment's A/B results: per-version statistics and pairwise tests.
+
+    `started_at` is Unix seconds of its first forecast (None: none yet).
+    """
 
     model: str
     versions: tuple[VersionExperiment, ...]
     comparisons: tuple[VersionComparison, ...]
+    experiment: str = ""
+    started_at: float | None = None
+    forecasts: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """An experiment the gateway holds for a model; `current` takes new forecasts."""
+
+    model: str
+    experiment: str
+    started_at: float | None
+    forecasts: int
+    current: bool
 
 
 class ForecastClient:
@@ -498,12 +525,18 @@ class ForecastClient:
             ),
         )
 
-    def get_experiment(self, model: str) -> Experiment:
-        """The A/B results of a model; NOT_FOUND if the gateway does not serve it."""
-        request = forecast_service_pb2.GetExperimentRequest(model=model)
+    def get_experiment(self, model: str, experiment: str = "") -> Experiment:
+        """One experiment's A/B results ("" = the model's current experiment).
+
+        NOT_FOUND if the gateway does not serve the model or holds no such experiment.
+        """
+        request = forecast_service_pb2.GetExperimentRequest(model=model, experiment=experiment)
         response = self._call(self._stub.GetExperiment, request)
         return Experiment(
             model=response.model,
+            experiment=response.experiment,
+            started_at=_seconds(response, "started_at"),
+            forecasts=response.forecasts,
             versions=tuple(_version_experiment(v) for v in response.versions),
             comparisons=tuple(
                 VersionComparison(
@@ -517,10 +550,31 @@ class ForecastClient:
                     ci_high=c.ci_high,
                     p_value=c.p_value,
                     significant=c.significant,
+                    verdict=c.verdict,
+                    conclusive=c.conclusive,
+                    sequential_test=c.sequential_test,
+                    sequential_p_value=c.sequential_p_value,
+                    cs_low=c.cs_low,
+                    cs_high=c.cs_high,
                 )
                 for c in response.comparisons
             ),
         )
+
+    def list_experiments(self, model: str = "") -> list[ExperimentSummary]:
+        """The experiments of a model ("" = every served model), newest first within a model."""
+        request = forecast_service_pb2.ListExperimentsRequest(model=model)
+        response = self._call(self._stub.ListExperiments, request)
+        return [
+            ExperimentSummary(
+                model=e.model,
+                experiment=e.experiment,
+                started_at=_seconds(e, "started_at"),
+                forecasts=e.forecasts,
+                current=e.current,
+            )
+            for e in response.experiments
+        ]
 
     def list_models(self) -> list[ModelInfo]:
         """List the served models, sorted by name."""
@@ -618,3 +672,10 @@ def _model_info(model: forecast_pb2.Model) -> ModelInfo:
             for v in model.versions
         ),
     )
+
+
+def _seconds(message: Any, field: str) -> float | None:
+    """A Timestamp field as Unix seconds, None when unset."""
+    if not message.HasField(field):
+        return None
+    return float(getattr(message, field).ToNanoseconds()) / 1e9

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from forecast_client.client import (
     ActualsReport,
     Comparison,
     Experiment,
+    ExperimentSummary,
     Forecast,
     ModelInfo,
     ModelVersionInfo,
@@ -147,6 +149,9 @@ def experiment_json(experiment: Experiment) -> JsonObject:
     """Return a GetExperimentResponse-shaped object."""
     return {
         "model": experiment.model,
+        "experiment": experiment.experiment,
+        "startedAt": _iso(experiment.started_at),
+        "forecasts": experiment.forecasts,
         "versions": [_version_experiment_json(v) for v in experiment.versions],
         "comparisons": [
             {
@@ -160,10 +165,56 @@ def experiment_json(experiment: Experiment) -> JsonObject:
                 "ciHigh": _finite(c.ci_high),
                 "pValue": _finite(c.p_value),
                 "significant": c.significant,
+                "verdict": c.verdict,
+                "conclusive": c.conclusive,
+                "sequentialTest": c.sequential_test,
+                "sequentialPValue": _finite(c.sequential_p_value),
+                "csLow": _finite(c.cs_low),
+                "csHigh": _finite(c.cs_high),
             }
             for c in experiment.comparisons
         ],
     }
+
+
+def experiments_json(experiments: Sequence[ExperimentSummary]) -> JsonObject:
+    """Return a ListExperimentsResponse-shaped object."""
+    return {
+        "experiments": [
+            {
+                "model": e.model,
+                "experiment": e.experiment,
+                "startedAt": _iso(e.started_at),
+                "forecasts": e.forecasts,
+                "current": e.current,
+            }
+            for e in experiments
+        ]
+    }
+
+
+def experiments_text(experiments: Sequence[ExperimentSummary]) -> str:
+    """Return one row per experiment ("*" marks the current one)."""
+    if not experiments:
+        return "no experiments\n"
+    rows = [
+        [
+            e.model,
+            e.experiment,
+            "*" if e.current else "",
+            _iso(e.started_at) or "-",
+            str(e.forecasts),
+        ]
+        for e in experiments
+    ]
+    return _table(["MODEL", "EXPERIMENT", "CURRENT", "STARTED", "FORECASTS"], rows)
+
+
+def _iso(seconds: float | None) -> str | None:
+    """Unix seconds as an RFC 3339 UTC time (as protobuf's JSON mapping writes a Timestamp)."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def forecast_text(forecast: Forecast) -> str:
@@ -274,10 +325,22 @@ def actuals_text(report: ActualsReport) -> str:
 
 def experiment_text(experiment: Experiment) -> str:
     """Return the per-version table, then one row per comparison of two versions."""
+    name = experiment.experiment or "default"
     if not experiment.versions:
-        return f"{experiment.model}: no traffic recorded yet\n"
-    text = f"{experiment.model}: A/B experiment\n\n" + _table(
-        _EXPERIMENT_HEADERS, [_version_experiment_cells(v) for v in experiment.versions]
+        return f"{experiment.model}: experiment {name}: no traffic recorded yet\n"
+    verdicts = "".join(
+        f"{c.version_a} vs {c.version_b}: {c.verdict}\n"
+        for c in experiment.comparisons
+        if c.verdict
+    )
+    started = f", since {_iso(experiment.started_at)}" if experiment.started_at else ""
+    heading = (
+        f"{experiment.model}: experiment {name} ({experiment.forecasts} forecasts{started})\n\n"
+    )
+    text = (
+        heading
+        + (verdicts + "\n" if verdicts else "")
+        + _table(_EXPERIMENT_HEADERS, [_version_experiment_cells(v) for v in experiment.versions])
     )
     if not experiment.comparisons:
         return text + "\nno comparison yet (no version pair with scored forecasts)\n"
@@ -294,7 +357,11 @@ def experiment_text(experiment: Experiment) -> str:
         ]
         for c in experiment.comparisons
     ]
-    note = "mean difference = mean error of A - mean error of B; negative: A is more accurate\n"
+    note = (
+        "mean difference = mean error of A - mean error of B; negative: A is more accurate\n"
+        "the t-test is fixed-sample (valid when read once); the verdicts above hold however "
+        "often you look\n"
+    )
     return text + "\n" + _table(_COMPARISON_HEADERS, rows) + note
 
 
