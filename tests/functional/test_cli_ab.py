@@ -240,8 +240,10 @@ def test_experiment_after_scoring_held_out_co2(env: dict[str, str], client: Fore
     assert lines[0].startswith(f"lstm_timeseries: experiment cli-test ({body['forecasts']} ")
     assert lines[2] == f"1 vs 2: {comparison['verdict']}"  # the verdict comes first
     header = lines.index(next(line for line in lines if line.startswith("VERSION ")))
-    assert lines[header].split() == ["VERSION", "SERVED", "SHADOWED", "ACTUALS", "MAE", "sMAPE",
-                                     "%", "MASE", "P50", "ms", "P95", "ms", "P99", "ms"]  # fmt: skip
+    assert lines[header].split() == [
+        "VERSION", "SERVED", "SHADOWED", "ACTUALS", "MAE", "sMAPE", "%", "MASE",
+        "P50", "ms", "P95", "ms", "P99", "ms",
+    ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[header + 1 : header + 3]}
     assert rows["2"][1] == str(versions["2"]["requestsServed"])
     assert rows["1"][2] == str(versions["1"]["requestsShadowed"])
