@@ -87,7 +87,11 @@ run -d "{\"forecastId\": \"${FORECAST_ID}\", \"actuals\": [63, 64], \"offset\": 
 # An unknown (or expired) forecastId: NOT_FOUND, reason FORECAST_NOT_FOUND.
 run -d '{"forecastId": "no-such-id", "actuals": [1]}' "$TARGET" "$SERVICE/ReportActuals" || true
 
-# GetExperiment: per version, traffic (served/shadowed), actuals received,
-# mean MAE/sMAPE/MASE and latency percentiles; per version pair, the test
-# (paired t-test on shadow pairs, else Welch), the 95% CI and the p-value.
+# GetExperiment: the model's current experiment ("local-demo" under `make
+# run`, where these made-up actuals belong; never run this script against a
+# gateway whose experiment matters): per version pair the verdict, whether it
+# is conclusive (valid however often you look) and the tests; per version,
+# traffic, actuals received, mean MAE/sMAPE/MASE and latency percentiles.
 run -d '{"model": "lstm_timeseries"}' "$TARGET" "$SERVICE/GetExperiment"
+# ListExperiments: the experiments the gateway holds, newest first.
+run -d '{"model": "lstm_timeseries"}' "$TARGET" "$SERVICE/ListExperiments"
