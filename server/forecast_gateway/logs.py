@@ -4,15 +4,52 @@ JSON lines when stderr is not a terminal (or FORECAST_LOG_FORMAT=json), a
 readable console format on a terminal. Request context (request id, rpc,
 model, version, routing) is bound with contextvars by the interceptor and the
 core, so every line of a request carries it.
+
+The gateway's own events are rendered by structlog and written straight to
+stderr; only foreign loggers (grpc, tritonclient) go through the stdlib
+`logging` machinery, whose record, handler and formatter objects cost more
+per line than the rendering itself (docs/benchmarks.md). Both produce the
+same fields: event, level, logger, timestamp and the bound context.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
+
+
+class LineWriter:
+    """A structlog logger that writes each rendered line to a stream, under a lock."""
+
+    def __init__(self, name: str, stream: TextIO, lock: threading.Lock) -> None:
+        self.name = name  # read by structlog.stdlib.add_logger_name
+        self._stream = stream
+        self._lock = lock
+
+    def msg(self, message: str) -> None:
+        """Write one rendered line."""
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class LineWriterFactory:
+    """Makes the LineWriter of each named logger; all share one stream and lock."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> LineWriter:
+        """The logger for ``structlog.get_logger(name)``."""
+        return LineWriter(str(args[0]) if args else "", self._stream, self._lock)
 
 
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
@@ -30,10 +67,11 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         shared.append(structlog.processors.dict_tracebacks)
     else:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        logger_factory=LineWriterFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -44,4 +82,4 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(threshold)
