@@ -6,10 +6,11 @@ the caller's token (`auth.TokenAuthorizer`, when tokens are configured)
 before the servicer runs, turns GatewayError into a status with google.rpc
 details, turns anything unexpected into a generic INTERNAL (the traceback
 stays in the log), and writes the canonical request line and metrics once
-the call ends. A request whose bytes do not parse as its message gets
-INVALID_ARGUMENT (reason MALFORMED_REQUEST) like any other bad input, instead
-of gRPC's bare UNKNOWN. Health and reflection are not ForecastService calls:
-they pass through untouched, and open.
+the call ends (for a unary call, after its response is handed to gRPC). A
+request whose bytes do not parse as its message gets INVALID_ARGUMENT (reason
+MALFORMED_REQUEST) like any other bad input, instead of gRPC's bare UNKNOWN.
+Health and reflection are not ForecastService calls: they pass through
+untouched, and open.
 """
 
 from __future__ import annotations
@@ -204,7 +205,9 @@ def _wrap(rpc: str, behavior: Behavior, guard: Guard) -> Behavior:
             code = error.code if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
             await _fail(error, request_id, context)
         finally:
-            _finish(rpc, code, time.perf_counter() - started)
+            # After the response: gRPC sends it when this returns, before the
+            # loop runs the next callback (which sees this call's log context).
+            asyncio.get_running_loop().call_soon(_finish, rpc, code, time.perf_counter() - started)
 
     return wrapper
 

@@ -3,9 +3,15 @@
 Labelled by rpc, model, version and routing decision so that versions can be
 compared on a dashboard. Triton's own metrics (batch sizes, queue time) are
 scraped from Triton directly.
+
+With several workers (workers.py) each worker process writes these to files
+(prometheus_client's multiprocess mode, chosen when it is imported) and the
+supervisor serves their sum; each gauge says how its workers' values combine.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -20,7 +26,11 @@ REQUEST_DURATION = Histogram(
     ["rpc", "model", "version"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-TRITON_UP = Gauge("forecast_gateway_triton_up", "1 if Triton answered the last catalog refresh.")
+TRITON_UP = Gauge(
+    "forecast_gateway_triton_up",
+    "1 if Triton answered the last catalog refresh.",
+    multiprocess_mode="livemin",  # 0 while any worker cannot reach Triton
+)
 SHADOWS = Counter(
     "forecast_gateway_shadow_requests",
     "Shadow forecasts by outcome (ok, failed, skipped, dropped).",
@@ -52,7 +62,11 @@ SERIES = Counter(
     "Series forecast, counting each series of a batch or stream.",
     ["rpc", "model", "version", "routing"],
 )
-IN_FLIGHT = Gauge("forecast_gateway_in_flight_requests", "ForecastService calls in progress.")
+IN_FLIGHT = Gauge(
+    "forecast_gateway_in_flight_requests",
+    "ForecastService calls in progress.",
+    multiprocess_mode="livesum",
+)
 SHED = Counter(
     "forecast_gateway_shed_requests",
     "Calls refused with RESOURCE_EXHAUSTED at the in-flight limit.",
@@ -62,16 +76,46 @@ EXPERIMENT_RECORDS_DROPPED = Counter(
     "A/B records not stored: the writer's queue was full (a stalled disk) or the store closed.",
 )
 READY_VERSIONS = Gauge(
-    "forecast_gateway_model_ready_versions", "Ready versions per served model.", ["model"]
+    "forecast_gateway_model_ready_versions",
+    "Ready versions per served model.",
+    ["model"],
+    multiprocess_mode="livemin",
 )
+WORKER_REQUESTS = Counter(
+    "forecast_gateway_worker_requests",
+    "Requests answered, by worker process: how connections spread over the workers.",
+    ["worker"],
+)
+_worker = WORKER_REQUESTS.labels("0")
+
+
+def set_worker(index: int) -> None:
+    """Name this process's worker (0 in a single-process gateway)."""
+    global _worker
+    _worker = WORKER_REQUESTS.labels(str(index))
+
+
+_REQUEST_CHILDREN: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
+"""The labelled children of REQUESTS and REQUEST_DURATION, bound once per label set.
+
+`labels()` takes a lock and validates its values on every call; the label
+sets are few (served models and versions only: unknown names are refused
+before they are bound to a request), so they are looked up once.
+"""
 
 
 def observe_request(
     rpc: str, model: str, version: str, routing: str, code: str, seconds: float
 ) -> None:
     """Record one answered request."""
-    REQUESTS.labels(rpc, model, version, routing, code).inc()
-    REQUEST_DURATION.labels(rpc, model, version).observe(seconds)
+    key = (rpc, model, version, routing, code)
+    children = _REQUEST_CHILDREN.get(key)
+    if children is None:
+        children = (REQUESTS.labels(*key), REQUEST_DURATION.labels(rpc, model, version))
+        _REQUEST_CHILDREN[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+    _worker.inc()
 
 
 def serve_metrics(host: str, port: int) -> int:
