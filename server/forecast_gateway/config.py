@@ -41,6 +41,7 @@ MAX_CONNECTION_SECONDS = (2**31 - 1) / 1000
 """Longest idle timeout or connection age gRPC accepts (int32 milliseconds, ~24.8 days)."""
 MAX_SECONDS = 366 * 24 * 3600.0
 """Longest duration any setting takes: keeps timers and deadlines far from overflow."""
+MAX_WORKERS = 256
 DEFAULT_CONFIG_FILE = Path("config/gateway.toml")
 PATH_KEYS = (
     "routing_file",
@@ -116,6 +117,8 @@ class _Settings(BaseModel):
     """Address the gRPC server binds."""
     port: Port = 50051
     """gRPC port (0: any free port)."""
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = 1
+    """Gateway processes sharing the port (SO_REUSEPORT); auto: one per usable core."""
     triton_url: Text = "127.0.0.1:8001"
     """Triton's gRPC endpoint (host:port, or a dns:/// target for several Tritons)."""
     metrics_port: Annotated[int, Field(ge=-1, le=65535)] = 9100
@@ -316,19 +319,27 @@ _MESSAGES = {
     "dataclass_type": "expected a table",
     "list_type": "expected a list of tables ([[models]])",
 }
+_UNIONS = {"workers": f"must be an integer from 1 to {MAX_WORKERS} or 'auto'"}
+"""Keys typed as a union: one message instead of one per member (whose name ends the loc)."""
 
 
 def _describe(error: ValidationError, where: Callable[[Loc], str]) -> str:
     """One line naming each key at fault; values shown only where they hold no secret."""
-    parts = []
+    parts: list[str] = []
     for item in error.errors(include_url=False):
         loc = item["loc"]
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] in _MESSAGES:
+        if len(loc) >= 2 and loc[-2] in _UNIONS:
+            loc, message = loc[:-1], _UNIONS[str(loc[-2])]
+            if _showable(loc, item.get("input")):
+                message = f"{message}, got {item['input']!r}"
+        elif item["type"] in _MESSAGES:
             message = _MESSAGES[item["type"]]
         elif _showable(loc, item.get("input")):
             message = f"{message}, got {item['input']!r}"
-        parts.append(f"{where(loc)}: {message}" if loc else message)
+        part = f"{where(loc)}: {message}" if loc else message
+        if part not in parts:
+            parts.append(part)
     return "; ".join(parts)
 
 

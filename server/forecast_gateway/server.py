@@ -212,6 +212,8 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             *connection_options(config),
+            # Worker processes share the port; the kernel spreads connections.
+            *([("grpc.so_reuseport", 1)] if config.workers != 1 else []),
         ],
         # No maximum_concurrent_rpcs: the LoadShedder bounds the calls in
         # progress (with details), and gRPC's limiter made server.stop()
