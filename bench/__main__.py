@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from bench.machine import load_average
 from bench.runner import SECTIONS, BenchSettings, measure, write_report
+from bench.scaling import format_table as format_scaling
+from bench.scaling import measure_workers
 from bench.services import ModelOverrides
 
 BUSY_LOAD = 0.5
+DEFAULT_CHANNELS = 8
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -35,6 +39,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instances", type=int, help="override the lstm instance_group count")
     parser.add_argument("--max-batch-size", type=int, help="override the lstm max_batch_size")
     parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs to this directory")
+    parser.add_argument(
+        "--workers",
+        type=_ints,
+        help="instead of the table: the gateway with each worker count, e.g. 1,2,4",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=DEFAULT_CHANNELS,
+        help=f"connections the load generator uses with --workers (default {DEFAULT_CHANNELS})",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,6 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     load = load_average()
     if load[0] > BUSY_LOAD:
         sys.stdout.write(f"warning: load average {load} before the run: results will be noisy\n")
+    if args.workers:
+        scaled = measure_workers(settings, args.workers, args.channels, sys.stdout)
+        sys.stdout.write("\n" + format_scaling(scaled["cells"]) + "\n")
+        args.output.write_text(json.dumps(scaled, indent=2, default=str) + "\n")
+        sys.stdout.write(f"wrote {args.output} ({scaled['duration_s']:.0f} s in all)\n")
+        return
     results = measure(settings, sys.stdout)
     write_report(results, args.output, sys.stdout)
 

@@ -87,11 +87,21 @@ async def drive(call: Call, concurrency: int, seconds: float, max_calls: int) ->
 
 
 class GatewayUnary:
-    """`Forecast` through the gateway, one series per call."""
+    """`Forecast` through the gateway, one series per call, over `channels` connections.
 
-    def __init__(self, target: str, workload: Workload) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
-        self.stub = pb_grpc.ForecastServiceStub(self.channel)
+    The kernel gives each connection to one gateway worker (SO_REUSEPORT), so
+    reaching several workers takes several. Each channel gets its own
+    subchannel pool: channels with equal options would share one connection.
+    """
+
+    def __init__(self, target: str, workload: Workload, channels: int = 1) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+        self.channels = [
+            grpc.aio.insecure_channel(target, options=options) for _ in range(channels)
+        ]
+        self.channel = self.channels[0]
+        self.stubs = [pb_grpc.ForecastServiceStub(channel) for channel in self.channels]
+        self.stub = self.stubs[0]
         self.horizon = workload.horizon
         self.requests = [
             pb.ForecastRequest(
@@ -104,15 +114,16 @@ class GatewayUnary:
         ]
 
     async def __call__(self, i: int) -> tuple[int, int]:
-        """One Forecast call."""
-        reply = await self.stub.Forecast(
+        """One Forecast call (call i on channel i mod channels)."""
+        reply = await self.stubs[i % len(self.stubs)].Forecast(
             self.requests[i % len(self.requests)], timeout=CALL_TIMEOUT_S
         )
         return (1, 0) if len(reply.values) == self.horizon else (0, 1)
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self.channel.close()
+        """Close the channels."""
+        for channel in self.channels:
+            await channel.close()
 
 
 class GatewayBatch:

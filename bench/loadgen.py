@@ -59,6 +59,7 @@ class CellSpec:
     rss_pid: int
     workload: Workload = field(default_factory=Workload)
     batch_size: int = 1
+    channels: int = 1  # gateway Forecast cells: connections to spread over workers
 
     @classmethod
     def from_json(cls, line: str) -> CellSpec:
@@ -78,7 +79,7 @@ def make_client(spec: CellSpec) -> Client:
         return GatewayBatch(spec.target, spec.workload, spec.batch_size)
     if spec.kind == "stream":
         return GatewayStream(spec.target, spec.workload)
-    return GatewayUnary(spec.target, spec.workload)  # gateway, and the floors (same RPC)
+    return GatewayUnary(spec.target, spec.workload, spec.channels)  # gateway, floors (same RPC)
 
 
 async def run_load(client: Client, spec: CellSpec, seconds: float, max_calls: int) -> Samples:

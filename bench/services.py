@@ -132,6 +132,8 @@ class Services:
 
     scratch: Path
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
+    workers: int = 1
+    """The gateway's worker processes (FORECAST_WORKERS)."""
     triton: TritonProcess | None = None
     gateway: subprocess.Popen[bytes] | None = None
     baseline: subprocess.Popen[bytes] | None = None
@@ -186,6 +188,7 @@ class Services:
             "FORECAST_TRITON_URL": self.triton_url,
             "FORECAST_LOG_FORMAT": "json",
             "FORECAST_STORE_PATH": str(self.scratch / "experiments.sqlite3"),
+            "FORECAST_WORKERS": str(self.workers),
         }
         log_path = self.scratch / "gateway.log"
         self.gateway = spawn([sys.executable, "-m", "forecast_gateway"], log_path, env)
@@ -194,6 +197,12 @@ class Services:
             wait_serving(self.gateway_target)
         except TimeoutError:
             raise RuntimeError(f"the gateway did not start:\n{tail(log_path)}") from None
+
+    def restart_gateway(self, workers: int) -> None:
+        """Stop the gateway and start it again with `workers` worker processes."""
+        stop(self.gateway)
+        self.workers = workers
+        self._start_gateway()
 
     @staticmethod
     def _wait_port_line(process: subprocess.Popen[bytes] | None, log_path: Path, what: str) -> None:
