@@ -19,6 +19,7 @@ them: prometheus_client's multiprocess mode, one file per worker process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -60,6 +61,7 @@ STABLE_S = 30.0
 STOP_MARGIN_S = 10.0
 """Beyond drain + grace, how long a stopping worker gets before SIGKILL."""
 POLL_S = 1.0
+PR_SET_PDEATHSIG = 1
 
 
 def usable_cores() -> int:
@@ -102,7 +104,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_main(config: GatewayConfig, index: int, metrics_dir: str) -> None:
+def worker_main(config: GatewayConfig, index: int, metrics_dir: str, supervisor: int) -> None:
     """A worker: the ordinary gateway, its metrics in `metrics_dir`, its log lines tagged.
 
     prometheus_client picks multiprocess mode when it is first imported, which
@@ -111,6 +113,7 @@ def worker_main(config: GatewayConfig, index: int, metrics_dir: str) -> None:
     """
     if os.environ.get(MULTIPROC_ENV) != metrics_dir:
         raise RuntimeError(f"{MULTIPROC_ENV} must be {metrics_dir} before prometheus_client loads")
+    _stop_with_parent(supervisor)
     from forecast_gateway import metrics
     from forecast_gateway.logs import configure_logging
     from forecast_gateway.server import run
@@ -119,6 +122,14 @@ def worker_main(config: GatewayConfig, index: int, metrics_dir: str) -> None:
     tag_logs(index)
     metrics.set_worker(index)
     run(config)
+
+
+def _stop_with_parent(supervisor: int) -> None:
+    """SIGTERM (a drain) for this worker if the supervisor dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tag_logs(index: int) -> None:
@@ -192,7 +203,7 @@ class Supervisor:
     def _start(self, worker: _Worker, config: GatewayConfig, metrics_dir: Path) -> None:
         process = SPAWN.Process(
             target=worker_main,
-            args=(config, worker.index, str(metrics_dir)),
+            args=(config, worker.index, str(metrics_dir), os.getpid()),
             name=f"forecast-gateway-worker-{worker.index}",
         )
         process.start()

@@ -334,3 +334,29 @@ def test_sigterm_to_the_supervisor_drains_both_workers(supervised: Supervised) -
     assert stopped == {0, 1}
     exited = [line for line in supervised.log_lines() if line["event"] == "worker_exited"]
     assert sorted((line["worker"], line["code"]) for line in exited) == [(0, 0), (1, 0)]
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(supervised: Supervised) -> None:
+    pids = supervised.worker_pids().values()
+    supervised.process.send_signal(signal.SIGKILL)
+    supervised.process.wait(10)
+
+    def gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and not zombie(pid) for pid in pids)
+
+    deadline = time.monotonic() + 20
+    while not gone():
+        assert time.monotonic() < deadline, supervised.log_path.read_text()[-3000:]
+        time.sleep(0.1)
+    stopped = {
+        line.get("worker") for line in supervised.log_lines() if line["event"] == "gateway_stopped"
+    }
+    assert stopped == {0, 1}  # each drained (SIGTERM), not killed
+
+
+def zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits to be reaped (its parent, here init, will)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True

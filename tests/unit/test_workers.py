@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +92,14 @@ class FakeProcess:
         return self.exitcode is None
 
 
+@pytest.fixture(autouse=True)
+def no_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The fake workers' pids are not ours: record the signals instead of sending them."""
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(workers.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    return sent
+
+
 def crash(supervisor: workers.Supervisor, index: int, code: int, metrics_dir: Path) -> None:
     """Worker `index` exits with `code` just after it started."""
     worker = supervisor.workers[index]
@@ -99,7 +108,9 @@ def crash(supervisor: workers.Supervisor, index: int, code: int, metrics_dir: Pa
     supervisor._reap(metrics_dir)
 
 
-def test_repeated_crashes_are_restarted_with_backoff_then_given_up(tmp_path: Path) -> None:
+def test_repeated_crashes_are_restarted_with_backoff_then_given_up(
+    tmp_path: Path, no_signals: list[tuple[int, int]]
+) -> None:
     config = GatewayConfig.from_mapping(DOCUMENT, {})
     supervisor = workers.Supervisor(config, 2)
     supervisor.workers = [workers._Worker(0), workers._Worker(1)]
@@ -109,9 +120,11 @@ def test_repeated_crashes_are_restarted_with_backoff_then_given_up(tmp_path: Pat
         assert supervisor.workers[0].crashes == crashes
         assert supervisor.workers[0].restart_at is not None
         assert supervisor._stopping_since is None
+    assert no_signals == []
     crash(supervisor, 0, 1, tmp_path)
     assert supervisor._stopping_since is not None and supervisor._exit_code == 1
     assert supervisor.workers[0].restart_at is None
+    assert no_signals == [(20_000, signal.SIGTERM)]  # the other worker drains
 
 
 def test_a_configuration_error_in_a_worker_stops_everything_with_exit_2(tmp_path: Path) -> None:
