@@ -80,6 +80,17 @@ def _store_url(value: str) -> str:
     raise ValueError("must be empty, sqlite:///<path>, a file path or postgresql://... (not shown)")
 
 
+def _triton_url(value: str) -> str:
+    """A Triton target the gateway can dial (triton_target.parse_target's rules)."""
+    from forecast_gateway.triton_target import parse_target  # it imports ConfigError from here
+
+    try:
+        parse_target(value)
+    except ConfigError as error:
+        raise ValueError(str(error).removeprefix("triton_url: ")) from None
+    return value
+
+
 Text = Annotated[str, Field(min_length=1)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Count = Annotated[int, Field(gt=0, le=2**31 - 1)]
@@ -119,7 +130,7 @@ class _Settings(BaseModel):
     """gRPC port (0: any free port)."""
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = 1
     """Gateway processes sharing the port (SO_REUSEPORT); auto: one per usable core."""
-    triton_url: Text = "127.0.0.1:8001"
+    triton_url: Annotated[Text, AfterValidator(_triton_url)] = "127.0.0.1:8001"
     """Triton's gRPC endpoint (host:port, or a dns:/// target for several Tritons)."""
     metrics_port: Annotated[int, Field(ge=-1, le=65535)] = 9100
     """Prometheus /metrics port (-1: off)."""

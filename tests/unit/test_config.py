@@ -113,6 +113,8 @@ BAD_ENV = [
     ("port", "1.5"),
     ("host", ""),
     ("triton_url", ""),
+    ("triton_url", "triton-a:8001,triton-b:8001"),  # names in a list: use dns:///
+    ("triton_url", "127.0.0.1:8001,127.0.0.1:8001"),
     ("metrics_port", "-2"),
     ("max_history_length", "0"),
     ("max_message_bytes", "4294967296"),
