@@ -95,6 +95,8 @@ def _history_violation(history: FloatArray, max_history_length: int) -> FieldVio
             f"history has {length} points, the maximum is {max_history_length}; "
             "send only the most recent points",
         )
+    if np.maximum.reduce(np.abs(history)) <= MAX_ABS_VALUE:  # False for NaN and infinities
+        return None
     bad = np.flatnonzero(~np.isfinite(history))
     if bad.size:
         first = int(bad[0])
