@@ -4,10 +4,14 @@ Every gRPC hop costs the gateway CPU, and a Triton request per series keeps
 Triton's batches small when the gateway is the bottleneck. Calls for the same
 (model, version, window, horizon) are stacked into one multi-row request while
 MAX_OUTSTANDING requests for that key are already at Triton, and sent as soon
-as one returns (adaptive, no timer: with nothing outstanding a call is sent on
-the next loop iteration, so a lone caller waits for nobody). The rows are
-handed back to their callers. A request whose callers have all gone
-(cancelled, or past their deadline) is cancelled, at Triton too.
+as one returns. With nothing outstanding a call is sent on the next loop
+iteration, so a lone caller waits for nobody. When many callers share a key
+(GATHER_CALLERS or more in the coalescer) a group that forms while Triton is
+busy with that key also gathers until it holds GATHER_ROWS rows or is
+GATHER_S old, so that each Triton request (and the gateway's client call)
+serves more callers. The rows are handed back to their callers. A request
+whose callers have all gone (cancelled, or past their deadline) is
+cancelled, at Triton too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ Key = tuple[str, str, int, int]
 # Requests per key at Triton at once: two keep Triton's pipeline full while
 # the next group gathers.
 MAX_OUTSTANDING = 2
+# Rows waiting in the coalescer or at Triton for one key from which a new
+# group gathers (below it, the behaviour above: no added wait).
+GATHER_CALLERS = 8
+# A gathering group is ready once it holds this many rows...
+GATHER_ROWS = 8
+# ...or once it is this old (seconds).
+GATHER_S = 0.002
 
 
 @dataclass
@@ -42,6 +53,8 @@ class _Waiting:
 class _Group:
     members: list[_Waiting] = field(default_factory=list)
     rows: int = 0
+    ready: bool = True
+    """False while it gathers: sent once ready and a request slot for its key is free."""
     task: asyncio.Task[None] | None = None
     """The Triton request once sent."""
 
@@ -58,6 +71,8 @@ class Coalescer:
         self.proxy = proxy
         self._groups: dict[Key, _Group] = {}
         self._outstanding: dict[Key, int] = {}
+        self._rows_in: dict[Key, int] = {}
+        """Rows per key whose callers wait in the coalescer (gathering or at Triton)."""
         self._sending: set[asyncio.Task[None]] = set()
 
     async def forecast(
@@ -72,29 +87,50 @@ class Coalescer:
             raise DeadlineExceeded("the deadline passed before the request reached Triton")
         loop = asyncio.get_running_loop()
         key = (model, version, rows.shape[1], horizon)
+        count = rows.shape[0]
         group = self._groups.get(key)
-        if group is not None and group.rows + rows.shape[0] > max_rows:
+        if group is not None and group.rows + count > max_rows:
             self._flush(key, group)
             group = None
+        rows_in = self._rows_in.get(key, 0)
         if group is None:
             group = self._groups[key] = _Group()
-            if self._outstanding.get(key, 0) < MAX_OUTSTANDING:
+            outstanding = self._outstanding.get(key, 0)
+            if outstanding and rows_in + count >= GATHER_CALLERS:
+                group.ready = False
+                loop.call_later(GATHER_S, self._gathered, key, group)
+            elif outstanding < MAX_OUTSTANDING:
                 loop.call_soon(self._flush, key, group)
             # else: sent when an outstanding request for this key returns
         waiting = _Waiting(rows, deadline, loop.create_future())
         group.members.append(waiting)
-        group.rows += rows.shape[0]
+        group.rows += count
+        self._rows_in[key] = rows_in + count
         if group.rows >= max_rows:
             self._flush(key, group)
+        elif not group.ready and group.rows >= GATHER_ROWS:
+            self._gathered(key, group)
+        # A timer on the future itself: cheaper than asyncio.timeout_at per call.
+        expiry = loop.call_at(deadline, _expire, waiting.future)  # loop time is monotonic
         try:
-            async with asyncio.timeout_at(deadline):  # loop time is time.monotonic()
-                return await waiting.future
-        except TimeoutError:
+            return await waiting.future
+        except DeadlineExceeded:
             group.cancel_if_abandoned()
-            raise DeadlineExceeded("the deadline passed before Triton answered") from None
+            raise
         except asyncio.CancelledError:
             group.cancel_if_abandoned()
             raise
+        finally:
+            expiry.cancel()
+            self._rows_in[key] -= count
+
+    def _gathered(self, key: Key, group: _Group) -> None:
+        """A gathering group is full enough or old enough: send it once a slot is free."""
+        if self._groups.get(key) is not group or group.ready:
+            return
+        group.ready = True
+        if self._outstanding.get(key, 0) < MAX_OUTSTANDING:
+            self._flush(key, group)
 
     def _flush(self, key: Key, group: _Group) -> None:
         if self._groups.get(key) is not group:
@@ -116,7 +152,7 @@ class Coalescer:
         self._sending.discard(task)
         self._outstanding[key] -= 1
         waiting = self._groups.get(key)
-        if waiting is not None:
+        if waiting is not None and waiting.ready:
             self._flush(key, waiting)
 
     async def _send_rows(self, key: Key, members: list[_Waiting]) -> None:
@@ -143,6 +179,12 @@ class Coalescer:
             if not member.future.done():
                 member.future.set_result(output[start:stop])
             start = stop
+
+
+def _expire(future: asyncio.Future[Rows]) -> None:
+    """The caller's deadline passed before Triton answered."""
+    if not future.done():
+        future.set_exception(DeadlineExceeded("the deadline passed before Triton answered"))
 
 
 def _fail(members: list[_Waiting], error: GatewayError) -> None:

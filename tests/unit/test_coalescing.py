@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from forecast_gateway.coalescing import MAX_OUTSTANDING, Coalescer
+from forecast_gateway.coalescing import GATHER_CALLERS, GATHER_ROWS, MAX_OUTSTANDING, Coalescer
 from forecast_gateway.errors import DeadlineExceeded, Unavailable
 
 
@@ -160,3 +160,44 @@ async def test_a_caller_waiting_behind_a_stuck_request_gets_its_deadline() -> No
     assert time.monotonic() - started < 1.0
     for call in stuck:
         call.cancel()
+
+
+async def test_many_callers_gather_while_triton_is_busy() -> None:
+    proxy = RecordingProxy(delay=0.2)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    first = [
+        asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
+        for _ in range(GATHER_CALLERS)
+    ]
+    for _ in range(3):  # the calls start, then their request is sent
+        await asyncio.sleep(0)
+    assert proxy.requests == [GATHER_CALLERS]  # one request, now at Triton
+    # A slot is free (MAX_OUTSTANDING > 1), but many callers share the key: the
+    # next calls gather into one request of GATHER_ROWS rows instead of going one by one.
+    more = []
+    for i in range(GATHER_ROWS):
+        more.append(
+            asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
+        )
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert proxy.requests == [GATHER_CALLERS, GATHER_ROWS]
+    assert [r[0, 0] for r in await asyncio.gather(*more)] == [float(i) for i in range(GATHER_ROWS)]
+    await asyncio.gather(*first)
+
+
+async def test_a_gathering_group_is_sent_after_gather_s_at_most() -> None:
+    proxy = RecordingProxy(delay=0.5)
+    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    first = [
+        asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
+        for _ in range(GATHER_CALLERS)
+    ]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    out = await coalescer.forecast("m", "1", rows(5.0), 2, later(), 256)  # gathers alone
+    assert out[0, 0] == 5.0 and proxy.requests == [GATHER_CALLERS, 1]
+    # Sent once GATHER_S passed (plus the proxy's delay), not after the busy request.
+    assert time.monotonic() - started < 0.5 + 0.3
+    await asyncio.gather(*first)
