@@ -30,7 +30,7 @@ from forecast_gateway.ab import (
     naive_scale,
     new_forecast_id,
 )
-from forecast_gateway.catalog import ModelCatalog, ModelSpec
+from forecast_gateway.catalog import ModelCatalog, ModelSpec, VersionSpec
 from forecast_gateway.coalescing import Coalescer
 from forecast_gateway.errors import (
     FieldViolation,
@@ -370,8 +370,9 @@ class Forecaster:
                         served=Prediction(
                             result.version, Role.SERVED, tuple(result.values), result.latency_ms
                         ),
-                        experiment=experiment,
-                        restricted=result.restricted,
+                        # A fallback's forecast belongs to its own model's experiment.
+                        experiment=self.routing.experiment(result.model),
+                        comparable=_drawn_by_the_split(result),
                     )
                 )
         by_version: dict[str, list[tuple[_Plan, ForecastResult]]] = {}
@@ -455,6 +456,11 @@ def _expand(
     return group_result
 
 
+def _drawn_by_the_split(result: ForecastResult) -> bool:
+    """Whether the split drew the version at random among all its versions (see ab.aggregates)."""
+    return result.decision in (Decision.WEIGHTED, Decision.STICKY) and not result.restricted
+
+
 def _bind_route(spec: ModelSpec, plan: _Plan) -> None:
     """Put the chosen model, version and routing decision on the request's log line."""
     structlog.contextvars.bind_contextvars(
@@ -469,10 +475,14 @@ def _smallest_requirement(
     query: ForecastQuery, spec: ModelSpec, candidates: Sequence[str]
 ) -> InvalidArgument:
     """The error of the ready version asking least of the request (the shortest window)."""
-    versions = [spec.versions[v] for v in candidates]
-    easiest = min(
-        versions, key=lambda v: (query.sequence_length or v.sequence_length, int(v.version))
-    )
+
+    def demand(version: VersionSpec) -> tuple[bool, int, int]:
+        """Versions that take the requested window first, then the shortest window."""
+        window = query.sequence_length or version.sequence_length
+        takes = version.min_sequence_length <= window <= version.max_sequence_length
+        return (not takes, window, int(version.version))
+
+    easiest = min((spec.versions[v] for v in candidates), key=demand)
     try:
         resolve_shape(query, spec, easiest)
     except InvalidArgument as error:

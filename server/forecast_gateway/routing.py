@@ -121,8 +121,10 @@ def choose_version(
     `eligible(version)` says whether a version can serve the request; an
     unpinned request is routed among eligible versions only (the sticky hash
     of a key is then taken over the eligible versions: removing one only
-    moves the keys it had). No eligible version: NoEligibleVersion. A pinned
-    version is not filtered: its own error is the answer.
+    moves the keys it had). No eligible version (among the split's, when the
+    model has a split with a ready version: a version out of the split or of
+    weight 0 never serves): NoEligibleVersion. A pinned version is not
+    filtered: its own error is the answer.
     """
     rng = rng or _RANDOM
     if requested:
@@ -136,6 +138,8 @@ def choose_version(
     ready = spec.ready_versions()
     split = [(v, w) for v, w in policy.split if w > 0 and v in ready] if policy else []
     weights = [(v, w) for v, w in split if can_serve(v)]
+    if split and not weights:  # the split's versions cannot serve it: never a version out of it
+        raise NoEligibleVersion([v for v, _ in split])
     if weights and routing_key:
         version, decision = sticky_version(spec.name, routing_key, weights), Decision.STICKY
     elif weights:

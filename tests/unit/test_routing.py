@@ -381,3 +381,11 @@ def test_a_pinned_version_is_not_filtered() -> None:
     model = spec({"1": READY, "2": READY})
     route = choose_version(model, "2", "", SPLIT, None, only("1"))
     assert (route.version, route.decision, route.restricted) == ("2", Decision.PINNED, False)
+
+
+def test_a_version_out_of_the_split_never_serves_even_when_the_split_cannot() -> None:
+    model = spec({"1": READY, "2": READY}, default="1")
+    policy = Policy(split=(("1", 0.0), ("2", 100.0)))
+    with pytest.raises(NoEligibleVersion) as caught:  # v2 cannot serve; v1 has weight 0
+        choose_version(model, "", "", policy, None, only("1"))
+    assert caught.value.candidates == ("2",)

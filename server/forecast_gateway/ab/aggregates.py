@@ -32,19 +32,26 @@ SCORED = "scored"
 """Metric whose count is the number of a version's scored forecasts (value: steps scored)."""
 ERROR_METRICS = ("mae", "smape", "mase")
 COMPARABLE_MASE = "mase_comparable"
-"""MASE of forecasts routed without restriction: the two-sample comparison's groups.
-
-A restricted forecast went to a version because the others could not serve
-its request (a short history), so which version served it depends on the
-request: comparing those groups would compare requests, not versions."""
+"""MASE of forecasts the split drew at random among all its versions: the two-sample
+comparison's groups. A pinned, default or fallback forecast, or one restricted to
+the versions that could serve its request (a short history), reached its version
+for reasons tied to the request: those groups would compare requests, not versions."""
 MASE_DIFFERENCE = "mase_diff"
 """Metric of the paired differences mase(version_a) - mase(version_b), a before b."""
+PAIRED_MASE_A = "mase_pair_a"
+PAIRED_MASE_B = "mase_pair_b"
+"""Each side's MASE over the same pairs: the figures the paired verdict quotes."""
+MAX_SUMMED_VALUE = 1e150
+"""Larger scores (actuals off by ~1e150, surely a typo) stay out of the running sums:
+their squares would overflow, and one would swamp every mean it entered."""
 NO_PAIR = ""
 """version_b of the rows that describe one version."""
 LATENCY_BASE_MS = 0.01
 """Upper edge of bucket 0; bucket i > 0 holds (BASE * GROWTH**(i-1), BASE * GROWTH**i]."""
 LATENCY_GROWTH = 1.02
 LATENCY_QUANTILES = (0.50, 0.95, 0.99)
+MAX_LATENCY_MS = 1e9
+"""Latencies beyond (11 days) share the last bucket."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def rescore(
     predictions: Sequence[StoredPrediction],
     actuals: FloatArray,
     scale: float,
-    restricted: bool = False,
+    comparable: bool = True,
 ) -> tuple[list[VersionScore], list[MomentDelta]]:
     """Score every prediction of a forecast on its actuals; the deltas to the totals.
 
@@ -100,9 +107,11 @@ def rescore(
             VersionScore(p.version, p.role, result.steps, result.mae, result.smape, result.mase)
         )
     old = {p.version: p.score for p in predictions}
+    served = next((p.version for p in predictions if p.role is Role.SERVED), None)
+    group = served if comparable else None
     deltas = _net(
-        contributions(model, experiment, old, -1, restricted)
-        + contributions(model, experiment, new, +1, restricted)
+        contributions(model, experiment, old, -1, group)
+        + contributions(model, experiment, new, +1, group)
     )
     scores.sort(key=lambda s: (s.role is not Role.SERVED, version_key(s.version)))
     return scores, deltas
@@ -113,28 +122,40 @@ def contributions(
     experiment: str,
     scores: Mapping[str, scoring.Score],
     weight: int,
-    restricted: bool = False,
+    comparable: str | None = None,
 ) -> list[MomentDelta]:
-    """What one forecast's scores add to the totals (weight +1), or take away (-1)."""
+    """What one forecast's scores add to the totals (weight +1), or take away (-1).
+
+    `comparable` is the served version when the split drew it at random (the
+    two-sample comparison's groups take only those), else None.
+    """
     scored = {v: s for v, s in scores.items() if s.steps > 0}
+    row = (model, experiment)
     deltas: list[MomentDelta] = []
     for version, score in scored.items():
-        row = (model, experiment)
         deltas.append(MomentDelta(*row, SCORED, version, NO_PAIR, float(score.steps), weight))
         for metric, value in zip(ERROR_METRICS, (score.mae, score.smape, score.mase), strict=True):
-            if math.isfinite(value):
+            if usable(value):
                 deltas.append(MomentDelta(*row, metric, version, NO_PAIR, value, weight))
-        if math.isfinite(score.mase) and not restricted:
-            deltas.append(MomentDelta(*row, COMPARABLE_MASE, version, NO_PAIR, score.mase, weight))
-    defined = sorted((v for v, s in scored.items() if math.isfinite(s.mase)), key=version_key)
+    if comparable in scored and usable(scored[comparable].mase):
+        mase = scored[comparable].mase
+        deltas.append(MomentDelta(*row, COMPARABLE_MASE, comparable, NO_PAIR, mase, weight))
+    defined = sorted((v for v, s in scored.items() if usable(s.mase)), key=version_key)
     for i, a in enumerate(defined):
         for b in defined[i + 1 :]:
-            difference = scored[a].mase - scored[b].mase
-            if math.isfinite(difference):
-                deltas.append(
-                    MomentDelta(model, experiment, MASE_DIFFERENCE, a, b, difference, weight)
-                )
+            mase_a, mase_b = scored[a].mase, scored[b].mase
+            for metric, value in (
+                (MASE_DIFFERENCE, mase_a - mase_b),
+                (PAIRED_MASE_A, mase_a),
+                (PAIRED_MASE_B, mase_b),
+            ):
+                deltas.append(MomentDelta(*row, metric, a, b, value, weight))
     return deltas
+
+
+def usable(value: float) -> bool:
+    """Finite and small enough that its square (in the running sums) stays finite."""
+    return math.isfinite(value) and abs(value) <= MAX_SUMMED_VALUE
 
 
 def _net(deltas: Iterable[MomentDelta]) -> list[MomentDelta]:
@@ -153,6 +174,12 @@ def latency_bucket(latency_ms: float) -> int:
     """The bucket a latency is counted in."""
     if latency_ms <= LATENCY_BASE_MS:
         return 0
+    if latency_ms >= MAX_LATENCY_MS:
+        return _bucket_of(MAX_LATENCY_MS)
+    return _bucket_of(latency_ms)
+
+
+def _bucket_of(latency_ms: float) -> int:
     return max(1, math.ceil(math.log(latency_ms / LATENCY_BASE_MS) / math.log(LATENCY_GROWTH)))
 
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from forecast_gateway.ab.sql import Migration, Row, Transaction, migrate
 
@@ -26,13 +26,17 @@ POOL_MAX = 4
 """Connections per gateway process: the writer, ReportActuals and GetExperiment at once."""
 CONNECT_TIMEOUT_S = 30.0
 """How long start-up waits for the database before the gateway gives up (and is restarted)."""
+POOL_WAIT_S = 5.0
+"""How long an operation waits for a pooled connection: a read answers UNAVAILABLE after it."""
+_SERVER_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
+"""admin_shutdown, crash_shutdown, cannot_connect_now: the server is (re)starting."""
 
 _V1 = (
     """CREATE TABLE forecasts (
         forecast_id TEXT PRIMARY KEY,
         model TEXT NOT NULL,
         experiment TEXT NOT NULL,
-        restricted SMALLINT NOT NULL DEFAULT 0,
+        comparable SMALLINT NOT NULL DEFAULT 1,
         horizon INTEGER NOT NULL,
         naive_scale DOUBLE PRECISION NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
@@ -121,7 +125,12 @@ class PostgresBackend:
         """Open the pool and migrate under the advisory lock."""
         extra = {} if self._password is None else {"password": self._password}
         self._pool = AsyncConnectionPool(
-            self._url, kwargs=extra, min_size=POOL_MIN, max_size=POOL_MAX, open=False
+            self._url,
+            kwargs=extra,
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            timeout=POOL_WAIT_S,
+            open=False,
         )
         try:
             await self._pool.open(wait=True, timeout=self.connect_timeout_s)
@@ -157,8 +166,18 @@ class PostgresBackend:
         return isinstance(error, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
 
     def is_unavailable(self, error: BaseException) -> bool:
-        """The server is down or unreachable, or the pool found no connection in time."""
-        return isinstance(error, psycopg.OperationalError)
+        """The server is down or unreachable, or the pool found no connection in time.
+
+        Only connection-level failures: psycopg also files deadlocks and
+        cancelled statements under OperationalError, with an SQLSTATE of their
+        own; a lost connection has none, or one of class 08.
+        """
+        if isinstance(error, PoolTimeout):
+            return True
+        if not isinstance(error, psycopg.OperationalError):
+            return False
+        state = error.sqlstate
+        return state is None or state.startswith("08") or state in _SERVER_GOING_AWAY
 
 
 async def _migrate(tx: Transaction) -> None:

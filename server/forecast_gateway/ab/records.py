@@ -67,7 +67,9 @@ class RecordedForecast:
     `naive_scale` is `scoring.naive_scale` of the request's window;
     `created_at` is wall-clock seconds (`time.time()`), the clock the age
     bound is checked against, also across restarts and replicas.
-    `restricted`: routed among fewer versions (the others could not serve it).
+    `comparable`: the split drew its version among all the split's versions
+    (not pinned, not a fallback or default, not restricted to the versions
+    that could serve it), so it may enter the two-sample comparison.
     """
 
     forecast_id: str
@@ -77,7 +79,7 @@ class RecordedForecast:
     created_at: float
     served: Prediction
     experiment: str = DEFAULT_EXPERIMENT
-    restricted: bool = False
+    comparable: bool = True
 
 
 @dataclass(frozen=True)

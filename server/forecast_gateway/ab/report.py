@@ -10,6 +10,8 @@ from forecast_gateway.ab.aggregates import (
     COMPARABLE_MASE,
     MASE_DIFFERENCE,
     NO_PAIR,
+    PAIRED_MASE_A,
+    PAIRED_MASE_B,
     SCORED,
     latency_stats,
 )
@@ -100,14 +102,15 @@ def _mean(moments: scoring.Moments) -> float:
 
 def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionComparison:
     paired = aggregates.of(MASE_DIFFERENCE, a, b)
-    mase_a, mase_b = aggregates.of(METRIC, a), aggregates.of(METRIC, b)
     if paired.count >= scoring.MIN_SAMPLES:
         result = scoring.compare_paired(paired)
         always_valid = sequential.paired(paired)
-    else:  # groups of the split's own draws: restricted forecasts would compare requests
+        quoted = aggregates.of(PAIRED_MASE_A, a, b).mean, aggregates.of(PAIRED_MASE_B, a, b).mean
+    else:  # the split's random draws only: other forecasts would compare requests
         group_a, group_b = aggregates.of(COMPARABLE_MASE, a), aggregates.of(COMPARABLE_MASE, b)
         result = scoring.compare_welch(group_a, group_b)
         always_valid = sequential.two_sample(group_a, group_b)
+        quoted = group_a.mean, group_b.mean
     return VersionComparison(
         version_a=a,
         version_b=b,
@@ -119,7 +122,7 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
         ci_high=result.ci_high,
         p_value=result.p_value,
         significant=result.significant,
-        verdict=verdict(a, b, mase_a.mean, mase_b.mean, always_valid),
+        verdict=verdict(a, b, *quoted, always_valid),
         conclusive=always_valid.conclusive,
         sequential_test=always_valid.test,
         sequential_p_value=always_valid.p_value,
@@ -133,8 +136,9 @@ def verdict(
 ) -> str:
     """The comparison in words: who is more accurate, by how much, and whether it is settled.
 
-    The MASE figures are each version's mean over its scored forecasts; the
-    decision is the sequential test's, so it may be read at any time.
+    The MASE figures are each version's mean over the sample the test used
+    (the pairs, or the split's draws); the decision is the sequential test's,
+    so it may be read at any time.
     """
     unit = "paired forecasts" if result.test == sequential.PAIRED_SEQUENTIAL else "forecasts each"
     after = f"after {result.samples} {unit}"
@@ -146,6 +150,13 @@ def verdict(
         return (
             f"version {better} is more accurate: MASE {good:.3g} vs {bad:.3g}{change}, "
             f"conclusive {after}"
+        )
+    if result.samples >= 2 and math.isnan(result.p_value) and not math.isnan(mase_a + mase_b):
+        if result.mean_difference == 0:
+            return f"no difference: both versions scored the same on every forecast ({after})"
+        return (
+            "not conclusive: the difference is the same on every forecast, so it cannot be "
+            f"tested ({after})"
         )
     if result.samples < 2 or math.isnan(result.p_value):
         return f"not conclusive yet: too few scored forecasts to compare ({after})"

@@ -40,6 +40,8 @@ ALPHA = 0.05
 """Two-sided significance level; the confidence intervals are 1 - ALPHA (95%)."""
 MIN_SAMPLES = 2
 """Fewest pairs (paired) or samples per group (Welch) for which a t-test is defined."""
+SUMS_RELATIVE_ERROR = 1e-12
+"""Relative rounding error allowed in running sums before a variance counts as real."""
 NO_SPREAD_RELATIVE = 1e-12
 """A sample whose values all lie within this fraction of its mean has no variance."""
 
@@ -183,7 +185,12 @@ class Moments:
         mean = shift + total / count
         if count < 2:
             return cls(count, mean, math.nan)
-        return cls(count, mean, max(squares - total * total / count, 0.0) / (count - 1))
+        variance = (squares - total * total / count) / (count - 1)
+        # Below the rounding error of the sums (values added and later removed,
+        # a shift far from the values) the spread is indistinguishable from 0.
+        if variance <= SUMS_RELATIVE_ERROR * squares / (count - 1):
+            variance = 0.0
+        return cls(count, mean, variance)
 
     @property
     def constant(self) -> bool:

@@ -184,7 +184,10 @@ class SqlStorage:
         now = self._clock()
         if records or not now - PRUNE_INTERVAL_S < self._pruned_at <= now:
             self._pruned_at = now
-            await self._retrying(lambda tx: _prune(tx, self._bounds, now), write=True)
+            try:  # the records are in: a failed prune is retried with the next batch
+                await self._retrying(lambda tx: _prune(tx, self._bounds, now), write=True)
+            except Exception as error:
+                log.warning("store_prune_failed", error=type(error).__name__)
 
     async def report_actuals(
         self, forecast_id: str, actuals: FloatArray, offset: int
@@ -214,11 +217,13 @@ class SqlStorage:
                 async with self.backend.transaction(write=write) as tx:
                     return await operation(tx)
             except Exception as error:
-                if self.backend.is_unavailable(error):
+                if self.backend.is_conflict(error) and attempt < CONFLICT_RETRIES - 1:
+                    pass  # rolled back whole: run it again
+                elif self.backend.is_unavailable(error):
                     raise Unavailable(
                         "the A/B store is unreachable; retry later", reason="STORE_UNAVAILABLE"
                     ) from error
-                if not self.backend.is_conflict(error) or attempt == CONFLICT_RETRIES - 1:
+                else:
                     raise
                 log.info(
                     "store_transaction_retried", attempt=attempt + 1, error=type(error).__name__
@@ -232,7 +237,7 @@ async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> 
     shadows = [r for r in records if isinstance(r, ShadowRecord)]
     if served:
         inserted = await tx.executemany(
-            "INSERT INTO forecasts (forecast_id, model, experiment, restricted, horizon, "
+            "INSERT INTO forecasts (forecast_id, model, experiment, comparable, horizon, "
             "naive_scale, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (forecast_id) DO NOTHING",
             [
@@ -240,7 +245,7 @@ async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> 
                     f.forecast_id,
                     f.model,
                     f.experiment,
-                    int(f.restricted),
+                    int(f.comparable),
                     f.horizon,
                     f.naive_scale,
                     f.created_at,
@@ -272,7 +277,7 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
     for start in range(0, len(ids), IN_LIST_MAX):
         chunk = ids[start : start + IN_LIST_MAX]
         for row in await tx.fetchall(  # sorted: every writer locks forecast rows in one order
-            "SELECT forecast_id, model, experiment, restricted, naive_scale, actuals "
+            "SELECT forecast_id, model, experiment, comparable, naive_scale, actuals "
             "FROM forecasts "
             f"WHERE forecast_id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY forecast_id"
             + lock_rows,
@@ -289,11 +294,11 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
         ],
     )
     deltas: list[aggregates.MomentDelta] = []
-    for forecast_id, model, experiment, restricted, scale, stored in known.values():
+    for forecast_id, model, experiment, comparable, scale, stored in known.values():
         if stored is not None:
             predictions = await _predictions(tx, forecast_id)
             scores, changes = aggregates.rescore(
-                model, experiment, predictions, _array(stored), scale, bool(restricted)
+                model, experiment, predictions, _array(stored), scale, bool(comparable)
             )
             await _store_scores(tx, forecast_id, scores)
             deltas += changes
@@ -344,13 +349,13 @@ async def _report_actuals(
     cutoff: float,
 ) -> ActualsReport | None:
     row = await tx.fetchone(
-        "SELECT model, experiment, restricted, horizon, naive_scale, actuals, created_at "
+        "SELECT model, experiment, comparable, horizon, naive_scale, actuals, created_at "
         "FROM forecasts WHERE forecast_id = %s" + lock_rows,
         (forecast_id,),
     )
     if row is None or row[6] < cutoff:
         return None
-    model, experiment, restricted, horizon, scale, stored, _ = row
+    model, experiment, comparable, horizon, scale, stored, _ = row
     merged = merge(None if stored is None else _array(stored), horizon, actuals, offset)
     steps_received = int(np.isfinite(merged).sum())
     await tx.execute(
@@ -359,7 +364,7 @@ async def _report_actuals(
     )
     predictions = await _predictions(tx, forecast_id)
     scores, deltas = aggregates.rescore(
-        model, experiment, predictions, merged, scale, bool(restricted)
+        model, experiment, predictions, merged, scale, bool(comparable)
     )
     await _store_scores(tx, forecast_id, scores)
     await _apply(tx, deltas)
@@ -407,9 +412,13 @@ async def _apply(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> N
         "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0) "
         "ON CONFLICT (model, experiment, metric, version_a, version_b) DO UPDATE SET "
         "n = moments.n + excluded.n, "
-        "s1 = moments.s1 + excluded.n * (excluded.shift - moments.shift), "
-        "s2 = moments.s2 + excluded.n * (excluded.shift - moments.shift) "
-        "* (excluded.shift - moments.shift)",
+        # An emptied row starts again, shifted by its next value.
+        "shift = CASE WHEN moments.n = 0 THEN excluded.shift ELSE moments.shift END, "
+        "s1 = CASE WHEN moments.n = 0 OR moments.n + excluded.n = 0 THEN 0 "
+        "ELSE moments.s1 + excluded.n * (excluded.shift - moments.shift) END, "
+        "s2 = CASE WHEN moments.n = 0 OR moments.n + excluded.n = 0 THEN 0 "
+        "ELSE moments.s2 + excluded.n * (excluded.shift - moments.shift) "
+        "* (excluded.shift - moments.shift) END",
         [(*d.key, d.value, d.weight) for d in sorted(deltas, key=lambda d: d.key)],
     )
 
@@ -472,8 +481,9 @@ async def _delete_forecasts(tx: Transaction, ids: Sequence[str]) -> None:
     if not ids:
         return
     rows = [(forecast_id,) for forecast_id in sorted(ids)]
-    await tx.executemany("DELETE FROM predictions WHERE forecast_id = %s", rows)
+    # Forecast rows first, in id order, as scoring locks them: then predictions.
     deleted = await tx.executemany("DELETE FROM forecasts WHERE forecast_id = %s", rows)
+    await tx.executemany("DELETE FROM predictions WHERE forecast_id = %s", rows)
     await tx.execute(
         "UPDATE store_meta SET value = value - %s WHERE name = 'forecasts'", (deleted,)
     )
@@ -482,21 +492,25 @@ async def _delete_forecasts(tx: Transaction, ids: Sequence[str]) -> None:
 async def backfill_aggregates(tx: Transaction) -> None:
     """Build the running totals, experiments and count from stored rows (a migration step)."""
     rows = await tx.fetchall(
-        "SELECT p.model, f.experiment, f.restricted, p.forecast_id, p.version, p.steps_scored, "
-        "p.mae, p.smape, p.mase FROM predictions AS p "
+        "SELECT p.model, f.experiment, f.comparable, p.forecast_id, p.role, p.version, "
+        "p.steps_scored, p.mae, p.smape, p.mase FROM predictions AS p "
         "JOIN forecasts AS f ON f.forecast_id = p.forecast_id "
         "WHERE p.steps_scored > 0 ORDER BY p.forecast_id"
     )
-    by_forecast: dict[tuple[str, str, int, str], dict[str, scoring.Score]] = {}
-    for model, experiment, restricted, forecast_id, version, steps, *errors in rows:
-        key = (model, experiment, restricted, forecast_id)
-        by_forecast.setdefault(key, {})[version] = scoring.Score(
+    by_forecast: dict[tuple[str, str, str], dict[str, scoring.Score]] = {}
+    groups: dict[str, str] = {}  # forecast -> its served version, when comparable
+    for model, experiment, comparable, forecast_id, role, version, steps, *errors in rows:
+        by_forecast.setdefault((model, experiment, forecast_id), {})[version] = scoring.Score(
             steps, *(math.nan if v is None else v for v in errors)
         )
+        if comparable and role == Role.SERVED.value:
+            groups[forecast_id] = version
     deltas = [
         delta
-        for (model, experiment, restricted, _), scores in by_forecast.items()
-        for delta in aggregates.contributions(model, experiment, scores, +1, bool(restricted))
+        for (model, experiment, forecast_id), scores in by_forecast.items()
+        for delta in aggregates.contributions(
+            model, experiment, scores, +1, groups.get(forecast_id)
+        )
     ]
     await _apply(tx, deltas)
     latencies = await tx.fetchall(

@@ -65,7 +65,7 @@ _V2 = (
     "DROP INDEX IF EXISTS predictions_by_latency",
     "DROP INDEX IF EXISTS predictions_scored",
     "ALTER TABLE forecasts ADD COLUMN experiment TEXT NOT NULL DEFAULT 'default'",
-    "ALTER TABLE forecasts ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE forecasts ADD COLUMN comparable INTEGER NOT NULL DEFAULT 1",
     "ALTER TABLE counters RENAME TO counters_v1",
     """CREATE TABLE counters (
         model TEXT NOT NULL,

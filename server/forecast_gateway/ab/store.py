@@ -39,6 +39,7 @@ from forecast_gateway.ab.report import summarize
 from forecast_gateway.ab.sql import Bounds
 from forecast_gateway.ab.storage import Storage, open_storage
 from forecast_gateway.config import GatewayConfig
+from forecast_gateway.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,8 @@ they are dropped and counted: A/B recording never grows the gateway's memory wit
 bound. Only a stalled database fills it."""
 WRITE_BEHIND_GRACE_S = 2.0
 """How long after its id was made an unknown forecast may still be in a replica's queue."""
+CLOCK_SKEW_S = 1.0
+"""How far ahead of this host's clock another replica's forecast id may be stamped."""
 LOOKUP_INTERVAL_S = 0.05
 
 
@@ -81,6 +84,7 @@ class ExperimentStore:
         self._pending: list[Record] = []
         self._wakeup = asyncio.Event()
         self._write_lock = asyncio.Lock()  # writes in order; a read waits for earlier ones
+        self._writes: set[asyncio.Future[Unavailable | None]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
@@ -125,6 +129,9 @@ class ExperimentStore:
             self._wakeup.set()
             await asyncio.wait([self._flusher])
             await self._flush()
+            if self._pending:  # the database stayed unreachable to the end
+                self._drop(len(self._pending))
+                self._pending = []
         await self.storage.close()
 
     def record(self, forecast: RecordedForecast) -> None:
@@ -163,12 +170,10 @@ class ExperimentStore:
         Unavailable (STORE_UNAVAILABLE) when the database cannot be reached.
         """
         values = checked_actuals(forecast_id, actuals, offset)
-        await self._flush()
+        await self._flush(for_read=True)
         report = await self.storage.report_actuals(forecast_id, values, offset)
-        made_at = forecast_id_time(forecast_id)
-        while report is None and made_at is not None:
-            if time.time() > made_at + WRITE_BEHIND_GRACE_S:
-                break
+        give_up = time.monotonic() + _still_queued_for(forecast_id)
+        while report is None and time.monotonic() < give_up:
             await asyncio.sleep(LOOKUP_INTERVAL_S)  # possibly still queued on another replica
             report = await self.storage.report_actuals(forecast_id, values, offset)
         if report is None:
@@ -179,12 +184,12 @@ class ExperimentStore:
         self, model: str, experiment: str = DEFAULT_EXPERIMENT
     ) -> ExperimentReport:
         """The A/B results of one experiment of `model` (empty if nothing was recorded in it)."""
-        await self._flush()
+        await self._flush(for_read=True)
         return summarize(model, experiment, await self.storage.aggregates(model, experiment))
 
     async def experiments(self, model: str = "") -> list[ExperimentInfo]:
         """The experiments with recorded forecasts, of `model` or ("") of every model."""
-        await self._flush()
+        await self._flush(for_read=True)
         return await self.storage.experiments(model)
 
     def _enqueue(self, record: Record) -> None:
@@ -202,15 +207,39 @@ class ExperimentStore:
         if self._unreported_drops == records:  # once per episode; the flusher reports the total
             log.warning("experiment_records_dropping", closed=self._closed)
 
-    async def _flush(self) -> None:
-        """Write the queue, after any write in progress; a failed batch is logged and dropped."""
+    async def _flush(self, *, for_read: bool = False) -> None:
+        """Write the queue, after any write in progress, in a task of its own.
+
+        The write finishes even if the caller is cancelled (a client's
+        deadline must not roll back records of other calls). A batch the
+        database could not take because it is unreachable goes back to the
+        front of the queue (within MAX_PENDING) and, for a read, the read
+        fails with that Unavailable at once; any other failure drops the
+        batch, logged and counted.
+        """
+        write = asyncio.ensure_future(self._write_pending())
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        unreachable = await asyncio.shield(write)
+        if unreachable is not None and for_read:
+            raise unreachable
+
+    async def _write_pending(self) -> Unavailable | None:
         async with self._write_lock:
             records, self._pending = self._pending, []
             try:
                 await self.storage.write(records)
+            except Unavailable as error:
+                log.warning("experiment_store_unreachable", records=len(records))
+                keep = max(self._max_pending - len(self._pending), 0)
+                self._pending[:0] = records[:keep]
+                if len(records) > keep:
+                    self._drop(len(records) - keep)
+                return error
             except Exception:
                 log.exception("experiment_flush_failed", records=len(records))
                 self._drop(len(records))
+            return None
 
     async def _flush_forever(self) -> None:
         while not self._stopping:
@@ -224,3 +253,18 @@ class ExperimentStore:
             if self._unreported_drops:
                 log.warning("experiment_records_dropped", records=self._unreported_drops)
                 self._unreported_drops = 0
+
+
+def _still_queued_for(forecast_id: str) -> float:
+    """Seconds an unknown id may yet appear: a version-7 id made in the last 2 s, else 0.
+
+    An id stamped in the future (beyond the clock skew replicas may have) is a
+    client's, not one still queued: it is not waited for.
+    """
+    made_at = forecast_id_time(forecast_id)
+    if made_at is None:
+        return 0.0
+    now = time.time()
+    if not now - WRITE_BEHIND_GRACE_S <= made_at <= now + CLOCK_SKEW_S:
+        return 0.0
+    return min(made_at + WRITE_BEHIND_GRACE_S - now, WRITE_BEHIND_GRACE_S)
