@@ -65,8 +65,8 @@ train: install  ## Retrain the LSTM versions (writes model_repository/lstm_times
 	$(PY) -m training.train_lstm --version 1
 	$(PY) -m training.train_lstm --version 2
 
-bench: install  ## Throughput: gateway vs direct Triton vs the hand-written server (~3 min; BENCH_ARGS=--smoke).
-	$(PY) -m bench $(BENCH_ARGS)
+bench: install  ## Throughput: gateway vs direct Triton vs the hand-written server (~3 min; BENCH_ARGS=--smoke; WORKERS=1,2,4: worker scaling instead).
+	$(PY) -m bench $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
 
 lock:  ## Re-resolve requirements.in into requirements.lock in a scratch venv.
 	rm -rf /tmp/fg-lock && $(PYTHON) -m venv /tmp/fg-lock

@@ -378,3 +378,26 @@ def zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+def test_bench_measures_each_worker_count(tmp_path: Path) -> None:
+    """`make bench WORKERS=1,2` in its smoke size: a result per count, over several channels."""
+    output = tmp_path / "scaling.json"
+    arguments = ["--smoke", "--workers", "1,2", "--concurrency", "8", "--channels", "4"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *arguments, "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = json.loads(output.read_text())["cells"]
+    assert [(c["workers"], c["concurrency"], c["channels"]) for c in cells] == [
+        (1, 8, 4),
+        (2, 8, 4),
+    ]
+    for cell in cells:
+        assert cell["status"] == "ok" and cell["errors"] == 0, cell
+        assert cell["cpu_us_per_call"]["gateway"] > 0
+    assert "| workers | conc | series/s |" in done.stdout
