@@ -186,7 +186,12 @@ class Supervisor:
             worker_config = self.config.model_copy(
                 update={"port": port, "metrics_port": -1, "workers": self.count}
             )
-            metrics_port = self._serve_metrics(metrics_dir)
+            try:
+                metrics_port = self._serve_metrics(metrics_dir)
+            except OSError as error:
+                address = f"{self.config.host}:{self.config.metrics_port}"
+                sys.stderr.write(f"forecast-gateway: cannot serve metrics on {address}: {error}\n")
+                return 1
             log.info("workers_starting", workers=self.count, port=port, metrics_port=metrics_port)
             self.workers = [_Worker(index) for index in range(self.count)]
             for worker in self.workers:
@@ -316,7 +321,8 @@ class Supervisor:
         """The workers' metric files: PROMETHEUS_MULTIPROC_DIR (emptied) or a temporary one."""
         named = os.environ.get(MULTIPROC_ENV)
         if named:
-            path = Path(named)
+            path = Path(named).absolute()
+            os.environ[MULTIPROC_ENV] = str(path)  # as the workers will compare it
             path.mkdir(parents=True, exist_ok=True)
             for stale in path.glob("*.db"):
                 stale.unlink()
