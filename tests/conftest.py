@@ -45,9 +45,17 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(triton_url: str, log_path: Path, **env: str) -> GatewayProcess:
-    """Start a gateway process against `triton_url` and wait until it is SERVING."""
-    port, metrics_port = free_port(), free_port()
+def spawn_gateway(
+    triton_url: str,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    **env: str,
+) -> GatewayProcess:
+    """Start a gateway process against `triton_url` (free ports unless given); do not wait."""
+    port = free_port() if port is None else port
+    metrics_port = free_port() if metrics_port is None else metrics_port
     environment = {
         **os.environ,
         "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
@@ -61,20 +69,31 @@ def start_gateway(triton_url: str, log_path: Path, **env: str) -> GatewayProcess
         "FORECAST_STORE_PATH": str(log_path.with_suffix(".sqlite3")),
         **env,
     }
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "forecast_gateway"],
-        env=environment,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    log_file.close()
-    gateway = GatewayProcess(process, port, metrics_port, log_path)
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "forecast_gateway"],
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    return GatewayProcess(process, port, metrics_port, log_path)
+
+
+def start_gateway(
+    triton_url: str,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    **env: str,
+) -> GatewayProcess:
+    """Start a gateway process against `triton_url` and wait until it is SERVING."""
+    gateway = spawn_gateway(triton_url, log_path, port=port, metrics_port=metrics_port, **env)
     try:
         wait_serving(gateway.target)
     except TimeoutError:
-        process.kill()
+        gateway.process.kill()
         raise RuntimeError(
             f"gateway did not become SERVING:\n{gateway.log_text()[-3000:]}"
         ) from None

@@ -8,10 +8,8 @@ shows the same commands).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ROOT, GatewayProcess, free_port
+from tests.conftest import GatewayProcess, spawn_gateway
 
 
 @dataclass(frozen=True)
@@ -109,29 +107,8 @@ def start_tls_gateway(
     triton_url: str, log_path: Path, credentials: grpc.ChannelCredentials, **env: str
 ) -> GatewayProcess:
     """conftest.start_gateway for a TLS port: the readiness probe goes over TLS too."""
-    port, metrics_port = free_port(), free_port()
-    environment = {
-        **os.environ,
-        "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
-        "FORECAST_HOST": "127.0.0.1",
-        "FORECAST_PORT": str(port),
-        "FORECAST_METRICS_PORT": str(metrics_port),
-        "FORECAST_TRITON_URL": triton_url,
-        "FORECAST_LOG_FORMAT": "json",
-        "FORECAST_CATALOG_REFRESH_S": "0.5",
-        "FORECAST_ROUTING_FILE": "",
-        "FORECAST_STORE_PATH": str(log_path.with_suffix(".sqlite3")),
-        **env,
-    }
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "forecast_gateway"],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    gateway = GatewayProcess(process, port, metrics_port, log_path)
+    gateway = spawn_gateway(triton_url, log_path, **{"FORECAST_ROUTING_FILE": "", **env})
+    process = gateway.process
     deadline = time.monotonic() + 60
     with grpc.secure_channel(gateway.target, credentials) as channel:
         while time.monotonic() < deadline and process.poll() is None:

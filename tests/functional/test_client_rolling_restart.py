@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.services import wait_serving
 from forecast_client import DEFAULT_RETRY_POLICY, ForecastClient, ForecastError, RetryPolicy
 from forecast_gateway.embedded_triton import TritonProcess
-from tests.conftest import ROOT, free_port, stop_process
+from tests.conftest import free_port, start_gateway, stop_process
 
 pytestmark = pytest.mark.functional
 
@@ -36,31 +33,16 @@ CALLERS = 8
 
 def start_replica(triton: TritonProcess, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """A gateway on `port` (a restarted replica keeps its address), SERVING."""
-    environment = {
-        **os.environ,
-        "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
-        "FORECAST_HOST": "127.0.0.1",
-        "FORECAST_PORT": str(port),
-        "FORECAST_METRICS_PORT": "-1",
-        "FORECAST_TRITON_URL": triton.grpc_url,
-        "FORECAST_LOG_FORMAT": "json",
-        "FORECAST_ROUTING_FILE": "",
-        "FORECAST_STORE_PATH": str(log_path.parent / f"store-{port}.sqlite3"),
-    }
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "forecast_gateway"],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    try:
-        wait_serving(f"127.0.0.1:{port}", 60)
-    except TimeoutError:
-        process.kill()
-        raise RuntimeError(f"replica did not start:\n{log_path.read_text()[-3000:]}") from None
-    return process
+    store = str(log_path.parent / f"store-{port}.sqlite3")
+    gateway = start_gateway(
+        triton.grpc_url,
+        log_path,
+        port=port,
+        metrics_port=-1,
+        FORECAST_ROUTING_FILE="",
+        FORECAST_STORE_PATH=store,
+    )
+    return gateway.process
 
 
 class Callers:

@@ -11,22 +11,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from bench.services import free_port, wait_serving
+from bench.services import free_port
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonProcess
-from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+from tests.conftest import GatewayProcess, start_gateway, stop_process
 
 HISTORY = [float(i % 17) for i in range(60)]
 DRAIN_S = "0.5"
@@ -117,33 +114,15 @@ async def sigterm(gateway: GatewayProcess) -> tuple[int, float]:
 
 def start_replica(triton: TritonProcess, log_path: Path, port: int, store: Path) -> GatewayProcess:
     """A gateway on a fixed port (the client's address list does not change)."""
-    environment = {
-        **os.environ,
-        "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
-        "FORECAST_HOST": "127.0.0.1",
-        "FORECAST_PORT": str(port),
-        "FORECAST_METRICS_PORT": "-1",
-        "FORECAST_TRITON_URL": triton.grpc_url,
-        "FORECAST_LOG_FORMAT": "json",
-        "FORECAST_ROUTING_FILE": "",
-        "FORECAST_SHUTDOWN_DRAIN_S": DRAIN_S,
-        "FORECAST_STORE_PATH": str(store),
-    }
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "forecast_gateway"],
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    gateway = GatewayProcess(process, port, -1, log_path)
-    try:
-        wait_serving(gateway.target, 60)
-    except TimeoutError:
-        process.kill()
-        raise RuntimeError(f"replica did not start:\n{gateway.log_text()[-3000:]}") from None
-    return gateway
+    return start_gateway(
+        triton.grpc_url,
+        log_path,
+        port=port,
+        metrics_port=-1,
+        FORECAST_ROUTING_FILE="",
+        FORECAST_SHUTDOWN_DRAIN_S=DRAIN_S,
+        FORECAST_STORE_PATH=str(store),
+    )
 
 
 def test_two_replicas_restarted_in_turn_under_load_lose_no_call(
