@@ -68,11 +68,11 @@ train: install  ## Retrain the LSTM versions (writes model_repository/lstm_times
 bench: install  ## Throughput: gateway vs direct Triton vs the hand-written server (~3 min; BENCH_ARGS=--smoke; WORKERS=1,2,4: worker scaling instead).
 	$(PY) -m bench $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
 
-lock:  ## Re-resolve requirements.in into requirements.lock in a scratch venv.
+lock:  ## Re-resolve requirements.in into requirements.lock (pins with sha256 hashes) in a scratch venv.
 	rm -rf /tmp/fg-lock && $(PYTHON) -m venv /tmp/fg-lock
 	/tmp/fg-lock/bin/pip install --quiet -r requirements.in
-	{ echo "# Generated from requirements.in by 'make lock' (pip freeze of a fresh venv). Do not edit by hand."; \
-	  /tmp/fg-lock/bin/pip freeze | grep -vE '^(pip|setuptools)==' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements.lock
+	/tmp/fg-lock/bin/pip freeze --all | grep -vE '^(pip|wheel)==' > /tmp/fg-lock/pins.txt
+	/tmp/fg-lock/bin/python tools/lock.py /tmp/fg-lock/pins.txt > requirements.lock
 
 clean:  ## Remove the venv and run-time files.
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -126,16 +126,27 @@ def normalize_name(name: str) -> str:
 
 
 def read_pins(path: Path) -> dict[str, tuple[str, str]]:
-    """`name==version` lines as {normalized name: (version, extras)}."""
+    """`name==version` lines (hash options allowed) as {normalized name: (version, extras)}."""
     pins: dict[str, tuple[str, str]] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+    for raw in path.read_text().replace("\\\n", " ").splitlines():
+        tokens = raw.split("#", 1)[0].split()
+        if not tokens:
             continue
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^\s;]+)", line)
-        assert match, f"{path.name}: not an exact pin: {line!r}"
+        assert all(t.startswith("--hash=sha256:") for t in tokens[1:]), f"{path.name}: {raw!r}"
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^\s;]+)", tokens[0])
+        assert match, f"{path.name}: not an exact pin: {tokens[0]!r}"
         pins[normalize_name(match.group(1))] = (match.group(3), match.group(2) or "")
     return pins
+
+
+def test_the_lock_pins_every_package_with_its_hash() -> None:
+    """pip installs the lock in hash-checking mode: a file that is not the locked one fails."""
+    text = LOCK.read_text().replace("\\\n", " ")
+    entries = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
+    assert entries and all(len(e) == 2 and e[1].startswith("--hash=sha256:") for e in entries)
+    pins = read_pins(LOCK)
+    assert pins["torch"][0].endswith("+cpu")  # never the multi-GB CUDA build
+    assert "setuptools" in pins  # grpcio-tools needs a newer one than a venv starts with
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -330,7 +341,9 @@ def test_triton_dockerfile() -> None:
     ]
     assert re.fullmatch(r"2\d\.\d\d-py3", args["TRITON_TAG"])
     lock = read_pins(LOCK)
-    assert args["TORCH_VERSION"] == lock["torch"][0], "torch must match requirements.lock"
+    # The same release; the GPU image takes its CUDA build (the lock names the CPU one).
+    torch_release = lock["torch"][0].split("+")[0]
+    assert args["TORCH_VERSION"] == torch_release, "torch must match requirements.lock"
     assert args["NUMPY_VERSION"] == lock["numpy"][0], "numpy must match requirements.lock"
     run = " ".join(a for op, a in instructions if op == "RUN")
     assert '"torch==${TORCH_VERSION}"' in run and '"numpy==${NUMPY_VERSION}"' in run
