@@ -35,9 +35,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from structlog.typing import EventDict
@@ -61,6 +63,8 @@ STABLE_S = 30.0
 STOP_MARGIN_S = 10.0
 """Beyond drain + grace, how long a stopping worker gets before SIGKILL."""
 POLL_S = 1.0
+METRICS_REQUEST_TIMEOUT_S = 2.0
+"""How long one scrape may keep the supervisor's loop (it serves /metrics itself)."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -171,6 +175,7 @@ class Supervisor:
     count: int
     workers: list[_Worker] = field(default_factory=list)
     restarts: int = 0
+    _metrics: WSGIServer | None = None
     _stopping_since: float | None = None
     _exit_code: int = 0
 
@@ -187,21 +192,26 @@ class Supervisor:
                 update={"port": port, "metrics_port": -1, "workers": self.count}
             )
             try:
-                metrics_port = self._serve_metrics(metrics_dir)
+                self._metrics = self._metrics_server(metrics_dir)
             except OSError as error:
                 address = f"{self.config.host}:{self.config.metrics_port}"
                 sys.stderr.write(f"forecast-gateway: cannot serve metrics on {address}: {error}\n")
                 return 1
+            metrics_port = self._metrics.server_port if self._metrics else None
             log.info("workers_starting", workers=self.count, port=port, metrics_port=metrics_port)
             self.workers = [_Worker(index) for index in range(self.count)]
             for worker in self.workers:
                 self._start(worker, worker_config, metrics_dir)
             while self._alive() or self._stopping_since is None:
-                self._wait(wakeup)
+                ready = self._wait(wakeup)
+                if self._metrics is not None and self._metrics.socket in ready:
+                    self._metrics.handle_request()
                 self._handle_signals(wakeup)
                 self._reap(metrics_dir)
                 self._restart_due(worker_config, metrics_dir)
                 self._kill_overdue()
+            if self._metrics is not None:
+                self._metrics.server_close()
         log.info("workers_stopped", exit_code=self._exit_code)
         return self._exit_code
 
@@ -218,13 +228,14 @@ class Supervisor:
     def _alive(self) -> list[_Worker]:
         return [w for w in self.workers if w.process is not None and w.process.is_alive()]
 
-    def _wait(self, wakeup: socket.socket) -> None:
-        """Until a signal, a worker's exit, or the next restart (at most POLL_S)."""
+    def _wait(self, wakeup: socket.socket) -> list[Any]:
+        """Until a signal, a worker's exit, a scrape, or the next restart (at most POLL_S)."""
         now = time.monotonic()
         due = [w.restart_at - now for w in self.workers if w.restart_at is not None]
         timeout = max(0.0, min([POLL_S, *due]))
         sentinels = [w.process.sentinel for w in self._alive() if w.process is not None]
-        multiprocessing.connection.wait([wakeup, *sentinels], timeout)
+        metrics = [self._metrics.socket] if self._metrics is not None else []
+        return multiprocessing.connection.wait([wakeup, *metrics, *sentinels], timeout)
 
     def _handle_signals(self, wakeup: socket.socket) -> None:
         try:
@@ -304,17 +315,29 @@ class Supervisor:
             log.error("worker_killed_after_grace", worker=worker.index, pid=worker.process.pid)
             worker.process.kill()
 
-    def _serve_metrics(self, metrics_dir: Path) -> int | None:
-        """/metrics for every worker (their files summed) plus the supervisor's own."""
+    def _metrics_server(self, metrics_dir: Path) -> WSGIServer | None:
+        """/metrics for every worker (their files summed) plus the supervisor's own.
+
+        Served from the supervisor's loop, not a thread: a worker gets its
+        parent-death signal once per thread it is handed to as the threads of
+        a dying supervisor exit, and a second SIGTERM cuts its drain short.
+        """
         if self.config.metrics_port < 0:
             return None
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
         registry.register(_SupervisorCollector(self))
-        server, _thread = start_http_server(
-            self.config.metrics_port, addr=self.config.host, registry=registry
+        family = socket.getaddrinfo(
+            self.config.host.strip("[]") or None,
+            self.config.metrics_port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )[0][0]
+        server = _MetricsServer.for_family(family)(
+            (self.config.host.strip("[]"), self.config.metrics_port), _QuietHandler
         )
-        return int(server.server_port)
+        server.set_app(make_wsgi_app(registry))
+        return server
 
     @contextlib.contextmanager
     def _metrics_dir(self) -> Iterator[Path]:
@@ -352,6 +375,24 @@ class Supervisor:
             signal.set_wakeup_fd(previous_fd)
             reader.close()
             writer.close()
+
+
+class _MetricsServer(WSGIServer):
+    """A single-threaded WSGI server on the address family of the configured host."""
+
+    @classmethod
+    def for_family(cls, family: socket.AddressFamily) -> type[_MetricsServer]:
+        """A subclass serving on `family` (IPv4 or IPv6)."""
+        return type("_MetricsServer", (cls,), {"address_family": family})
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape; a scrape that stalls is dropped."""
+
+    timeout = METRICS_REQUEST_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
 
 
 def _ignore(_signum: int, _frame: object) -> None:
