@@ -146,3 +146,17 @@ async def test_a_missing_rpc_is_skipped_with_a_note(
     assert "SKIPPED: server answered UNIMPLEMENTED" in table
     targets = report.evaluate_targets([cell], report.compute_ratios([cell], [1], [batch_size]))
     assert all(t["status"] == "n/a" for t in targets)
+
+
+def test_hotpath_runs_the_request_path_and_reports_cpu_per_call() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath", "--calls", "50", "--rounds", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["round 1", "round 2"]
+    assert lines[-1].startswith("min ") and float(lines[-1].split()[1]) > 0

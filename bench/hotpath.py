@@ -1,0 +1,156 @@
+"""The gateway's own Python per Forecast call, in process, without gRPC or Triton.
+
+``python -m bench.hotpath [--calls N] [--rounds R]`` runs the request
+wrapper (interceptor), the servicer, the forecaster, the coalescer, the log
+line, the metrics and A/B recording (SQLite in a scratch directory) of one
+``Forecast`` call back to back, against a stand-in Triton that answers at
+once, and prints the CPU time per call of each round (its minimum is the
+figure to compare). The workload is `make bench`'s: lstm_timeseries v1
+pinned, 10 points, horizon 5, with the shipped routing policy's shape (a
+10/90 split, shadow v1, fallback). Comparing commits: run it on each tree
+in turn; the gRPC hop itself is what `make bench`'s echo cells measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.workload import Workload
+from forecast.v1 import forecast_service_pb2 as pb
+from forecast_gateway import interceptors
+from forecast_gateway.ab import ExperimentStore
+from forecast_gateway.ab.records import DEFAULT_EXPERIMENT
+from forecast_gateway.ab.sql import Bounds
+from forecast_gateway.ab.storage import open_storage
+from forecast_gateway.catalog import ModelCatalog, build_spec
+from forecast_gateway.config import ModelConfig
+from forecast_gateway.forecaster import Forecaster
+from forecast_gateway.logs import configure_logging
+from forecast_gateway.routing import Fallback, Policy, Shadow
+from forecast_gateway.service import ForecastServicer
+
+PARAMETERS = {
+    "default_horizon": "5",
+    "max_horizon": "64",
+    "v1.sequence_length": "10",
+    "v2.sequence_length": "52",
+}
+
+
+class InstantTriton:
+    """Answers every forecast at once with zeros."""
+
+    async def forecast(
+        self, model: str, version: str, windows: npt.NDArray[Any], horizon: int, timeout_s: float
+    ) -> npt.NDArray[np.float32]:
+        """Zeros of the asked shape."""
+        return np.zeros((windows.shape[0], horizon), dtype=np.float32)
+
+
+class ShippedRouting:
+    """The shape of config/routing.toml's lstm_timeseries policy."""
+
+    def policy(self, name: str) -> Policy:
+        """A 10/90 split, v1 as a shadow, the moving average as fallback."""
+        return Policy(
+            split=(("1", 10.0), ("2", 90.0)),
+            shadow=Shadow("1", 100.0),
+            fallback=Fallback("moving_average", "1"),
+        )
+
+    def experiment(self, name: str) -> str:
+        """The default experiment."""
+        return DEFAULT_EXPERIMENT
+
+
+class Context:
+    """The few ServicerContext methods the wrapper and servicer use."""
+
+    def time_remaining(self) -> float:
+        """A generous deadline."""
+        return 20.0
+
+    def invocation_metadata(self) -> tuple[()]:
+        """No metadata."""
+        return ()
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        """Dropped."""
+
+    async def abort_with_status(self, status: object) -> None:
+        """A failed call is a bug here."""
+        raise RuntimeError(f"the call failed: {status}")
+
+
+async def measure(calls: int, rounds: int, scratch: Path) -> list[float]:
+    """CPU µs per call of each round."""
+    spec = build_spec(ModelConfig("lstm_timeseries"), PARAMETERS, {"1": "READY", "2": "READY"}, 256)
+    catalog = ModelCatalog(
+        models=(ModelConfig("lstm_timeseries"),), specs={spec.name: spec}, triton_up=True
+    )
+    storage = open_storage(
+        "", Bounds(1_000_000, 1e9), default_path=str(scratch / "ab.sqlite3"), password_file=""
+    )
+    store = ExperimentStore(storage)
+    await store.start()
+    forecaster = Forecaster(catalog, InstantTriton(), ShippedRouting(), store, 10_000, 1.0)  # type: ignore[arg-type]
+    servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64)
+    workload = Workload()
+    requests = [
+        pb.ForecastRequest(
+            model=workload.model,
+            version=workload.version,
+            history=history.tolist(),
+            horizon=workload.horizon,
+        ).SerializeToString()
+        for history in workload.histories()
+    ]
+    call = interceptors._wrap("Forecast", servicer.Forecast, interceptors._open)
+    context = Context()
+
+    async def run(count: int) -> None:
+        for i in range(count):
+            request = pb.ForecastRequest.FromString(requests[i % len(requests)])
+            (await call(request, context)).SerializeToString()  # type: ignore[arg-type]
+            if i % 64 == 0:
+                await asyncio.sleep(0)  # deferred log lines, the A/B flusher
+        await asyncio.sleep(0.1)
+
+    await run(min(calls, 2000))  # warm-up
+    results = []
+    for _ in range(rounds):
+        started = time.process_time()
+        await run(calls)
+        results.append((time.process_time() - started) / calls * 1e6)
+    await store.close()
+    return results
+
+
+def main() -> None:
+    """Parse the command line, measure, print one line per round and the minimum."""
+    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    log = open(os.devnull, "w")  # noqa: SIM115 - the request lines, for the process's life
+    sys.stderr = log
+    configure_logging("json", "info")
+    with tempfile.TemporaryDirectory(prefix="forecast-hotpath-") as scratch:
+        rounds = asyncio.run(measure(args.calls, args.rounds, Path(scratch)))
+    for index, value in enumerate(rounds, 1):
+        sys.stdout.write(f"round {index}: {value:.1f} us CPU per call\n")
+    sys.stdout.write(f"min {min(rounds):.1f} us CPU per call ({args.calls} calls per round)\n")
+
+
+if __name__ == "__main__":
+    main()
