@@ -312,6 +312,10 @@ async def serve(config: GatewayConfig, stop_event: asyncio.Event | None = None) 
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await gateway.stop()
+        try:
+            # The handlers stay during the drain: a second SIGTERM (a supervisor
+            # dying, an impatient operator) must not kill a draining gateway.
+            await gateway.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
