@@ -1,8 +1,9 @@
 """`make run`: the whole stack in the foreground, Triton (embedded CPU build) + gateway.
 
 Starts Triton on the model repository, waits until it is ready, runs the
-gateway until Ctrl-C or SIGTERM, then stops the gateway first (in-flight
-requests finish) and Triton after it.
+gateway (or `workers` gateway processes under their supervisor) until Ctrl-C
+or SIGTERM, then stops the gateway first (in-flight requests finish) and
+Triton after it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import structlog
 
-from forecast_gateway.config import load_or_exit
+from forecast_gateway.config import GatewayConfig, load_or_exit
 from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 from forecast_gateway.logs import configure_logging
-from forecast_gateway.server import run
+from forecast_gateway.workers import Supervisor, worker_count
 
 log = structlog.get_logger(__name__)
 
@@ -44,11 +45,23 @@ def main() -> None:
             triton_log=".run/triton.log",
             try_it=f"grpcurl -plaintext localhost:{config.port} list",
         )
-        run(config)
+        code = serve(config)
     except KeyboardInterrupt:
-        pass
+        code = 0
     finally:
         triton.stop()
+    raise SystemExit(code)
+
+
+def serve(config: GatewayConfig) -> int:
+    """The gateway, or its worker processes under a supervisor (`workers` > 1); the exit code."""
+    count = worker_count(config)
+    if count > 1:
+        return Supervisor(config, count).run()
+    from forecast_gateway.server import run  # grpc only in the gateway's own process
+
+    run(config)
+    return 0
 
 
 if __name__ == "__main__":
