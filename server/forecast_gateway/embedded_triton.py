@@ -8,6 +8,7 @@ Docker or GPU is needed. Only the binary is used; pytriton is never imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -184,14 +185,20 @@ class TritonProcess:
                 process.kill()
                 process.wait()
             log.info("triton_stopped", pid=process.pid, returncode=process.returncode)
+        if process is not None:
+            _kill_group(process.pid)  # Python-backend stubs that outlived the server
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
 
     def kill(self) -> None:
-        """SIGKILL the server at once (used by fault tests)."""
+        """SIGKILL the server and its Python-backend stubs at once (used by fault tests).
+
+        The stubs (one process per model instance, ~300 MB for the LSTM) do
+        not die with a SIGKILLed server: the whole process group is killed.
+        """
         if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+            _kill_group(self._process.pid)
             self._process.wait()
 
     def _tail(self, lines: int = 30) -> str:
@@ -199,6 +206,12 @@ class TritonProcess:
             return "no log file"
         text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return "log tail:\n" + "\n".join(text)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process left in the server's process group (its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def main() -> None:
