@@ -121,6 +121,22 @@ def start_tls_gateway(
     raise RuntimeError(f"TLS gateway did not become SERVING:\n{gateway.log_text()[-3000:]}")
 
 
+def start_locked_gateway(triton_url: str, directory: Path, pki: Pki, token: str) -> GatewayProcess:
+    """The locked-down configuration: mTLS, and a token required for reads as well as writes."""
+    tokens = directory / "tokens"
+    tokens.write_text(f"# gateway tokens\n{token}\n")
+    return start_tls_gateway(
+        triton_url,
+        directory / "gateway.log",
+        pki.credentials(pki.client),
+        FORECAST_TLS_CERT_FILE=str(pki.server_cert),
+        FORECAST_TLS_KEY_FILE=str(pki.server_key),
+        FORECAST_TLS_CLIENT_CA_FILE=str(pki.ca),
+        FORECAST_AUTH_TOKEN_FILE=str(tokens),
+        FORECAST_AUTH_REQUIRED_FOR_READS="true",
+    )
+
+
 def health_check(channel: grpc.Channel) -> None:
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

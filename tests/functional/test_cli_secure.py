@@ -23,7 +23,7 @@ from forecast_client import ForecastClient
 from forecast_client.cli import build_parser
 from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import VENV_BIN, GatewayProcess, stop_process
-from tests.pki import Pki, make_pki, start_tls_gateway
+from tests.pki import Pki, make_pki, start_locked_gateway
 
 pytestmark = pytest.mark.functional
 
@@ -62,18 +62,7 @@ def secure_gateway(
     triton: TritonProcess, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     directory = tmp_path_factory.mktemp("cli_secure")
-    tokens = directory / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
-    process = start_tls_gateway(
-        triton.grpc_url,
-        directory / "gateway.log",
-        pki.credentials(pki.client),
-        FORECAST_TLS_CERT_FILE=str(pki.server_cert),
-        FORECAST_TLS_KEY_FILE=str(pki.server_key),
-        FORECAST_TLS_CLIENT_CA_FILE=str(pki.ca),
-        FORECAST_AUTH_TOKEN_FILE=str(tokens),
-        FORECAST_AUTH_REQUIRED_FOR_READS="true",
-    )
+    process = start_locked_gateway(triton.grpc_url, directory, pki, TOKEN)
     yield process
     stop_process(process.process)
 

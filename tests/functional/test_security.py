@@ -28,7 +28,7 @@ from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import ROOT, GatewayProcess, free_port, start_gateway, stop_process
-from tests.pki import Pki, health_check, make_pki, start_tls_gateway
+from tests.pki import Pki, health_check, make_pki, start_locked_gateway, start_tls_gateway
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub
 TOKEN = "tok-6f1d0c7a9b3e4f2a8c5d7e9f01234567"
@@ -181,18 +181,7 @@ def locked_gateway(
     triton: TritonProcess, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     directory = tmp_path_factory.mktemp("locked")
-    tokens = directory / "tokens"
-    tokens.write_text(f"# gateway tokens\n{TOKEN}\n")
-    process = start_tls_gateway(
-        triton.grpc_url,
-        directory / "gateway.log",
-        pki.credentials(pki.client),
-        FORECAST_TLS_CERT_FILE=str(pki.server_cert),
-        FORECAST_TLS_KEY_FILE=str(pki.server_key),
-        FORECAST_TLS_CLIENT_CA_FILE=str(pki.ca),
-        FORECAST_AUTH_TOKEN_FILE=str(tokens),
-        FORECAST_AUTH_REQUIRED_FOR_READS="true",
-    )
+    process = start_locked_gateway(triton.grpc_url, directory, pki, TOKEN)
     yield process
     stop_process(process.process)
 
