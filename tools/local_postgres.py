@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5433)
     args = parser.parse_args(argv)
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # delivered to sigwait below, not handlers
     server = LocalPostgres(args.port)
     server.start()
     url = server.create_database("forecast")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     sys.stdout.flush()
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stops)
     finally:
         server.stop()
 
