@@ -9,12 +9,10 @@ gateway is stopped with calls in flight. Figures in docs/reliability.md.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -23,67 +21,10 @@ from bench.services import free_port
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonProcess
+from tests.closed_loop import ClosedLoop, Options, service_config
 from tests.conftest import GatewayProcess, start_gateway, stop_process
 
-HISTORY = [float(i % 17) for i in range(60)]
 DRAIN_S = "0.5"
-RETRY_ON_UNAVAILABLE = {
-    "name": [{"service": "forecast.v1.ForecastService"}],
-    "retryPolicy": {
-        "maxAttempts": 5,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "1s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    },
-}
-
-
-SERVICE_CONFIG = json.dumps(
-    {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [RETRY_ON_UNAVAILABLE]}
-)
-
-
-@dataclass
-class ClosedLoop:
-    """`callers` callers, each sending its next Forecast as soon as the last is answered."""
-
-    target: str
-    callers: int
-    options: list[tuple[str, str | int]] = field(default_factory=list)
-    pause_after_error_s: float = 0.01
-    # (sent, answered, code, forecast_id), monotonic seconds
-    calls: list[tuple[float, float, str, str]] = field(default_factory=list)
-    stopping: bool = False
-
-    async def run(self, until: asyncio.Future[None]) -> None:
-        """Send until `until` is done."""
-        async with grpc.aio.insecure_channel(self.target, options=self.options) as channel:
-            stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
-            await asyncio.gather(*(self._caller(stub, until) for _ in range(self.callers)))
-
-    async def _caller(
-        self, stub: forecast_service_pb2_grpc.ForecastServiceStub, until: asyncio.Future[None]
-    ) -> None:
-        request = pb.ForecastRequest(model="lstm_timeseries", version="2", history=HISTORY)
-        while not until.done():
-            sent = time.monotonic()
-            try:
-                reply = await stub.Forecast(request, timeout=10)
-                code, forecast_id = "OK", reply.forecast_id
-            except grpc.RpcError as error:
-                code, forecast_id = error.code().name, ""
-            self.calls.append((sent, time.monotonic(), code, forecast_id))
-            if code != "OK":
-                await asyncio.sleep(self.pause_after_error_s)
-
-    def codes(self, sent_after: float = 0.0, sent_before: float = float("inf")) -> dict[str, int]:
-        """Outcomes of the calls sent in [sent_after, sent_before)."""
-        return dict(
-            collections.Counter(
-                code for sent, _, code, _ in self.calls if sent_after <= sent < sent_before
-            )
-        )
 
 
 def served_calls(gateway: GatewayProcess) -> int:
@@ -134,13 +75,13 @@ def test_two_replicas_restarted_in_turn_under_load_lose_no_call(
         for i, port in enumerate(ports)
     ]
     target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
-    options: list[tuple[str, str | int]] = [("grpc.service_config", SERVICE_CONFIG)]
-    load = ClosedLoop(target, callers=16, options=options)
+    options: Options = [("grpc.service_config", service_config(round_robin=True))]
+    load = ClosedLoop(target, callers=16, channels=[options])
     exits: list[tuple[int, float]] = []
     signals: list[float] = []
 
     async def restart_each_in_turn() -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done = asyncio.Event()
         running = asyncio.ensure_future(load.run(done))
         try:
             for index in range(len(replicas)):
@@ -156,7 +97,7 @@ def test_two_replicas_restarted_in_turn_under_load_lose_no_call(
                 )
             await wait_until(lambda: all(served_calls(r) >= 20 for r in replicas), 30)
         finally:
-            done.set_result(None)
+            done.set()
             await running
 
     try:
@@ -190,7 +131,7 @@ def test_single_gateway_answers_calls_in_flight_then_only_unavailable(
     exits: list[tuple[int, float]] = []
 
     async def load_then_sigterm() -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done = asyncio.Event()
         running = asyncio.ensure_future(load.run(done))
         try:
             await wait_until(lambda: len(load.calls) >= 200, 30)
@@ -198,18 +139,14 @@ def test_single_gateway_answers_calls_in_flight_then_only_unavailable(
             exits.append(await sigterm(gateway))
             await asyncio.sleep(0.5)  # calls sent after the exit, too
         finally:
-            done.set_result(None)
+            done.set()
             await running
 
     asyncio.run(load_then_sigterm())
     signal_at = signalled[0]
-    in_flight = [c for c in load.calls if c[0] < signal_at <= c[1]]
+    in_flight = load.in_flight_at(signal_at)
     after = load.codes(sent_after=signal_at)
-    report = {
-        "in_flight_at_signal": dict(collections.Counter(c[2] for c in in_flight)),
-        "after": after,
-        "exit": exits,
-    }
+    report = load.signal_report(signal_at, exits)
     print(json.dumps(report))
     assert [code for code, _ in exits] == [0]
     # Every call sent before the signal was answered OK, the 32 in flight at it included.

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -28,26 +28,10 @@ from bench.services import free_port, wait_serving
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonProcess
+from tests.closed_loop import HISTORY, ClosedLoop, service_config
 from tests.conftest import ROOT, stop_process
 
-HISTORY = [float(i % 17) for i in range(60)]
 CHANNELS = 8
-RETRY_ON_UNAVAILABLE = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{"service": "forecast.v1.ForecastService"}],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
 
 
 def channel_options(number: int) -> list[tuple[str, str | int]]:
@@ -58,7 +42,7 @@ def channel_options(number: int) -> list[tuple[str, str | int]]:
     """
     return [
         ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.service_config", RETRY_ON_UNAVAILABLE),
+        ("grpc.service_config", service_config()),
         ("test.channel", number),
     ]
 
@@ -173,49 +157,9 @@ def wait_for(predicate: object, timeout_s: float, gateway: Supervised) -> None:
         time.sleep(0.1)
 
 
-@dataclass
-class Load:
-    """`callers` closed-loop callers spread over CHANNELS channels (connections)."""
-
-    target: str
-    callers: int
-    calls: list[tuple[float, float, str]] = field(default_factory=list)  # sent, answered, code
-
-    async def run(self, until: asyncio.Event) -> None:
-        """Call until `until` is set."""
-        channels = [
-            grpc.aio.insecure_channel(self.target, options=channel_options(i))
-            for i in range(CHANNELS)
-        ]
-        try:
-            stubs = [forecast_service_pb2_grpc.ForecastServiceStub(c) for c in channels]
-            await asyncio.gather(
-                *(self._caller(stubs[i % len(stubs)], until) for i in range(self.callers))
-            )
-        finally:
-            for channel in channels:
-                await channel.close()
-
-    async def _caller(
-        self, stub: forecast_service_pb2_grpc.ForecastServiceStub, until: asyncio.Event
-    ) -> None:
-        request = pb.ForecastRequest(model="lstm_timeseries", version="2", history=HISTORY)
-        while not until.is_set():
-            sent = time.monotonic()
-            try:
-                await stub.Forecast(request, timeout=10)
-                code = "OK"
-            except grpc.aio.AioRpcError as error:
-                code = error.code().name
-            self.calls.append((sent, time.monotonic(), code))
-            if code != "OK":
-                await asyncio.sleep(0.01)
-
-    def codes(self, sent_after: float = 0.0, sent_before: float = float("inf")) -> dict[str, int]:
-        """Outcomes of the calls sent in [sent_after, sent_before)."""
-        return dict(
-            collections.Counter(c for s, _, c in self.calls if sent_after <= s < sent_before)
-        )
+def spread_load(target: str, callers: int) -> ClosedLoop:
+    """Closed-loop callers spread over CHANNELS channels (connections), so over the workers."""
+    return ClosedLoop(target, callers, channels=[channel_options(i) for i in range(CHANNELS)])
 
 
 def call_over_channels(target: str, calls: int) -> None:
@@ -259,7 +203,7 @@ def test_two_workers_serve_add_up_and_a_killed_one_is_restarted(supervised: Supe
     wait_for(lambda: reloaded_by(supervised) == {0, 1}, 10, supervised)
 
     killed = supervised.worker_pids()[1]
-    load = Load(supervised.target, callers=8)
+    load = spread_load(supervised.target, callers=8)
 
     async def kill_under_load() -> None:
         until = asyncio.Event()
@@ -308,7 +252,7 @@ def gateway_started_lines(gateway: Supervised) -> list[dict[str, object]]:
 
 
 def test_sigterm_to_the_supervisor_drains_both_workers(supervised: Supervised) -> None:
-    load = Load(supervised.target, callers=16)
+    load = spread_load(supervised.target, callers=16)
     signalled: list[float] = []
     exits: list[tuple[int, float]] = []
 
@@ -328,13 +272,9 @@ def test_sigterm_to_the_supervisor_drains_both_workers(supervised: Supervised) -
 
     asyncio.run(load_then_sigterm())
     signal_at = signalled[0]
-    in_flight = [c for c in load.calls if c[0] < signal_at <= c[1]]
+    in_flight = load.in_flight_at(signal_at)
     after = load.codes(sent_after=signal_at)
-    report = {
-        "in_flight_at_signal": dict(collections.Counter(c[2] for c in in_flight)),
-        "after": after,
-        "exit": exits,
-    }
+    report = load.signal_report(signal_at, exits)
     print(json.dumps(report))
     assert [code for code, _ in exits] == [0], report
     assert set(load.codes(sent_before=signal_at)) == {"OK"}, report
