@@ -137,6 +137,62 @@ MODEL_VERSION_STATE_UNAVAILABLE: ModelVersionState.ValueType  # 3
 """
 Global___ModelVersionState: _TypeAlias = ModelVersionState  # noqa: Y015
 
+class _UncertaintyStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UncertaintyStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UncertaintyStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNCERTAINTY_STATUS_UNSPECIFIED: _UncertaintyStatus.ValueType  # 0
+    """UNCERTAINTY_STATUS_UNSPECIFIED: the request asked for no intervals or
+    quantiles.
+    """
+    UNCERTAINTY_STATUS_CALIBRATED: _UncertaintyStatus.ValueType  # 1
+    """UNCERTAINTY_STATUS_CALIBRATED: every requested interval and quantile is
+    returned, from enough calibration scores at every horizon step.
+    """
+    UNCERTAINTY_STATUS_NOT_CALIBRATED: _UncertaintyStatus.ValueType  # 2
+    """UNCERTAINTY_STATUS_NOT_CALIBRATED: some requested interval or quantile
+    is missing from the response because a horizon step has too few
+    calibration scores for it (an 80% interval needs 9, a 95% one 39), or
+    the window is constant (no scale to express errors in). The gateway
+    never invents a range: the point forecast is returned, with the
+    intervals and quantiles that are calibrated, and `detail` says what is
+    missing and why.
+    """
+    UNCERTAINTY_STATUS_MODEL_NATIVE: _UncertaintyStatus.ValueType  # 3
+    """UNCERTAINTY_STATUS_MODEL_NATIVE: the model itself produced the
+    intervals and quantiles (no model served today does).
+    """
+
+class UncertaintyStatus(_UncertaintyStatus, metaclass=_UncertaintyStatusEnumTypeWrapper):
+    """UncertaintyStatus says whether a forecast's intervals and quantiles are
+    calibrated. New values are only ever appended.
+    """
+
+UNCERTAINTY_STATUS_UNSPECIFIED: UncertaintyStatus.ValueType  # 0
+"""UNCERTAINTY_STATUS_UNSPECIFIED: the request asked for no intervals or
+quantiles.
+"""
+UNCERTAINTY_STATUS_CALIBRATED: UncertaintyStatus.ValueType  # 1
+"""UNCERTAINTY_STATUS_CALIBRATED: every requested interval and quantile is
+returned, from enough calibration scores at every horizon step.
+"""
+UNCERTAINTY_STATUS_NOT_CALIBRATED: UncertaintyStatus.ValueType  # 2
+"""UNCERTAINTY_STATUS_NOT_CALIBRATED: some requested interval or quantile
+is missing from the response because a horizon step has too few
+calibration scores for it (an 80% interval needs 9, a 95% one 39), or
+the window is constant (no scale to express errors in). The gateway
+never invents a range: the point forecast is returned, with the
+intervals and quantiles that are calibrated, and `detail` says what is
+missing and why.
+"""
+UNCERTAINTY_STATUS_MODEL_NATIVE: UncertaintyStatus.ValueType  # 3
+"""UNCERTAINTY_STATUS_MODEL_NATIVE: the model itself produced the
+intervals and quantiles (no model served today does).
+"""
+Global___UncertaintyStatus: _TypeAlias = UncertaintyStatus  # noqa: Y015
+
 @_typing.final
 class ModelVersion(_message.Message):
     """ModelVersion describes one version of a model that the gateway serves."""
@@ -243,6 +299,9 @@ class Forecast(_message.Message):
     HORIZON_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     ROUTING_RESTRICTED_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    UNCERTAINTY_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id uniquely identifies this forecast (for ReportActuals)."""
     model: _builtins.str
@@ -263,6 +322,24 @@ class Forecast(_message.Message):
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """values is the forecast, horizon steps, in the units of the history."""
 
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[Global___PredictionInterval]:
+        """intervals holds one prediction interval per coverage the request asked
+        for that is calibrated (see Uncertainty), in request order.
+        """
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileForecast]:
+        """quantiles holds one quantile forecast per level the request asked for
+        that is calibrated, in request order.
+        """
+
+    @_builtins.property
+    def uncertainty(self) -> Global___Uncertainty:
+        """uncertainty says how intervals and quantiles were obtained; unset when
+        the request asked for none.
+        """
+
     def __init__(
         self,
         *,
@@ -274,10 +351,13 @@ class Forecast(_message.Message):
         horizon: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
         routing_restricted: _builtins.bool = ...,
+        intervals: _abc.Iterable[Global___PredictionInterval] | None = ...,
+        quantiles: _abc.Iterable[Global___QuantileForecast] | None = ...,
+        uncertainty: Global___Uncertainty | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uncertainty", b"uncertainty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "intervals", b"intervals", "model", b"model", "quantiles", b"quantiles", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -424,3 +504,227 @@ class LatencyStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LatencyStats: _TypeAlias = LatencyStats  # noqa: Y015
+
+@_typing.final
+class PredictionInterval(_message.Message):
+    """PredictionInterval is a range that holds the actual with probability
+    `coverage`, step by step. Intervals of one forecast are nested (a 95%
+    interval contains the 80% one) and lower <= upper at every step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    LOWER_FIELD_NUMBER: _builtins.int
+    UPPER_FIELD_NUMBER: _builtins.int
+    coverage: _builtins.float
+    """coverage is the nominal probability, e.g. 0.8, as requested."""
+    @_builtins.property
+    def lower(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """lower is the lower bound, horizon values, in the units of the history."""
+
+    @_builtins.property
+    def upper(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """upper is the upper bound, horizon values, in the units of the history."""
+
+    def __init__(
+        self,
+        *,
+        coverage: _builtins.float = ...,
+        lower: _abc.Iterable[_builtins.float] | None = ...,
+        upper: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "lower", b"lower", "upper", b"upper"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionInterval: _TypeAlias = PredictionInterval  # noqa: Y015
+
+@_typing.final
+class QuantileForecast(_message.Message):
+    """QuantileForecast is the forecast quantile at one level: the actual falls
+    at or below `values` with probability `level`, step by step. Quantiles of
+    one forecast are non-decreasing in level at every step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    level: _builtins.float
+    """level is the quantile level, e.g. 0.9, as requested."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """values is the quantile, horizon values, in the units of the history."""
+
+    def __init__(
+        self,
+        *,
+        level: _builtins.float = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantileForecast: _TypeAlias = QuantileForecast  # noqa: Y015
+
+@_typing.final
+class Uncertainty(_message.Message):
+    """Uncertainty says how a forecast's intervals and quantiles were obtained.
+
+    Method: split-conformal calibration per (model, version, horizon step).
+    A score is the signed error (actual - forecast) divided by the in-sample
+    naive MAE of the request's window; each step keeps the most recent scores
+    (the gateway's calibration_window), bootstrapped from held-out scores
+    computed at training time and replaced by the scores of reported actuals
+    (served and shadow forecasts) as they arrive, shared by every replica
+    through the A/B store. With n scores, the quantile at level tau is the
+    ceil((n+1) tau)-th smallest score, the interval of coverage 1 - alpha
+    runs from the floor((n+1) alpha/2)-th to the ceil((n+1)(1 - alpha/2))-th:
+    when errors are exchangeable, coverage is at least 1 - alpha (at most
+    2/(n+1) more). Overlapping horizons and drift weaken this; see
+    docs/models.md.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CALIBRATION_SCORES_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    status: Global___UncertaintyStatus.ValueType
+    """status says whether every requested interval and quantile is returned."""
+    method: _builtins.str
+    """method names the method, e.g. "split conformal (signed scaled errors)"."""
+    detail: _builtins.str
+    """detail explains a NOT_CALIBRATED status in words (what is missing,
+    how many scores it needs); empty when calibrated.
+    """
+    @_builtins.property
+    def calibration_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """calibration_scores is the number of calibration scores behind each
+        horizon step, horizon values.
+        """
+
+    def __init__(
+        self,
+        *,
+        status: Global___UncertaintyStatus.ValueType = ...,
+        method: _builtins.str = ...,
+        calibration_scores: _abc.Iterable[_builtins.int] | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_scores", b"calibration_scores", "detail", b"detail", "method", b"method", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Uncertainty: _TypeAlias = Uncertainty  # noqa: Y015
+
+@_typing.final
+class IntervalCoverage(_message.Message):
+    """IntervalCoverage is how well one version's intervals of one nominal
+    coverage held on the actuals reported so far. Every forecast is scored at
+    the gateway's tracked coverages, whether or not its caller asked for
+    intervals. Widths and scores are in scale units (divided by the naive MAE
+    of the request's window), so series of any level can be averaged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOMINAL_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    COVERAGE_LOW_FIELD_NUMBER: _builtins.int
+    COVERAGE_HIGH_FIELD_NUMBER: _builtins.int
+    MEAN_WIDTH_FIELD_NUMBER: _builtins.int
+    WINKLER_FIELD_NUMBER: _builtins.int
+    UNDERCOVERING_FIELD_NUMBER: _builtins.int
+    nominal: _builtins.float
+    """nominal is the nominal coverage, e.g. 0.8."""
+    steps: _builtins.int
+    """steps counts the scored horizon steps (with an actual and a calibrated
+    interval).
+    """
+    coverage: _builtins.float
+    """coverage is the fraction of those steps whose actual fell inside."""
+    coverage_low: _builtins.float
+    """coverage_low is the lower bound of the Wilson 95% interval of coverage
+    (steps of one forecast counted as independent: optimistic when they
+    are correlated).
+    """
+    coverage_high: _builtins.float
+    """coverage_high is the upper bound of the Wilson 95% interval."""
+    mean_width: _builtins.float
+    """mean_width is the mean interval width, in scale units."""
+    winkler: _builtins.float
+    """winkler is the mean Winkler (interval) score, in scale units: the width
+    plus 2/alpha times how far the actual fell outside. Lower is better.
+    """
+    undercovering: _builtins.bool
+    """undercovering is true when coverage_high is below nominal: the
+    intervals cover significantly less than they claim.
+    """
+    def __init__(
+        self,
+        *,
+        nominal: _builtins.float = ...,
+        steps: _builtins.int = ...,
+        coverage: _builtins.float = ...,
+        coverage_low: _builtins.float = ...,
+        coverage_high: _builtins.float = ...,
+        mean_width: _builtins.float = ...,
+        winkler: _builtins.float = ...,
+        undercovering: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "coverage_high", b"coverage_high", "coverage_low", b"coverage_low", "mean_width", b"mean_width", "nominal", b"nominal", "steps", b"steps", "undercovering", b"undercovering", "winkler", b"winkler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntervalCoverage: _TypeAlias = IntervalCoverage  # noqa: Y015
+
+@_typing.final
+class QuantileLoss(_message.Message):
+    """QuantileLoss is how well one version's quantiles at one level held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    PINBALL_FIELD_NUMBER: _builtins.int
+    BELOW_FIELD_NUMBER: _builtins.int
+    level: _builtins.float
+    """level is the quantile level, e.g. 0.9."""
+    steps: _builtins.int
+    """steps counts the scored horizon steps."""
+    pinball: _builtins.float
+    """pinball is the mean pinball (quantile) loss, in scale units. Lower is
+    better.
+    """
+    below: _builtins.float
+    """below is the fraction of actuals at or below the quantile (ideally
+    `level`).
+    """
+    def __init__(
+        self,
+        *,
+        level: _builtins.float = ...,
+        steps: _builtins.int = ...,
+        pinball: _builtins.float = ...,
+        below: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below", b"below", "level", b"level", "pinball", b"pinball", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantileLoss: _TypeAlias = QuantileLoss  # noqa: Y015

@@ -32,6 +32,8 @@ class ForecastRequest(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    INTERVAL_COVERAGES_FIELD_NUMBER: _builtins.int
+    QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the name of the model to use (see ListModels), e.g.
     "lstm_timeseries". Required.
@@ -57,6 +59,18 @@ class ForecastRequest(_message.Message):
         finite and at most 1e150 in magnitude.
         """
 
+    @_builtins.property
+    def interval_coverages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """interval_coverages asks for prediction intervals, e.g. 0.8 and 0.95:
+        each in (0, 1), distinct, at most 8. Empty: none, at no cost.
+        """
+
+    @_builtins.property
+    def quantile_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """quantile_levels asks for quantile forecasts, e.g. 0.1, 0.5 and 0.9:
+        each in (0, 1), distinct, at most 16. Empty: none, at no cost.
+        """
+
     def __init__(
         self,
         *,
@@ -66,10 +80,12 @@ class ForecastRequest(_message.Message):
         history: _abc.Iterable[_builtins.float] | None = ...,
         horizon: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
+        interval_coverages: _abc.Iterable[_builtins.float] | None = ...,
+        quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "model", b"model", "routing_key", b"routing_key", "sequence_length", b"sequence_length", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "routing_key", b"routing_key", "sequence_length", b"sequence_length", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,6 +106,9 @@ class ForecastResponse(_message.Message):
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     PRIMARY_VERSION_FIELD_NUMBER: _builtins.int
     ROUTING_RESTRICTED_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    UNCERTAINTY_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id uniquely identifies this forecast."""
     model: _builtins.str
@@ -117,6 +136,24 @@ class ForecastResponse(_message.Message):
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """values is the forecast, horizon steps, in the units of the history."""
 
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[_forecast_pb2.PredictionInterval]:
+        """intervals holds one prediction interval per requested coverage that is
+        calibrated (see Uncertainty), in request order.
+        """
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[_forecast_pb2.QuantileForecast]:
+        """quantiles holds one quantile forecast per requested level that is
+        calibrated, in request order.
+        """
+
+    @_builtins.property
+    def uncertainty(self) -> _forecast_pb2.Uncertainty:
+        """uncertainty says how intervals and quantiles were obtained; unset when
+        the request asked for none.
+        """
+
     def __init__(
         self,
         *,
@@ -129,10 +166,13 @@ class ForecastResponse(_message.Message):
         sequence_length: _builtins.int = ...,
         primary_version: _builtins.str = ...,
         routing_restricted: _builtins.bool = ...,
+        intervals: _abc.Iterable[_forecast_pb2.PredictionInterval] | None = ...,
+        quantiles: _abc.Iterable[_forecast_pb2.QuantileForecast] | None = ...,
+        uncertainty: _forecast_pb2.Uncertainty | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uncertainty", b"uncertainty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "model", b"model", "primary_version", b"primary_version", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "intervals", b"intervals", "model", b"model", "primary_version", b"primary_version", "quantiles", b"quantiles", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,6 +312,8 @@ class ForecastBatchRequest(_message.Message):
     HORIZON_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
+    INTERVAL_COVERAGES_FIELD_NUMBER: _builtins.int
+    QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the model to use for every series. Required."""
     version: _builtins.str
@@ -290,6 +332,18 @@ class ForecastBatchRequest(_message.Message):
         max_batch_series, 4096 by default).
         """
 
+    @_builtins.property
+    def interval_coverages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """interval_coverages asks for, for every series, prediction intervals, e.g. 0.8 and 0.95:
+        each in (0, 1), distinct, at most 8. Empty: none, at no cost.
+        """
+
+    @_builtins.property
+    def quantile_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """quantile_levels asks for, for every series, quantile forecasts, e.g. 0.1, 0.5 and 0.9:
+        each in (0, 1), distinct, at most 16. Empty: none, at no cost.
+        """
+
     def __init__(
         self,
         *,
@@ -298,10 +352,12 @@ class ForecastBatchRequest(_message.Message):
         horizon: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
         series: _abc.Iterable[Global___Series] | None = ...,
+        interval_coverages: _abc.Iterable[_builtins.float] | None = ...,
+        quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "model", b"model", "sequence_length", b"sequence_length", "series", b"series", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "sequence_length", b"sequence_length", "series", b"series", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +500,8 @@ class CompareVersionsRequest(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     HORIZON_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    INTERVAL_COVERAGES_FIELD_NUMBER: _builtins.int
+    QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the model to compare. Required."""
     horizon: _builtins.int
@@ -458,6 +516,18 @@ class CompareVersionsRequest(_message.Message):
     def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """history is the series, oldest point first. Required; finite values."""
 
+    @_builtins.property
+    def interval_coverages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """interval_coverages asks each version for prediction intervals, e.g. 0.8 and 0.95:
+        each in (0, 1), distinct, at most 8. Empty: none, at no cost.
+        """
+
+    @_builtins.property
+    def quantile_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """quantile_levels asks each version for quantile forecasts, e.g. 0.1, 0.5 and 0.9:
+        each in (0, 1), distinct, at most 16. Empty: none, at no cost.
+        """
+
     def __init__(
         self,
         *,
@@ -466,10 +536,12 @@ class CompareVersionsRequest(_message.Message):
         history: _abc.Iterable[_builtins.float] | None = ...,
         horizon: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
+        interval_coverages: _abc.Iterable[_builtins.float] | None = ...,
+        quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "model", b"model", "sequence_length", b"sequence_length", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "sequence_length", b"sequence_length", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,6 +558,9 @@ class VersionForecast(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    UNCERTAINTY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """version is the model version."""
     latency_ms: _builtins.float
@@ -500,6 +575,20 @@ class VersionForecast(_message.Message):
     def error(self) -> _forecast_pb2.ForecastError:
         """error is set if this version failed."""
 
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[_forecast_pb2.PredictionInterval]:
+        """intervals holds this version's calibrated intervals, in request order."""
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[_forecast_pb2.QuantileForecast]:
+        """quantiles holds this version's calibrated quantiles, in request order."""
+
+    @_builtins.property
+    def uncertainty(self) -> _forecast_pb2.Uncertainty:
+        """uncertainty says how this version's intervals and quantiles were
+        obtained; unset when the request asked for none.
+        """
+
     def __init__(
         self,
         *,
@@ -508,10 +597,13 @@ class VersionForecast(_message.Message):
         latency_ms: _builtins.float = ...,
         sequence_length: _builtins.int = ...,
         error: _forecast_pb2.ForecastError | None = ...,
+        intervals: _abc.Iterable[_forecast_pb2.PredictionInterval] | None = ...,
+        quantiles: _abc.Iterable[_forecast_pb2.QuantileForecast] | None = ...,
+        uncertainty: _forecast_pb2.Uncertainty | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "uncertainty", b"uncertainty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency_ms", b"latency_ms", "sequence_length", b"sequence_length", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "intervals", b"intervals", "latency_ms", b"latency_ms", "quantiles", b"quantiles", "sequence_length", b"sequence_length", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,6 +842,8 @@ class VersionExperiment(_message.Message):
     ACTUALS_RECEIVED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
+    INTERVAL_COVERAGE_FIELD_NUMBER: _builtins.int
+    QUANTILE_LOSSES_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """version is the model version."""
     requests_served: _builtins.int
@@ -768,6 +862,18 @@ class VersionExperiment(_message.Message):
     def latency(self) -> _forecast_pb2.LatencyStats:
         """latency summarizes this version's forecast latency."""
 
+    @_builtins.property
+    def interval_coverage(self) -> _containers.RepeatedCompositeFieldContainer[_forecast_pb2.IntervalCoverage]:
+        """interval_coverage holds one entry per tracked nominal coverage with
+        scored steps, in increasing coverage.
+        """
+
+    @_builtins.property
+    def quantile_losses(self) -> _containers.RepeatedCompositeFieldContainer[_forecast_pb2.QuantileLoss]:
+        """quantile_losses holds one entry per tracked quantile level with scored
+        steps, in increasing level.
+        """
+
     def __init__(
         self,
         *,
@@ -777,10 +883,12 @@ class VersionExperiment(_message.Message):
         actuals_received: _builtins.int = ...,
         errors: _forecast_pb2.ErrorStats | None = ...,
         latency: _forecast_pb2.LatencyStats | None = ...,
+        interval_coverage: _abc.Iterable[_forecast_pb2.IntervalCoverage] | None = ...,
+        quantile_losses: _abc.Iterable[_forecast_pb2.QuantileLoss] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals_received", b"actuals_received", "errors", b"errors", "latency", b"latency", "requests_served", b"requests_served", "requests_shadowed", b"requests_shadowed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals_received", b"actuals_received", "errors", b"errors", "interval_coverage", b"interval_coverage", "latency", b"latency", "quantile_losses", b"quantile_losses", "requests_served", b"requests_served", "requests_shadowed", b"requests_shadowed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
