@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Tools installed into the venv (buf, grpcurl, ruff, mypy) come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install system-tools run postgres test unit functional lint check-gen gen train bench lock clean
+.PHONY: help install system-tools run postgres test unit functional lint check-gen gen train calibrate bench lock clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ check-gen: install  ## Fail if the committed generated code is stale.
 train: install  ## Retrain the LSTM versions (writes model_repository/lstm_timeseries/*/model.pt).
 	$(PY) -m training.train_lstm --version 1
 	$(PY) -m training.train_lstm --version 2
+
+calibrate: install  ## Held-out conformal scores per version (model_repository/*/*/calibration.json) and their figures.
+	$(PY) -m training.calibrate
 
 bench: install  ## Throughput: gateway vs direct Triton vs the hand-written server (~3 min; BENCH_ARGS=--smoke; WORKERS=1,2,4: worker scaling instead).
 	$(PY) -m bench $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
