@@ -51,6 +51,7 @@ PATH_KEYS = (
     "tls_key_file",
     "tls_client_ca_file",
     "auth_token_file",
+    "calibration_dir",
 )
 """Keys holding a file path: relative values in a config file are relative to that file."""
 SECRET_KEYS = frozenset({"store_url"})
@@ -186,6 +187,12 @@ class _Settings(BaseModel):
     """Most forecasts kept awaiting actuals (oldest dropped first)."""
     store_max_age_s: Seconds = 7 * 24 * 3600.0
     """Longest a forecast waits for its actuals."""
+    calibration_dir: str = ""
+    """Directory of <model>/<version>/calibration.json (training-time scores); empty: none."""
+    calibration_window: Annotated[int, Field(ge=10, le=100_000)] = 256
+    """Most recent calibration scores kept per model version and horizon step."""
+    calibration_refresh_s: Seconds = 1.0
+    """How often the calibration pools are re-read from the A/B store (every replica's)."""
     log_format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = "auto"
     """Log lines as json, console, or auto (JSON unless on a terminal)."""
     log_level: Annotated[

@@ -13,7 +13,9 @@ from google.protobuf import timestamp_pb2
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2
 from forecast_gateway.ab import ActualsReport, ExperimentInfo, ExperimentReport, Role
+from forecast_gateway.calibration import Status, Uncertainty
 from forecast_gateway.catalog import ModelSpec, VersionState
+from forecast_gateway.conformal import Levels
 from forecast_gateway.errors import (
     ERROR_CODES,
     MAX_DESCRIPTION_BYTES,
@@ -24,7 +26,7 @@ from forecast_gateway.errors import (
 )
 from forecast_gateway.forecaster import ForecastResult, VersionOutcome
 from forecast_gateway.routing import Decision
-from forecast_gateway.validation import ForecastQuery
+from forecast_gateway.validation import NO_LEVELS, ForecastQuery
 
 _DECISIONS = {
     Decision.PINNED: forecast_pb2.ROUTING_DECISION_PINNED,
@@ -39,6 +41,45 @@ _STATES = {
     VersionState.UNAVAILABLE: forecast_pb2.MODEL_VERSION_STATE_UNAVAILABLE,
 }
 _ROLES = {Role.SERVED: forecast_pb2.SCORE_ROLE_SERVED, Role.SHADOW: forecast_pb2.SCORE_ROLE_SHADOW}
+_STATUSES = {
+    Status.CALIBRATED: forecast_pb2.UNCERTAINTY_STATUS_CALIBRATED,
+    Status.NOT_CALIBRATED: forecast_pb2.UNCERTAINTY_STATUS_NOT_CALIBRATED,
+}
+
+
+def _levels(
+    request: forecast_service_pb2.ForecastRequest
+    | forecast_service_pb2.ForecastBatchRequest
+    | forecast_service_pb2.CompareVersionsRequest,
+) -> Levels:
+    """The intervals and quantiles a request asks for (the shared empty value when none)."""
+    if not request.interval_coverages and not request.quantile_levels:
+        return NO_LEVELS
+    return Levels(tuple(request.interval_coverages), tuple(request.quantile_levels))
+
+
+def _uncertainty_fields(uncertainty: Uncertainty | None) -> dict[str, Any]:
+    """intervals, quantiles and uncertainty of a returned forecast (none when not asked)."""
+    if uncertainty is None:
+        return {}
+    return {
+        "intervals": [
+            forecast_pb2.PredictionInterval(
+                coverage=i.coverage, lower=i.lower.tolist(), upper=i.upper.tolist()
+            )
+            for i in uncertainty.intervals
+        ],
+        "quantiles": [
+            forecast_pb2.QuantileForecast(level=q.level, values=q.values.tolist())
+            for q in uncertainty.quantiles
+        ],
+        "uncertainty": forecast_pb2.Uncertainty(
+            status=_STATUSES[uncertainty.status],
+            method=uncertainty.method,
+            calibration_scores=uncertainty.scores,
+            detail=uncertainty.detail,
+        ),
+    }
 
 
 def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
@@ -50,6 +91,7 @@ def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
         history=np.asarray(request.history, dtype=np.float64),
         horizon=request.horizon,
         sequence_length=request.sequence_length,
+        levels=_levels(request),
     )
 
 
@@ -58,6 +100,7 @@ def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> li
     # Read once: each read of a proto string field is a new copy, and a
     # version of up to 1 MB shared by 4,096 series must not become 4,096 copies.
     model, version = request.model, request.version
+    levels = _levels(request)
     return [
         ForecastQuery(
             model=model,
@@ -66,6 +109,7 @@ def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> li
             history=np.asarray(series.history, dtype=np.float64),
             horizon=request.horizon,
             sequence_length=request.sequence_length,
+            levels=levels,
         )
         for series in request.series
     ]
@@ -80,6 +124,7 @@ def compare_query_from(request: forecast_service_pb2.CompareVersionsRequest) -> 
         history=np.asarray(request.history, dtype=np.float64),
         horizon=request.horizon,
         sequence_length=request.sequence_length,
+        levels=_levels(request),
     )
 
 
@@ -94,6 +139,7 @@ def _forecast_fields(result: ForecastResult) -> dict[str, Any]:
         "horizon": result.horizon,
         "sequence_length": result.window,
         "routing_restricted": result.restricted,
+        **_uncertainty_fields(result.uncertainty),
     }
 
 
@@ -136,6 +182,7 @@ def comparison_from(
             latency_ms=o.latency_ms,
             sequence_length=o.window,
             error=error_from(o.error) if o.error is not None else None,
+            **_uncertainty_fields(o.uncertainty),
         )
         for o in outcomes
     ]

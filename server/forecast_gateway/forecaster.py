@@ -27,9 +27,10 @@ from forecast_gateway.ab import (
     Prediction,
     RecordedForecast,
     Role,
-    naive_scale,
     new_forecast_id,
 )
+from forecast_gateway.ab.scoring import naive_scales
+from forecast_gateway.calibration import Calibration, Uncertainty
 from forecast_gateway.catalog import ModelCatalog, ModelSpec, VersionSpec
 from forecast_gateway.coalescing import Coalescer
 from forecast_gateway.errors import (
@@ -69,6 +70,10 @@ class ForecastResult:
     latency_ms: float = 0.0
     primary_version: str = ""
     restricted: bool = False
+    scale: float = 0.0
+    """Naive MAE of the window the model read (`ab.naive_scale`): the unit of its errors."""
+    uncertainty: Uncertainty | None = None
+    """The requested intervals and quantiles; None when the request asked for none."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class VersionOutcome:
     latency_ms: float
     values: FloatArray | None = None
     error: GatewayError | None = None
+    uncertainty: Uncertainty | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,10 @@ class Forecaster:
         store: ExperimentStore | None,
         max_history_length: int,
         shadow_timeout_s: float,
+        calibration: Calibration | None = None,
     ) -> None:
         self.catalog = catalog
+        self.calibration = calibration
         self.coalescer = Coalescer(proxy)
         self.routing = routing
         self.store = store
@@ -255,8 +263,9 @@ class Forecaster:
                 self.catalog.mark_unavailable(spec.name, first.route.version)
             raise
         latency_ms = _ms_since(started)
+        scales = naive_scales(windows).tolist()
         results: list[ForecastResult | GatewayError] = []
-        for plan, row in zip(plans, values, strict=True):
+        for plan, row, scale in zip(plans, values, scales, strict=True):
             if not np.isfinite(row).all():
                 results.append(
                     Internal(
@@ -277,9 +286,21 @@ class Forecaster:
                     window=plan.shape.window,
                     latency_ms=latency_ms,
                     restricted=plan.route.restricted,
+                    scale=scale,
+                    uncertainty=self._uncertainty(spec.name, plan, row, scale),
                 )
             )
         return results
+
+    def _uncertainty(
+        self, model: str, plan: _Plan, values: FloatArray, scale: float
+    ) -> Uncertainty | None:
+        """The calibrated intervals and quantiles the query asked for (None: it asked for none)."""
+        if not plan.query.levels or self.calibration is None:
+            return None
+        return self.calibration.uncertainty(
+            model, plan.route.version, values, scale, plan.query.levels
+        )
 
     async def _infer(
         self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
@@ -332,6 +353,8 @@ class Forecaster:
             window=result.window,
             latency_ms=result.latency_ms,
             primary_version=plan.route.version,
+            scale=result.scale,
+            uncertainty=result.uncertainty,
         )
 
     async def _compare_one(
@@ -348,7 +371,14 @@ class Forecaster:
                 raise Internal("the model produced a non-finite forecast")
         except GatewayError as error:
             return VersionOutcome(version, window, _ms_since(started), error=error)
-        return VersionOutcome(version, window, _ms_since(started), values=values)
+        latency_ms = _ms_since(started)
+        uncertainty = None
+        if query.levels and self.calibration is not None:
+            scale = float(naive_scales(rows)[0])
+            uncertainty = self.calibration.uncertainty(
+                spec.name, version, values, scale, query.levels
+            )
+        return VersionOutcome(version, window, latency_ms, values=values, uncertainty=uncertainty)
 
     def _mirror(self, spec: ModelSpec, served: Sequence[tuple[_Plan, ForecastResult]]) -> None:
         """Record served forecasts for A/B scoring and start their shadow forecasts."""
@@ -358,17 +388,20 @@ class Forecaster:
         experiment = DEFAULT_EXPERIMENT
         if self.store is not None:
             experiment = self.routing.experiment(spec.name)
-            for plan, result in served:
-                window = fit_window(plan.query.history, result.window)
+            for _, result in served:
                 self.store.record(
                     RecordedForecast(
                         forecast_id=result.forecast_id,
                         model=result.model,
                         horizon=result.horizon,
-                        naive_scale=naive_scale(window),
+                        naive_scale=result.scale,
                         created_at=now,
                         served=Prediction(
-                            result.version, Role.SERVED, tuple(result.values), result.latency_ms
+                            result.version,
+                            Role.SERVED,
+                            tuple(result.values),
+                            result.latency_ms,
+                            self._tracked(result),
                         ),
                         # A fallback's forecast belongs to its own model's experiment.
                         experiment=self.routing.experiment(result.model),
@@ -430,9 +463,22 @@ class Forecaster:
                     self.store.record_shadow(
                         served[plan.index].forecast_id,
                         spec.name,
-                        Prediction(version, Role.SHADOW, tuple(outcome.values), outcome.latency_ms),
+                        Prediction(
+                            version,
+                            Role.SHADOW,
+                            tuple(outcome.values),
+                            outcome.latency_ms,
+                            self._tracked(outcome),
+                            outcome.scale,
+                        ),
                         experiment,
                     )
+
+    def _tracked(self, result: ForecastResult) -> FloatArray | None:
+        """The bounds at the tracked levels to record with a forecast, for GetExperiment."""
+        if self.calibration is None:
+            return None
+        return self.calibration.tracked(result.model, result.version, result.horizon)
 
 
 def _group(plans: Sequence[_Plan]) -> list[list[_Plan]]:

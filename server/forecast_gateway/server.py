@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import auth, metrics
 from forecast_gateway.ab import ExperimentStore, StoreOpenError
+from forecast_gateway.calibration import Calibration
 from forecast_gateway.catalog import ModelCatalog
 from forecast_gateway.config import ConfigError, GatewayConfig
 from forecast_gateway.forecaster import Forecaster
@@ -74,6 +75,8 @@ class Gateway:
         await self.refresh()
         self.routing.load()
         await self.store.start()
+        if self.forecaster.calibration is not None:
+            await self.forecaster.calibration.start()
         await self.server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = metrics.serve_metrics(self.config.host, self.config.metrics_port)
@@ -128,6 +131,8 @@ class Gateway:
             await asyncio.wait_for(self.forecaster.drain_shadows(), self.config.shutdown_grace_s)
         except TimeoutError:
             log.warning("shadows_abandoned_at_shutdown")
+        if self.forecaster.calibration is not None:
+            await self.forecaster.calibration.close()
         await self.store.close()
         await self.proxy.close()
         log.info("gateway_stopped")
@@ -202,6 +207,9 @@ def create_gateway(config: GatewayConfig) -> Gateway:
         store,
         config.max_history_length,
         shadow_timeout_s=config.shadow_timeout_s,
+        calibration=Calibration(
+            store, config.calibration_dir, config.calibration_window, config.calibration_refresh_s
+        ),
     )
     shedder = LoadShedder(config.max_in_flight)
     server = grpc.aio.server(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forecast_gateway.catalog import ModelSpec, VersionSpec
+from forecast_gateway.conformal import Levels
 from forecast_gateway.errors import FieldViolation, InvalidArgument, shown
 from forecast_gateway.normalization import FloatArray
 
@@ -22,6 +23,11 @@ from forecast_gateway.normalization import FloatArray
 MAX_ABS_VALUE = 1e150
 # Longest version accepted: Triton versions are int64.
 MAX_VERSION_DIGITS = 19
+NO_LEVELS = Levels()
+MAX_INTERVALS = 8
+"""Interval coverages one request may ask for."""
+MAX_QUANTILES = 16
+"""Quantile levels one request may ask for."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class ForecastQuery:
     history: FloatArray
     horizon: int
     sequence_length: int
+    levels: Levels = NO_LEVELS
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,32 @@ def check_query(query: ForecastQuery, max_history_length: int) -> None:
                 f"sequence_length must be >= 0 (0 = model default), got {query.sequence_length}",
             )
         )
+    if query.levels:
+        violations += _level_violations("interval_coverages", query.levels.coverages, MAX_INTERVALS)
+        violations += _level_violations("quantile_levels", query.levels.quantiles, MAX_QUANTILES)
     if violations:
         raise InvalidArgument.of(violations)
+
+
+def _level_violations(field: str, values: tuple[float, ...], most: int) -> list[FieldViolation]:
+    """Probabilities strictly between 0 and 1, distinct, at most `most` of them."""
+    violations: list[FieldViolation] = []
+    if len(values) > most:
+        violations.append(
+            FieldViolation(field, f"{len(values)} values, the maximum is {most} per request")
+        )
+    for index, value in enumerate(values):
+        if not 0.0 < value < 1.0:  # False for NaN
+            violations.append(
+                FieldViolation(
+                    f"{field}[{index}]",
+                    f"must be a probability strictly between 0 and 1 (e.g. 0.8), got {value}",
+                )
+            )
+    if len(set(values)) < len(values):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        violations.append(FieldViolation(field, f"values must be distinct; repeated: {repeated}"))
+    return violations
 
 
 def _is_version_number(text: str) -> bool:

@@ -80,6 +80,10 @@ class StoredPrediction:
     role: Role
     values: FloatArray
     score: scoring.Score
+    bounds: FloatArray | None = None
+    """The tracked bounds recorded with it (flattened rows x horizon), scale units."""
+    scale: float = math.nan
+    """The naive MAE of its own window; NaN: use the forecast's."""
 
 
 UNSCORED = scoring.Score(steps=0, mae=math.nan, smape=math.nan, mase=math.nan)

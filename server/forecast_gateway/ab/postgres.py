@@ -98,7 +98,20 @@ _V1 = (
     "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
     "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",
 )
-MIGRATIONS = (Migration(1, _V1),)
+_V2 = (
+    # Calibration: the tracked bounds of each prediction, and the score pools.
+    "ALTER TABLE predictions ADD COLUMN bounds BYTEA",
+    "ALTER TABLE predictions ADD COLUMN naive_scale DOUBLE PRECISION",
+    """CREATE TABLE calibration_pools (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        scores BYTEA NOT NULL,
+        revision BIGINT NOT NULL,
+        PRIMARY KEY (model, version, step)
+    )""",
+)
+MIGRATIONS = (Migration(1, _V1), Migration(2, _V2))
 
 
 class PostgresBackend:

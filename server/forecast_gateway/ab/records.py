@@ -10,6 +10,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from forecast_gateway.normalization import FloatArray
+
 DEFAULT_EXPERIMENT = "default"
 """The experiment of forecasts served under no named experiment."""
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -52,12 +54,21 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One version's forecast of a request, in the units of the history."""
+    """One version's forecast of a request, in the units of the history.
+
+    `bounds`: the calibrated bounds at the gateway's tracked coverages and
+    quantile levels when it was made, in scale units (`Calibration.tracked`),
+    so GetExperiment can score them; None when none was calibrated.
+    `scale`: the naive MAE of the window this version read (NaN: the
+    forecast's, the served version's window).
+    """
 
     version: str
     role: Role
     values: tuple[float, ...]
     latency_ms: float
+    bounds: FloatArray | None = None
+    scale: float = math.nan
 
 
 @dataclass(frozen=True)

@@ -92,13 +92,18 @@ def naive_scale(window: npt.ArrayLike) -> float:
     MASE. MASE over a 0 scale is NaN (see the module docstring).
     """
     points = np.asarray(window, dtype=np.float64).ravel()
-    if points.size < 2:
-        return 0.0
-    scale = float(np.mean(np.abs(np.diff(points))))
-    floor = CONSTANT_RELATIVE_STD * max(1.0, float(np.mean(np.abs(points))))
-    if not math.isfinite(scale) or scale <= floor:
-        return 0.0
-    return scale
+    return float(naive_scales(points[np.newaxis, :])[0])
+
+
+def naive_scales(windows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """`naive_scale` of each row of a [rows, window] array, at once."""
+    if windows.shape[1] < 2:
+        return np.zeros(windows.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        scales: npt.NDArray[np.float64] = np.abs(np.diff(windows, axis=1)).mean(axis=1)
+        floors = CONSTANT_RELATIVE_STD * np.maximum(1.0, np.abs(windows).mean(axis=1))
+    scales[~(np.isfinite(scales) & (scales > floors))] = 0.0
+    return scales
 
 
 def score(values: npt.ArrayLike, actuals: npt.ArrayLike, scale: float) -> Score:

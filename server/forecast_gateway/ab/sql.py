@@ -12,10 +12,15 @@ and migrations behind `Backend`. Every operation is one transaction:
   replicas scoring the same forecast at once are applied one after the other
   and never count it twice.
 - `aggregates`: O(versions) rows (`ab.aggregates`), never the scored rows.
+- calibration: each newly reported step of a prediction appends its signed
+  scaled error to the pool of its (model, version, step), a row holding the
+  most recent `Bounds.calibration_window` scores and a revision that grows
+  with every change; `calibration_pools` reads the pools whose revision moved.
 
 Rows are locked in one order everywhere (forecast rows sorted, then
-aggregate rows sorted by key), so concurrent writers wait, not deadlock; a
-backend may still report a deadlock or serialization failure, which is retried.
+calibration pools sorted, then aggregate rows sorted by key), so concurrent
+writers wait, not deadlock; a backend may still report a deadlock or
+serialization failure, which is retried.
 """
 
 from __future__ import annotations
@@ -139,14 +144,30 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Bounds:
-    """How much the store keeps: at most `max_forecasts`, none older than `max_age_s`."""
+    """How much the store keeps.
+
+    At most `max_forecasts`, none older than `max_age_s`, and the most recent
+    `calibration_window` calibration scores per (model, version, step).
+    """
 
     max_forecasts: int
     max_age_s: float
+    calibration_window: int = 256
 
     def __post_init__(self) -> None:
-        if self.max_forecasts <= 0 or self.max_age_s <= 0:
-            raise ValueError("max_forecasts and max_age_s must be > 0")
+        if self.max_forecasts <= 0 or self.max_age_s <= 0 or self.calibration_window <= 0:
+            raise ValueError("max_forecasts, max_age_s and calibration_window must be > 0")
+
+
+@dataclass(frozen=True)
+class CalibrationPools:
+    """One version's calibration scores per horizon step (0-based), oldest first.
+
+    `revision` grows whenever a pool of the version changes (any replica).
+    """
+
+    revision: int
+    steps: dict[int, FloatArray]
 
 
 class SqlStorage:
@@ -179,8 +200,8 @@ class SqlStorage:
         the age bound holds in a store that receives nothing.
         """
         if records:
-            lock_rows = self.backend.lock_rows
-            await self._retrying(lambda tx: _write(tx, lock_rows, records), write=True)
+            lock_rows, window = self.backend.lock_rows, self._bounds.calibration_window
+            await self._retrying(lambda tx: _write(tx, lock_rows, window, records), write=True)
         now = self._clock()
         if records or not now - PRUNE_INTERVAL_S < self._pruned_at <= now:
             self._pruned_at = now
@@ -196,7 +217,13 @@ class SqlStorage:
         cutoff = self._clock() - self._bounds.max_age_s
         return await self._retrying(
             lambda tx: _report_actuals(
-                tx, self.backend.lock_rows, forecast_id, actuals, offset, cutoff
+                tx,
+                self.backend.lock_rows,
+                self._bounds.calibration_window,
+                forecast_id,
+                actuals,
+                offset,
+                cutoff,
             ),
             write=True,
         )
@@ -208,6 +235,12 @@ class SqlStorage:
     async def experiments(self, model: str) -> list[ExperimentInfo]:
         """The experiments of `model` ("" = every model), newest first within a model."""
         return await self._retrying(lambda tx: _experiments(tx, model), write=False)
+
+    async def calibration_pools(
+        self, known: dict[tuple[str, str], int]
+    ) -> dict[tuple[str, str], CalibrationPools]:
+        """The pools of every (model, version) whose revision is not the `known` one."""
+        return await self._retrying(lambda tx: _calibration_pools(tx, known), write=False)
 
     async def _retrying(
         self, operation: Callable[[Transaction], Awaitable[_T]], *, write: bool
@@ -232,7 +265,7 @@ class SqlStorage:
         raise AssertionError("unreachable")
 
 
-async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> None:
+async def _write(tx: Transaction, lock_rows: str, window: int, records: Sequence[Record]) -> None:
     served = [r for r in records if isinstance(r, RecordedForecast)]
     shadows = [r for r in records if isinstance(r, ShadowRecord)]
     if served:
@@ -266,11 +299,13 @@ async def _write(tx: Transaction, lock_rows: str, records: Sequence[Record]) -> 
             [(f.forecast_id,) for f in served],
         )
     if shadows:
-        await _write_shadows(tx, lock_rows, shadows)
+        await _write_shadows(tx, lock_rows, window, shadows)
     await _count_requests(tx, served, shadows)
 
 
-async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[ShadowRecord]) -> None:
+async def _write_shadows(
+    tx: Transaction, lock_rows: str, window: int, shadows: Sequence[ShadowRecord]
+) -> None:
     """Insert shadow predictions; rescore those whose forecast already has actuals."""
     ids = sorted({s.forecast_id for s in shadows})
     known: dict[str, Row] = {}
@@ -294,6 +329,7 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
         ],
     )
     deltas: list[aggregates.MomentDelta] = []
+    calibration: dict[tuple[str, str, int], list[float]] = {}
     for forecast_id, model, experiment, comparable, scale, stored in known.values():
         if stored is not None:
             predictions = await _predictions(tx, forecast_id)
@@ -302,6 +338,13 @@ async def _write_shadows(tx: Transaction, lock_rows: str, shadows: Sequence[Shad
             )
             await _store_scores(tx, forecast_id, scores)
             deltas += changes
+            late = {s.prediction.version for s in shadows if s.forecast_id == forecast_id}
+            reported = _array(stored)
+            unreported = np.full(reported.size, np.nan)
+            for p in predictions:
+                if p.version in late:  # its steps reported so far are new to its pools
+                    _add_scores(calibration, model, p, unreported, reported, scale)
+    await _append_calibration(tx, lock_rows, window, calibration)
     await _apply(tx, deltas)
 
 
@@ -343,6 +386,7 @@ async def _count_requests(
 async def _report_actuals(
     tx: Transaction,
     lock_rows: str,
+    window: int,
     forecast_id: str,
     actuals: FloatArray,
     offset: int,
@@ -356,7 +400,8 @@ async def _report_actuals(
     if row is None or row[6] < cutoff:
         return None
     model, experiment, comparable, horizon, scale, stored, _ = row
-    merged = merge(None if stored is None else _array(stored), horizon, actuals, offset)
+    before = np.full(horizon, np.nan) if stored is None else _array(stored)
+    merged = merge(before, horizon, actuals, offset)
     steps_received = int(np.isfinite(merged).sum())
     await tx.execute(
         "UPDATE forecasts SET actuals = %s, steps_received = %s WHERE forecast_id = %s",
@@ -367,13 +412,93 @@ async def _report_actuals(
         model, experiment, predictions, merged, scale, bool(comparable)
     )
     await _store_scores(tx, forecast_id, scores)
+    calibration: dict[tuple[str, str, int], list[float]] = {}
+    for prediction in predictions:
+        _add_scores(calibration, model, prediction, before, merged, scale)
+    await _append_calibration(tx, lock_rows, window, calibration)
     await _apply(tx, deltas)
     return ActualsReport(forecast_id, model, horizon, steps_received, scores)
 
 
+def _add_scores(
+    pools: dict[tuple[str, str, int], list[float]],
+    model: str,
+    prediction: aggregates.StoredPrediction,
+    before: FloatArray,
+    after: FloatArray,
+    scale: float,
+) -> None:
+    """The calibration scores of the steps that got their first actual (a correction adds none)."""
+    if math.isfinite(prediction.scale):  # the window this version read
+        scale = prediction.scale
+    if not scale > 0:  # a constant window has no scale to express errors in
+        return
+    steps = min(prediction.values.size, after.size)
+    new = np.flatnonzero(np.isfinite(after[:steps]) & ~np.isfinite(before[:steps]))
+    errors = (after[new] - prediction.values[new]) / scale
+    for step, error in zip(new.tolist(), errors.tolist(), strict=True):
+        if aggregates.usable(error):
+            pools.setdefault((model, prediction.version, step), []).append(error)
+
+
+async def _append_calibration(
+    tx: Transaction, lock_rows: str, window: int, scores: dict[tuple[str, str, int], list[float]]
+) -> None:
+    """Append scores to their pools, keeping the newest `window`; pools locked in key order."""
+    by_version: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for (model, version, step), values in sorted(scores.items()):
+        by_version.setdefault((model, version), {})[step] = values
+    for (model, version), steps in by_version.items():
+        wanted = sorted(steps)
+        current: dict[int, FloatArray] = {}
+        for start in range(0, len(wanted), IN_LIST_MAX):
+            chunk = wanted[start : start + IN_LIST_MAX]
+            for step, blob in await tx.fetchall(
+                "SELECT step, scores FROM calibration_pools WHERE model = %s AND version = %s "
+                f"AND step IN ({', '.join(['%s'] * len(chunk))}) ORDER BY step" + lock_rows,
+                (model, version, *chunk),
+            ):
+                current[int(step)] = _array(blob)
+        rows = []
+        for step in wanted:
+            pool = np.concatenate([current.get(step, np.empty(0)), steps[step]])[-window:]
+            rows.append((model, version, step, pool.astype("<f8").tobytes()))
+        await tx.executemany(
+            "INSERT INTO calibration_pools (model, version, step, scores, revision) "
+            "VALUES (%s, %s, %s, %s, 1) ON CONFLICT (model, version, step) DO UPDATE SET "
+            "scores = excluded.scores, revision = calibration_pools.revision + 1",
+            rows,
+        )
+
+
+async def _calibration_pools(
+    tx: Transaction, known: dict[tuple[str, str], int]
+) -> dict[tuple[str, str], CalibrationPools]:
+    changed = [
+        (str(model), str(version), int(revision))
+        for model, version, revision in await tx.fetchall(
+            "SELECT model, version, SUM(revision) FROM calibration_pools GROUP BY model, version"
+        )
+        if known.get((str(model), str(version))) != int(revision)
+    ]
+    pools: dict[tuple[str, str], CalibrationPools] = {}
+    for model, version, _ in changed:
+        rows = await tx.fetchall(
+            "SELECT step, revision, scores FROM calibration_pools "
+            "WHERE model = %s AND version = %s",
+            (model, version),
+        )
+        pools[(model, version)] = CalibrationPools(
+            revision=sum(int(revision) for _, revision, _ in rows),
+            steps={int(step): _array(blob) for step, _, blob in rows},
+        )
+    return pools
+
+
 async def _predictions(tx: Transaction, forecast_id: str) -> list[aggregates.StoredPrediction]:
     rows = await tx.fetchall(
-        "SELECT version, role, forecast_values, steps_scored, mae, smape, mase "
+        "SELECT version, role, forecast_values, steps_scored, mae, smape, mase, bounds, "
+        "naive_scale "
         "FROM predictions WHERE forecast_id = %s ORDER BY version",
         (forecast_id,),
     )
@@ -385,8 +510,10 @@ async def _predictions(tx: Transaction, forecast_id: str) -> list[aggregates.Sto
             scoring.Score(steps, *(math.nan if v is None else v for v in (mae, smape, mase)))
             if steps
             else aggregates.UNSCORED,
+            None if bounds is None else _array(bounds),
+            math.nan if scale is None else scale,
         )
-        for version, role, values, steps, mae, smape, mase in rows
+        for version, role, values, steps, mae, smape, mase, bounds, scale in rows
     ]
 
 
@@ -534,17 +661,29 @@ async def backfill_aggregates(tx: Transaction) -> None:
 
 
 _INSERT_PREDICTION = (
-    "INSERT INTO predictions (forecast_id, version, model, role, "
-    "forecast_values, latency_ms, recorded_at, orphan) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "INSERT INTO predictions (forecast_id, version, model, role, forecast_values, latency_ms, "
+    "recorded_at, orphan, bounds, naive_scale) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (forecast_id, version) DO NOTHING"
 )
 
 
 def _prediction_row(
     forecast_id: str, model: str, p: Prediction, recorded_at: float, orphan: int
-) -> tuple[str, str, str, str, bytes, float, float, int]:
+) -> tuple[str, str, str, str, bytes, float, float, int, bytes | None, float | None]:
     values = struct.pack(f"<{len(p.values)}d", *p.values)
-    return (forecast_id, p.version, model, p.role.value, values, p.latency_ms, recorded_at, orphan)
+    bounds = None if p.bounds is None else p.bounds.astype("<f8").tobytes()
+    return (
+        forecast_id,
+        p.version,
+        model,
+        p.role.value,
+        values,
+        p.latency_ms,
+        recorded_at,
+        orphan,
+        bounds,
+        p.scale if math.isfinite(p.scale) else None,
+    )
 
 
 def _array(blob: bytes) -> FloatArray:

@@ -107,9 +107,23 @@ _V2 = (
     "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",
 )
+_V3 = (
+    # Calibration: the tracked bounds of each prediction, and the score pools.
+    "ALTER TABLE predictions ADD COLUMN bounds BLOB",
+    "ALTER TABLE predictions ADD COLUMN naive_scale REAL",
+    """CREATE TABLE calibration_pools (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        scores BLOB NOT NULL,
+        revision INTEGER NOT NULL,
+        PRIMARY KEY (model, version, step)
+    )""",
+)
 MIGRATIONS = (
     Migration(1, _V1),
     Migration(2, _V2, then=backfill_aggregates),
+    Migration(3, _V3),
 )
 
 

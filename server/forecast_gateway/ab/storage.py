@@ -9,7 +9,7 @@ from typing import Protocol
 
 from forecast_gateway.ab.records import ActualsReport, ExperimentInfo, Record
 from forecast_gateway.ab.report import ModelAggregates
-from forecast_gateway.ab.sql import Bounds, SqlStorage
+from forecast_gateway.ab.sql import Bounds, CalibrationPools, SqlStorage
 from forecast_gateway.normalization import FloatArray
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -47,6 +47,12 @@ class Storage(Protocol):
 
     async def experiments(self, model: str) -> list[ExperimentInfo]:
         """The experiments of `model` ("" = every model), newest first within a model."""
+        ...
+
+    async def calibration_pools(
+        self, known: dict[tuple[str, str], int]
+    ) -> dict[tuple[str, str], CalibrationPools]:
+        """The calibration pools of every (model, version) whose revision is not `known`'s."""
         ...
 
 

@@ -36,7 +36,7 @@ from forecast_gateway.ab.records import (
     forecast_id_time,
 )
 from forecast_gateway.ab.report import summarize
-from forecast_gateway.ab.sql import Bounds
+from forecast_gateway.ab.sql import Bounds, CalibrationPools
 from forecast_gateway.ab.storage import Storage, open_storage
 from forecast_gateway.config import GatewayConfig
 from forecast_gateway.errors import Unavailable
@@ -93,7 +93,9 @@ class ExperimentStore:
     @classmethod
     def from_config(cls, config: GatewayConfig) -> ExperimentStore:
         """The store `store_url` (or `store_path`) names, bounded by the store_max_* keys."""
-        bounds = Bounds(config.store_max_forecasts, config.store_max_age_s)
+        bounds = Bounds(
+            config.store_max_forecasts, config.store_max_age_s, config.calibration_window
+        )
         storage = open_storage(
             config.store_url,
             bounds,
@@ -191,6 +193,15 @@ class ExperimentStore:
         """The experiments with recorded forecasts, of `model` or ("") of every model."""
         await self._flush(for_read=True)
         return await self.storage.experiments(model)
+
+    async def calibration_pools(
+        self, known: dict[tuple[str, str], int]
+    ) -> dict[tuple[str, str], CalibrationPools]:
+        """The calibration pools of each (model, version) changed since the `known` revisions.
+
+        Every replica's scores; raises Unavailable when the database is unreachable.
+        """
+        return await self.storage.calibration_pools(known)
 
     def _enqueue(self, record: Record) -> None:
         if self._closed or len(self._pending) >= self._max_pending:

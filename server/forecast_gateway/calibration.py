@@ -1,0 +1,269 @@
+"""Calibrated intervals and quantiles for every served model version.
+
+Each (model, version) has one pool of signed scaled errors per horizon step
+(`conformal`). A pool is the version's most recent online scores from the
+A/B store (every replica's reported actuals, served and shadow forecasts),
+topped up to `window` with the newest held-out scores computed at training
+time (`<calibration_dir>/<model>/<version>/calibration.json`), so a fresh
+gateway is calibrated from its first request and drifts with the actuals.
+
+The request path only reads: bound tables are cached per (model, version,
+levels) and dropped when a background refresh sees a pool change in the
+store, so asking for intervals costs a slice and a multiply-add per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from forecast_gateway import conformal
+from forecast_gateway.ab import ExperimentStore
+from forecast_gateway.conformal import FloatArray, Levels
+
+log = structlog.get_logger(__name__)
+
+METHOD = "split conformal (signed errors / naive MAE of the window)"
+TRACKED = Levels(coverages=(0.8, 0.95), quantiles=(0.1, 0.5, 0.9))
+"""The coverages and levels every forecast is recorded at, for GetExperiment to score."""
+FILE_NAME = "calibration.json"
+FILE_FORMAT = 1
+
+
+class Status(enum.Enum):
+    """Mirrors forecast.v1.UncertaintyStatus."""
+
+    CALIBRATED = "calibrated"
+    NOT_CALIBRATED = "not_calibrated"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A prediction interval in the units of the history."""
+
+    coverage: float
+    lower: FloatArray
+    upper: FloatArray
+
+
+@dataclass(frozen=True)
+class Quantile:
+    """A quantile forecast in the units of the history."""
+
+    level: float
+    values: FloatArray
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """The requested intervals and quantiles that are calibrated, and why any is missing."""
+
+    status: Status
+    intervals: tuple[Interval, ...]
+    quantiles: tuple[Quantile, ...]
+    scores: tuple[int, ...]
+    """Calibration scores behind each horizon step."""
+    detail: str = ""
+    method: str = METHOD
+
+
+class Calibration:
+    """The pools of every (model, version), and their bound tables (cached).
+
+    `await start()` loads the training-time files and the store's pools and
+    starts the refresh; `await close()` stops it.
+    """
+
+    def __init__(
+        self,
+        store: ExperimentStore | None,
+        directory: str = "",
+        window: int = 256,
+        refresh_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.window = window
+        self.refresh_s = refresh_s
+        self._directory = Path(directory) if directory else None
+        self._bootstrap: dict[tuple[str, str], list[FloatArray]] = {}
+        self._online: dict[tuple[str, str], dict[int, FloatArray]] = {}
+        self._revisions: dict[tuple[str, str], int] = {}
+        self._pools: dict[tuple[str, str], list[FloatArray]] = {}
+        self._tables: dict[tuple[str, str, Levels], FloatArray] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the training-time scores and the store's pools; refresh in the background."""
+        if self._directory is not None:
+            self._bootstrap = load_directory(self._directory)
+            log.info(
+                "calibration_loaded",
+                directory=str(self._directory),
+                versions=sorted(f"{m}/{v}" for m, v in self._bootstrap),
+            )
+        if self.store is not None:
+            try:
+                await self.refresh()
+            except Exception as error:  # served from the files until the store answers
+                log.warning("calibration_refresh_failed", error=type(error).__name__)
+            self._refresher = asyncio.create_task(self._refresh_forever(), name="calibration")
+
+    async def close(self) -> None:
+        """Stop the background refresh."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+
+    async def refresh(self) -> None:
+        """Read the pools that changed in the store (any replica's actuals)."""
+        assert self.store is not None
+        changed = await self.store.calibration_pools(dict(self._revisions))
+        for key, pools in changed.items():
+            self._online[key] = pools.steps
+            self._revisions[key] = pools.revision
+            self._pools.pop(key, None)
+        if changed:
+            self._tables = {k: t for k, t in self._tables.items() if k[:2] not in changed}
+
+    def uncertainty(
+        self, model: str, version: str, values: FloatArray, scale: float, levels: Levels
+    ) -> Uncertainty:
+        """The calibrated bounds of one forecast around `values` (`scale`: its naive MAE)."""
+        horizon = values.shape[0]
+        pools = self.pools(model, version)
+        scores = tuple(pools[step].size if step < len(pools) else 0 for step in range(horizon))
+        if not scale > 0 or not math.isfinite(scale):
+            return Uncertainty(
+                Status.NOT_CALIBRATED,
+                (),
+                (),
+                scores,
+                "the window is constant: there is no scale to express calibrated errors in",
+            )
+        bounds = values + scale * self.table(model, version, levels, horizon)
+        intervals: list[Interval] = []
+        quantiles: list[Quantile] = []
+        missing: list[str] = []
+        for index, coverage in enumerate(levels.coverages):
+            lower, upper = bounds[2 * index], bounds[2 * index + 1]
+            if np.isfinite(lower).all() and np.isfinite(upper).all():
+                intervals.append(Interval(coverage, lower, upper))
+            else:
+                need = conformal.min_scores_for_interval(coverage)
+                missing.append(f"the {coverage:g} interval needs {need}")
+        offset = 2 * len(levels.coverages)
+        for index, level in enumerate(levels.quantiles):
+            row = bounds[offset + index]
+            if np.isfinite(row).all():
+                quantiles.append(Quantile(level, row))
+            else:
+                need = conformal.min_scores_for_quantile(level)
+                missing.append(f"the {level:g} quantile needs {need}")
+        if not missing:
+            return Uncertainty(Status.CALIBRATED, tuple(intervals), tuple(quantiles), scores)
+        fewest = min(range(horizon), key=lambda step: scores[step])
+        detail = (
+            f"too few calibration scores for {model} version {version}: "
+            f"{'; '.join(missing)} scores per horizon step, step {fewest + 1} has "
+            f"{scores[fewest]}; reported actuals add scores"
+        )
+        return Uncertainty(
+            Status.NOT_CALIBRATED, tuple(intervals), tuple(quantiles), scores, detail
+        )
+
+    def tracked(self, model: str, version: str, horizon: int) -> FloatArray | None:
+        """The bounds at the TRACKED levels, in scale units [rows, horizon]; None if none exist."""
+        table = self.table(model, version, TRACKED, horizon)
+        return table if np.isfinite(table).any() else None
+
+    def table(self, model: str, version: str, levels: Levels, horizon: int) -> FloatArray:
+        """Scaled bounds [rows, horizon] (`conformal.bound_table`), NaN past the pools."""
+        key = (model, version, levels)
+        table = self._tables.get(key)
+        if table is None or table.shape[1] < horizon:
+            pools = self.pools(model, version)
+            padded = list(pools) + [_EMPTY] * max(0, horizon - len(pools))
+            table = conformal.bound_table(padded, levels)
+            table.flags.writeable = False
+            self._tables[key] = table
+        return table[:, :horizon]
+
+    def pools(self, model: str, version: str) -> list[FloatArray]:
+        """The sorted pool of each horizon step: newest online scores, topped up from the file."""
+        key = (model, version)
+        pools = self._pools.get(key)
+        if pools is None:
+            pools = _merge(self._online.get(key, {}), self._bootstrap.get(key, []), self.window)
+            self._pools[key] = pools
+        return pools
+
+    async def _refresh_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except Exception as error:
+                if not failing:
+                    log.warning("calibration_refresh_failed", error=type(error).__name__)
+                failing = True
+            else:
+                failing = False
+
+
+_EMPTY: FloatArray = np.empty(0)
+
+
+def _merge(
+    online: Mapping[int, FloatArray], bootstrap: Sequence[FloatArray], window: int
+) -> list[FloatArray]:
+    """Per step: the newest `window` online scores, then the newest file scores up to `window`."""
+    steps = max([len(bootstrap), *(step + 1 for step in online)])
+    pools: list[FloatArray] = []
+    for step in range(steps):
+        recent = online.get(step, _EMPTY)[-window:]
+        room = window - recent.size
+        held_out = bootstrap[step][-room:] if room > 0 and step < len(bootstrap) else _EMPTY
+        pools.append(conformal.sorted_pool(np.concatenate([held_out, recent])))
+    return pools
+
+
+def load_directory(directory: Path) -> dict[tuple[str, str], list[FloatArray]]:
+    """Every `<model>/<version>/calibration.json` under `directory`: per-step scores, oldest first.
+
+    A missing directory is no calibration; a malformed file stops the gateway
+    (ValueError naming it), as a bad config does.
+    """
+    found: dict[tuple[str, str], list[FloatArray]] = {}
+    if not directory.is_dir():
+        log.warning("calibration_directory_missing", directory=str(directory))
+        return found
+    for path in sorted(directory.glob(f"*/*/{FILE_NAME}")):
+        model, version = path.parent.parent.name, path.parent.name
+        found[(model, version)] = load_file(path, model, version)
+    return found
+
+
+def load_file(path: Path, model: str, version: str) -> list[FloatArray]:
+    """The per-step scores of one calibration file; ValueError if it is not one."""
+    try:
+        document = json.loads(path.read_text())
+        if document.get("format") != FILE_FORMAT:
+            raise ValueError(f"format {document.get('format')!r}, expected {FILE_FORMAT}")
+        if (document.get("model"), str(document.get("version"))) != (model, version):
+            raise ValueError(f"it is for {document.get('model')} version {document.get('version')}")
+        steps = [np.asarray(step, dtype=np.float64) for step in document["scores"]]
+        if not steps or any(step.ndim != 1 or not np.isfinite(step).all() for step in steps):
+            raise ValueError("scores must be one list of finite numbers per horizon step")
+    except (OSError, KeyError, TypeError, json.JSONDecodeError, ValueError) as error:
+        raise ValueError(f"calibration file {path}: {error}") from None
+    return steps
