@@ -36,6 +36,14 @@ COPY docker/grpc_healthcheck.py /usr/local/bin/grpc_healthcheck.py
 # Kubernetes mounts its own pair of files over this directory
 # (deploy/kubernetes/gateway.yaml); FORECAST_* vars override single keys.
 COPY config/gateway.toml config/routing.toml /etc/forecast-gateway/
+# Held-out calibration scores of each model version (make calibrate), so
+# intervals are calibrated from the first request: one line per version, as
+# the Triton image ships the versions (a test checks that none is missing).
+# Outside /etc/forecast-gateway, which Kubernetes hides under its ConfigMap.
+COPY model_repository/lstm_timeseries/1/calibration.json /usr/share/forecast-gateway/calibration/lstm_timeseries/1/
+COPY model_repository/lstm_timeseries/2/calibration.json /usr/share/forecast-gateway/calibration/lstm_timeseries/2/
+COPY model_repository/moving_average/1/calibration.json /usr/share/forecast-gateway/calibration/moving_average/1/
+COPY model_repository/moving_average/2/calibration.json /usr/share/forecast-gateway/calibration/moving_average/2/
 
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --no-create-home --shell /usr/sbin/nologin gateway \
@@ -52,6 +60,7 @@ WORKDIR /var/lib/forecast-gateway
 # its working directory.
 ENV FORECAST_CONFIG_FILE=/etc/forecast-gateway/gateway.toml \
     FORECAST_STORE_PATH=/var/lib/forecast-gateway/experiments.sqlite3 \
+    FORECAST_CALIBRATION_DIR=/usr/share/forecast-gateway/calibration \
     FORECAST_TRITON_URL=triton:8001 \
     FORECAST_PORT=50051 \
     FORECAST_METRICS_PORT=9100 \

@@ -45,6 +45,7 @@ from tests.unit.test_deploy_files import (
 pytestmark = pytest.mark.functional
 
 ROOT = Path(__file__).resolve().parents[2]
+CALIBRATION_FILES = sorted((ROOT / "model_repository").glob("*/*/calibration.json"))
 SERVICE = "forecast.v1.ForecastService"
 SETPRIV = shutil.which("setpriv")
 # Root ignores file modes; without these capabilities it obeys them like any user.
@@ -235,6 +236,9 @@ def test_the_shipped_configuration_reaches_serving(
         log_path.unlink()
 
     config_dir = Path(env["FORECAST_CONFIG_FILE"]).parent
+    (calibration,) = [e for e in events if e.get("event") == "calibration_loaded"]
+    shipped = {f"{p.parent.parent.name}/{p.parent.name}" for p in CALIBRATION_FILES}
+    assert set(calibration["versions"]) == shipped, "every version's calibration is in the image"
     (routing,) = [e for e in events if e.get("event") == "routing_loaded"]
     assert routing["path"] == str(config_dir / "routing.toml")
     assert "lstm_timeseries" in routing["policies"], "the shipped routing policies are in force"
