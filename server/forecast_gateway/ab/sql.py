@@ -510,7 +510,7 @@ async def _predictions(tx: Transaction, forecast_id: str) -> list[aggregates.Sto
             scoring.Score(steps, *(math.nan if v is None else v for v in (mae, smape, mase)))
             if steps
             else aggregates.UNSCORED,
-            None if bounds is None else _array(bounds),
+            None if bounds is None else np.frombuffer(bounds, dtype="<f4").astype(np.float64),
             math.nan if scale is None else scale,
         )
         for version, role, values, steps, mae, smape, mase, bounds, scale in rows
@@ -671,7 +671,8 @@ def _prediction_row(
     forecast_id: str, model: str, p: Prediction, recorded_at: float, orphan: int
 ) -> tuple[str, str, str, str, bytes, float, float, int, bytes | None, float | None]:
     values = struct.pack(f"<{len(p.values)}d", *p.values)
-    bounds = None if p.bounds is None else p.bounds.astype("<f8").tobytes()
+    # float32: seven rows per step would otherwise make the row ~7x its forecast's size.
+    bounds = None if p.bounds is None else p.bounds.astype("<f4").tobytes()
     return (
         forecast_id,
         p.version,
