@@ -263,7 +263,7 @@ class Forecaster:
                 self.catalog.mark_unavailable(spec.name, first.route.version)
             raise
         latency_ms = _ms_since(started)
-        scales = naive_scales(windows).tolist()
+        scales = naive_scales(windows)
         results: list[ForecastResult | GatewayError] = []
         for plan, row, scale in zip(plans, values, scales, strict=True):
             if not np.isfinite(row).all():
@@ -374,7 +374,7 @@ class Forecaster:
         latency_ms = _ms_since(started)
         uncertainty = None
         if query.levels and self.calibration is not None:
-            scale = float(naive_scales(rows)[0])
+            scale = naive_scales(rows)[0]
             uncertainty = self.calibration.uncertainty(
                 spec.name, version, values, scale, query.levels
             )
