@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import struct
 
 import grpc
 import pytest
+from matplotlib.collections import PolyCollection
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from forecast_client import ForecastError, VersionForecast
+from forecast_client import (
+    ForecastError,
+    Interval,
+    QuantileForecast,
+    Uncertainty,
+    VersionForecast,
+)
 from forecast_client.plot import DEFAULT_SIZE_PX, forecast_figure, forecast_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -92,3 +100,63 @@ def test_failed_version_is_named_in_the_legend_and_short_history_is_shown_whole(
 def test_invalid_arguments(history: list[float], last: int, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         forecast_png("m", history, FORECASTS, last=last)
+
+
+def banded(forecast: VersionForecast, widths: dict[float, float]) -> VersionForecast:
+    """The forecast with a symmetric interval of each coverage: half-width widths[coverage]."""
+    intervals = tuple(
+        Interval(c, [v - w for v in forecast.values], [v + w for v in forecast.values])
+        for c, w in widths.items()
+    )
+    return dataclasses.replace(forecast, intervals=intervals)
+
+
+def test_intervals_are_bands_lighter_for_wider_with_actuals_inside_counted() -> None:
+    v1 = banded(FORECASTS[0], {0.8: 0.45, 0.95: 1.0})  # both hold every actual (v1 is +0.4 off)
+    v2 = dataclasses.replace(
+        banded(FORECASTS[1], {0.8: 0.1}),
+        quantiles=(QuantileForecast(0.9, [v + 0.05 for v in FORECASTS[1].values]),),
+    )
+    figure = forecast_figure("lstm_timeseries", HISTORY, [v1, v2], actuals=ACTUALS)
+    (axes,) = figure.axes
+    bands = {c.get_label(): c for c in axes.collections if isinstance(c, PolyCollection)}
+    assert set(bands) == {
+        "v1 95% interval (8 of 8 actuals inside)",
+        "v1 80% interval (8 of 8 actuals inside)",
+        "v2 80% interval (0 of 8 actuals inside)",
+    }
+    wide, narrow = (
+        bands["v1 95% interval (8 of 8 actuals inside)"],
+        bands["v1 80% interval (8 of 8 actuals inside)"],
+    )
+    assert wide.get_alpha() < narrow.get_alpha()  # lighter for wider
+    # In the version's color, fanning out from the last history point over the horizon.
+    assert tuple(wide.get_facecolor()[0][:3]) == pytest.approx(tuple(c / 255 for c in BLUE))
+    vertices = narrow.get_paths()[0].vertices
+    assert vertices[:, 0].min() == 0 and vertices[:, 0].max() == len(ACTUALS)
+    lows = [ACTUALS[i] + 0.4 - 0.45 for i in range(len(ACTUALS))]
+    assert vertices[:, 1].min() == pytest.approx(min([HISTORY[-1], *lows]))
+    # The quantile is a dashed line; the legend names every band.
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert lines["v2 quantiles 90%"].get_linestyle() == "--"
+    assert set(bands) <= set(legend_labels(figure))
+    assert png_size(forecast_png("lstm_timeseries", HISTORY, [v1, v2], actuals=ACTUALS)) == (
+        1200,
+        600,
+    )
+
+
+def test_no_bands_without_intervals_and_a_note_when_not_calibrated() -> None:
+    figure = forecast_figure("lstm_timeseries", HISTORY, FORECASTS)
+    assert not [c for c in figure.axes[0].collections if isinstance(c, PolyCollection)]
+    not_calibrated = dataclasses.replace(
+        banded(FORECASTS[0], {0.8: 0.5}),
+        uncertainty=Uncertainty("not_calibrated", "split conformal", [9] * 8, "too few"),
+    )
+    figure = forecast_figure("lstm_timeseries", HISTORY, [not_calibrated])
+    assert legend_labels(figure) == [
+        "history",
+        "v1 (window 10)",
+        "v1 80% interval",
+        "v1: some levels not calibrated",
+    ]

@@ -2,12 +2,15 @@
 
     forecast predict --model lstm_timeseries --horizon 12 --history "1,2,3,..."
     forecast predict --model lstm_timeseries --csv sales.csv --column units
+    forecast predict --model lstm_timeseries --csv sales.csv --interval 0.8 --quantile 0.9
     forecast --json models
     forecast models lstm_timeseries
     forecast compare --model lstm_timeseries --csv sales.csv --versions 1,2 --horizon 8
     forecast report --forecast-id 7d0c... --actuals "318.2,318.9" [--offset 2]
     forecast experiment --model lstm_timeseries
     forecast plot --model lstm_timeseries --csv sales.csv --actuals "..." --output plot.png
+    forecast plot --model lstm_timeseries --csv sales.csv --interval 0.8 --interval 0.95 \
+        --output plot.png
     forecast --cacert ca.pem --token-file token models      # a gateway with TLS and tokens
 
 Every command takes the connection options, named like grpcurl's: --cacert
@@ -140,7 +143,8 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "predict",
         parents=[common],
         help="forecast one series",
-        description="Forecast one series. Negative first values need '=': --history=-1,2,3.",
+        description="Forecast one series, with prediction intervals (--interval) and "
+        "quantiles (--quantile) if asked for. Negative first values need '=': --history=-1,2,3.",
     )
     predict.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
     predict.add_argument("--version", default="", help="pin a version (default: gateway picks)")
@@ -159,8 +163,8 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         parents=[common],
         help="run one series on several versions and compare the forecasts",
         description="Run the same request on several versions of a model (CompareVersions): "
-        "each version's forecast and latency, and how far apart they are. Nothing is recorded "
-        "for A/B scoring.",
+        "each version's forecast and latency (and its own intervals and quantiles if asked for), "
+        "and how far apart they are. Nothing is recorded for A/B scoring.",
     )
     _add_compare_options(compare)
     compare.set_defaults(handler=_compare)
@@ -193,8 +197,9 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         help="A/B results of a model: the verdict, traffic, accuracy, latency, tests",
         description="The verdict of each version pair first (always valid, however often you "
         "look), then per version: requests served and shadowed, forecasts with actuals, mean "
-        "MAE/sMAPE/MASE, latency percentiles; then the tests of each version pair "
-        "(GetExperiment). --list lists the model's experiments (ListExperiments).",
+        "MAE/sMAPE/MASE, latency percentiles, how the intervals covered and the quantiles "
+        "scored; then the tests of each version pair (GetExperiment). --list lists the "
+        "model's experiments (ListExperiments).",
     )
     experiment.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
     experiment.add_argument(
@@ -213,7 +218,8 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         parents=[common],
         help="draw the versions' forecasts of one series to a PNG",
         description="Call CompareVersions and draw one PNG: the last --last points of the "
-        "history, each version's forecast continuing from its end, and the actuals if given.",
+        "history, each version's forecast continuing from its end with its --interval bands "
+        "(lighter for wider), and the actuals if given.",
     )
     _add_compare_options(plot)
     actuals = plot.add_mutually_exclusive_group()
@@ -236,10 +242,26 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
 
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
-    """--horizon, --sequence-length and the series: --history or --csv [--column]."""
+    """--horizon, --sequence-length, --interval, --quantile and the series: --history or --csv."""
     parser.add_argument("--horizon", type=int, default=0, help="steps (0: model default)")
     parser.add_argument(
         "--sequence-length", type=int, default=0, help="window (0: the version's own)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_level,
+        action="append",
+        default=[],
+        metavar="COVERAGE",
+        help="prediction interval of this coverage, e.g. 0.8 (repeat for more; columns loNN hiNN)",
+    )
+    parser.add_argument(
+        "--quantile",
+        type=_level,
+        action="append",
+        default=[],
+        metavar="LEVEL",
+        help="quantile forecast at this level, e.g. 0.9 (repeat for more; column qNN)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--history", help='values, oldest first: "1,2,3" or "1 2 3"')
@@ -307,6 +329,14 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _level(text: str) -> float:
+    """A number; whether it is a valid level (in (0, 1), distinct) is the gateway's call."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def _positive_int(text: str) -> int:
@@ -389,6 +419,8 @@ def _predict(client: ForecastClient, args: argparse.Namespace) -> Output:
         routing_key=args.routing_key,
         horizon=args.horizon,
         sequence_length=args.sequence_length,
+        interval_coverages=args.interval,
+        quantile_levels=args.quantile,
     )
     return forecast_json(forecast), forecast_text(forecast)
 
@@ -463,6 +495,8 @@ def _compare_versions(
         versions=parse_names(args.versions),
         horizon=args.horizon,
         sequence_length=args.sequence_length,
+        interval_coverages=args.interval,
+        quantile_levels=args.quantile,
     )
     failed = [(f.version, f.error) for f in comparison.forecasts if f.error is not None]
     if failed and len(failed) == len(comparison.forecasts):

@@ -6,6 +6,8 @@
 
         outcomes = client.forecast_batch("lstm_timeseries", {"store-1": h1, "store-2": h2})
         comparison = client.compare_versions("lstm_timeseries", history, horizon=12)
+        banded = client.forecast("lstm_timeseries", history, interval_coverages=[0.8, 0.95])
+        banded.interval(0.95)  # Interval(coverage, lower, upper), or None if not calibrated
         report = client.report_actuals(result.forecast_id, observed)
         experiment = client.get_experiment("lstm_timeseries")
 
@@ -14,6 +16,11 @@ calls answer each series on its own: a series that failed is a
 `SeriesOutcome` whose `error` is a `ForecastError`, and the others still
 have their forecasts. Scores and statistics the gateway cannot compute yet
 (no actuals, too few samples) are NaN.
+
+Intervals and quantiles come only when asked for (`interval_coverages=`,
+`quantile_levels=`), and only those the gateway has calibrated: when one is
+missing, `uncertainty.status` is "not_calibrated" and `uncertainty.detail`
+says why.
 """
 
 from __future__ import annotations
@@ -46,10 +53,15 @@ __all__ = [
     "Forecast",
     "ForecastArgs",
     "ForecastClient",
+    "Interval",
+    "IntervalCoverage",
     "LatencyStats",
     "ModelInfo",
     "ModelVersionInfo",
+    "QuantileForecast",
+    "QuantileLoss",
     "SeriesOutcome",
+    "Uncertainty",
     "VersionComparison",
     "VersionDifference",
     "VersionExperiment",
@@ -62,11 +74,73 @@ _Number = TypeVar("_Number", bound=int)
 
 
 @dataclass(frozen=True)
-class Forecast:
+class Interval:
+    """A prediction interval: the actual lies in [lower, upper] with probability `coverage`.
+
+    `lower` and `upper` have one value per horizon step, in the units of the
+    history; the intervals of one forecast are nested and lower <= upper.
+    """
+
+    coverage: float
+    lower: list[float]
+    upper: list[float]
+
+
+@dataclass(frozen=True)
+class QuantileForecast:
+    """The forecast quantile at `level`: the actual is at or below `values` with that probability.
+
+    One value per horizon step; the quantiles of one forecast do not decrease with the level.
+    """
+
+    level: float
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """How a forecast's intervals and quantiles were obtained.
+
+    `status` is "calibrated" (everything asked for is returned),
+    "not_calibrated" (something asked for is missing: `detail` says what and
+    why) or "model_native"; `calibration_scores` is the number of
+    calibration scores behind each horizon step.
+    """
+
+    status: str
+    method: str
+    calibration_scores: list[int]
+    detail: str
+
+    @property
+    def calibrated(self) -> bool:
+        """True when every requested interval and quantile was returned."""
+        return self.status != "not_calibrated"
+
+
+class _Bands:
+    """Look-ups shared by the results that carry intervals and quantiles."""
+
+    intervals: tuple[Interval, ...]
+    quantiles: tuple[QuantileForecast, ...]
+
+    def interval(self, coverage: float) -> Interval | None:
+        """The interval of this nominal coverage, None if it was not asked for or not calibrated."""
+        return next((i for i in self.intervals if math.isclose(i.coverage, coverage)), None)
+
+    def quantile(self, level: float) -> QuantileForecast | None:
+        """The quantile at this level, None if it was not asked for or not calibrated."""
+        return next((q for q in self.quantiles if math.isclose(q.level, level)), None)
+
+
+@dataclass(frozen=True)
+class Forecast(_Bands):
     """A forecast of one series, as the gateway returned it.
 
     `routing_decision` is the enum value without its prefix, lowercased
     ("pinned" or "default"); `sequence_length` is the window the model read.
+    `intervals` and `quantiles` are the calibrated ones asked for, in request
+    order; `uncertainty` is None when none were asked for.
     """
 
     forecast_id: str
@@ -76,6 +150,9 @@ class Forecast:
     routing_decision: str
     horizon: int
     sequence_length: int
+    intervals: tuple[Interval, ...] = ()
+    quantiles: tuple[QuantileForecast, ...] = ()
+    uncertainty: Uncertainty | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +188,8 @@ class ForecastArgs(TypedDict, total=False):
     routing_key: str
     horizon: int
     sequence_length: int
+    interval_coverages: Iterable[float]
+    quantile_levels: Iterable[float]
 
 
 @dataclass(frozen=True)
@@ -132,14 +211,20 @@ class SeriesOutcome:
 
 
 @dataclass(frozen=True)
-class VersionForecast:
-    """One version's answer in a comparison; `error` is set (and `values` empty) if it failed."""
+class VersionForecast(_Bands):
+    """One version's answer in a comparison; `error` is set (and `values` empty) if it failed.
+
+    `intervals`, `quantiles` and `uncertainty` are as in `Forecast`.
+    """
 
     version: str
     values: list[float]
     latency_ms: float
     sequence_length: int
     error: ForecastError | None
+    intervals: tuple[Interval, ...] = ()
+    quantiles: tuple[QuantileForecast, ...] = ()
+    uncertainty: Uncertainty | None = None
 
 
 @dataclass(frozen=True)
@@ -205,8 +290,43 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class IntervalCoverage:
+    """How one version's intervals of one nominal coverage held on the actuals so far.
+
+    `coverage` is the fraction of `steps` scored horizon steps whose actual
+    fell inside, `coverage_low`/`coverage_high` its Wilson 95% interval;
+    `mean_width` and `winkler` (lower is better) are in scale units (divided
+    by the naive MAE of the request's window). `undercovering`: the
+    intervals cover significantly less than `nominal`.
+    """
+
+    nominal: float
+    steps: int
+    coverage: float
+    coverage_low: float
+    coverage_high: float
+    mean_width: float
+    winkler: float
+    undercovering: bool
+
+
+@dataclass(frozen=True)
+class QuantileLoss:
+    """How one version's quantiles at `level` held on the actuals so far.
+
+    `pinball` is the mean pinball loss in scale units (lower is better);
+    `below` the fraction of actuals at or below the quantile (ideally `level`).
+    """
+
+    level: float
+    steps: int
+    pinball: float
+    below: float
+
+
+@dataclass(frozen=True)
 class VersionExperiment:
-    """One version's traffic, scored accuracy and latency."""
+    """One version's traffic, scored accuracy and latency, and how its intervals held."""
 
     version: str
     requests_served: int
@@ -214,6 +334,8 @@ class VersionExperiment:
     actuals_received: int
     errors: ErrorStats
     latency: LatencyStats
+    interval_coverage: tuple[IntervalCoverage, ...] = ()
+    quantile_losses: tuple[QuantileLoss, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -359,12 +481,17 @@ class ForecastClient:
         routing_key: str = "",
         horizon: int = 0,
         sequence_length: int = 0,
+        interval_coverages: Iterable[float] = (),
+        quantile_levels: Iterable[float] = (),
     ) -> Forecast:
         """Forecast one series (`history`, oldest point first).
 
         `version` "" lets the gateway choose; `horizon` and `sequence_length`
-        0 mean the model's defaults. Validation is the gateway's: an empty
-        history or a NaN comes back as INVALID_ARGUMENT with a field violation.
+        0 mean the model's defaults. `interval_coverages` (e.g. [0.8, 0.95])
+        and `quantile_levels` (e.g. [0.1, 0.9]) ask for prediction intervals
+        and quantiles, each level in (0, 1). Validation is the gateway's: an
+        empty history, a NaN or a level of 1.5 comes back as INVALID_ARGUMENT
+        with a field violation.
         """
         request = _forecast_request(
             model=model,
@@ -373,6 +500,8 @@ class ForecastClient:
             routing_key=routing_key,
             horizon=horizon,
             sequence_length=sequence_length,
+            interval_coverages=interval_coverages,
+            quantile_levels=quantile_levels,
         )
         return _forecast(self._call(self._stub.Forecast, request))
 
@@ -384,11 +513,15 @@ class ForecastClient:
         version: str = "",
         horizon: int = 0,
         sequence_length: int = 0,
+        interval_coverages: Iterable[float] = (),
+        quantile_levels: Iterable[float] = (),
     ) -> list[SeriesOutcome]:
         """Forecast many series of one model in one call; one outcome per series, in order.
 
         `series` maps each series id to its history (or is a sequence of
-        (id, history) pairs). Each series is routed by its id and answered on
+        (id, history) pairs); `interval_coverages` and `quantile_levels` ask
+        for the same intervals and quantiles for every series (see
+        `forecast`). Each series is routed by its id and answered on
         its own: an invalid series gets an `error` in its outcome and does not
         fail the others. The call itself fails (ForecastError) only when the
         batch is invalid as a whole (empty, too many series, a repeated id) or
@@ -400,6 +533,8 @@ class ForecastClient:
             version=version,
             horizon=horizon,
             sequence_length=sequence_length,
+            interval_coverages=_floats(interval_coverages),
+            quantile_levels=_floats(quantile_levels),
             series=[
                 forecast_service_pb2.Series(id=series_id, history=_floats(history))
                 for series_id, history in pairs
@@ -456,12 +591,16 @@ class ForecastClient:
         versions: Iterable[str] = (),
         horizon: int = 0,
         sequence_length: int = 0,
+        interval_coverages: Iterable[float] = (),
+        quantile_levels: Iterable[float] = (),
     ) -> Comparison:
         """Run one request on several versions (default: every ready version) and compare them.
 
-        A version that fails has an `error` in its `VersionForecast`; the call
-        fails as a whole only for an invalid request or an unknown model or
-        version. Nothing is recorded for A/B scoring.
+        `interval_coverages` and `quantile_levels` ask every version for its
+        own intervals and quantiles (see `forecast`). A version that fails
+        has an `error` in its `VersionForecast`; the call fails as a whole
+        only for an invalid request or an unknown model or version. Nothing
+        is recorded for A/B scoring.
         """
         request = forecast_service_pb2.CompareVersionsRequest(
             model=model,
@@ -469,6 +608,8 @@ class ForecastClient:
             history=_floats(history),
             horizon=horizon,
             sequence_length=sequence_length,
+            interval_coverages=_floats(interval_coverages),
+            quantile_levels=_floats(quantile_levels),
         )
         response = self._call(self._stub.CompareVersions, request)
         return Comparison(
@@ -480,6 +621,7 @@ class ForecastClient:
                     latency_ms=f.latency_ms,
                     sequence_length=f.sequence_length,
                     error=from_proto_error(f.error) if f.HasField("error") else None,
+                    **_bands(f),
                 )
                 for f in response.forecasts
             ),
@@ -614,6 +756,8 @@ def _forecast_request(
     routing_key: str = "",
     horizon: int = 0,
     sequence_length: int = 0,
+    interval_coverages: Iterable[float] = (),
+    quantile_levels: Iterable[float] = (),
 ) -> forecast_service_pb2.ForecastRequest:
     return forecast_service_pb2.ForecastRequest(
         model=model,
@@ -622,6 +766,8 @@ def _forecast_request(
         history=_floats(history),
         horizon=horizon,
         sequence_length=sequence_length,
+        interval_coverages=_floats(interval_coverages),
+        quantile_levels=_floats(quantile_levels),
     )
 
 
@@ -636,7 +782,39 @@ def _forecast(response: forecast_service_pb2.ForecastResponse | forecast_pb2.For
         ),
         horizon=response.horizon,
         sequence_length=response.sequence_length,
+        **_bands(response),
     )
+
+
+class _BandFields(TypedDict):
+    intervals: tuple[Interval, ...]
+    quantiles: tuple[QuantileForecast, ...]
+    uncertainty: Uncertainty | None
+
+
+def _bands(
+    message: forecast_service_pb2.ForecastResponse
+    | forecast_pb2.Forecast
+    | forecast_service_pb2.VersionForecast,
+) -> _BandFields:
+    """The intervals, quantiles and uncertainty of any message that returns a forecast."""
+    uncertainty = None
+    if message.HasField("uncertainty"):
+        u = message.uncertainty
+        status_name = forecast_pb2.UncertaintyStatus.Name
+        uncertainty = Uncertainty(
+            status=_enum_label(status_name, u.status, "UNCERTAINTY_STATUS_"),
+            method=u.method,
+            calibration_scores=list(u.calibration_scores),
+            detail=u.detail,
+        )
+    return {
+        "intervals": tuple(
+            Interval(i.coverage, list(i.lower), list(i.upper)) for i in message.intervals
+        ),
+        "quantiles": tuple(QuantileForecast(q.level, list(q.values)) for q in message.quantiles),
+        "uncertainty": uncertainty,
+    }
 
 
 def _version_experiment(version: forecast_service_pb2.VersionExperiment) -> VersionExperiment:
@@ -648,6 +826,23 @@ def _version_experiment(version: forecast_service_pb2.VersionExperiment) -> Vers
         actuals_received=version.actuals_received,
         errors=ErrorStats(errors.count, errors.mae_mean, errors.smape_mean, errors.mase_mean),
         latency=LatencyStats(latency.count, latency.p50_ms, latency.p95_ms, latency.p99_ms),
+        interval_coverage=tuple(
+            IntervalCoverage(
+                nominal=c.nominal,
+                steps=c.steps,
+                coverage=c.coverage,
+                coverage_low=c.coverage_low,
+                coverage_high=c.coverage_high,
+                mean_width=c.mean_width,
+                winkler=c.winkler,
+                undercovering=c.undercovering,
+            )
+            for c in version.interval_coverage
+        ),
+        quantile_losses=tuple(
+            QuantileLoss(level=q.level, steps=q.steps, pinball=q.pinball, below=q.below)
+            for q in version.quantile_losses
+        ),
     )
 
 

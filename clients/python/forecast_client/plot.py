@@ -4,12 +4,16 @@ Pure functions: data in, a `Figure` or PNG bytes out; nothing here calls the
 gateway or writes a file. `forecast plot` calls CompareVersions and writes
 `forecast_png(...)` to its --output file:
 
-    comparison = client.compare_versions("lstm_timeseries", history, horizon=12)
+    comparison = client.compare_versions(
+        "lstm_timeseries", history, horizon=12, interval_coverages=[0.8, 0.95]
+    )
     png = forecast_png("lstm_timeseries", history, comparison.forecasts, actuals=observed)
 
 The x axis counts steps from the last point of the history (0): the history
 is drawn at 0, -1, -2, ... and each version's forecast continues from it at
-1, 2, ..., horizon, with the actuals (if any) at the same steps.
+1, 2, ..., horizon, with the actuals (if any) at the same steps. A version's
+prediction intervals are shaded bands in its color, fanning out from the
+last history point, lighter for wider; its quantiles are thin dashed lines.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import io
 import math
 from collections.abc import Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from forecast_client.client import VersionForecast
+from forecast_client.client import Interval, VersionForecast
 
 __all__ = ["DEFAULT_LAST", "DEFAULT_SIZE_PX", "forecast_figure", "forecast_png"]
 
@@ -41,6 +46,9 @@ _COLORS = (
     "#17becf",
 )
 _OBSERVED = "#333333"
+# Band opacity: the narrowest interval of a version is the darkest.
+_BAND_ALPHA_NARROW = 0.35
+_BAND_ALPHA_WIDE = 0.12
 
 
 def forecast_figure(
@@ -57,8 +65,11 @@ def forecast_figure(
 
     Each successful version is a line in its own color from the last history
     point on, labelled with its version and window (and its MAE over the
-    steps that have actuals); a failed version is only named in the legend.
-    The figure is `size_px` pixels (width, height) at `dpi`.
+    steps that have actuals), with its intervals as bands (labelled with how
+    many actuals fell inside) and its quantiles as dashed lines; a failed
+    version is only named in the legend, and so is one whose requested
+    intervals are not all calibrated. The figure is `size_px` pixels (width,
+    height) at `dpi`.
     """
     if not history:
         raise ValueError("history is empty")
@@ -85,16 +96,18 @@ def forecast_figure(
             reason = forecast.error.code.name if forecast.error is not None else "no values"
             axes.plot([], [], linestyle="none", label=f"v{forecast.version}: failed ({reason})")
             continue
+        color = _COLORS[index % len(_COLORS)]
         axes.plot(
             range(len(forecast.values) + 1),
             [end, *forecast.values],
-            color=_COLORS[index % len(_COLORS)],
+            color=color,
             linewidth=2.0,
             marker="o",
             markersize=3.5,
             markevery=slice(1, None),
             label=_label(forecast, actuals),
         )
+        _draw_bands(axes, forecast, end, color, actuals)  # under the lines (zorder 1 < 2)
 
     if actuals:
         axes.plot(
@@ -142,6 +155,56 @@ def forecast_png(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def _draw_bands(
+    axes: Axes, forecast: VersionForecast, end: float, color: str, actuals: Sequence[float]
+) -> None:
+    """The version's intervals (widest first, lightest) and quantiles, from the last point on."""
+    by_width = sorted(forecast.intervals, key=lambda i: i.coverage, reverse=True)
+    for rank, interval in enumerate(by_width):
+        steps = range(len(interval.lower) + 1)
+        axes.fill_between(
+            steps,
+            [end, *interval.lower],
+            [end, *interval.upper],
+            color=color,
+            alpha=_band_alpha(rank, len(by_width)),
+            linewidth=0,
+            label=_band_label(forecast.version, interval, actuals),
+        )
+    for index, quantile in enumerate(forecast.quantiles):
+        levels = ", ".join(f"{q.level * 100:.6g}" for q in forecast.quantiles)
+        axes.plot(
+            range(len(quantile.values) + 1),
+            [end, *quantile.values],
+            color=color,
+            linewidth=0.9,
+            linestyle="--",
+            alpha=0.8,
+            label=f"v{forecast.version} quantiles {levels}%" if index == 0 else "_nolegend_",
+        )
+    uncertainty = forecast.uncertainty
+    if uncertainty is not None and not uncertainty.calibrated:
+        axes.plot(
+            [], [], linestyle="none", label=f"v{forecast.version}: some levels not calibrated"
+        )
+
+
+def _band_alpha(rank: int, count: int) -> float:
+    """Opacity of the `rank`-th widest of `count` bands: the widest is the lightest."""
+    if count == 1:
+        return (_BAND_ALPHA_NARROW + _BAND_ALPHA_WIDE) / 2
+    return _BAND_ALPHA_WIDE + (_BAND_ALPHA_NARROW - _BAND_ALPHA_WIDE) * rank / (count - 1)
+
+
+def _band_label(version: str, interval: Interval, actuals: Sequence[float]) -> str:
+    label = f"v{version} {interval.coverage * 100:.6g}% interval"
+    steps = min(len(interval.lower), len(actuals))
+    if steps:
+        inside = sum(interval.lower[i] <= actuals[i] <= interval.upper[i] for i in range(steps))
+        label += f" ({inside} of {steps} actuals inside)"
+    return label
 
 
 def _label(forecast: VersionForecast, actuals: Sequence[float]) -> str:

@@ -3,7 +3,10 @@
 JSON keys are the proto JSON names (lowerCamelCase) so scripts can rely on
 them; enum values are the client's labels ("pinned", "ready", "served").
 A statistic the gateway could not compute (NaN: no actuals yet, too few
-samples) is null in JSON and "-" in the tables.
+samples) is null in JSON and "-" in the tables. Intervals and quantiles are
+columns named by their level in percent (`lo80 hi80` for a 0.8 interval,
+`q10` for the 0.1 quantile); in JSON, `intervals`, `quantiles` and
+`uncertainty` appear only when they were asked for (as in proto JSON).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from forecast_client.client import (
     Forecast,
     ModelInfo,
     ModelVersionInfo,
+    Uncertainty,
     VersionExperiment,
+    VersionForecast,
 )
 from forecast_client.errors import ForecastError
 
@@ -75,6 +80,7 @@ def forecast_json(forecast: Forecast) -> JsonObject:
         "routingDecision": forecast.routing_decision,
         "horizon": forecast.horizon,
         "sequenceLength": forecast.sequence_length,
+        **_bands_json(forecast),
     }
 
 
@@ -109,6 +115,7 @@ def comparison_json(comparison: Comparison) -> JsonObject:
                 "latencyMs": _finite(f.latency_ms),
                 "sequenceLength": f.sequence_length,
                 "error": _error_body(f.error) if f.error is not None else None,
+                **_bands_json(f),
             }
             for f in comparison.forecasts
         ],
@@ -218,14 +225,23 @@ def _iso(seconds: float | None) -> str | None:
 
 
 def forecast_text(forecast: Forecast) -> str:
-    """Return a summary line and a STEP/VALUE table."""
+    """Return a summary line and a STEP/VALUE table (with bounds and quantiles when asked for).
+
+    A forecast with intervals or quantiles asked for gets a line saying how
+    they were calibrated, and a "note:" line when some are missing.
+    """
     summary = (
         f"{forecast.model} version {forecast.version} ({forecast.routing_decision}), "
         f"window {forecast.sequence_length}, horizon {forecast.horizon}\n"
-        f"forecast id {forecast.forecast_id}\n\n"
+        f"forecast id {forecast.forecast_id}\n"
     )
-    rows = [[str(step), _number(value)] for step, value in enumerate(forecast.values, start=1)]
-    return summary + _table(["STEP", "VALUE"], rows)
+    if forecast.uncertainty is not None:
+        summary += _uncertainty_line(forecast.uncertainty)
+    rows = [
+        [str(step + 1), _number(value), *_band_cells(forecast, step)]
+        for step, value in enumerate(forecast.values)
+    ]
+    return summary + "\n" + _table(["STEP", "VALUE", *_band_headers(forecast)], rows)
 
 
 def models_text(models: Sequence[ModelInfo]) -> str:
@@ -281,13 +297,20 @@ def comparison_text(comparison: Comparison) -> str:
     text = summary + versions
     if ran:
         rows = [
-            [
-                str(step + 1),
-                *(_number(f.values[step]) if step < len(f.values) else "-" for f in ran),
-            ]
+            [str(step + 1), *(cell for f in ran for cell in _version_step_cells(f, step))]
             for step in range(horizon)
         ]
-        text += "\n" + _table(["STEP", *(f"v{f.version}" for f in ran)], rows)
+        headers = [
+            f"v{f.version}{suffix}"
+            for f in ran
+            for suffix in ("", *(f".{h}" for h in _band_headers(f)))
+        ]
+        text += "\n" + _table(["STEP", *headers], rows)
+        text += "".join(
+            f"note: v{f.version}: {f.uncertainty.detail}\n"
+            for f in ran
+            if f.uncertainty is not None and not f.uncertainty.calibrated
+        )
     if comparison.differences:
         rows = [
             [
@@ -324,7 +347,7 @@ def actuals_text(report: ActualsReport) -> str:
 
 
 def experiment_text(experiment: Experiment) -> str:
-    """Return the per-version table, then one row per comparison of two versions."""
+    """Return the per-version table, one row per comparison of two versions, then coverage."""
     name = experiment.experiment or "default"
     if not experiment.versions:
         return f"{experiment.model}: experiment {name}: no traffic recorded yet\n"
@@ -342,8 +365,9 @@ def experiment_text(experiment: Experiment) -> str:
         + (verdicts + "\n" if verdicts else "")
         + _table(_EXPERIMENT_HEADERS, [_version_experiment_cells(v) for v in experiment.versions])
     )
+    calibration = _calibration_text(experiment.versions)  # last: after the tests
     if not experiment.comparisons:
-        return text + "\nno comparison yet (no version pair with scored forecasts)\n"
+        return text + "\nno comparison yet (no version pair with scored forecasts)\n" + calibration
     rows = [
         [
             f"{c.version_a} vs {c.version_b}",
@@ -362,7 +386,40 @@ def experiment_text(experiment: Experiment) -> str:
         "the t-test is fixed-sample (valid when read once); the verdicts above hold however "
         "often you look\n"
     )
-    return text + "\n" + _table(_COMPARISON_HEADERS, rows) + note
+    return text + "\n" + _table(_COMPARISON_HEADERS, rows) + note + calibration
+
+
+def _calibration_text(versions: Sequence[VersionExperiment]) -> str:
+    """Per version: how its intervals covered and its quantiles scored; "" when nothing is scored.
+
+    One line per nominal coverage, e.g. `80%: coverage 0.79 [0.76, 0.82] over
+    420 steps, width 3.10, Winkler 4.50`, marked UNDERCOVERING when the Wilson
+    interval lies below the nominal; one line per quantile level.
+    """
+    blocks = []
+    for v in versions:
+        if not v.interval_coverage and not v.quantile_losses:
+            continue
+        lines = [f"version {v.version}"]
+        lines += [
+            f"  {_percent(c.nominal)}%: coverage {_fixed(c.coverage, 2)} "
+            f"[{_fixed(c.coverage_low, 2)}, {_fixed(c.coverage_high, 2)}] over {c.steps} steps, "
+            f"width {_short(c.mean_width)}, Winkler {_short(c.winkler)}"
+            + ("  UNDERCOVERING" if c.undercovering else "")
+            for c in v.interval_coverage
+        ]
+        lines += [
+            f"  q{_percent(q.level)}: pinball {_short(q.pinball)}, "
+            f"{_fixed(q.below, 2)} of actuals below (ideal {q.level:g}) over {q.steps} steps"
+            for q in v.quantile_losses
+        ]
+        blocks.append("\n".join(lines) + "\n")
+    if not blocks:
+        return ""
+    heading = (
+        "intervals and quantiles on the actuals so far (width, Winkler, pinball in scale units)\n"
+    )
+    return "\n" + heading + "".join(blocks)
 
 
 def error_text(error: ForecastError, hint: str | None = None) -> str:
@@ -408,7 +465,92 @@ def _version_experiment_json(version: VersionExperiment) -> JsonObject:
             "p95Ms": _finite(latency.p95_ms),
             "p99Ms": _finite(latency.p99_ms),
         },
+        "intervalCoverage": [
+            {
+                "nominal": c.nominal,
+                "steps": c.steps,
+                "coverage": _finite(c.coverage),
+                "coverageLow": _finite(c.coverage_low),
+                "coverageHigh": _finite(c.coverage_high),
+                "meanWidth": _finite(c.mean_width),
+                "winkler": _finite(c.winkler),
+                "undercovering": c.undercovering,
+            }
+            for c in version.interval_coverage
+        ],
+        "quantileLosses": [
+            {
+                "level": q.level,
+                "steps": q.steps,
+                "pinball": _finite(q.pinball),
+                "below": _finite(q.below),
+            }
+            for q in version.quantile_losses
+        ],
     }
+
+
+def _bands_json(forecast: Forecast | VersionForecast) -> JsonObject:
+    """The intervals, quantiles and uncertainty, or nothing when none were asked for."""
+    if forecast.uncertainty is None:
+        return {}
+    u = forecast.uncertainty
+    return {
+        "intervals": [
+            {"coverage": i.coverage, "lower": list(i.lower), "upper": list(i.upper)}
+            for i in forecast.intervals
+        ],
+        "quantiles": [{"level": q.level, "values": list(q.values)} for q in forecast.quantiles],
+        "uncertainty": {
+            "status": u.status,
+            "method": u.method,
+            "calibrationScores": list(u.calibration_scores),
+            "detail": u.detail,
+        },
+    }
+
+
+def _band_headers(forecast: Forecast | VersionForecast) -> list[str]:
+    """`lo80 hi80` per interval and `q10` per quantile, in response (= request) order."""
+    headers = [f"{side}{_percent(i.coverage)}" for i in forecast.intervals for side in ("lo", "hi")]
+    return headers + [f"q{_percent(q.level)}" for q in forecast.quantiles]
+
+
+def _band_cells(forecast: Forecast | VersionForecast, step: int) -> list[str]:
+    """The bounds and quantiles of one horizon step, in `_band_headers` order."""
+    cells = [_at(bound, step) for i in forecast.intervals for bound in (i.lower, i.upper)]
+    return cells + [_at(q.values, step) for q in forecast.quantiles]
+
+
+def _version_step_cells(forecast: VersionForecast, step: int) -> list[str]:
+    return [_at(forecast.values, step), *_band_cells(forecast, step)]
+
+
+def _uncertainty_line(uncertainty: Uncertainty) -> str:
+    """E.g. "intervals: calibrated, 165 scores per step, split conformal (...)" and the note."""
+    parts = [uncertainty.status.replace("_", " ")]
+    if uncertainty.calibration_scores:
+        low, high = min(uncertainty.calibration_scores), max(uncertainty.calibration_scores)
+        parts.append(f"{low} scores per step" if low == high else f"{low}-{high} scores per step")
+    if uncertainty.method:
+        parts.append(uncertainty.method)
+    line = "intervals: " + ", ".join(parts) + "\n"
+    if not uncertainty.calibrated:
+        line += f"note: {uncertainty.detail or 'some requested levels are not calibrated'}\n"
+    return line
+
+
+def _percent(level: float) -> str:
+    """0.8 -> "80", 0.975 -> "97.5" (no float noise)."""
+    return f"{level * 100:.6g}"
+
+
+def _at(values: Sequence[float], step: int) -> str:
+    return _number(values[step]) if step < len(values) else "-"
+
+
+def _short(value: float) -> str:
+    return f"{value:#.3g}" if math.isfinite(value) else "-"
 
 
 def _version_experiment_cells(version: VersionExperiment) -> list[str]:
