@@ -1,11 +1,15 @@
 """The forecasting core: validate, route, normalize, infer, denormalize, record.
 
 Everything between the servicer's proto conversion and the Triton proxy, for
-single series, batches and version comparisons. Series that go to the same
+single series, batches and version comparisons. One execution path serves
+them all: a single forecast is a batch of one. Series that go to the same
 version with the same window and horizon are normalized together and sent to
-Triton as one tensor (chunked to the model's max_batch_size). The routing
-decision is bound to the request's log context, so the interceptor's one line
-per request reports it. Shadow forecasts run off the response path.
+Triton as one tensor (chunked to the model's max_batch_size); a group whose
+version Triton no longer serves is routed again, and a group that fails goes
+to the model's fallback, as a single forecast would. The routing decision of
+a single forecast is bound to the request's log context, so the
+interceptor's one line per request reports it. Shadow forecasts run off the
+response path.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import collections
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import structlog
@@ -128,45 +132,18 @@ class Forecaster:
         check_query(query, self.max_history_length)
         spec = self.catalog.get(query.model)
         plan = self._plan(spec, 0, query)
-        try:
-            spec, plan, result = await self._run_routed(spec, plan, deadline)
-        except GatewayError as error:
-            if plan.route.fallback is None or isinstance(error, InvalidArgument):
-                raise
-            result = await self._fallback(plan, error, deadline)
-        self._mirror(spec, [(plan, result)])
-        return result
-
-    async def _run_routed(
-        self, spec: ModelSpec, plan: _Plan, deadline: float
-    ) -> tuple[ModelSpec, _Plan, ForecastResult]:
-        """Run one series; if Triton no longer serves the version the router chose, route again.
-
-        Between Triton unloading a version and the next catalog refresh, the
-        router may still pick it. `_run_group` takes it out of the catalog on
-        Triton's answer; an unpinned call then goes to another ready version
-        (once) instead of failing. A pinned call keeps its error.
-        """
         _bind_route(spec, plan)
-        try:
-            return spec, plan, await self._run_one(spec, plan, deadline)
-        except Unavailable as error:
-            if error.reason != VERSION_GONE or plan.route.decision is Decision.PINNED:
-                raise
-            spec = self.catalog.get(spec.name)
-            try:
-                plan = self._plan(spec, plan.index, plan.query)
-            except GatewayError:  # e.g. the history is too short for the other version
-                raise error from None
-            _bind_route(spec, plan)
-            return spec, plan, await self._run_one(spec, plan, deadline)
+        (outcome,) = await self._serve(spec, [plan], deadline, single=True)
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
 
     async def forecast_batch(
         self, model: str, queries: Sequence[ForecastQuery], deadline: float
     ) -> list[ForecastResult | GatewayError]:
         """Forecast many series of one model; each series gets a result or its own error."""
         spec = self.catalog.get(model)
-        outcomes: list[ForecastResult | GatewayError | None] = [None] * len(queries)
+        outcomes: list[ForecastResult | GatewayError] = [_UNPROCESSED] * len(queries)
         plans: list[_Plan] = []
         for index, query in enumerate(queries):
             try:
@@ -174,19 +151,9 @@ class Forecaster:
                 plans.append(self._plan(spec, index, query))
             except GatewayError as error:
                 outcomes[index] = error
-        groups = _group(plans)
-        results = await asyncio.gather(
-            *(self._run_group(spec, members, deadline) for members in groups),
-            return_exceptions=True,
-        )
-        served: list[tuple[_Plan, ForecastResult]] = []
-        for members, group_result in zip(groups, results, strict=True):
-            for plan, outcome in zip(members, _expand(group_result, len(members)), strict=True):
-                outcomes[plan.index] = outcome
-                if isinstance(outcome, ForecastResult):
-                    served.append((plan, outcome))
-        self._mirror(spec, served)
-        return [o if o is not None else Internal("series was not processed") for o in outcomes]
+        for plan, outcome in zip(plans, await self._serve(spec, plans, deadline), strict=True):
+            outcomes[plan.index] = outcome
+        return outcomes
 
     async def compare(
         self, query: ForecastQuery, versions: Sequence[str], deadline: float
@@ -240,12 +207,152 @@ class Forecaster:
             metrics.ROUTING_RESTRICTED.labels(spec.name, route.version).inc()
         return _Plan(index, query, route, shape)
 
-    async def _run_one(self, spec: ModelSpec, plan: _Plan, deadline: float) -> ForecastResult:
-        """Run one series; raise its error instead of returning it."""
-        (result,) = await self._run_group(spec, [plan], deadline)
-        if isinstance(result, GatewayError):
-            raise result
-        return result
+    async def _serve(
+        self, spec: ModelSpec, plans: Sequence[_Plan], deadline: float, *, single: bool = False
+    ) -> list[ForecastResult | GatewayError]:
+        """Run planned series in groups, record the served ones; outcomes in `plans` order.
+
+        `single`: one caller's forecast, whose route (and any re-route or
+        fallback) goes on the request's log line, and whose unexpected
+        failure fails the call. A batch gives each series of a failed
+        group that error instead.
+        """
+        if not plans:
+            return []
+        groups = [list(plans)] if len(plans) == 1 else _group(plans)
+        outcomes: dict[int, ForecastResult | GatewayError] = {}
+        if len(groups) == 1 and single:
+            outcomes.update(await self._run_resilient(spec, groups[0], deadline, single))
+        else:
+            finished = await asyncio.gather(
+                *(self._run_resilient(spec, members, deadline, single) for members in groups),
+                return_exceptions=True,
+            )
+            for members, group_outcome in zip(groups, finished, strict=True):
+                if isinstance(group_outcome, BaseException):
+                    outcomes.update(_failed(members, group_outcome))
+                else:
+                    outcomes.update(group_outcome)
+        self._mirror(
+            spec,
+            [(p, r) for p in plans if isinstance(r := outcomes[p.index], ForecastResult)],
+        )
+        return [outcomes[p.index] for p in plans]
+
+    async def _run_resilient(
+        self, spec: ModelSpec, plans: list[_Plan], deadline: float, single: bool
+    ) -> dict[int, ForecastResult | GatewayError]:
+        """One group's outcomes by series index, routed again or answered by the fallback.
+
+        Series whose version Triton dropped are routed again, then every
+        series whose forecast failed and whose route has a fallback gets it.
+        Between Triton unloading a version and the next catalog refresh, the
+        router may still pick it; `_run_group` takes it out of the catalog on
+        Triton's answer, and unpinned series go to another ready version
+        (once) instead of failing. Pinned series keep their error.
+        """
+        outcomes = await self._attempt(spec, plans, deadline)
+        if not any(isinstance(o, GatewayError) for o in outcomes.values()):
+            return outcomes
+        gone = [
+            p
+            for p in plans
+            if _version_gone(outcomes[p.index]) and p.route.decision is not Decision.PINNED
+        ]
+        if gone:
+            outcomes.update(await self._reroute(spec.name, gone, deadline, single))
+        failed = [
+            p
+            for p in plans
+            if isinstance(outcomes[p.index], GatewayError)
+            and not isinstance(outcomes[p.index], InvalidArgument)
+            and p.route.fallback is not None
+        ]
+        if failed:
+            outcomes.update(await self._fallback(failed, outcomes, deadline, single))
+        return outcomes
+
+    async def _attempt(
+        self, spec: ModelSpec, plans: Sequence[_Plan], deadline: float
+    ) -> dict[int, ForecastResult | GatewayError]:
+        """`_run_group`, with a GatewayError of the whole group given to each series."""
+        try:
+            results = await self._run_group(spec, plans, deadline)
+        except GatewayError as error:
+            return {p.index: error for p in plans}
+        return {p.index: r for p, r in zip(plans, results, strict=True)}
+
+    async def _reroute(
+        self, model: str, plans: Sequence[_Plan], deadline: float, single: bool
+    ) -> dict[int, ForecastResult | GatewayError]:
+        """Route series again among the versions still ready; keep the error of any that can't."""
+        spec = self.catalog.get(model)
+        outcomes: dict[int, ForecastResult | GatewayError] = {}
+        replanned: list[_Plan] = []
+        for plan in plans:
+            try:
+                replanned.append(self._plan(spec, plan.index, plan.query))
+            except GatewayError:  # e.g. the history is too short for the other versions
+                continue
+        if single and replanned:
+            _bind_route(spec, replanned[0])
+        for members in _group(replanned):
+            outcomes.update(await self._attempt(spec, members, deadline))
+        return outcomes
+
+    async def _fallback(
+        self,
+        plans: Sequence[_Plan],
+        errors: dict[int, ForecastResult | GatewayError],
+        deadline: float,
+        single: bool,
+    ) -> dict[int, ForecastResult | GatewayError]:
+        """Answer failed series from their route's fallback model/version."""
+        outcomes: dict[int, ForecastResult | GatewayError] = {}
+        fallback_plans: list[tuple[_Plan, _Plan]] = []
+        for plan in plans:
+            error = errors[plan.index]
+            fallback = plan.route.fallback
+            assert fallback is not None and isinstance(error, GatewayError)
+            log.warning(
+                "fallback",
+                failed_version=plan.route.version,
+                reason=error.reason,
+                to=fallback.model,
+            )
+            metrics.FALLBACKS.labels(plan.query.model, plan.route.version, error.reason).inc()
+            spec = self.catalog.get(fallback.model)
+            route = choose_version(spec, fallback.version)
+            try:
+                shape = resolve_shape(plan.query, spec, spec.versions[route.version])
+            except InvalidArgument:
+                continue  # the fallback cannot serve it either: the series keeps its error
+            fallback_plans.append((plan, _Plan(plan.index, plan.query, route, shape)))
+        primaries = {f.index: p for p, f in fallback_plans}
+        by_model: dict[str, list[_Plan]] = {}
+        for primary, plan in fallback_plans:
+            assert primary.route.fallback is not None
+            by_model.setdefault(primary.route.fallback.model, []).append(plan)
+        for model, members in (
+            (model, members) for model, group in by_model.items() for members in _group(group)
+        ):
+            spec = self.catalog.get(model)
+            attempt = await self._attempt(spec, members, deadline)
+            for index, outcome in attempt.items():
+                if isinstance(outcome, ForecastResult):
+                    outcome = replace(
+                        outcome,
+                        decision=Decision.FALLBACK,
+                        primary_version=primaries[index].route.version,
+                    )
+                outcomes[index] = outcome
+            if single:
+                structlog.contextvars.bind_contextvars(
+                    routing=Decision.FALLBACK.value,
+                    fallback_model=spec.name,
+                    version=members[0].route.version,
+                )
+        return outcomes
 
     async def _run_group(
         self, spec: ModelSpec, plans: Sequence[_Plan], deadline: float
@@ -323,39 +430,6 @@ class Forecaster:
             )
         )
         return denormalize(np.concatenate(outputs), scaling)
-
-    async def _fallback(self, plan: _Plan, error: GatewayError, deadline: float) -> ForecastResult:
-        """Answer from the route's fallback model/version after the primary failed."""
-        fallback = plan.route.fallback
-        assert fallback is not None
-        log.warning(
-            "fallback", failed_version=plan.route.version, reason=error.reason, to=fallback.model
-        )
-        metrics.FALLBACKS.labels(plan.query.model, plan.route.version, error.reason).inc()
-        spec = self.catalog.get(fallback.model)
-        route = choose_version(spec, fallback.version)
-        try:
-            shape = resolve_shape(plan.query, spec, spec.versions[route.version])
-        except InvalidArgument:
-            raise error from None
-        fallback_plan = _Plan(plan.index, plan.query, route, shape)
-        result = await self._run_one(spec, fallback_plan, deadline)
-        structlog.contextvars.bind_contextvars(
-            routing=Decision.FALLBACK.value, fallback_model=spec.name, version=route.version
-        )
-        return ForecastResult(
-            forecast_id=result.forecast_id,
-            model=result.model,
-            version=result.version,
-            decision=Decision.FALLBACK,
-            values=result.values,
-            horizon=result.horizon,
-            window=result.window,
-            latency_ms=result.latency_ms,
-            primary_version=plan.route.version,
-            scale=result.scale,
-            uncertainty=result.uncertainty,
-        )
 
     async def _compare_one(
         self, spec: ModelSpec, query: ForecastQuery, version: str, deadline: float
@@ -490,16 +564,20 @@ def _group(plans: Sequence[_Plan]) -> list[list[_Plan]]:
     return [list(members) for _, members in itertools.groupby(sorted(plans, key=key), key=key)]
 
 
-def _expand(
-    group_result: list[ForecastResult | GatewayError] | BaseException, size: int
-) -> list[ForecastResult | GatewayError]:
-    """A group's per-series outcomes; a failed group gives every member the same error."""
-    if isinstance(group_result, GatewayError):
-        return [group_result] * size
-    if isinstance(group_result, BaseException):
-        log.error("batch_group_failed", error=repr(group_result))
-        return [Internal("the forecast failed")] * size
-    return group_result
+def _failed(
+    plans: Sequence[_Plan], error: BaseException
+) -> dict[int, ForecastResult | GatewayError]:
+    """Every series of a batch group that failed unexpectedly gets the same INTERNAL error."""
+    log.error("batch_group_failed", error=repr(error))
+    return {p.index: Internal("the forecast failed") for p in plans}
+
+
+def _version_gone(outcome: ForecastResult | GatewayError) -> bool:
+    """Triton answered that the version is not loaded (see triton.convert_error)."""
+    return isinstance(outcome, Unavailable) and outcome.reason == VERSION_GONE
+
+
+_UNPROCESSED = Internal("series was not processed")
 
 
 def _drawn_by_the_split(result: ForecastResult) -> bool:

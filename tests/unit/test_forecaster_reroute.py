@@ -99,3 +99,31 @@ async def test_without_a_fallback_the_caller_gets_the_version_error() -> None:
     with pytest.raises(Unavailable) as raised:
         await forecaster(proxy, Routing()).forecast(query(20), time.monotonic() + 2)
     assert raised.value.reason == "VERSION_UNAVAILABLE"  # not INVALID_ARGUMENT from v2's window
+
+
+def batch(points: int, count: int) -> list[ForecastQuery]:
+    return [
+        ForecastQuery("m", "", f"series-{i}", np.arange(points, dtype=np.float64), 0, 0)
+        for i in range(count)
+    ]
+
+
+async def test_a_batch_group_is_routed_again_like_a_single_forecast() -> None:
+    proxy = UnloadedV1()
+    outcomes = await forecaster(proxy, Routing()).forecast_batch(
+        "m", batch(60, 3), time.monotonic() + 2
+    )
+    assert [(o.version, o.decision) for o in outcomes] == [("2", Decision.DEFAULT)] * 3
+    assert proxy.calls == [("m", "1"), ("m", "2")]  # one tensor each time
+
+
+async def test_a_failed_batch_group_gets_the_fallback() -> None:
+    proxy = UnloadedV1()
+    core = forecaster(proxy, Routing(Fallback("other")))
+    queries = batch(20, 2) + [ForecastQuery("m", "1", "pinned", np.arange(60.0), 0, 0)]
+    outcomes = await core.forecast_batch("m", queries, time.monotonic() + 2)
+    assert [(o.model, o.decision, o.primary_version) for o in outcomes[:2]] == [
+        ("other", Decision.FALLBACK, "1")
+    ] * 2
+    assert isinstance(outcomes[2], Unavailable)  # pinned: no re-route; its route has no fallback
+    assert ("other", "1") in proxy.calls
