@@ -47,6 +47,13 @@ run -d "{\"model\": \"lstm_timeseries\", \"version\": \"1\", \"history\": [${HIS
          \"horizon\": 6, \"sequenceLength\": 10}" \
   "$TARGET" "$SERVICE/Forecast"
 
+# Forecast with calibrated 80% and 95% prediction intervals and the 0.1/0.9
+# quantiles (split conformal per version and horizon step): "intervals",
+# "quantiles" and "uncertainty" (status, method, calibration scores per step).
+run -d "{\"model\": \"moving_average\", \"history\": [${HISTORY}], \"horizon\": 3,
+         \"intervalCoverages\": [0.8, 0.95], \"quantileLevels\": [0.1, 0.9]}" \
+  "$TARGET" "$SERVICE/Forecast"
+
 # An invalid request: INVALID_ARGUMENT with a field violation on "history".
 # grpcurl exits non-zero on an error status, so this one is allowed to fail.
 run -d '{"model": "lstm_timeseries", "history": []}' "$TARGET" "$SERVICE/Forecast" || true
