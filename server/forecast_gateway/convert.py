@@ -248,6 +248,25 @@ def experiment_from(report: ExperimentReport) -> forecast_service_pb2.GetExperim
                     p95_ms=v.latency.p95_ms,
                     p99_ms=v.latency.p99_ms,
                 ),
+                interval_coverage=[
+                    forecast_pb2.IntervalCoverage(
+                        nominal=i.nominal,
+                        steps=i.steps,
+                        coverage=i.coverage,
+                        coverage_low=i.coverage_low,
+                        coverage_high=i.coverage_high,
+                        mean_width=i.mean_width,
+                        winkler=i.winkler,
+                        undercovering=i.undercovering,
+                    )
+                    for i in v.intervals
+                ],
+                quantile_losses=[
+                    forecast_pb2.QuantileLoss(
+                        level=q.level, steps=q.steps, pinball=q.pinball, below=q.below
+                    )
+                    for q in v.quantiles
+                ],
             )
             for v in report.versions
         ],

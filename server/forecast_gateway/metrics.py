@@ -11,9 +11,15 @@ supervisor serves their sum; each gauge says how its workers' values combine.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import structlog
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:  # not at run time: the A/B package imports this module
+    from forecast_gateway.ab.records import ExperimentReport
+
+log = structlog.get_logger(__name__)
 
 REQUESTS = Counter(
     "forecast_gateway_requests",
@@ -81,6 +87,13 @@ READY_VERSIONS = Gauge(
     ["model"],
     multiprocess_mode="livemin",
 )
+INTERVAL_UNDERCOVERING = Gauge(
+    "forecast_gateway_interval_undercovering",
+    "1 while a version's intervals at a nominal coverage cover significantly less than "
+    "nominal in its model's current experiment (GetExperiment's undercovering), else 0.",
+    ["model", "version", "coverage"],
+    multiprocess_mode="livemax",  # 1 as soon as any worker has seen it undercover
+)
 WORKER_REQUESTS = Counter(
     "forecast_gateway_worker_requests",
     "Requests answered, by worker process: how connections spread over the workers.",
@@ -116,6 +129,48 @@ def observe_request(
     children[0].inc()
     children[1].observe(seconds)
     _worker.inc()
+
+
+_UNDERCOVERING: dict[str, dict[tuple[str, str], bool]] = {}
+"""model -> (version, coverage label) -> the flag last published for its current experiment."""
+
+
+def observe_intervals(model: str, report: ExperimentReport) -> None:
+    """Publish the undercovering flags of `model`'s current experiment's report.
+
+    Labels of versions or coverages the report no longer has (another
+    experiment became current) drop to 0; a version that turns
+    undercovering in this process is logged once, until it recovers.
+    """
+    previous = _UNDERCOVERING.get(model, {})
+    current: dict[tuple[str, str], bool] = dict.fromkeys(previous, False)
+    for summary in report.versions:
+        for stats in summary.intervals:
+            key = (summary.version, f"{stats.nominal:g}")
+            current[key] = stats.undercovering
+            if stats.undercovering and not previous.get(key, False):
+                log.warning(
+                    "interval_undercoverage",
+                    model=model,
+                    version=summary.version,
+                    experiment=report.experiment,
+                    nominal=stats.nominal,
+                    coverage=stats.coverage,
+                    coverage_high=stats.coverage_high,
+                    steps=stats.steps,
+                )
+            elif previous.get(key, False) and not stats.undercovering:
+                log.info(
+                    "interval_coverage_recovered",
+                    model=model,
+                    version=summary.version,
+                    nominal=stats.nominal,
+                    coverage=stats.coverage,
+                    steps=stats.steps,
+                )
+    for (version, coverage), flag in current.items():
+        INTERVAL_UNDERCOVERING.labels(model, version, coverage).set(1 if flag else 0)
+    _UNDERCOVERING[model] = current
 
 
 def serve_metrics(host: str, port: int) -> int:

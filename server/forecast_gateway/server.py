@@ -47,6 +47,8 @@ KEEPALIVE_TIME_MS = 60_000
 """How often the server pings a connection that has been quiet (gRPC's default is 2 hours)."""
 KEEPALIVE_TIMEOUT_MS = 20_000
 INT32_MAX = 2**31 - 1
+INTERVAL_CHECK_S = 30.0
+"""How often each served model's current experiment is read for the undercovering gauge."""
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Gateway:
     shedder: LoadShedder
     metrics_port: int | None = None
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _interval_checker: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         """Read the catalog and routing policies, open the store, start serving.
@@ -81,6 +84,9 @@ class Gateway:
         if self.config.metrics_port >= 0:
             self.metrics_port = metrics.serve_metrics(self.config.host, self.config.metrics_port)
         self._refresher = asyncio.create_task(self._refresh_forever(), name="catalog-refresh")
+        self._interval_checker = asyncio.create_task(
+            self._check_intervals_forever(), name="interval-coverage"
+        )
         log.info(
             "gateway_started",
             port=self.port,
@@ -121,10 +127,11 @@ class Gateway:
             grace_s=self.config.shutdown_grace_s,
         )
         await self.health.enter_graceful_shutdown()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._interval_checker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.sleep(self.config.shutdown_drain_s)
         await self._stop_serving(self.config.shutdown_grace_s)
         try:
@@ -179,6 +186,29 @@ class Gateway:
                     next_routing_check = time.monotonic() + self.config.routing_poll_s
             except Exception:
                 log.exception("background_refresh_failed")
+
+    async def check_intervals(self) -> None:
+        """Publish each served model's current experiment's undercovering flags (the gauge).
+
+        A model whose report cannot be read (the store unreachable) is
+        logged and skipped; the others are still checked.
+        """
+        for model in self.config.models:
+            try:
+                experiment = self.routing.experiment(model.name)
+                report = await self.store.experiment(model.name, experiment)
+                metrics.observe_intervals(model.name, report)
+            except Exception as error:
+                log.warning("interval_check_failed", model=model.name, error=type(error).__name__)
+
+    async def _check_intervals_forever(self) -> None:
+        """`check_intervals` at start, then every INTERVAL_CHECK_S."""
+        while True:
+            try:
+                await self.check_intervals()
+            except Exception:  # never ends the task
+                log.exception("interval_check_failed")
+            await asyncio.sleep(INTERVAL_CHECK_S)
 
 
 def create_gateway(config: GatewayConfig) -> Gateway:

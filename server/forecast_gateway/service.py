@@ -209,7 +209,10 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         structlog.contextvars.bind_contextvars(model=request.model, experiment=name)
         if name != current:
             await self._check_experiment(request.model, name)
-        return experiment_from(await self.store.experiment(request.model, name))
+        report = await self.store.experiment(request.model, name)
+        if name == current:  # the gauge describes the current experiment
+            metrics.observe_intervals(request.model, report)
+        return experiment_from(report)
 
     async def ListExperiments(
         self, request: forecast_service_pb2.ListExperimentsRequest, context: Context

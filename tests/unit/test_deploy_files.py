@@ -90,6 +90,7 @@ GATEWAY_METRICS = frozenset(
         "forecast_gateway_request_duration_seconds_count",
         "forecast_gateway_triton_up",
         "forecast_gateway_model_ready_versions",
+        "forecast_gateway_interval_undercovering",
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})

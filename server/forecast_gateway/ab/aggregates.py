@@ -11,12 +11,20 @@ same forecast (a served forecast and its shadow) add to the paired MASE
 difference. Latency goes into fixed log-spaced buckets, so percentiles are
 read from counts to within `LATENCY_GROWTH`.
 
+The calibrated bounds recorded with each prediction (`TRACKED`, scale
+units) are scored too: per tracked coverage, sums of steps, hits, widths
+and Winkler scores; per tracked quantile level, sums of steps, pinball
+losses and actuals at or below it. Each scored prediction adds one value
+to each row, so a row's sum is count x mean, and the report divides sums by
+the summed steps (pooled over steps, not a mean of per-forecast rates).
+
 These are totals: pruning a forecast (count or age bound) deletes its rows
 and its chance to be scored, not what it already added (docs/experiments.md).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +34,7 @@ import numpy as np
 
 from forecast_gateway.ab import scoring
 from forecast_gateway.ab.records import LatencyStats, Role, VersionScore, version_key
+from forecast_gateway.conformal import Levels
 from forecast_gateway.normalization import FloatArray
 
 SCORED = "scored"
@@ -52,6 +61,23 @@ LATENCY_GROWTH = 1.02
 LATENCY_QUANTILES = (0.50, 0.95, 0.99)
 MAX_LATENCY_MS = 1e9
 """Latencies beyond (11 days) share the last bucket."""
+TRACKED = Levels(coverages=(0.8, 0.95), quantiles=(0.1, 0.5, 0.9))
+"""The levels of a prediction's recorded bounds, in `conformal.bound_table` row order.
+
+`calibration.TRACKED` records them (a unit test holds the two equal; this
+package cannot import calibration, which imports it)."""
+INTERVAL_STEPS = "interval_steps"
+INTERVAL_HITS = "interval_hits"
+INTERVAL_WIDTH = "interval_width"
+INTERVAL_WINKLER = "interval_winkler"
+INTERVAL_METRICS = (INTERVAL_STEPS, INTERVAL_HITS, INTERVAL_WIDTH, INTERVAL_WINKLER)
+"""Per forecast and tracked coverage: steps scored, actuals inside, summed width, summed Winkler."""
+QUANTILE_STEPS = "quantile_steps"
+QUANTILE_PINBALL = "quantile_pinball"
+QUANTILE_BELOW = "quantile_below"
+QUANTILE_METRICS = (QUANTILE_STEPS, QUANTILE_PINBALL, QUANTILE_BELOW)
+"""Per forecast and tracked level: steps scored, summed pinball loss, actuals at or below."""
+LEVEL_SEPARATOR = "@"
 
 
 @dataclass(frozen=True)
@@ -96,9 +122,14 @@ def rescore(
     actuals: FloatArray,
     scale: float,
     comparable: bool = True,
+    *,
+    before: FloatArray,
 ) -> tuple[list[VersionScore], list[MomentDelta]]:
     """Score every prediction of a forecast on its actuals; the deltas to the totals.
 
+    `before`: the actuals its current scores were computed from (all NaN if
+    none): a scored prediction's bound scores are taken back from those, as
+    they are not stored. A prediction not scored yet takes nothing back.
     Scores: served first, then shadows in version order.
     """
     new: dict[str, scoring.Score] = {}
@@ -113,9 +144,18 @@ def rescore(
     old = {p.version: p.score for p in predictions}
     served = next((p.version for p in predictions if p.role is Role.SERVED), None)
     group = served if comparable else None
+    unchanged = np.array_equal(before, actuals, equal_nan=True)
+    bounds: list[MomentDelta] = []
+    for p in predictions:
+        if p.score.steps > 0:
+            if unchanged:  # what it would take back, it would add again
+                continue
+            bounds += bound_contributions(model, experiment, p, before, scale, -1)
+        bounds += bound_contributions(model, experiment, p, actuals, scale, +1)
     deltas = _net(
         contributions(model, experiment, old, -1, group)
         + contributions(model, experiment, new, +1, group)
+        + bounds
     )
     scores.sort(key=lambda s: (s.role is not Role.SERVED, version_key(s.version)))
     return scores, deltas
@@ -157,21 +197,124 @@ def contributions(
     return deltas
 
 
+@functools.cache
+def level_metric(metric: str, level: float) -> str:
+    """The aggregate row of one bound metric at one level, e.g. "interval_hits@0.8"."""
+    return f"{metric}{LEVEL_SEPARATOR}{level:g}"
+
+
+def parse_level_metric(name: str) -> tuple[str, float] | None:
+    """(metric, level) of a `level_metric` name; None for any other metric."""
+    metric, separator, level = name.partition(LEVEL_SEPARATOR)
+    if not separator:
+        return None
+    try:
+        return metric, float(level)
+    except ValueError:
+        return None
+
+
+def bound_contributions(
+    model: str,
+    experiment: str,
+    prediction: StoredPrediction,
+    actuals: FloatArray,
+    scale: float,
+    weight: int,
+    levels: Levels = TRACKED,
+) -> list[MomentDelta]:
+    """What one prediction's recorded bounds, scored on `actuals`, add to the totals (or take).
+
+    In scale units, y = (actual - forecast) / scale per step with a finite
+    actual and finite bounds. Nothing for a prediction without bounds, with
+    bounds of another shape, or with no scale (0 or NaN: a constant window);
+    nothing at a level whose sums would not be `usable`.
+    """
+    if math.isfinite(prediction.scale):  # the window this version read
+        scale = prediction.scale
+    covered = len(levels.coverages)
+    rows = 2 * covered + len(levels.quantiles)
+    horizon = prediction.values.size
+    bounds = prediction.bounds
+    if bounds is None or not (math.isfinite(scale) and scale > 0) or bounds.size != rows * horizon:
+        return []
+    steps = min(horizon, actuals.size)
+    table = bounds.reshape(rows, horizon)[:, :steps]
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = (actuals[:steps] - prediction.values[:steps]) / scale
+        intervals = _interval_sums(
+            y, table[0 : 2 * covered : 2], table[1 : 2 * covered : 2], levels
+        )
+        quantiles = _quantile_sums(y, table[2 * covered :], levels)
+    row = (model, experiment)
+    version = prediction.version
+    deltas: list[MomentDelta] = []
+    for metrics, level_sums in (
+        (INTERVAL_METRICS, zip(levels.coverages, intervals, strict=True)),
+        (QUANTILE_METRICS, zip(levels.quantiles, quantiles, strict=True)),
+    ):
+        for level, sums in level_sums:
+            if sums[0] > 0 and all(usable(v) for v in sums):
+                for metric, value in zip(metrics, sums, strict=True):
+                    name = level_metric(metric, level)
+                    deltas.append(MomentDelta(*row, name, version, NO_PAIR, value, weight))
+    return deltas
+
+
+def _interval_sums(
+    y: FloatArray, lower: FloatArray, upper: FloatArray, levels: Levels
+) -> list[list[float]]:
+    """Per coverage (rows of lower/upper): steps, hits, width sum and Winkler sum.
+
+    A step counts with a finite y and finite bounds. Winkler: the width plus
+    (2 / alpha) times how far y fell outside, alpha = 1 - coverage.
+    """
+    scored = np.isfinite(y) & np.isfinite(lower) & np.isfinite(upper)
+    width = np.where(scored, upper - lower, 0.0)
+    outside = np.where(scored, np.maximum(lower - y, 0.0) + np.maximum(y - upper, 0.0), 0.0)
+    penalty = 2.0 / (1.0 - np.asarray(levels.coverages))
+    hits = scored & (lower <= y) & (y <= upper)
+    sums = np.stack(
+        [
+            scored.sum(axis=1),
+            hits.sum(axis=1),
+            width.sum(axis=1),
+            (width + penalty[:, np.newaxis] * outside).sum(axis=1),
+        ],
+        axis=1,
+    )
+    result: list[list[float]] = sums.astype(np.float64).tolist()
+    return result
+
+
+def _quantile_sums(y: FloatArray, q: FloatArray, levels: Levels) -> list[list[float]]:
+    """Per level (rows of q): steps, pinball sum and the count of y <= q, where both are finite."""
+    scored = np.isfinite(y) & np.isfinite(q)
+    tau = np.asarray(levels.quantiles)[:, np.newaxis]
+    diff = y - q
+    pinball = np.where(scored, np.maximum(tau * diff, (tau - 1.0) * diff), 0.0)
+    below = scored & (y <= q)
+    sums = np.stack([scored.sum(axis=1), pinball.sum(axis=1), below.sum(axis=1)], axis=1)
+    result: list[list[float]] = sums.astype(np.float64).tolist()
+    return result
+
+
 def usable(value: float) -> bool:
     """Finite and small enough that its square (in the running sums) stays finite."""
     return math.isfinite(value) and abs(value) <= MAX_SUMMED_VALUE
 
 
 def _net(deltas: Iterable[MomentDelta]) -> list[MomentDelta]:
-    """Drop removals that the same addition cancels (the versions whose score is unchanged)."""
-    counts: Counter[MomentDelta] = Counter()
+    """Drop removals that the same addition cancels (the values that did not change)."""
+    weights: Counter[tuple[tuple[str, str, str, str, str], float]] = Counter()
     for delta in deltas:
-        opposite = MomentDelta(*delta.key, delta.value, -delta.weight)
-        if counts[opposite] > 0:
-            counts[opposite] -= 1
-        else:
-            counts[delta] += 1
-    return sorted(counts.elements(), key=lambda d: (d.key, d.weight, d.value))
+        weights[(delta.key, delta.value)] += delta.weight
+    netted = [
+        MomentDelta(*key, value, 1 if weight > 0 else -1)
+        for (key, value), weight in weights.items()
+        for _ in range(abs(weight))
+    ]
+    return sorted(netted, key=lambda d: (d.key, d.weight, d.value))
 
 
 def latency_bucket(latency_ms: float) -> int:

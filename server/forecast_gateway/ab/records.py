@@ -160,8 +160,42 @@ NO_LATENCY = LatencyStats(count=0, p50_ms=math.nan, p95_ms=math.nan, p99_ms=math
 
 
 @dataclass(frozen=True)
+class IntervalStats:
+    """How one version's intervals at one nominal coverage held.
+
+    Mirrors forecast.v1.IntervalCoverage. Over the scored horizon steps (an
+    actual and a calibrated interval), in scale units; `coverage_low` and
+    `coverage_high` bound the Wilson 95% score interval of `coverage`,
+    counting steps as independent.
+    """
+
+    nominal: float
+    steps: int
+    coverage: float
+    coverage_low: float
+    coverage_high: float
+    mean_width: float
+    winkler: float
+    undercovering: bool
+
+
+@dataclass(frozen=True)
+class QuantileStats:
+    """How one version's quantiles at one level held (mirrors forecast.v1.QuantileLoss)."""
+
+    level: float
+    steps: int
+    pinball: float
+    below: float
+
+
+@dataclass(frozen=True)
 class VersionSummary:
-    """One version's traffic, accuracy and latency (mirrors forecast.v1.VersionExperiment)."""
+    """One version's traffic, accuracy and latency (mirrors forecast.v1.VersionExperiment).
+
+    `intervals` and `quantiles`: one entry per tracked coverage (level) with
+    scored steps, in increasing coverage (level).
+    """
 
     version: str
     requests_served: int
@@ -169,6 +203,8 @@ class VersionSummary:
     actuals_received: int
     errors: ErrorStats
     latency: LatencyStats
+    intervals: tuple[IntervalStats, ...] = ()
+    quantiles: tuple[QuantileStats, ...] = ()
 
 
 @dataclass(frozen=True)

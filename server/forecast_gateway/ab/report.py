@@ -8,24 +8,37 @@ from dataclasses import dataclass, field
 from forecast_gateway.ab import scoring, sequential
 from forecast_gateway.ab.aggregates import (
     COMPARABLE_MASE,
+    INTERVAL_HITS,
+    INTERVAL_STEPS,
+    INTERVAL_WIDTH,
+    INTERVAL_WINKLER,
     MASE_DIFFERENCE,
     NO_PAIR,
     PAIRED_MASE_A,
     PAIRED_MASE_B,
+    QUANTILE_BELOW,
+    QUANTILE_PINBALL,
+    QUANTILE_STEPS,
     SCORED,
     latency_stats,
+    level_metric,
+    parse_level_metric,
 )
 from forecast_gateway.ab.records import (
     NO_ERRORS,
     ErrorStats,
     ExperimentInfo,
     ExperimentReport,
+    IntervalStats,
+    QuantileStats,
     VersionComparison,
     VersionSummary,
     version_key,
 )
 
 METRIC = "mase"
+WILSON_Z = 1.959963984540054
+"""The standard normal quantile at 0.975: Wilson's 95% score interval."""
 
 
 @dataclass
@@ -93,11 +106,86 @@ def _summary(version: str, aggregates: ModelAggregates) -> VersionSummary:
         actuals_received=count,
         errors=errors,
         latency=latency_stats(aggregates.latency.get(version, {})),
+        intervals=interval_stats(version, aggregates),
+        quantiles=quantile_stats(version, aggregates),
     )
 
 
 def _mean(moments: scoring.Moments) -> float:
     return moments.mean if moments.count else math.nan
+
+
+def _sum(moments: scoring.Moments) -> float:
+    """The sum of the values a row holds (0 when empty)."""
+    return moments.count * moments.mean if moments.count else 0.0
+
+
+def _levels(aggregates: ModelAggregates, metric: str, version: str) -> list[float]:
+    """The levels at which `version` has a row of `metric`, increasing."""
+    levels = set()
+    for name, a, b in aggregates.moments:
+        parsed = parse_level_metric(name)
+        if a == version and b == NO_PAIR and parsed is not None and parsed[0] == metric:
+            levels.add(parsed[1])
+    return sorted(levels)
+
+
+def interval_stats(version: str, aggregates: ModelAggregates) -> tuple[IntervalStats, ...]:
+    """Coverage, its Wilson interval, width and Winkler per nominal coverage with scored steps."""
+    stats = []
+    for nominal in _levels(aggregates, INTERVAL_STEPS, version):
+        sums = [
+            _sum(aggregates.of(level_metric(metric, nominal), version))
+            for metric in (INTERVAL_STEPS, INTERVAL_HITS, INTERVAL_WIDTH, INTERVAL_WINKLER)
+        ]
+        steps, hits = round(sums[0]), round(sums[1])
+        if steps <= 0:
+            continue
+        low, high = wilson(hits, steps)
+        stats.append(
+            IntervalStats(
+                nominal=nominal,
+                steps=steps,
+                coverage=hits / steps,
+                coverage_low=low,
+                coverage_high=high,
+                mean_width=sums[2] / steps,
+                winkler=sums[3] / steps,
+                undercovering=high < nominal,
+            )
+        )
+    return tuple(stats)
+
+
+def quantile_stats(version: str, aggregates: ModelAggregates) -> tuple[QuantileStats, ...]:
+    """Mean pinball loss and the fraction at or below, per quantile level with scored steps."""
+    stats = []
+    for level in _levels(aggregates, QUANTILE_STEPS, version):
+        total, pinball, below = (
+            _sum(aggregates.of(level_metric(metric, level), version))
+            for metric in (QUANTILE_STEPS, QUANTILE_PINBALL, QUANTILE_BELOW)
+        )
+        steps = round(total)
+        if steps <= 0:
+            continue
+        stats.append(QuantileStats(level, steps, pinball / steps, round(below) / steps))
+    return tuple(stats)
+
+
+def wilson(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (NaN, NaN with no trials).
+
+    Its ends solve |p_hat - p| = z sqrt(p (1 - p) / trials); unlike the
+    normal (Wald) interval it stays inside [0, 1] and is not empty at a
+    coverage of 0 or 1.
+    """
+    if trials <= 0:
+        return math.nan, math.nan
+    p = successes / trials
+    square = z * z / trials
+    center = (p + square / 2.0) / (1.0 + square)
+    half = z / (1.0 + square) * math.sqrt(p * (1.0 - p) / trials + square / (4.0 * trials))
+    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))  # rounding
 
 
 def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionComparison:

@@ -333,13 +333,13 @@ async def _write_shadows(
     for forecast_id, model, experiment, comparable, scale, stored in known.values():
         if stored is not None:
             predictions = await _predictions(tx, forecast_id)
+            reported = _array(stored)  # the scored ones were scored on these very actuals
             scores, changes = aggregates.rescore(
-                model, experiment, predictions, _array(stored), scale, bool(comparable)
+                model, experiment, predictions, reported, scale, bool(comparable), before=reported
             )
             await _store_scores(tx, forecast_id, scores)
             deltas += changes
             late = {s.prediction.version for s in shadows if s.forecast_id == forecast_id}
-            reported = _array(stored)
             unreported = np.full(reported.size, np.nan)
             for p in predictions:
                 if p.version in late:  # its steps reported so far are new to its pools
@@ -409,7 +409,7 @@ async def _report_actuals(
     )
     predictions = await _predictions(tx, forecast_id)
     scores, deltas = aggregates.rescore(
-        model, experiment, predictions, merged, scale, bool(comparable)
+        model, experiment, predictions, merged, scale, bool(comparable), before=before
     )
     await _store_scores(tx, forecast_id, scores)
     calibration: dict[tuple[str, str, int], list[float]] = {}
