@@ -26,13 +26,13 @@ import numpy as np
 import structlog
 
 from forecast_gateway import conformal
-from forecast_gateway.ab import ExperimentStore
+from forecast_gateway.ab import ExperimentStore, aggregates
 from forecast_gateway.conformal import FloatArray, Levels
 
 log = structlog.get_logger(__name__)
 
 METHOD = "split conformal (signed errors / naive MAE of the window)"
-TRACKED = Levels(coverages=(0.8, 0.95), quantiles=(0.1, 0.5, 0.9))
+TRACKED = aggregates.TRACKED
 """The coverages and levels every forecast is recorded at, for GetExperiment to score."""
 FILE_NAME = "calibration.json"
 FILE_FORMAT = 1
@@ -257,6 +257,8 @@ def load_file(path: Path, model: str, version: str) -> list[FloatArray]:
     """The per-step scores of one calibration file; ValueError if it is not one."""
     try:
         document = json.loads(path.read_text())
+        if not isinstance(document, dict):
+            raise ValueError("expected a JSON object")
         if document.get("format") != FILE_FORMAT:
             raise ValueError(f"format {document.get('format')!r}, expected {FILE_FORMAT}")
         if (document.get("model"), str(document.get("version"))) != (model, version):

@@ -120,7 +120,7 @@ async def test_a_batch_group_is_routed_again_like_a_single_forecast() -> None:
 async def test_a_failed_batch_group_gets_the_fallback() -> None:
     proxy = UnloadedV1()
     core = forecaster(proxy, Routing(Fallback("other")))
-    queries = batch(20, 2) + [ForecastQuery("m", "1", "pinned", np.arange(60.0), 0, 0)]
+    queries = [*batch(20, 2), ForecastQuery("m", "1", "pinned", np.arange(60.0), 0, 0)]
     outcomes = await core.forecast_batch("m", queries, time.monotonic() + 2)
     assert [(o.model, o.decision, o.primary_version) for o in outcomes[:2]] == [
         ("other", Decision.FALLBACK, "1")

@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forecast.v1 import forecast_service_pb2 as pb
-from forecast_gateway import calibration, metrics
+from forecast_gateway import metrics
 from forecast_gateway.ab import aggregates
 from forecast_gateway.ab.records import (
     ExperimentReport,
@@ -218,10 +218,6 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExperimentStore
     await store.start()
     yield store
     await store.close()
-
-
-def test_the_tracked_levels_are_the_recorded_ones() -> None:
-    assert aggregates.TRACKED == calibration.TRACKED
 
 
 def test_wilson_bounds_solve_the_score_equation() -> None:

@@ -62,10 +62,8 @@ LATENCY_QUANTILES = (0.50, 0.95, 0.99)
 MAX_LATENCY_MS = 1e9
 """Latencies beyond (11 days) share the last bucket."""
 TRACKED = Levels(coverages=(0.8, 0.95), quantiles=(0.1, 0.5, 0.9))
-"""The levels of a prediction's recorded bounds, in `conformal.bound_table` row order.
-
-`calibration.TRACKED` records them (a unit test holds the two equal; this
-package cannot import calibration, which imports it)."""
+"""The levels every prediction's bounds are recorded at (`Calibration.tracked`), in
+`conformal.bound_table` row order, and scored at when its actuals arrive."""
 INTERVAL_STEPS = "interval_steps"
 INTERVAL_HITS = "interval_hits"
 INTERVAL_WIDTH = "interval_width"
