@@ -47,6 +47,8 @@ class VersionSpec:
     min_sequence_length: int
     max_sequence_length: int
     description: str = ""
+    replicas_ready: int = 0
+    """How many Triton replicas reported it READY at the last refresh."""
 
     @property
     def ready(self) -> bool:
@@ -195,8 +197,11 @@ class ModelCatalog:
                     continue
                 config = await proxy.model_config(model.name)
                 try:
-                    specs[model.name] = build_spec(
-                        model, config.parameters, states[model.name], config.max_batch_size
+                    specs[model.name] = _with_replicas(
+                        build_spec(
+                            model, config.parameters, states[model.name], config.max_batch_size
+                        ),
+                        proxy.replicas_ready,
                     )
                 except ValueError as error:
                     log.error("model_config_invalid", model=model.name, error=str(error))
@@ -229,6 +234,16 @@ def _without(spec: ModelSpec, version: str) -> ModelSpec:
 
 def _unavailable(spec: ModelSpec) -> ModelSpec:
     versions = {
-        v: dataclasses.replace(s, state=VersionState.UNAVAILABLE) for v, s in spec.versions.items()
+        v: dataclasses.replace(s, state=VersionState.UNAVAILABLE, replicas_ready=0)
+        for v, s in spec.versions.items()
+    }
+    return dataclasses.replace(spec, versions=versions)
+
+
+def _with_replicas(spec: ModelSpec, ready: Mapping[tuple[str, str], int]) -> ModelSpec:
+    """`spec` with each version's count of replicas that reported it READY."""
+    versions = {
+        v: dataclasses.replace(s, replicas_ready=ready.get((spec.name, v), 0))
+        for v, s in spec.versions.items()
     }
     return dataclasses.replace(spec, versions=versions)

@@ -340,6 +340,7 @@ def model_to_proto(spec: ModelSpec) -> forecast_pb2.Model:
                 min_sequence_length=v.min_sequence_length,
                 max_sequence_length=v.max_sequence_length,
                 description=v.description,
+                replicas_ready=v.replicas_ready,
             )
             for v in sorted(spec.versions.values(), key=lambda v: int(v.version))
         ],

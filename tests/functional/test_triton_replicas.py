@@ -24,6 +24,7 @@ import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.services import free_port
+from forecast.v1 import forecast_pb2 as fpb
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
@@ -102,6 +103,25 @@ def serving(target: str) -> bool:
             health_pb2.HealthCheckRequest(), timeout=2.0
         )
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def replicas_ready(target: str, timeout_s: float = 5.0, want: int | None = None) -> set[int]:
+    """ListModels' replicas_ready of every READY version (waits up to timeout_s for want)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with grpc.insecure_channel(target) as channel:
+            reply = forecast_service_pb2_grpc.ForecastServiceStub(channel).ListModels(
+                pb.ListModelsRequest(), timeout=2.0
+            )
+        counts = {
+            v.replicas_ready
+            for m in reply.models
+            for v in m.versions
+            if v.state == fpb.MODEL_VERSION_STATE_READY
+        }
+        if want is None or counts == {want} or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
 
 
 @dataclass
@@ -201,6 +221,7 @@ def test_calls_are_shared_fairly(replicas: Replicas) -> None:
     assert not load.failures()
     assert total > 20
     assert min(shares) >= 0.25 * total, shares
+    assert replicas_ready(replicas.gateway.target, want=2) == {2}  # ListModels counts both
 
 
 def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
@@ -226,6 +247,7 @@ def test_sigkill_under_load_fails_no_call(replicas: Replicas) -> None:
     assert serving(replicas.gateway.target)
     assert "triton_unreachable" not in log
     assert '"triton_retry_budget_empty"' not in log
+    assert replicas_ready(replicas.gateway.target, want=1) == {1}  # one replica left
 
 
 def test_restarted_replica_gets_traffic_again(replicas: Replicas) -> None:

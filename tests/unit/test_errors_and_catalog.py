@@ -4,6 +4,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from forecast_gateway.catalog import ModelCatalog, VersionState, build_spec, version_parameter
 from forecast_gateway.config import ModelConfig
+from forecast_gateway.convert import model_to_proto
 from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 
 PARAMETERS = {
@@ -95,6 +96,7 @@ class SlowTriton:
 
     def __init__(self, catalog: ModelCatalog) -> None:
         self.catalog = catalog
+        self.replicas_ready = {("m", "1"): 2, ("m", "2"): 1}
 
     async def version_states(self) -> dict[str, dict[str, str]]:
         states = {"m": {"1": "READY", "2": "READY"}}  # read before v2 went
@@ -112,6 +114,14 @@ async def test_a_refresh_that_read_triton_before_a_mark_keeps_it() -> None:
     assert catalog.get("m").ready_versions() == ["1"]
     await catalog.refresh(Fresh(catalog))  # type: ignore[arg-type]
     assert catalog.get("m").ready_versions() == ["1", "2"]  # a later refresh decides
+
+
+async def test_a_refresh_counts_the_replicas_serving_each_version() -> None:
+    catalog = ModelCatalog(models=(ModelConfig("m"),))
+    await catalog.refresh(Fresh(catalog))  # type: ignore[arg-type]
+    versions = catalog.get("m").versions
+    assert (versions["1"].replicas_ready, versions["2"].replicas_ready) == (2, 1)
+    assert [v.replicas_ready for v in model_to_proto(catalog.get("m")).versions] == [2, 1]
 
 
 class Fresh(SlowTriton):

@@ -205,6 +205,7 @@ class ModelVersion(_message.Message):
     MIN_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REPLICAS_READY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """version is the Triton version number, as a string (e.g. "2")."""
     state: Global___ModelVersionState.ValueType
@@ -219,6 +220,10 @@ class ModelVersion(_message.Message):
     """max_sequence_length is the largest window a request may ask for."""
     description: _builtins.str
     """description is a one-line, human-readable summary of the version."""
+    replicas_ready: _builtins.int
+    """replicas_ready is how many Triton replicas reported this version READY
+    at the gateway's last refresh (1 with one Triton; 0 while none does).
+    """
     def __init__(
         self,
         *,
@@ -228,10 +233,11 @@ class ModelVersion(_message.Message):
         min_sequence_length: _builtins.int = ...,
         max_sequence_length: _builtins.int = ...,
         description: _builtins.str = ...,
+        replicas_ready: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "max_sequence_length", b"max_sequence_length", "min_sequence_length", b"min_sequence_length", "sequence_length", b"sequence_length", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "max_sequence_length", b"max_sequence_length", "min_sequence_length", b"min_sequence_length", "replicas_ready", b"replicas_ready", "sequence_length", b"sequence_length", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
