@@ -304,9 +304,10 @@ def test_cli_unreachable_gateway(closed_target: str, capsys: pytest.CaptureFixtu
 def test_cli_models_table_and_json(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--target", target, "models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["MODEL", "VERSION", "STATE", "WINDOW", "RANGE", "DEFAULT",
-                                "HORIZON", "(MAX)"]  # fmt: skip
-    assert lines[2].split() == ["lstm_timeseries", "2", "loading", "52", "52-52", "*", "12", "(52)"]
+    assert lines[0].split() == ["MODEL", "VERSION", "STATE", "REPLICAS", "WINDOW", "RANGE",
+                                "DEFAULT", "HORIZON", "(MAX)"]  # fmt: skip
+    assert lines[2].split() == ["lstm_timeseries", "2", "loading", "0", "52", "52-52", "*", "12",
+                                "(52)"]  # fmt: skip
     assert main(["--target", target, "--json", "models", "moving_average"]) == 0
     model = json.loads(capsys.readouterr().out)["model"]
     assert (model["name"], model["defaultVersion"], model["maxHorizon"]) == (
@@ -321,6 +322,7 @@ def test_cli_models_table_and_json(target: str, capsys: pytest.CaptureFixture[st
         "minSequenceLength": 10,
         "maxSequenceLength": 10,
         "description": "window 10",
+        "replicasReady": 0,
     }
 
 

@@ -165,6 +165,8 @@ class ModelVersionInfo:
     min_sequence_length: int
     max_sequence_length: int
     description: str
+    replicas_ready: int = 0
+    """How many Triton replicas reported this version READY at the gateway's last refresh."""
 
 
 @dataclass(frozen=True)
@@ -863,6 +865,7 @@ def _model_info(model: forecast_pb2.Model) -> ModelInfo:
                 min_sequence_length=v.min_sequence_length,
                 max_sequence_length=v.max_sequence_length,
                 description=v.description,
+                replicas_ready=v.replicas_ready,
             )
             for v in model.versions
         ),

@@ -248,12 +248,21 @@ def models_text(models: Sequence[ModelInfo]) -> str:
     """Return one row per model version ("*" marks the default version)."""
     if not models:
         return "no models\n"
-    headers = ["MODEL", "VERSION", "STATE", "WINDOW", "RANGE", "DEFAULT", "HORIZON (MAX)"]
+    headers = [
+        "MODEL",
+        "VERSION",
+        "STATE",
+        "REPLICAS",
+        "WINDOW",
+        "RANGE",
+        "DEFAULT",
+        "HORIZON (MAX)",
+    ]
     rows = []
     for model in models:
         horizon = f"{model.default_horizon} ({model.max_horizon})"
         if not model.versions:
-            rows.append([model.name, "-", "-", "-", "-", "", horizon])
+            rows.append([model.name, "-", "-", "-", "-", "-", "", horizon])
         for version in model.versions:
             default = "*" if version.version == model.default_version else ""
             rows.append([model.name, *_version_cells(version), default, horizon])
@@ -270,7 +279,7 @@ def model_text(model: ModelInfo) -> str:
         ["max horizon", str(model.max_horizon)],
     ]
     rows = [[*_version_cells(v), v.description] for v in model.versions]
-    headers = ["VERSION", "STATE", "WINDOW", "RANGE", "DESCRIPTION"]
+    headers = ["VERSION", "STATE", "REPLICAS", "WINDOW", "RANGE", "DESCRIPTION"]
     return _table(None, fields) + "\n" + _table(headers, rows)
 
 
@@ -592,12 +601,19 @@ def _version_json(version: ModelVersionInfo) -> JsonObject:
         "minSequenceLength": version.min_sequence_length,
         "maxSequenceLength": version.max_sequence_length,
         "description": version.description,
+        "replicasReady": version.replicas_ready,
     }
 
 
 def _version_cells(version: ModelVersionInfo) -> list[str]:
     window_range = f"{version.min_sequence_length}-{version.max_sequence_length}"
-    return [version.version, version.state, str(version.sequence_length), window_range]
+    return [
+        version.version,
+        version.state,
+        str(version.replicas_ready),
+        str(version.sequence_length),
+        window_range,
+    ]
 
 
 def _number(value: float) -> str:
