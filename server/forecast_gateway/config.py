@@ -36,6 +36,8 @@ from pydantic import (
     model_validator,
 )
 
+from forecast_gateway import store_urls
+
 ENV_PREFIX = "FORECAST_"
 MAX_CONNECTION_SECONDS = (2**31 - 1) / 1000
 """Longest idle timeout or connection age gRPC accepts (int32 milliseconds, ~24.8 days)."""
@@ -56,9 +58,7 @@ PATH_KEYS = (
 """Keys holding a file path: relative values in a config file are relative to that file."""
 SECRET_KEYS = frozenset({"store_url"})
 """Keys whose value may hold a password: never shown in a message."""
-_SQLITE = "sqlite:///"
 Loc = tuple[int | str, ...]
-_POSTGRES = ("postgresql://", "postgres://")
 
 
 class ConfigError(ValueError):
@@ -76,7 +76,7 @@ def _version_text(value: object) -> object:
 
 def _store_url(value: str) -> str:
     """Empty, `sqlite:///path`, a plain path or a PostgreSQL URL; never echoes the value."""
-    if value.strip().lower().startswith((_SQLITE, *_POSTGRES)) or "://" not in value:
+    if store_urls.is_known(value):
         return value
     raise ValueError("must be empty, sqlite:///<path>, a file path or postgresql://... (not shown)")
 
@@ -230,7 +230,7 @@ class GatewayConfig(_Settings):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
-        if self.store_password_file and not self.store_url.strip().lower().startswith(_POSTGRES):
+        if self.store_password_file and not store_urls.is_postgres(self.store_url):
             raise ValueError("store_password_file needs a postgresql:// store_url")
         if not self.models:
             raise ValueError(
@@ -314,9 +314,9 @@ def _resolved(values: Mapping[str, Any], directory: Path) -> dict[str, Any]:
         if resolved.get(key):
             resolved[key] = os.path.normpath(directory / resolved[key])
     url = resolved.get("store_url", "")
-    path = url.removeprefix(_SQLITE)
-    if url.startswith(_SQLITE) and path and not path.startswith("/"):
-        resolved["store_url"] = _SQLITE + os.path.normpath(directory / path)
+    path = url.removeprefix(store_urls.SQLITE_PREFIX)
+    if url.startswith(store_urls.SQLITE_PREFIX) and path and not path.startswith("/"):
+        resolved["store_url"] = store_urls.SQLITE_PREFIX + os.path.normpath(directory / path)
     elif url and "://" not in url:
         resolved["store_url"] = os.path.normpath(directory / url)
     return resolved

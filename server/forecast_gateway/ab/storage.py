@@ -11,9 +11,7 @@ from forecast_gateway.ab.records import ActualsReport, ExperimentInfo, Record
 from forecast_gateway.ab.report import ModelAggregates
 from forecast_gateway.ab.sql import Bounds, CalibrationPools, SqlStorage
 from forecast_gateway.normalization import FloatArray
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-SQLITE_SCHEME = "sqlite://"
+from forecast_gateway.store_urls import is_postgres, sqlite_path
 
 
 class Storage(Protocol):
@@ -54,28 +52,6 @@ class Storage(Protocol):
     ) -> dict[tuple[str, str], CalibrationPools]:
         """The calibration pools of every (model, version) whose revision is not `known`'s."""
         ...
-
-
-def is_postgres(url: str) -> bool:
-    """Whether a store URL names a PostgreSQL database."""
-    return url.strip().lower().startswith(POSTGRES_SCHEMES)
-
-
-def sqlite_path(url: str, default_path: str) -> str:
-    """The SQLite file a store URL names: `sqlite:///rel`, `sqlite:////abs`, a path, or the default.
-
-    As in SQLAlchemy, `sqlite:///` is followed by the path, relative unless
-    it starts with another `/`.
-    """
-    url = url.strip()
-    if not url:
-        return default_path
-    if url.startswith(SQLITE_SCHEME):
-        path = url[len(SQLITE_SCHEME) :]
-        if not path.startswith("/"):
-            raise ValueError("a SQLite store URL is sqlite:///relative/path or sqlite:////abs/path")
-        return path[1:] or ":memory:"
-    return url
 
 
 def open_storage(
