@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +92,17 @@ class GatewayUnary:
     The kernel gives each connection to one gateway worker (SO_REUSEPORT), so
     reaching several workers takes several. Each channel gets its own
     subchannel pool: channels with equal options would share one connection.
+    With `interval_coverages`, every call asks for those intervals, and a
+    series counts only when all of them came back (calibrated).
     """
 
-    def __init__(self, target: str, workload: Workload, channels: int = 1) -> None:
+    def __init__(
+        self,
+        target: str,
+        workload: Workload,
+        channels: int = 1,
+        interval_coverages: Sequence[float] = (),
+    ) -> None:
         options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
         self.channels = [
             grpc.aio.insecure_channel(target, options=options) for _ in range(channels)
@@ -103,12 +111,14 @@ class GatewayUnary:
         self.stubs = [pb_grpc.ForecastServiceStub(channel) for channel in self.channels]
         self.stub = self.stubs[0]
         self.horizon = workload.horizon
+        self.intervals = len(interval_coverages)
         self.requests = [
             pb.ForecastRequest(
                 model=workload.model,
                 version=workload.version,
                 history=history.tolist(),
                 horizon=workload.horizon,
+                interval_coverages=interval_coverages,
             )
             for history in workload.histories()
         ]
@@ -118,7 +128,8 @@ class GatewayUnary:
         reply = await self.stubs[i % len(self.stubs)].Forecast(
             self.requests[i % len(self.requests)], timeout=CALL_TIMEOUT_S
         )
-        return (1, 0) if len(reply.values) == self.horizon else (0, 1)
+        ok = len(reply.values) == self.horizon and len(reply.intervals) == self.intervals
+        return (1, 0) if ok else (0, 1)
 
     async def close(self) -> None:
         """Close the channels."""

@@ -34,7 +34,7 @@ from bench.drivers import (
     drive,
 )
 from bench.triton_stats import TritonCounters, delta
-from bench.workload import Workload
+from bench.workload import INTERVAL_COVERAGES, Workload
 
 RSS_SAMPLE_S = 0.2
 # Triton updates a request's statistics just after it sends the response: read
@@ -48,7 +48,7 @@ class CellSpec:
     """One cell of the benchmark table, as sent by the runner."""
 
     name: str
-    kind: str  # gateway | direct | proxy | echo | baseline | batch | stream
+    kind: str  # gateway | intervals | direct | proxy | echo | baseline | batch | stream
     target: str
     concurrency: int
     seconds: float
@@ -79,6 +79,8 @@ def make_client(spec: CellSpec) -> Client:
         return GatewayBatch(spec.target, spec.workload, spec.batch_size)
     if spec.kind == "stream":
         return GatewayStream(spec.target, spec.workload)
+    if spec.kind == "intervals":
+        return GatewayUnary(spec.target, spec.workload, spec.channels, INTERVAL_COVERAGES)
     return GatewayUnary(spec.target, spec.workload, spec.channels)  # gateway, floors (same RPC)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 Cell = dict[str, Any]
 LABELS = {
     "gateway": "gateway Forecast",
+    "intervals": "gateway + intervals",
     "direct": "direct Triton",
     "proxy": "minimal proxy",
     "echo": "echo (1 hop)",
@@ -22,9 +23,10 @@ LABELS = {
     "batch": "gateway ForecastBatch",
     "stream": "gateway StreamForecast",
 }
-GATEWAY_PATHS = ("gateway", "batch", "stream")
+GATEWAY_PATHS = ("gateway", "intervals", "batch", "stream")
 SERVER_OF = {
     "gateway": "gateway",
+    "intervals": "gateway",
     "batch": "gateway",
     "stream": "gateway",
     "proxy": "proxy",
@@ -32,7 +34,7 @@ SERVER_OF = {
     "baseline": "baseline",
 }
 """The process group that serves each path's calls (direct: Triton itself)."""
-TRITON_PATHS = ("direct", "gateway", "proxy", "batch", "stream")
+TRITON_PATHS = ("direct", "gateway", "intervals", "proxy", "batch", "stream")
 HEADER = [
     "path",
     "conc",
@@ -102,6 +104,13 @@ def _per_concurrency(cells: list[Cell], concurrencies: list[int], a: str, b: str
     return {str(c): _ratio(_sps(find(cells, a, c)), _sps(find(cells, b, c))) for c in concurrencies}
 
 
+def _cpu_per_concurrency(cells: list[Cell], concurrencies: list[int], a: str, b: str) -> Cell:
+    return {
+        str(c): _ratio(server_us_per_call(find(cells, a, c)), server_us_per_call(find(cells, b, c)))
+        for c in concurrencies
+    }
+
+
 def compute_ratios(
     cells: list[Cell], concurrencies: list[int], batch_sizes: list[int]
 ) -> dict[str, Any]:
@@ -125,6 +134,10 @@ def compute_ratios(
             str(n): _ratio(_sps(find(cells, "batch", batch=n)), unary) for n in batch_sizes
         },
         "stream_over_unary": _ratio(_sps(find(cells, "stream")), unary),
+        "intervals_over_gateway": _per_concurrency(cells, concurrencies, "intervals", "gateway"),
+        "intervals_cpu_over_gateway": _cpu_per_concurrency(
+            cells, concurrencies, "intervals", "gateway"
+        ),
         "added_p50_ms_c1": _minus(p50_c1["gateway"], p50_c1["direct"]),
         "proxy_added_p50_ms_c1": _minus(p50_c1["proxy"], p50_c1["direct"]),
     }
@@ -312,6 +325,8 @@ def format_ratios(ratios: dict[str, Any]) -> str:
         ("gateway/baseline series/s", _per_c(ratios["gateway_over_baseline"])),
         (f"ForecastBatch/unary c={ref}", batch),
         (f"StreamForecast/unary c={ref}", f"{_fmt(ratios['stream_over_unary'], 2)}x"),
+        ("+intervals/gateway series/s", _per_c(ratios["intervals_over_gateway"])),
+        ("+intervals/gateway CPU per call", _per_c(ratios["intervals_cpu_over_gateway"])),
         ("gateway added p50 at c=1", f"{_fmt(ratios['added_p50_ms_c1'], 3)} ms"),
         ("proxy added p50 at c=1", f"{_fmt(ratios['proxy_added_p50_ms_c1'], 3)} ms"),
     ]

@@ -1,8 +1,8 @@
 """Runs one benchmark: start the services, send every cell to the load generator, report.
 
 The cells run in order of concurrency, each path after the other (direct,
-gateway, minimal proxy, echo, baseline), so the ratios compare cells measured
-seconds apart.
+gateway, gateway asking for intervals, minimal proxy, echo, baseline), so the
+ratios compare cells measured seconds apart.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from bench import machine, report
 from bench.services import ROOT, ModelOverrides, Services, tail
 from bench.workload import Workload
 
-SECTIONS = ("gateway", "direct", "proxy", "echo", "baseline", "batch", "stream")
-UNARY_ORDER = ("direct", "gateway", "proxy", "echo", "baseline")
+SECTIONS = ("gateway", "intervals", "direct", "proxy", "echo", "baseline", "batch", "stream")
+UNARY_ORDER = ("direct", "gateway", "intervals", "proxy", "echo", "baseline")
 NOISY_OTHER_CORES = 0.15
 
 
@@ -63,6 +63,7 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
     """The cell specs, in the order they run."""
     targets = {
         "gateway": services.gateway_target,
+        "intervals": services.gateway_target,
         "batch": services.gateway_target,
         "stream": services.gateway_target,
         "direct": services.triton_url,

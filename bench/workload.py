@@ -21,6 +21,8 @@ VERSION = "1"
 WINDOW = 10
 HORIZON = 5
 POOL_SIZE = 512
+INTERVAL_COVERAGES = (0.8, 0.95)
+"""What the interval cell asks for on every call (the gateway's calibrated intervals)."""
 
 
 @dataclass(frozen=True)

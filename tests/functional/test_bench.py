@@ -18,9 +18,9 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.functional
 
-SECTIONS = {"direct", "gateway", "proxy", "echo", "baseline", "batch", "stream"}
+SECTIONS = {"direct", "gateway", "intervals", "proxy", "echo", "baseline", "batch", "stream"}
 SERVERS = {"gateway", "triton", "baseline", "proxy", "echo", "loadgen"}
-UNARY = {"gateway", "proxy", "echo", "baseline"}
+UNARY = {"gateway", "intervals", "proxy", "echo", "baseline"}
 CPU_GROUPS = SERVERS | {"other", "machine_busy", "machine_idle"}
 
 
@@ -71,8 +71,10 @@ def test_smoke_run_reports_every_section(smoke: tuple[str, dict[str, Any]]) -> N
             continue
         assert cell["status"] == "ok", cell
         check_measured(cell)
-    for kind in ("direct", "gateway", "proxy", "echo", "baseline"):
+    for kind in ("direct", "gateway", "intervals", "proxy", "echo", "baseline"):
         assert sorted(c["concurrency"] for c in cells if c["kind"] == kind) == [1, 8]
+    intervals = [c for c in cells if c["kind"] == "intervals"]
+    assert all(c["failed_series"] == 0 for c in intervals), intervals  # calibrated: all came back
     proxy = next(c for c in cells if c["kind"] == "proxy")
     assert proxy["triton"]["inferences"] == proxy["triton"]["requests"], proxy  # one row each
     assert sorted(c["batch_size"] for c in cells if c["kind"] == "batch") == [32, 256]
@@ -90,12 +92,16 @@ def test_smoke_run_prints_machine_table_ratios_and_targets(
         assert text in stdout
     for text in ("minimal proxy", "echo (1 hop)", "gateway/minimal proxy", "retired targets"):
         assert text in stdout
+    for text in ("gateway + intervals", "+intervals/gateway series/s", "+intervals/gateway CPU"):
+        assert text in stdout
     ratios = results["ratios"]
     assert ratios["reference_concurrency"] == 8
     assert ratios["gateway_over_direct"]["1"] > 0
     assert ratios["gateway_over_proxy"]["8"] > 0
     assert ratios["proxy_over_echo"]["8"] > 0
     assert ratios["gateway_cpu_over_proxy"] > 0
+    assert ratios["intervals_over_gateway"]["8"] > 0
+    assert ratios["intervals_cpu_over_gateway"]["8"] > 0
     assert ratios["gateway_p99_over_proxy"] > 0
     assert ratios["added_p50_ms_c1"] is not None
     assert ratios["gateway_p50_minus_proxy_ms_c1"] is not None
