@@ -98,6 +98,7 @@ class Calibration:
         self._revisions: dict[tuple[str, str], int] = {}
         self._pools: dict[tuple[str, str], list[FloatArray]] = {}
         self._tables: dict[tuple[str, str, Levels], FloatArray] = {}
+        self._bounds: dict[tuple[str, str, Levels, int], _Bounds] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -133,57 +134,59 @@ class Calibration:
             self._pools.pop(key, None)
         if changed:
             self._tables = {k: t for k, t in self._tables.items() if k[:2] not in changed}
+            self._bounds = {k: b for k, b in self._bounds.items() if k[:2] not in changed}
 
     def uncertainty(
         self, model: str, version: str, values: FloatArray, scale: float, levels: Levels
     ) -> Uncertainty:
         """The calibrated bounds of one forecast around `values` (`scale`: its naive MAE)."""
-        horizon = values.shape[0]
-        pools = self.pools(model, version)
-        scores = tuple(pools[step].size if step < len(pools) else 0 for step in range(horizon))
+        entry = self._entry(model, version, levels, values.shape[0])
         if not scale > 0 or not math.isfinite(scale):
-            return Uncertainty(
-                Status.NOT_CALIBRATED,
-                (),
-                (),
-                scores,
-                "the window is constant: there is no scale to express calibrated errors in",
-            )
-        bounds = values + scale * self.table(model, version, levels, horizon)
-        intervals: list[Interval] = []
-        quantiles: list[Quantile] = []
-        missing: list[str] = []
-        for index, coverage in enumerate(levels.coverages):
-            lower, upper = bounds[2 * index], bounds[2 * index + 1]
-            if np.isfinite(lower).all() and np.isfinite(upper).all():
-                intervals.append(Interval(coverage, lower, upper))
-            else:
-                need = conformal.min_scores_for_interval(coverage)
-                missing.append(f"the {coverage:g} interval needs {need}")
+            return Uncertainty(Status.NOT_CALIBRATED, (), (), entry.scores, CONSTANT_WINDOW)
+        bounds = values + scale * entry.table
         offset = 2 * len(levels.coverages)
-        for index, level in enumerate(levels.quantiles):
-            row = bounds[offset + index]
-            if np.isfinite(row).all():
-                quantiles.append(Quantile(level, row))
-            else:
-                need = conformal.min_scores_for_quantile(level)
-                missing.append(f"the {level:g} quantile needs {need}")
-        if not missing:
-            return Uncertainty(Status.CALIBRATED, tuple(intervals), tuple(quantiles), scores)
-        fewest = min(range(horizon), key=lambda step: scores[step])
-        detail = (
-            f"too few calibration scores for {model} version {version}: "
-            f"{'; '.join(missing)} scores per horizon step, step {fewest + 1} has "
-            f"{scores[fewest]}; reported actuals add scores"
+        intervals = tuple(
+            Interval(coverage, bounds[2 * i], bounds[2 * i + 1])
+            for i, coverage in enumerate(levels.coverages)
+            if entry.complete[i]
         )
-        return Uncertainty(
-            Status.NOT_CALIBRATED, tuple(intervals), tuple(quantiles), scores, detail
+        quantiles = tuple(
+            Quantile(level, bounds[offset + i])
+            for i, level in enumerate(levels.quantiles)
+            if entry.complete[len(levels.coverages) + i]
         )
+        status = Status.NOT_CALIBRATED if entry.detail else Status.CALIBRATED
+        return Uncertainty(status, intervals, quantiles, entry.scores, entry.detail)
 
     def tracked(self, model: str, version: str, horizon: int) -> FloatArray | None:
         """The bounds at the TRACKED levels, in scale units [rows, horizon]; None if none exist."""
-        table = self.table(model, version, TRACKED, horizon)
-        return table if np.isfinite(table).any() else None
+        entry = self._entry(model, version, TRACKED, horizon)
+        return entry.table if entry.any else None
+
+    def _entry(self, model: str, version: str, levels: Levels, horizon: int) -> _Bounds:
+        """What every forecast of (model, version, levels, horizon) shares.
+
+        The scaled bounds, which of them exist and the detail, until the
+        version's pools change.
+        """
+        key = (model, version, levels, horizon)
+        entry = self._bounds.get(key)
+        if entry is None:
+            table = self.table(model, version, levels, horizon)
+            finite = np.isfinite(table)
+            rows = finite.all(axis=1).tolist()
+            covered = len(levels.coverages)
+            complete = tuple(rows[2 * i] and rows[2 * i + 1] for i in range(covered))
+            complete += tuple(rows[2 * covered :])
+            scores = self._scores(model, version, horizon)
+            detail = "" if all(complete) else _detail(model, version, levels, complete, scores)
+            entry = _Bounds(table, complete, bool(finite.any()), scores, detail)
+            self._bounds[key] = entry
+        return entry
+
+    def _scores(self, model: str, version: str, horizon: int) -> tuple[int, ...]:
+        pools = self.pools(model, version)
+        return tuple(pools[step].size if step < len(pools) else 0 for step in range(horizon))
 
     def table(self, model: str, version: str, levels: Levels, horizon: int) -> FloatArray:
         """Scaled bounds [rows, horizon] (`conformal.bound_table`), NaN past the pools."""
@@ -218,6 +221,44 @@ class Calibration:
                 failing = True
             else:
                 failing = False
+
+
+CONSTANT_WINDOW = "the window is constant: there is no scale to express calibrated errors in"
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """The scaled bounds of (model, version, levels, horizon) and which of them exist."""
+
+    table: FloatArray
+    complete: tuple[bool, ...]
+    """Per coverage, then per quantile level: the bound(s) exist at every step."""
+    any: bool
+    scores: tuple[int, ...]
+    detail: str
+    """Empty when every requested bound exists."""
+
+
+def _detail(
+    model: str, version: str, levels: Levels, complete: tuple[bool, ...], scores: tuple[int, ...]
+) -> str:
+    """Which requested bounds are missing and how many scores they need."""
+    covered = len(levels.coverages)
+    missing = [
+        f"the {coverage:g} interval needs {conformal.min_scores_for_interval(coverage)}"
+        for coverage, ok in zip(levels.coverages, complete[:covered], strict=True)
+        if not ok
+    ] + [
+        f"the {level:g} quantile needs {conformal.min_scores_for_quantile(level)}"
+        for level, ok in zip(levels.quantiles, complete[covered:], strict=True)
+        if not ok
+    ]
+    fewest = min(range(len(scores)), key=lambda step: scores[step])
+    return (
+        f"too few calibration scores for {model} version {version}: "
+        f"{'; '.join(missing)} scores per horizon step, step {fewest + 1} has "
+        f"{scores[fewest]}; reported actuals add scores"
+    )
 
 
 _EMPTY: FloatArray = np.empty(0)
