@@ -18,14 +18,14 @@ import asyncio
 import enum
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from forecast_gateway import conformal
+from forecast_gateway import conformal, metrics
 from forecast_gateway.ab import ExperimentStore, aggregates
 from forecast_gateway.conformal import FloatArray, Levels
 
@@ -110,6 +110,7 @@ class Calibration:
                 directory=str(self._directory),
                 versions=sorted(f"{m}/{v}" for m, v in self._bootstrap),
             )
+            self._publish(self._bootstrap)
         if self.store is not None:
             try:
                 await self.refresh()
@@ -135,6 +136,7 @@ class Calibration:
         if changed:
             self._tables = {k: t for k, t in self._tables.items() if k[:2] not in changed}
             self._bounds = {k: b for k, b in self._bounds.items() if k[:2] not in changed}
+            self._publish(changed)
 
     def uncertainty(
         self, model: str, version: str, values: FloatArray, scale: float, levels: Levels
@@ -208,6 +210,13 @@ class Calibration:
             pools = _merge(self._online.get(key, {}), self._bootstrap.get(key, []), self.window)
             self._pools[key] = pools
         return pools
+
+    def _publish(self, versions: Iterable[tuple[str, str]]) -> None:
+        """The gauge of each version's fewest scores per step (the first step to miss a bound)."""
+        for model, version in versions:
+            pools = self.pools(model, version)
+            fewest = min((pool.size for pool in pools), default=0)
+            metrics.CALIBRATION_SCORES.labels(model, version).set(fewest)
 
     async def _refresh_forever(self) -> None:
         failing = False

@@ -87,6 +87,13 @@ READY_VERSIONS = Gauge(
     ["model"],
     multiprocess_mode="livemin",
 )
+CALIBRATION_SCORES = Gauge(
+    "forecast_gateway_calibration_scores",
+    "Fewest calibration scores of any horizon step of a version: an 80% interval needs 9, "
+    "a 95% one 39 (below them requests get NOT_CALIBRATED).",
+    ["model", "version"],
+    multiprocess_mode="livemin",
+)
 INTERVAL_UNDERCOVERING = Gauge(
     "forecast_gateway_interval_undercovering",
     "1 while a version's intervals at a nominal coverage cover significantly less than "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from forecast_gateway.ab import ExperimentStore, Prediction, RecordedForecast, Role
 from forecast_gateway.ab.sql import Bounds, CalibrationPools
@@ -106,6 +107,26 @@ async def started(calibration: Calibration) -> Calibration:
 
 
 # -- the training-time files --------------------------------------------------------------
+
+
+def gauge(model: str, version: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "forecast_gateway_calibration_scores", {"model": model, "version": version}
+    )
+
+
+async def test_the_gauge_shows_each_versions_fewest_scores_per_step(
+    tmp_path: Path, store: ExperimentStore
+) -> None:
+    write_file(tmp_path, "gauge_model", "1", [[1.0] * 30, [2.0] * 12])  # step 2 has 12
+    calibration = await started(Calibration(store, str(tmp_path), WINDOW))
+    try:
+        assert gauge("gauge_model", "1") == 12
+        await add_online(store, "1", [[5.0, 6.0]] * 3, model="gauge_model")
+        await calibration.refresh()
+        assert gauge("gauge_model", "1") == 15  # 12 from the file and 3 reported
+    finally:
+        await calibration.close()
 
 
 def test_a_good_file_loads_one_array_per_step_oldest_first(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ GATEWAY_METRICS = frozenset(
         "forecast_gateway_triton_up",
         "forecast_gateway_model_ready_versions",
         "forecast_gateway_interval_undercovering",
+        "forecast_gateway_calibration_scores",
     }
 )
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -589,6 +590,22 @@ def test_prometheus_scrapes_triton_and_gateway(compose: dict[str, Any]) -> None:
         assert port in {p.split(":")[-1] for p in compose["services"][service]["ports"]}
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file()
+
+
+def test_the_known_gateway_metrics_are_the_gateways() -> None:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from forecast_gateway import metrics
+
+    exported: set[str] = set()
+    for collector in vars(metrics).values():
+        if isinstance(collector, Counter):
+            exported.add(f"{collector._name}_total")
+        elif isinstance(collector, Histogram):
+            exported |= {f"{collector._name}_{part}" for part in ("bucket", "sum", "count")}
+        elif isinstance(collector, Gauge):
+            exported.add(collector._name)
+    assert exported >= GATEWAY_METRICS, GATEWAY_METRICS - exported
 
 
 def test_rules_use_known_metrics() -> None:
