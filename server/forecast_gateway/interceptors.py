@@ -3,7 +3,9 @@
 For every ForecastService call it binds a request id (the caller's
 `x-request-id`, or a new one) and the rpc name to the log context, checks
 the caller's token (`auth.TokenAuthorizer`, when tokens are configured)
-before the servicer runs, turns GatewayError into a status with google.rpc
+before the servicer runs, admits the call through the load shedder
+(`overload.LoadShedder`: one wrapper for both, not two interceptor layers
+per call), turns GatewayError into a status with google.rpc
 details, turns anything unexpected into a generic INTERNAL (the traceback
 stays in the log), and writes the canonical request line and metrics once
 the call ends (for a unary call, after its response is handed to gRPC). A
@@ -35,6 +37,8 @@ SERVICE_PREFIX = "/forecast.v1."
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
+    from forecast_gateway.overload import LoadShedder
+
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
     Behavior = Callable[[Any, Context], Awaitable[Any]]
@@ -83,15 +87,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 
 class RequestInterceptor(ServiceInterceptor):
-    """Wraps the ForecastService handlers (access check, errors, log line).
+    """Wraps the ForecastService handlers (access check, load shedding, errors, log line).
 
     `authorizer` (None: no token file configured) decides which calls need a
-    token; see `auth.py` for the rule.
+    token; see `auth.py` for the rule. `shedder` (None: no bound) admits calls.
     """
 
-    def __init__(self, authorizer: TokenAuthorizer | None = None) -> None:
+    def __init__(
+        self, authorizer: TokenAuthorizer | None = None, shedder: LoadShedder | None = None
+    ) -> None:
         super().__init__()
         self._authorizer = authorizer
+        self._shedder = shedder
 
     def wrap(self, method: str, handler: Handler) -> Handler | None:
         """Wrap a unary or bidirectional method; refuse any other kind when it needs a token."""
@@ -99,13 +106,13 @@ class RequestInterceptor(ServiceInterceptor):
         guard = self._guard(method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap(rpc, handler.unary_unary, guard),  # type: ignore[arg-type]
+                _wrap(rpc, handler.unary_unary, guard, self._shedder),  # type: ignore[arg-type]
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(rpc, handler.stream_stream, guard),  # type: ignore[arg-type]
+                _wrap_stream(rpc, handler.stream_stream, guard, self._shedder),  # type: ignore[arg-type]
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -190,14 +197,23 @@ async def _fail(error: Exception, request_id: str, context: Context) -> grpc.Sta
     return error.code  # not reached: abort_with_status raises
 
 
-def _wrap(rpc: str, behavior: Behavior, guard: Guard) -> Behavior:
+def _wrap(
+    rpc: str, behavior: Behavior, guard: Guard, shedder: LoadShedder | None = None
+) -> Behavior:
     async def wrapper(request: Any, context: Context) -> Any:
         request_id = _start(rpc, context)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
             guard(context)
-            return await behavior(_check_parsed(request), context)
+            parsed = _check_parsed(request)
+            if shedder is None:
+                return await behavior(parsed, context)
+            await shedder.enter()
+            try:
+                return await behavior(parsed, context)
+            finally:
+                shedder.leave()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -213,15 +229,22 @@ def _wrap(rpc: str, behavior: Behavior, guard: Guard) -> Behavior:
 
 
 def _wrap_stream(
-    rpc: str, behavior: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard
+    rpc: str,
+    behavior: Callable[[Any, Context], AsyncIterator[Any]],
+    guard: Guard,
+    shedder: LoadShedder | None = None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def wrapper(requests: Any, context: Context) -> AsyncIterator[Any]:
         request_id = _start(rpc, context)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         sent = 0
+        admitted = False
         try:
             guard(context)
+            if shedder is not None:
+                await shedder.enter()
+                admitted = True
             async for response in behavior(_parsed(requests), context):
                 sent += 1
                 yield response
@@ -232,6 +255,9 @@ def _wrap_stream(
             code = error.code if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
             await _fail(error, request_id, context)
         finally:
+            if admitted:
+                assert shedder is not None
+                shedder.leave()
             structlog.contextvars.bind_contextvars(responses=sent)
             _finish(rpc, code, time.perf_counter() - started)
 

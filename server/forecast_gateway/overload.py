@@ -6,7 +6,7 @@ accepted calls keep a bounded latency and memory stays bounded. This bound is
 also what bounds Triton's queue: the shipped model configs set no Triton queue
 policy (it stalled Triton's batcher; see model_repository/*/config.pbtxt).
 
-The same interceptor sees every call arrive, which the shutdown drain needs:
+The same count sees every call arrive, which the shutdown drain needs:
 gRPC's stop cancels the calls it has received but no handler has picked up
 yet, so before it the gateway holds new calls at the door (`hold_until_quiet`)
 until callers stop sending, then lets them in (`release`) once gRPC's stop has
@@ -17,31 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
-
-import grpc
 
 from forecast_gateway import metrics
 from forecast_gateway.errors import ResourceExhausted
-from forecast_gateway.interceptors import ServiceInterceptor
-
-if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
-    Context = grpc.aio.ServicerContext[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
 
 QUIET_POLL_S = 0.01
 
 
-class LoadShedder(ServiceInterceptor):
+class LoadShedder:
     """Counts ForecastService calls in progress and sheds those over the limit.
 
-    Installed after RequestInterceptor, so the refusal is reported like any
-    other GatewayError (status, ErrorInfo, log line, metrics).
+    The request wrapper (`interceptors.RequestInterceptor`) calls `enter()`
+    after its access check and `leave()` when the call ends, so a refusal is
+    reported like any other GatewayError (status, ErrorInfo, log line,
+    metrics), without a second interceptor layer per call.
     """
 
     def __init__(self, max_in_flight: int) -> None:
-        super().__init__()
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.held = 0
@@ -49,41 +41,6 @@ class LoadShedder(ServiceInterceptor):
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_activity = 0.0
-
-    def wrap(self, method: str, handler: Handler) -> Handler | None:
-        """Wrap a unary or bidirectional method with the in-flight count."""
-        if handler.unary_unary:
-            behavior = handler.unary_unary
-
-            async def unary(request: Any, context: Context) -> Any:
-                await self._enter()
-                try:
-                    return await behavior(request, context)  # type: ignore[arg-type]
-                finally:
-                    self._leave()
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            stream_behavior = handler.stream_stream
-
-            async def stream(requests: Any, context: Context) -> AsyncIterator[Any]:
-                await self._enter()
-                try:
-                    async for response in stream_behavior(requests, context):  # type: ignore[arg-type, attr-defined]
-                        yield response
-                finally:
-                    self._leave()
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
 
     async def hold_until_quiet(self, quiet_s: float, max_hold_s: float) -> bool:
         """Hold new calls until nothing has arrived or finished for `quiet_s`.
@@ -114,7 +71,8 @@ class LoadShedder(ServiceInterceptor):
             return False
         return True
 
-    async def _enter(self) -> None:
+    async def enter(self) -> None:
+        """Admit a call (after the door, if held), or raise ResourceExhausted over the limit."""
         self._last_activity = time.monotonic()
         if self._door is not None and not self._door.is_set():
             self.held += 1
@@ -138,7 +96,8 @@ class LoadShedder(ServiceInterceptor):
         self._idle.clear()
         metrics.IN_FLIGHT.set(self.in_flight)
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
+        """A call admitted by `enter` has ended."""
         self.in_flight -= 1
         self._last_activity = time.monotonic()
         self._set_idle_if_done()

@@ -243,7 +243,7 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     )
     shedder = LoadShedder(config.max_in_flight)
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor(authorizer), shedder],
+        interceptors=[RequestInterceptor(authorizer, shedder)],
         # max_message_bytes bounds requests only. Responses are bounded by
         # construction (max_batch_series x max_horizon, clipped error texts): a
         # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import grpc
 import pytest
 
 from forecast_gateway.errors import ResourceExhausted
@@ -13,17 +12,21 @@ from forecast_gateway.overload import LoadShedder
 
 
 def unary(shedder: LoadShedder, served: list[int]) -> Any:
-    """The shedder's wrapper around a handler that records its request."""
+    """A handler admitted by the shedder as the request wrapper admits it; records its request."""
 
     async def behavior(request: int, context: object) -> int:
         await asyncio.sleep(0.01)
         served.append(request)
         return request
 
-    handler = grpc.unary_unary_rpc_method_handler(behavior)
-    wrapped = shedder.wrap("/forecast.v1.ForecastService/Forecast", handler)
-    assert wrapped is not None
-    return wrapped.unary_unary
+    async def call(request: int, context: object) -> int:
+        await shedder.enter()
+        try:
+            return await behavior(request, context)
+        finally:
+            shedder.leave()
+
+    return call
 
 
 def test_held_calls_wait_for_release_and_are_then_served() -> None:
