@@ -213,8 +213,32 @@ def version_state(target: str, model: str, version: str) -> int:
     return next((v.state for v in reply.model.versions if v.version == version), 0)
 
 
+class TritonCrashed(RuntimeError):
+    """Triton itself died (its log says "Signal (11) received") during a model reload."""
+
+
+TRITON_SEGFAULT = "Signal (11) received"
+"""Triton 2.51 now and then segfaults when `load_model` reloads a model while requests
+are in flight (upstream: triton-inference-server/server issues 7723 and 4924): seen once
+in the fresh-clone CI runs of 2026-11-30. The gateway cannot prevent it and the test is about the
+gateway, so a run in which Triton crashed is started again, once, with a fresh Triton."""
+
+
 def test_one_version_removed_and_restored_while_traffic_flows(tmp_path: Path) -> None:
     """LSTM v1 leaves the repository and comes back under a 50/50 split; v2 serves throughout."""
+    for attempt in (1, 2):
+        try:
+            remove_and_restore_v1(tmp_path / f"attempt-{attempt}")
+            return
+        except TritonCrashed as crash:
+            if attempt == 2:
+                raise
+            print(json.dumps({"triton_crashed": str(crash), "retrying": True}))
+
+
+def remove_and_restore_v1(tmp_path: Path) -> None:
+    """One run of the scenario; TritonCrashed if Triton segfaulted during it."""
+    tmp_path.mkdir(parents=True)
     repository = tmp_path / "model_repository"
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(ROOT / "model_repository", repository, ignore=ignore)
@@ -268,6 +292,11 @@ def test_one_version_removed_and_restored_while_traffic_flows(tmp_path: Path) ->
             ready_again = wait_for(lambda: v1_state() == ready, 10)
             wait_for(lambda: served_by_v1_since("1", restored_at), 10)
             wait_for(lambda: served_by_v1_since("split", restored_at), 10)
+    except Exception as error:
+        log = tmp_path / "triton.log"
+        if log.exists() and TRITON_SEGFAULT in log.read_text(errors="replace"):
+            raise TritonCrashed(f"{type(error).__name__}: {error}"[:300]) from error
+        raise
     finally:
         client.close()
         if gateway is not None:
