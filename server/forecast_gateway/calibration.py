@@ -8,8 +8,8 @@ time (`<calibration_dir>/<model>/<version>/calibration.json`), so a fresh
 gateway is calibrated from its first request and drifts with the actuals.
 
 The request path only reads: bound tables are cached per (model, version,
-levels) and dropped when a background refresh sees a pool change in the
-store, so asking for intervals costs a slice and a multiply-add per call.
+levels, horizon) and dropped when a background refresh sees a pool change in
+the store, so asking for intervals costs a multiply-add per call.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Uncertainty:
 
 
 class Calibration:
-    """The pools of every (model, version), and their bound tables (cached).
+    """The pools of every (model, version), and their bounds (cached).
 
     `await start()` loads the training-time files and the store's pools and
     starts the refresh; `await close()` stops it.
@@ -97,7 +97,6 @@ class Calibration:
         self._online: dict[tuple[str, str], dict[int, FloatArray]] = {}
         self._revisions: dict[tuple[str, str], int] = {}
         self._pools: dict[tuple[str, str], list[FloatArray]] = {}
-        self._tables: dict[tuple[str, str, Levels], FloatArray] = {}
         self._bounds: dict[tuple[str, str, Levels, int], _Bounds] = {}
         self._refresher: asyncio.Task[None] | None = None
 
@@ -134,7 +133,6 @@ class Calibration:
             self._revisions[key] = pools.revision
             self._pools.pop(key, None)
         if changed:
-            self._tables = {k: t for k, t in self._tables.items() if k[:2] not in changed}
             self._bounds = {k: b for k, b in self._bounds.items() if k[:2] not in changed}
             self._publish(changed)
 
@@ -174,33 +172,24 @@ class Calibration:
         key = (model, version, levels, horizon)
         entry = self._bounds.get(key)
         if entry is None:
-            table = self.table(model, version, levels, horizon)
+            pools = self.pools(model, version)
+            padded = list(pools[:horizon]) + [_EMPTY] * max(0, horizon - len(pools))
+            table = conformal.bound_table(padded, levels)
+            table.flags.writeable = False
             finite = np.isfinite(table)
             rows = finite.all(axis=1).tolist()
             covered = len(levels.coverages)
             complete = tuple(rows[2 * i] and rows[2 * i + 1] for i in range(covered))
             complete += tuple(rows[2 * covered :])
-            scores = self._scores(model, version, horizon)
+            scores = tuple(pool.size for pool in padded)
             detail = "" if all(complete) else _detail(model, version, levels, complete, scores)
             entry = _Bounds(table, complete, bool(finite.any()), scores, detail)
             self._bounds[key] = entry
         return entry
 
-    def _scores(self, model: str, version: str, horizon: int) -> tuple[int, ...]:
-        pools = self.pools(model, version)
-        return tuple(pools[step].size if step < len(pools) else 0 for step in range(horizon))
-
     def table(self, model: str, version: str, levels: Levels, horizon: int) -> FloatArray:
         """Scaled bounds [rows, horizon] (`conformal.bound_table`), NaN past the pools."""
-        key = (model, version, levels)
-        table = self._tables.get(key)
-        if table is None or table.shape[1] < horizon:
-            pools = self.pools(model, version)
-            padded = list(pools) + [_EMPTY] * max(0, horizon - len(pools))
-            table = conformal.bound_table(padded, levels)
-            table.flags.writeable = False
-            self._tables[key] = table
-        return table[:, :horizon]
+        return self._entry(model, version, levels, horizon).table
 
     def pools(self, model: str, version: str) -> list[FloatArray]:
         """The sorted pool of each horizon step: newest online scores, topped up from the file."""

@@ -310,19 +310,19 @@ async def test_a_refresh_invalidates_the_changed_versions_tables_only(
     calibration = await started(Calibration(store, str(tmp_path), WINDOW, refresh_s=60.0))
     try:
         before = {v: calibration.table(MODEL, v, EIGHTY, 2) for v in ("1", "2")}
-        assert calibration.table(MODEL, "2", EIGHTY, 2).base is before["2"].base  # cached
+        assert calibration.table(MODEL, "2", EIGHTY, 2) is before["2"]  # cached
         await add_online(store, "2", [[-500.0, 5000.0]] * 3)
         stale = calibration.uncertainty(MODEL, "2", np.zeros(2), 1.0, EIGHTY)
         assert stale.intervals[0].lower.tolist() == before["2"][0].tolist()  # not re-read yet
         await calibration.refresh()
         after = calibration.table(MODEL, "2", EIGHTY, 2)
-        assert after.base is not before["2"].base
+        assert after is not before["2"]
         assert after[0, 0] == -500.0 and after[1, 1] == 5000.0  # ranks 2 and 19 of 20
         fresh = calibration.uncertainty(MODEL, "2", np.zeros(2), 1.0, EIGHTY)
         assert fresh.intervals[0].lower[0] == -500.0
-        assert calibration.table(MODEL, "1", EIGHTY, 2).base is before["1"].base
+        assert calibration.table(MODEL, "1", EIGHTY, 2) is before["1"]
         await calibration.refresh()  # nothing changed: the new table stays
-        assert calibration.table(MODEL, "2", EIGHTY, 2).base is after.base
+        assert calibration.table(MODEL, "2", EIGHTY, 2) is after
     finally:
         await calibration.close()
 
