@@ -37,6 +37,7 @@ from forecast_gateway.ab.scoring import naive_scales
 from forecast_gateway.calibration import Calibration, Uncertainty
 from forecast_gateway.catalog import ModelCatalog, ModelSpec, VersionSpec
 from forecast_gateway.coalescing import Coalescer
+from forecast_gateway.conformal import Levels
 from forecast_gateway.errors import (
     FieldViolation,
     GatewayError,
@@ -49,7 +50,13 @@ from forecast_gateway.normalization import FloatArray, denormalize, fit_window, 
 from forecast_gateway.routing import Decision, NoEligibleVersion, Route, choose_version
 from forecast_gateway.routing_config import RoutingTable
 from forecast_gateway.triton import TritonProxy
-from forecast_gateway.validation import ForecastQuery, Shape, check_query, resolve_shape
+from forecast_gateway.validation import (
+    NO_LEVELS,
+    ForecastQuery,
+    Shape,
+    check_query,
+    resolve_shape,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -394,20 +401,20 @@ class Forecaster:
                     latency_ms=latency_ms,
                     restricted=plan.route.restricted,
                     scale=scale,
-                    uncertainty=self._uncertainty(spec.name, plan, row, scale),
+                    uncertainty=self._uncertainty(
+                        spec.name, plan.route.version, plan.query.levels, row, scale
+                    ),
                 )
             )
         return results
 
     def _uncertainty(
-        self, model: str, plan: _Plan, values: FloatArray, scale: float
+        self, model: str, version: str, levels: Levels, values: FloatArray, scale: float
     ) -> Uncertainty | None:
-        """The calibrated intervals and quantiles the query asked for (None: it asked for none)."""
-        if not plan.query.levels or self.calibration is None:
+        """The calibrated intervals and quantiles asked for (None: none were)."""
+        if not levels or self.calibration is None:
             return None
-        return self.calibration.uncertainty(
-            model, plan.route.version, values, scale, plan.query.levels
-        )
+        return self.calibration.uncertainty(model, version, values, scale, levels)
 
     async def _infer(
         self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
@@ -446,12 +453,9 @@ class Forecaster:
         except GatewayError as error:
             return VersionOutcome(version, window, _ms_since(started), error=error)
         latency_ms = _ms_since(started)
-        uncertainty = None
-        if query.levels and self.calibration is not None:
-            scale = naive_scales(rows)[0]
-            uncertainty = self.calibration.uncertainty(
-                spec.name, version, values, scale, query.levels
-            )
+        uncertainty = self._uncertainty(
+            spec.name, version, query.levels, values, naive_scales(rows)[0]
+        )
         return VersionOutcome(version, window, latency_ms, values=values, uncertainty=uncertainty)
 
     def _mirror(self, spec: ModelSpec, served: Sequence[tuple[_Plan, ForecastResult]]) -> None:
@@ -515,7 +519,9 @@ class Forecaster:
             except InvalidArgument:
                 metrics.SHADOWS.labels(spec.name, version, "skipped").inc()
                 continue
-            shadow_plan = _Plan(plan.index, plan.query, Route(version, Decision.PINNED), shape)
+            # A shadow's forecast is never returned: no intervals to compute for it.
+            query = replace(plan.query, levels=NO_LEVELS) if plan.query.levels else plan.query
+            shadow_plan = _Plan(plan.index, query, Route(version, Decision.PINNED), shape)
             plans.append((shadow_plan, result))
         served = {p.index: r for p, r in plans}
         for members in _group([p for p, _ in plans]):
