@@ -109,6 +109,10 @@ class StoredPrediction:
     scale: float = math.nan
     """The naive MAE of its own window; NaN: use the forecast's."""
 
+    def error_scale(self, forecast_scale: float) -> float:
+        """The scale its errors are divided by: its own window's, else the forecast's."""
+        return self.scale if math.isfinite(self.scale) else forecast_scale
+
 
 UNSCORED = scoring.Score(steps=0, mae=math.nan, smape=math.nan, mase=math.nan)
 
@@ -228,8 +232,7 @@ def bound_contributions(
     bounds of another shape, or with no scale (0 or NaN: a constant window);
     nothing at a level whose sums would not be `usable`.
     """
-    if math.isfinite(prediction.scale):  # the window this version read
-        scale = prediction.scale
+    scale = prediction.error_scale(scale)
     covered = len(levels.coverages)
     rows = 2 * covered + len(levels.quantiles)
     horizon = prediction.values.size

@@ -429,8 +429,7 @@ def _add_scores(
     scale: float,
 ) -> None:
     """The calibration scores of the steps that got their first actual (a correction adds none)."""
-    if math.isfinite(prediction.scale):  # the window this version read
-        scale = prediction.scale
+    scale = prediction.error_scale(scale)
     if not scale > 0:  # a constant window has no scale to express errors in
         return
     steps = min(prediction.values.size, after.size)
