@@ -35,7 +35,7 @@ import numpy.typing as npt
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from forecast_gateway.ab import naive_scale
+from forecast_gateway.ab.scoring import naive_scales
 from forecast_gateway.conformal import Levels, bound_table, sorted_pool
 from training.data import load_co2, load_co2_dates, train_size
 from training.evaluate import Backtest, WindowForecaster, naive_forecast, z_forecaster
@@ -165,7 +165,7 @@ class ServedVersion:
 def scaled_scores(backtest: Backtest, forecaster: WindowForecaster, window: int) -> FloatArray:
     """Signed scaled errors ``[origins, horizon]``; origins whose window has scale 0 are dropped."""
     windows = backtest.windows(window)
-    scales = np.array([naive_scale(row) for row in windows])
+    scales = np.array(naive_scales(windows))
     kept = scales > 0
     forecast = np.asarray(forecaster(windows[kept], backtest.horizon), dtype=np.float64)
     errors: FloatArray = (backtest.actuals()[kept] - forecast) / scales[kept, None]
@@ -268,7 +268,7 @@ def evaluate_version(
     model_scores = scaled_scores(split.evaluation, served.forecaster(), window)
     naive_calibration = scaled_scores(split.calibration, naive_forecast, window)
     naive_scores = scaled_scores(split.evaluation, naive_forecast, window)
-    scales = [naive_scale(row) for row in split.evaluation.windows(window)]
+    scales = naive_scales(split.evaluation.windows(window))
     return {
         "window": window,
         "calibration_origins": len(calibration[0]),
