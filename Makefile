@@ -20,13 +20,13 @@ $(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e clients/python -e . || \
 	  $(PY) -m pip install --quiet --no-deps -e clients/python -e .
-	$(PY) -m forecast_gateway.embedded_triton --prepare
+	$(PY) -m tools.embedded_triton --prepare
 	touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv with the pinned dependencies and the project.
 
 run: install  ## Start Triton (embedded CPU build) and the gateway on localhost:50051.
-	$(PY) -m forecast_gateway.stack
+	$(PY) -m tools.stack
 
 postgres: install system-tools  ## A throwaway PostgreSQL on 127.0.0.1:5433 for the shared store; prints the make run line.
 	$(PY) -m tools.local_postgres --port 5433

@@ -27,17 +27,15 @@ import numpy.typing as npt
 
 from bench.workload import Workload
 from forecast.v1 import forecast_service_pb2 as pb
-from forecast_gateway import interceptors
-from forecast_gateway.ab import ExperimentStore
-from forecast_gateway.ab.records import DEFAULT_EXPERIMENT
-from forecast_gateway.ab.sql import Bounds
+from forecast_gateway.ab import DEFAULT_EXPERIMENT, Bounds, ExperimentStore
 from forecast_gateway.ab.storage import open_storage
-from forecast_gateway.catalog import ModelCatalog, build_spec
+from forecast_gateway.api import interceptors
+from forecast_gateway.api.service import ForecastServicer
 from forecast_gateway.config import ModelConfig
-from forecast_gateway.forecaster import Forecaster
+from forecast_gateway.core.catalog import ModelCatalog, build_spec
+from forecast_gateway.core.forecaster import Forecaster
+from forecast_gateway.core.routing import Fallback, Policy, Shadow
 from forecast_gateway.logs import configure_logging
-from forecast_gateway.routing import Fallback, Policy, Shadow
-from forecast_gateway.service import ForecastServicer
 
 PARAMETERS = {
     "default_horizon": "5",

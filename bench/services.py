@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
+from tools.embedded_triton import TritonPorts, TritonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from forecast_gateway.normalization import normalize
+from forecast_gateway.core.normalization import normalize
 
 MODEL = "lstm_timeseries"
 VERSION = "1"

@@ -19,7 +19,7 @@ import pytest
 
 from bench.services import free_port, stop, wait_serving
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
+from tools.embedded_triton import TritonPorts, TritonProcess
 from tools.local_postgres import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[1]

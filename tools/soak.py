@@ -53,7 +53,7 @@ from bench.procs import children
 from bench.services import free_port, stop, wait_serving
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
+from tools.embedded_triton import TritonPorts, TritonProcess
 
 if TYPE_CHECKING:  # the async stub exists only in the generated type stubs
     from forecast.v1.forecast_service_pb2_grpc import ForecastServiceAsyncStub as AsyncStub

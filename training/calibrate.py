@@ -11,7 +11,7 @@ origin the version forecasts `MAX_HORIZON` steps exactly as served: its
 default window, normalized by the gateway's rule, through the served
 ``TritonPythonModel`` (``<model>/<version>/model.py``, initialized from
 config.pbtxt as Triton does) and its batch path, denormalized. The score of
-a step is ``(actual - forecast) / naive_scale(window)`` (``ab.naive_scale``;
+a step is ``(actual - forecast) / naive_scale(window)`` (``numerics.naive_scale``;
 an origin whose window has scale 0 is skipped). The scores go to
 ``model_repository/<model>/<version>/calibration.json``, one list per step.
 
@@ -35,8 +35,8 @@ import numpy.typing as npt
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from forecast_gateway.ab.scoring import naive_scales
-from forecast_gateway.conformal import Levels, bound_table, sorted_pool
+from forecast_gateway.core.conformal import bound_table, sorted_pool
+from forecast_gateway.numerics import Levels, naive_scales
 from training.data import load_co2, load_co2_dates, train_size
 from training.evaluate import Backtest, WindowForecaster, naive_forecast, z_forecaster
 from training.served import MODEL_REPOSITORY, REPO_ROOT, load_served_module

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from forecast_gateway.normalization import denormalize, normalize
+from forecast_gateway.core.normalization import denormalize, normalize
 from training.data import SEASON
 
 Series = npt.NDArray[np.float64]

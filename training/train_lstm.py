@@ -3,7 +3,7 @@
     python -m training.train_lstm --version 1|2 [--seed 0] [--epochs N]
 
 Windows of the training part are normalized with the gateway's own rule
-(forecast_gateway.normalization); the target is the next value scaled by the
+(forecast_gateway.core.normalization); the target is the next value scaled by the
 same window's mean and std. Each sample is a window plus the `continuation`
 points after it (scaled by the window's mean and std too): the one-step loss
 covers the window's end and every continuation step (teacher forcing), which
@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from forecast_gateway.normalization import normalize
+from forecast_gateway.core.normalization import normalize
 from training.data import SEASON, load_co2, load_co2_dates, train_size
 from training.evaluate import Backtest, naive_forecast, seasonal_naive_scale, z_forecaster
 from training.served import REPO_ROOT, lstm_network, weights_path

@@ -18,7 +18,7 @@ def main() -> None:
     count = worker_count(config)
     if count > 1:
         raise SystemExit(Supervisor(config, count).run())
-    from forecast_gateway.server import run
+    from forecast_gateway.api.server import run
 
     run(config)
 

@@ -37,6 +37,8 @@ from pydantic import (
 )
 
 from forecast_gateway import store_urls
+from forecast_gateway.errors import ConfigError
+from forecast_gateway.triton_target import parse_target
 
 ENV_PREFIX = "FORECAST_"
 MAX_CONNECTION_SECONDS = (2**31 - 1) / 1000
@@ -61,10 +63,6 @@ SECRET_KEYS = frozenset({"store_url"})
 Loc = tuple[int | str, ...]
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key at fault."""
-
-
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -83,8 +81,6 @@ def _store_url(value: str) -> str:
 
 def _triton_url(value: str) -> str:
     """A Triton target the gateway can dial (triton_target.parse_target's rules)."""
-    from forecast_gateway.triton_target import parse_target  # it imports ConfigError from here
-
     try:
         parse_target(value)
     except ConfigError as error:

@@ -1,21 +1,18 @@
-"""The gateway's one exception hierarchy and its mapping to gRPC statuses.
+"""The gateway's one exception hierarchy, with no transport in it.
 
-Core modules raise these; the interceptor (`interceptors.py`) turns them into
-a status with `google.rpc` details: `ErrorInfo` (stable reason, domain
-"forecast.v1") always, `BadRequest` field violations for invalid input.
-Anything else that escapes becomes INTERNAL with a generic message.
+Core modules raise these; the edge (`api/status.py`, called by the
+interceptor) turns them into a gRPC status with `google.rpc` details:
+`ErrorInfo` (stable reason, domain "forecast.v1") always, `BadRequest` field
+violations for invalid input. Anything else that escapes becomes INTERNAL
+with a generic message. `Code` holds the canonical status numbers
+(google.rpc.Code), so nothing below the edge imports grpc.
 """
 
 from __future__ import annotations
 
-import collections
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 ERROR_DOMAIN = "forecast.v1"
 REQUEST_ID_HEADER = "x-request-id"
@@ -31,10 +28,23 @@ MAX_METADATA_BYTES = 128
 MAX_SHOWN_CHARS = 64
 
 
-class _Status(
-    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
-):
-    """A concrete grpc.Status (grpc only defines the interface)."""
+class Code(enum.IntEnum):
+    """The canonical status codes the gateway answers with (google.rpc.Code numbers)."""
+
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key at fault."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class FieldViolation:
 class GatewayError(Exception):
     """Base of every error the gateway reports to callers."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: Code = Code.INTERNAL
     reason: str = "INTERNAL"
 
     def __init__(
@@ -66,47 +76,11 @@ class GatewayError(Exception):
         self.violations = tuple(violations)
         self.metadata = dict(metadata or {})
 
-    def to_status(self, request_id: str = "") -> grpc.Status:
-        """The gRPC status, with ErrorInfo and (if any) BadRequest details packed in.
-
-        The request id goes into ErrorInfo metadata and the `x-request-id`
-        trailer, so a caller can quote it when reporting a problem.
-        """
-        details: list[any_pb2.Any] = []
-        metadata = {key: clip(value, MAX_METADATA_BYTES) for key, value in self.metadata.items()}
-        if request_id:
-            metadata["request_id"] = request_id
-        info = error_details_pb2.ErrorInfo(
-            reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata
-        )
-        details.append(_pack(info))
-        if self.violations:
-            bad_request = error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=clip(v.field, MAX_METADATA_BYTES),
-                        description=clip(v.description, MAX_DESCRIPTION_BYTES),
-                    )
-                    for v in self.violations
-                ]
-            )
-            details.append(_pack(bad_request))
-        status = status_pb2.Status(
-            code=ERROR_CODES[self.code],
-            message=clip(self.message, MAX_MESSAGE_BYTES),
-            details=details,
-        )
-        converted = rpc_status.to_status(status)
-        trailers = tuple(converted.trailing_metadata)
-        if request_id:
-            trailers += ((REQUEST_ID_HEADER, request_id),)
-        return _Status(converted.code, converted.details, trailers)
-
 
 class InvalidArgument(GatewayError):
     """The request is invalid; the violations say which fields and why."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Code.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
     @classmethod
@@ -119,49 +93,49 @@ class InvalidArgument(GatewayError):
 class NotFound(GatewayError):
     """The model or version is not served by the gateway."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = Code.NOT_FOUND
     reason = "NOT_FOUND"
 
 
 class Unavailable(GatewayError):
     """Triton or the model cannot serve right now; retrying later may succeed."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Code.UNAVAILABLE
     reason = "UNAVAILABLE"
 
 
 class DeadlineExceeded(GatewayError):
     """The caller's deadline passed before the forecast was ready."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Code.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
 
 
 class ResourceExhausted(GatewayError):
     """The gateway or Triton is over capacity and shed the request."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Code.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
 
 class Unauthenticated(GatewayError):
     """The call needs a token and carries none, or a malformed authorization header."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Code.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(GatewayError):
     """The call carries a well-formed token that the gateway does not accept."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = Code.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
 
 
 class Internal(GatewayError):
     """Something failed that the caller cannot fix; details are only in the logs."""
 
-    code = grpc.StatusCode.INTERNAL
+    code = Code.INTERNAL
     reason = "INTERNAL"
 
 
@@ -185,23 +159,3 @@ def clip(text: str, limit: int) -> str:
     head = data[:half].decode("utf-8", errors="ignore")
     tail = data[len(data) - half :].decode("utf-8", errors="ignore")
     return f"{head}\u2026{tail}"
-
-
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-ERROR_CODES: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
-    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
-    grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
-    grpc.StatusCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
-    grpc.StatusCode.CANCELLED: code_pb2.CANCELLED,
-}

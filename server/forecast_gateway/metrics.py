@@ -11,13 +11,12 @@ supervisor serves their sum; each gauge says how its workers' values combine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-if TYPE_CHECKING:  # not at run time: the A/B package imports this module
-    from forecast_gateway.ab.records import ExperimentReport
 
 log = structlog.get_logger(__name__)
 
@@ -142,41 +141,52 @@ _UNDERCOVERING: dict[str, dict[tuple[str, str], bool]] = {}
 """model -> (version, coverage label) -> the flag last published for its current experiment."""
 
 
-def observe_intervals(model: str, report: ExperimentReport) -> None:
-    """Publish the undercovering flags of `model`'s current experiment's report.
+@dataclass(frozen=True)
+class IntervalFlag:
+    """One version's coverage at one tracked interval, as the experiment report measured it."""
 
-    Labels of versions or coverages the report no longer has (another
-    experiment became current) drop to 0; a version that turns
-    undercovering in this process is logged once, until it recovers.
+    version: str
+    nominal: float
+    undercovering: bool
+    coverage: float
+    coverage_high: float
+    steps: int
+
+
+def observe_intervals(model: str, experiment: str, flags: Sequence[IntervalFlag]) -> None:
+    """Publish the undercovering flags of `model`'s current experiment.
+
+    Labels of versions or coverages no longer reported (another experiment
+    became current) drop to 0; a version that turns undercovering in this
+    process is logged once, until it recovers.
     """
     previous = _UNDERCOVERING.get(model, {})
     current: dict[tuple[str, str], bool] = dict.fromkeys(previous, False)
-    for summary in report.versions:
-        for stats in summary.intervals:
-            key = (summary.version, f"{stats.nominal:g}")
-            current[key] = stats.undercovering
-            if stats.undercovering and not previous.get(key, False):
-                log.warning(
-                    "interval_undercoverage",
-                    model=model,
-                    version=summary.version,
-                    experiment=report.experiment,
-                    nominal=stats.nominal,
-                    coverage=stats.coverage,
-                    coverage_high=stats.coverage_high,
-                    steps=stats.steps,
-                )
-            elif previous.get(key, False) and not stats.undercovering:
-                log.info(
-                    "interval_coverage_recovered",
-                    model=model,
-                    version=summary.version,
-                    nominal=stats.nominal,
-                    coverage=stats.coverage,
-                    steps=stats.steps,
-                )
-    for (version, coverage), flag in current.items():
-        INTERVAL_UNDERCOVERING.labels(model, version, coverage).set(1 if flag else 0)
+    for flag in flags:
+        key = (flag.version, f"{flag.nominal:g}")
+        current[key] = flag.undercovering
+        if flag.undercovering and not previous.get(key, False):
+            log.warning(
+                "interval_undercoverage",
+                model=model,
+                version=flag.version,
+                experiment=experiment,
+                nominal=flag.nominal,
+                coverage=flag.coverage,
+                coverage_high=flag.coverage_high,
+                steps=flag.steps,
+            )
+        elif previous.get(key, False) and not flag.undercovering:
+            log.info(
+                "interval_coverage_recovered",
+                model=model,
+                version=flag.version,
+                nominal=flag.nominal,
+                coverage=flag.coverage,
+                steps=flag.steps,
+            )
+    for (version, coverage), undercovering in current.items():
+        INTERVAL_UNDERCOVERING.labels(model, version, coverage).set(1 if undercovering else 0)
     _UNDERCOVERING[model] = current
 
 

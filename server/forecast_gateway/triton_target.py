@@ -18,10 +18,11 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
-from forecast_gateway.config import ConfigError
+from forecast_gateway.errors import ConfigError
 
 GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 """Target schemes gRPC resolves itself; such a `triton_url` is passed through unchanged."""
+
 
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 """Service config that spreads calls over every connected replica, one call at a time."""

@@ -119,8 +119,8 @@ def worker_main(config: GatewayConfig, index: int, metrics_dir: str, supervisor:
         raise RuntimeError(f"{MULTIPROC_ENV} must be {metrics_dir} before prometheus_client loads")
     _stop_with_parent(supervisor)
     from forecast_gateway import metrics
+    from forecast_gateway.api.server import run
     from forecast_gateway.logs import configure_logging
-    from forecast_gateway.server import run
 
     configure_logging(config.log_format, config.log_level)
     tag_logs(index)

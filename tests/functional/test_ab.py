@@ -25,8 +25,8 @@ from scipy.stats import chisquare
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2_grpc
 from forecast.v1 import forecast_service_pb2 as pb
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+from tools.embedded_triton import TritonProcess
 from training.data import load_co2, train_test_split
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub

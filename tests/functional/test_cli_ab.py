@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from forecast_client import ForecastArgs, ForecastClient
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import VENV_BIN, GatewayProcess, start_gateway, stop_process
+from tools.embedded_triton import TritonProcess
 from training.data import load_co2, train_test_split
 
 pytestmark = pytest.mark.functional

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from forecast_client import ForecastArgs, ForecastClient, Interval, QuantileForecast
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import VENV_BIN, GatewayProcess, start_gateway, stop_process
 from tests.functional.test_cli import INLINE, SERIES, forecast, forecast_json
+from tools.embedded_triton import TritonProcess
 
 pytestmark = pytest.mark.functional
 

@@ -21,9 +21,9 @@ import pytest
 
 from forecast_client import ForecastClient
 from forecast_client.cli import build_parser
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import VENV_BIN, GatewayProcess, stop_process
 from tests.pki import Pki, make_pki, start_locked_gateway
+from tools.embedded_triton import TritonProcess
 
 pytestmark = pytest.mark.functional
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from forecast_client import DEFAULT_RETRY_POLICY, ForecastClient, ForecastError, RetryPolicy
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import free_port, start_gateway, stop_process
+from tools.embedded_triton import TritonProcess
 
 pytestmark = pytest.mark.functional
 

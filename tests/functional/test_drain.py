@@ -20,9 +20,9 @@ import grpc
 from bench.services import free_port
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.closed_loop import ClosedLoop, Options, service_config
 from tests.conftest import GatewayProcess, start_gateway, stop_process
+from tools.embedded_triton import TritonProcess
 
 DRAIN_S = "0.5"
 

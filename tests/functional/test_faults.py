@@ -29,8 +29,8 @@ from grpc_status import rpc_status
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2_grpc
 from forecast.v1 import forecast_service_pb2 as pb
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 from tests.conftest import ROOT, GatewayProcess, free_port, start_gateway, stop_process
+from tools.embedded_triton import TritonPorts, TritonProcess
 
 HISTORY = [float(i % 17) for i in range(60)]
 

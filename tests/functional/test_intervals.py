@@ -32,10 +32,10 @@ from scipy.special import ndtr
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2_grpc
 from forecast.v1 import forecast_service_pb2 as pb
-from forecast_gateway.ab import naive_scale
-from forecast_gateway.conformal import Levels, bound_table, sorted_pool
-from forecast_gateway.embedded_triton import TritonProcess
+from forecast_gateway.core.conformal import bound_table, sorted_pool
+from forecast_gateway.numerics import Levels, naive_scale
 from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+from tools.embedded_triton import TritonProcess
 from training.calibrate import Split, scaled_scores
 from training.data import load_co2
 from training.evaluate import naive_forecast

@@ -16,8 +16,8 @@ import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
-from forecast_gateway.normalization import normalize
+from forecast_gateway.core.normalization import normalize
+from tools.embedded_triton import TritonPorts, TritonProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:

@@ -26,9 +26,9 @@ from grpc_status import rpc_status
 
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import ROOT, GatewayProcess, free_port, start_gateway, stop_process
 from tests.pki import Pki, health_check, make_pki, start_locked_gateway, start_tls_gateway
+from tools.embedded_triton import TritonProcess
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub
 TOKEN = "tok-6f1d0c7a9b3e4f2a8c5d7e9f01234567"

@@ -17,8 +17,8 @@ import pytest
 
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import GatewayProcess, start_gateway, stop_process
+from tools.embedded_triton import TritonProcess
 from tools.local_postgres import LocalPostgres
 from training.data import load_co2
 

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from bench.services import free_port, stop, wait_serving
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.unit.test_deploy_files import (
     COMPOSE,
     GATEWAY_DOCKERFILE,
@@ -41,6 +40,7 @@ from tests.unit.test_deploy_files import (
     load_yaml_text_all,
     read_env_file,
 )
+from tools.embedded_triton import TritonProcess
 
 pytestmark = pytest.mark.functional
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import ROOT
+from tools.embedded_triton import TritonProcess
 
 DURATION_S = 20
 INTERVAL_S = 2

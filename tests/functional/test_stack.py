@@ -42,7 +42,7 @@ def test_stack_serves_forecasts_and_stops_triton_after_the_gateway(tmp_path: Pat
     log_path = tmp_path / "stack.log"
     with log_path.open("wb") as log_file:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "forecast_gateway.stack"],
+            [sys.executable, "-m", "tools.stack"],
             cwd=ROOT,
             env=env,
             stdout=log_file,

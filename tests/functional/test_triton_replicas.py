@@ -27,8 +27,8 @@ from bench.services import free_port
 from forecast.v1 import forecast_pb2 as fpb
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+from tools.embedded_triton import TritonPorts, TritonProcess
 
 MODEL = "moving_average"
 SLOW_MODEL = "lstm_timeseries"

@@ -27,9 +27,9 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.conftest import GatewayProcess, start_gateway, stop_process
 from tests.functional.test_bad_input import details
+from tools.embedded_triton import TritonProcess
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub
 SERVICE = "/forecast.v1.ForecastService/"

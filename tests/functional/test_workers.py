@@ -27,9 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.services import free_port, wait_serving
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from forecast_gateway.embedded_triton import TritonProcess
 from tests.closed_loop import HISTORY, ClosedLoop, service_config
 from tests.conftest import ROOT, stop_process
+from tools.embedded_triton import TritonProcess
 
 CHANNELS = 8
 

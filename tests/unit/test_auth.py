@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from forecast.v1 import forecast_service_pb2
-from forecast_gateway.auth import (
+from forecast_gateway.api.auth import (
     READ_METHODS,
     STATE_CHANGING_METHODS,
     TokenAuthorizer,
     load_tokens,
     server_credentials,
 )
-from forecast_gateway.config import ConfigError, GatewayConfig, ModelConfig
-from forecast_gateway.errors import GatewayError, PermissionDenied, Unauthenticated
+from forecast_gateway.api.status import to_status
+from forecast_gateway.config import GatewayConfig, ModelConfig
+from forecast_gateway.errors import (
+    Code,
+    ConfigError,
+    GatewayError,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 TOKEN = "s3cret-token-0123456789abcdef"
 OTHER = "another-token-fedcba9876543210"
@@ -47,7 +53,7 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 def reason(error: GatewayError) -> str:
-    status = error.to_status("req-1")
+    status = to_status(error, "req-1")
     (blob,) = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
     info = error_details_pb2.ErrorInfo()
     status_pb2.Status.FromString(blob).details[0].Unpack(info)
@@ -108,11 +114,11 @@ def test_state_changing_calls_need_a_valid_token(tmp_path: Path) -> None:
     guard.check(WRITE, [("authorization", f"bearer   {TOKEN} ")])
     with pytest.raises(Unauthenticated) as missing:
         guard.check(WRITE, [("x-request-id", "abc")])
-    assert missing.value.code is grpc.StatusCode.UNAUTHENTICATED
+    assert missing.value.code is Code.UNAUTHENTICATED
     assert reason(missing.value) == "TOKEN_MISSING"
     with pytest.raises(PermissionDenied) as wrong:
         guard.check(WRITE, bearer(TOKEN + "x"))
-    assert wrong.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert wrong.value.code is Code.PERMISSION_DENIED
     assert reason(wrong.value) == "TOKEN_INVALID"
     assert TOKEN not in wrong.value.message
 

@@ -1,4 +1,4 @@
-"""forecast_gateway.calibration: pools from files and a real SQLite A/B store, bounds, status.
+"""forecast_gateway.core.calibration: pools from files and a real SQLite A/B store, bounds, status.
 
 Online scores go through the real store: a forecast of zeros with naive
 scale 1 is recorded and actuals are reported for it, so each reported actual
@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from forecast_gateway.ab import ExperimentStore, Prediction, RecordedForecast, Role
 from forecast_gateway.ab.sql import Bounds, CalibrationPools
 from forecast_gateway.ab.storage import open_storage
-from forecast_gateway.calibration import (
+from forecast_gateway.core.calibration import (
     METHOD,
     TRACKED,
     Calibration,
@@ -29,7 +29,8 @@ from forecast_gateway.calibration import (
     load_directory,
     load_file,
 )
-from forecast_gateway.conformal import Levels, bound_table, sorted_pool
+from forecast_gateway.core.conformal import bound_table, sorted_pool
+from forecast_gateway.numerics import Levels
 
 MODEL = "lstm_timeseries"
 WINDOW = 20

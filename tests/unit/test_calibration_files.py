@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from forecast_gateway.conformal import min_scores_for_interval  # noqa: E402
+from forecast_gateway.core.conformal import min_scores_for_interval  # noqa: E402
 from training import calibrate  # noqa: E402
 from training.data import load_co2, train_size  # noqa: E402
 from training.served import MODEL_REPOSITORY  # noqa: E402

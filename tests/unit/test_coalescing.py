@@ -8,7 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from forecast_gateway.coalescing import GATHER_CALLERS, GATHER_ROWS, MAX_OUTSTANDING, Coalescer
+from forecast_gateway.backends.coalescing import (
+    GATHER_CALLERS,
+    GATHER_ROWS,
+    MAX_OUTSTANDING,
+    Coalescer,
+)
 from forecast_gateway.errors import DeadlineExceeded, Unavailable
 
 

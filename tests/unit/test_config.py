@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from forecast_gateway.config import ConfigError, GatewayConfig, ModelConfig
-from forecast_gateway.server import connection_options
+from forecast_gateway.api.server import connection_options
+from forecast_gateway.config import GatewayConfig, ModelConfig
+from forecast_gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = {"gateway": {"port": 6000}, "models": [{"name": "a", "default_version": "2"}]}

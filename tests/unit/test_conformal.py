@@ -1,4 +1,4 @@
-"""forecast_gateway.conformal: the split-conformal guarantee, measured, and its invariants.
+"""forecast_gateway.core.conformal: the split-conformal guarantee, measured, and its invariants.
 
 The guarantee (the module docstring): with n calibration scores and a new
 score exchangeable with them (no ties),
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecast_gateway.conformal import (
+from forecast_gateway.core.conformal import (
     Levels,
     bound_table,
     interval_ranks,

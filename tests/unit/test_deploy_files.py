@@ -931,7 +931,7 @@ def test_k8s_gateway_config_loads_with_the_gateway_loader(k8s_docs: list[dict[st
 
 def test_k8s_gateway_files_and_store_are_mounted(k8s_docs: list[dict[str, Any]]) -> None:
     from forecast_gateway.config import GatewayConfig
-    from forecast_gateway.routing_config import parse_policies
+    from forecast_gateway.core.routing_config import parse_policies
 
     pod = find(k8s_docs, "Deployment", "forecast-gateway")["spec"]["template"]["spec"]
     (container,) = pod["containers"]

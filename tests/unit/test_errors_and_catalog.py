@@ -2,9 +2,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from forecast_gateway.catalog import ModelCatalog, VersionState, build_spec, version_parameter
+from forecast_gateway.api.convert import model_to_proto
+from forecast_gateway.api.status import to_status
 from forecast_gateway.config import ModelConfig
-from forecast_gateway.convert import model_to_proto
+from forecast_gateway.core.catalog import ModelCatalog, VersionState, build_spec, version_parameter
 from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 
 PARAMETERS = {
@@ -34,7 +35,7 @@ def test_invalid_argument_carries_bad_request_and_error_info() -> None:
     error = InvalidArgument.of(
         [FieldViolation("history", "is empty"), FieldViolation("horizon", "< 0")]
     )
-    status = error.to_status("req-1")
+    status = to_status(error, "req-1")
     assert status.code is grpc.StatusCode.INVALID_ARGUMENT
     info, bad_request = unpack_details(status)
     assert isinstance(info, error_details_pb2.ErrorInfo)

@@ -15,11 +15,12 @@ import pytest
 from bench.services import free_port
 from forecast_gateway import metrics
 from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_forecast_id
-from forecast_gateway.ab.scoring import PAIRED_TEST, WELCH_TEST, compare, naive_scale
+from forecast_gateway.ab.scoring import PAIRED_TEST, WELCH_TEST, compare
 from forecast_gateway.ab.sql import ORPHAN_GRACE_S, Bounds
 from forecast_gateway.ab.storage import open_storage
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 from forecast_gateway.errors import InvalidArgument, NotFound
+from forecast_gateway.numerics import naive_scale
 from tools.local_postgres import LocalPostgres
 
 MODEL = "lstm_timeseries"

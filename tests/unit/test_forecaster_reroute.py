@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from forecast_gateway.catalog import ModelCatalog, build_spec
-from forecast_gateway.coalescing import Rows
+from forecast_gateway.backends.coalescing import Rows
 from forecast_gateway.config import ModelConfig
+from forecast_gateway.core.catalog import ModelCatalog, build_spec
+from forecast_gateway.core.forecaster import Forecaster
+from forecast_gateway.core.routing import Decision, Fallback, Policy
+from forecast_gateway.core.validation import ForecastQuery
 from forecast_gateway.errors import Unavailable
-from forecast_gateway.forecaster import Forecaster
-from forecast_gateway.routing import Decision, Fallback, Policy
-from forecast_gateway.validation import ForecastQuery
 
 PARAMETERS = {"default_horizon": "4", "max_horizon": "8", "v1.sequence_length": "10"}
 PARAMETERS["v2.sequence_length"] = "52"

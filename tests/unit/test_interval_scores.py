@@ -35,8 +35,8 @@ from forecast_gateway.ab.report import WILSON_Z, wilson
 from forecast_gateway.ab.sql import Bounds
 from forecast_gateway.ab.storage import open_storage
 from forecast_gateway.ab.store import ExperimentStore
-from forecast_gateway.server import Gateway
-from forecast_gateway.service import ForecastServicer
+from forecast_gateway.api.server import Gateway
+from forecast_gateway.api.service import ForecastServicer
 from tools.local_postgres import LocalPostgres
 
 MODEL = "interval_model"

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from forecast_gateway.normalization import denormalize, fit_window, normalize
+from forecast_gateway.core.normalization import denormalize, fit_window, normalize
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from forecast_gateway.api.overload import LoadShedder
 from forecast_gateway.errors import ResourceExhausted
-from forecast_gateway.overload import LoadShedder
 
 
 def unary(shedder: LoadShedder, served: list[int]) -> Any:

@@ -7,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from forecast_gateway.catalog import ModelSpec, VersionSpec, VersionState
-from forecast_gateway.errors import NotFound, Unavailable
-from forecast_gateway.routing import (
+from forecast_gateway.core.catalog import ModelSpec, VersionSpec, VersionState
+from forecast_gateway.core.routing import (
     Decision,
     Fallback,
     NoEligibleVersion,
@@ -19,6 +18,7 @@ from forecast_gateway.routing import (
     choose_version,
     sticky_version,
 )
+from forecast_gateway.errors import NotFound, Unavailable
 
 
 def spec(states: dict[str, VersionState], default: str = "") -> ModelSpec:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from forecast_gateway.catalog import ModelSpec, VersionSpec, VersionState
-from forecast_gateway.routing import Decision, Fallback, Policy, Shadow, choose_version
-from forecast_gateway.routing_config import (
+from forecast_gateway.core.catalog import ModelSpec, VersionSpec, VersionState
+from forecast_gateway.core.routing import Decision, Fallback, Policy, Shadow, choose_version
+from forecast_gateway.core.routing_config import (
     RoutingConfigError,
     RoutingTable,
     check_against_catalog,

@@ -16,9 +16,9 @@ from forecast_gateway.ab.scoring import (
     WELCH_TEST,
     Comparison,
     compare,
-    naive_scale,
     score,
 )
+from forecast_gateway.numerics import naive_scale
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -346,7 +346,7 @@ def test_the_gateway_does_not_import_scipy() -> None:
     # scipy.stats costs the gateway process ~60 MB of memory; it is a test-only dependency.
     code = (
         "import sys; sys.path[:0] = ['server', 'gen/python']; "
-        "import forecast_gateway.server; print('scipy' in sys.modules)"
+        "import forecast_gateway.api.server; print('scipy' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

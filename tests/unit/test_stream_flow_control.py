@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from forecast.v1 import forecast_service_pb2 as pb
-from forecast_gateway.forecaster import ForecastResult
-from forecast_gateway.routing import Decision
-from forecast_gateway.service import ForecastServicer
-from forecast_gateway.validation import ForecastQuery
+from forecast_gateway.api.service import ForecastServicer
+from forecast_gateway.core.forecaster import ForecastResult
+from forecast_gateway.core.routing import Decision
+from forecast_gateway.core.validation import ForecastQuery
 
 MAX_PENDING = 4
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
+from forecast_gateway.backends.triton import RetryBudget, TritonProxy, merge_states
 from forecast_gateway.errors import GatewayError, ResourceExhausted, Unavailable
-from forecast_gateway.triton import RetryBudget, TritonProxy, merge_states
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forecast_gateway.config import ConfigError
+from forecast_gateway.errors import ConfigError
 from forecast_gateway.triton_target import parse_target
 
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forecast_gateway.catalog import ModelSpec, VersionSpec, VersionState
+from forecast_gateway.core.catalog import ModelSpec, VersionSpec, VersionState
+from forecast_gateway.core.validation import ForecastQuery, check_query, resolve_shape
 from forecast_gateway.errors import InvalidArgument
-from forecast_gateway.validation import ForecastQuery, check_query, resolve_shape
 
 VERSION = VersionSpec("1", VersionState.READY, 10, 10, 10)
 FLEXIBLE = VersionSpec("2", VersionState.READY, 10, 1, 100)

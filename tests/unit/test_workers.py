@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from forecast_gateway import workers
-from forecast_gateway.config import ConfigError, GatewayConfig
+from forecast_gateway.config import GatewayConfig
+from forecast_gateway.errors import ConfigError
 
 DOCUMENT = {"models": [{"name": "a"}]}
 

@@ -9,8 +9,10 @@ the backend choice), `sql` (the queries both backends run), `sqlite` and
 `postgres` (schemas, connections, migrations).
 """
 
+from forecast_gateway.ab.aggregates import TRACKED
 from forecast_gateway.ab.records import (
     DEFAULT_EXPERIMENT,
+    EXPERIMENT_NAME,
     ActualsReport,
     ExperimentInfo,
     ExperimentReport,
@@ -19,12 +21,16 @@ from forecast_gateway.ab.records import (
     Role,
     new_forecast_id,
 )
-from forecast_gateway.ab.scoring import naive_scale
+from forecast_gateway.ab.report import interval_flags
+from forecast_gateway.ab.sql import Bounds
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
+    "EXPERIMENT_NAME",
+    "TRACKED",
     "ActualsReport",
+    "Bounds",
     "ExperimentInfo",
     "ExperimentReport",
     "ExperimentStore",
@@ -32,6 +38,6 @@ __all__ = [
     "RecordedForecast",
     "Role",
     "StoreOpenError",
-    "naive_scale",
+    "interval_flags",
     "new_forecast_id",
 ]

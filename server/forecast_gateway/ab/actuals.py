@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound
-from forecast_gateway.normalization import FloatArray
+from forecast_gateway.numerics import FloatArray
 
 
 def checked_actuals(forecast_id: str, actuals: Sequence[float], offset: int) -> FloatArray:

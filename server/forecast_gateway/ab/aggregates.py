@@ -34,8 +34,7 @@ import numpy as np
 
 from forecast_gateway.ab import scoring
 from forecast_gateway.ab.records import LatencyStats, Role, VersionScore, version_key
-from forecast_gateway.conformal import Levels
-from forecast_gateway.normalization import FloatArray
+from forecast_gateway.numerics import FloatArray, Levels
 
 SCORED = "scored"
 """Metric whose count is the number of a version's scored forecasts (value: steps scored)."""

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from forecast_gateway.normalization import FloatArray
+from forecast_gateway.numerics import FloatArray
 
 DEFAULT_EXPERIMENT = "default"
 """The experiment of forecasts served under no named experiment."""

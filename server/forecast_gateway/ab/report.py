@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from forecast_gateway import metrics
 from forecast_gateway.ab import scoring, sequential
 from forecast_gateway.ab.aggregates import (
     COMPARABLE_MASE,
@@ -251,3 +252,19 @@ def verdict(
     return (
         f"not conclusive yet: MASE {mase_a:.3g} (version {a}) vs {mase_b:.3g} (version {b}) {after}"
     )
+
+
+def interval_flags(report: ExperimentReport) -> list[metrics.IntervalFlag]:
+    """The undercovering flag of every version and tracked coverage in `report`."""
+    return [
+        metrics.IntervalFlag(
+            summary.version,
+            stats.nominal,
+            stats.undercovering,
+            stats.coverage,
+            stats.coverage_high,
+            stats.steps,
+        )
+        for summary in report.versions
+        for stats in summary.intervals
+    ]

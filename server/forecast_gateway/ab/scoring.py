@@ -32,7 +32,6 @@ import numpy as np
 import numpy.typing as npt
 
 from forecast_gateway.ab import student_t
-from forecast_gateway.normalization import CONSTANT_RELATIVE_STD
 
 PAIRED_TEST = "paired t-test"
 WELCH_TEST = "Welch two-sample t-test"
@@ -81,40 +80,6 @@ class Comparison:
     def tested(self) -> bool:
         """Whether the test could be run (its p-value is defined)."""
         return not math.isnan(self.p_value)
-
-
-def naive_scale(window: npt.ArrayLike) -> float:
-    """In-sample MAE of the one-step naive forecast over `window`: mean |x[t] - x[t-1]|.
-
-    0.0 for a window with fewer than 2 points or one that is constant within
-    the relative tolerance normalization uses (`CONSTANT_RELATIVE_STD`), so
-    rounding noise in a flat series does not become a tiny scale and a huge
-    MASE. MASE over a 0 scale is NaN (see the module docstring).
-    """
-    points = np.asarray(window, dtype=np.float64).ravel()
-    return naive_scales(points[np.newaxis, :])[0]
-
-
-def naive_scales(windows: npt.NDArray[np.float64]) -> list[float]:
-    """`naive_scale` of each row of a [rows, window] array, at once.
-
-    Two reductions over the array, the rest in Python floats: a unary call
-    has one row, and each numpy call costs ~1 µs whatever its size.
-    """
-    width = windows.shape[1]
-    if width < 2:
-        return [0.0] * windows.shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        steps = np.subtract(windows[:, 1:], windows[:, :-1])
-        np.abs(steps, out=steps)
-        totals = np.add.reduce(steps, axis=1).tolist()
-        magnitudes = np.add.reduce(np.abs(windows), axis=1).tolist()
-    scales: list[float] = []
-    for total, magnitude in zip(totals, magnitudes, strict=True):
-        scale = total / (width - 1)
-        floor = CONSTANT_RELATIVE_STD * max(1.0, magnitude / width)
-        scales.append(scale if floor < scale < math.inf else 0.0)  # NaN fails both
-    return scales
 
 
 def score(values: npt.ArrayLike, actuals: npt.ArrayLike, scale: float) -> Score:

@@ -52,7 +52,7 @@ from forecast_gateway.ab.records import (
 )
 from forecast_gateway.ab.report import ModelAggregates
 from forecast_gateway.errors import Unavailable
-from forecast_gateway.normalization import FloatArray
+from forecast_gateway.numerics import FloatArray
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Protocol
 from forecast_gateway.ab.records import ActualsReport, ExperimentInfo, Record
 from forecast_gateway.ab.report import ModelAggregates
 from forecast_gateway.ab.sql import Bounds, CalibrationPools, SqlStorage
-from forecast_gateway.normalization import FloatArray
+from forecast_gateway.numerics import FloatArray
 from forecast_gateway.store_urls import is_postgres, sqlite_path
 
 

@@ -38,7 +38,6 @@ from forecast_gateway.ab.records import (
 from forecast_gateway.ab.report import summarize
 from forecast_gateway.ab.sql import Bounds, CalibrationPools
 from forecast_gateway.ab.storage import Storage, open_storage
-from forecast_gateway.config import GatewayConfig
 from forecast_gateway.errors import Unavailable
 
 log = structlog.get_logger(__name__)
@@ -91,18 +90,18 @@ class ExperimentStore:
         self._unreported_drops = 0
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> ExperimentStore:
-        """The store `store_url` (or `store_path`) names, bounded by the store_max_* keys."""
-        bounds = Bounds(
-            config.store_max_forecasts, config.store_max_age_s, config.calibration_window
+    def open(
+        cls,
+        url: str,
+        bounds: Bounds,
+        *,
+        default_path: str = "",
+        password_file: str = "",
+    ) -> ExperimentStore:
+        """The store `url` names (empty: the SQLite file `default_path`), kept within `bounds`."""
+        return cls(
+            open_storage(url, bounds, default_path=default_path, password_file=password_file)
         )
-        storage = open_storage(
-            config.store_url,
-            bounds,
-            default_path=config.store_path,
-            password_file=config.store_password_file,
-        )
-        return cls(storage)
 
     async def start(self) -> None:
         """Open (or create) the database and start the background flusher.

@@ -20,7 +20,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -31,6 +30,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from forecast_gateway.backends.base import VERSION_GONE, BackendModelConfig
 from forecast_gateway.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -57,14 +57,6 @@ RECONNECT_OPTIONS = (
 )
 # First retry backoff; doubled each attempt, jittered by +-50%.
 RETRY_BACKOFF_S = 0.02
-
-
-@dataclass(frozen=True)
-class TritonModelConfig:
-    """A model's string parameters and the largest batch Triton accepts (0: no batching)."""
-
-    parameters: dict[str, str]
-    max_batch_size: int
 
 
 ControlCall = Callable[[triton_aio.InferenceServerClient], Awaitable[Any]]
@@ -278,7 +270,7 @@ class TritonProxy:
         states, self.replicas_ready = merge_states(list(indexes.values()))
         return states
 
-    async def model_config(self, model: str) -> TritonModelConfig:
+    async def model_config(self, model: str) -> BackendModelConfig:
         """The parts of a model's config.pbtxt the gateway uses.
 
         From the first replica that answers: every replica serves the same
@@ -299,7 +291,7 @@ class TritonProxy:
                     raise
         body: Mapping[str, Any] = config.get("config", {})
         raw: Mapping[str, Any] = body.get("parameters", {})
-        return TritonModelConfig(
+        return BackendModelConfig(
             parameters={key: str(value.get("string_value", "")) for key, value in raw.items()},
             max_batch_size=int(body.get("max_batch_size", 0)),
         )
@@ -405,7 +397,7 @@ def _gateway_error(status: str, message: str, **context: str) -> GatewayError:
     if status.endswith("NOT_FOUND") or _version_not_ready(message):
         return Unavailable(
             "the model version is not loaded in Triton right now; retry later",
-            reason="VERSION_UNAVAILABLE",
+            reason=VERSION_GONE,
             metadata=dict(context),
         )
     if status.endswith("UNAVAILABLE"):

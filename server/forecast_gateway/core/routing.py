@@ -29,7 +29,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from forecast_gateway.catalog import ModelSpec
+from forecast_gateway.core.catalog import ModelSpec
 from forecast_gateway.errors import NotFound, Unavailable, shown
 
 _RANDOM = random.Random()

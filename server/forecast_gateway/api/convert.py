@@ -13,20 +13,19 @@ from google.protobuf import timestamp_pb2
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2
 from forecast_gateway.ab import ActualsReport, ExperimentInfo, ExperimentReport, Role
-from forecast_gateway.calibration import Status, Uncertainty
-from forecast_gateway.catalog import ModelSpec, VersionState
-from forecast_gateway.conformal import Levels
+from forecast_gateway.core.calibration import Status, Uncertainty
+from forecast_gateway.core.catalog import ModelSpec, VersionState
+from forecast_gateway.core.forecaster import ForecastResult, VersionOutcome
+from forecast_gateway.core.routing import Decision
+from forecast_gateway.core.validation import ForecastQuery
 from forecast_gateway.errors import (
-    ERROR_CODES,
     MAX_DESCRIPTION_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
     GatewayError,
     clip,
 )
-from forecast_gateway.forecaster import ForecastResult, VersionOutcome
-from forecast_gateway.routing import Decision
-from forecast_gateway.validation import NO_LEVELS, ForecastQuery
+from forecast_gateway.numerics import NO_LEVELS, Levels
 
 _DECISIONS = {
     Decision.PINNED: forecast_pb2.ROUTING_DECISION_PINNED,
@@ -158,7 +157,7 @@ def forecast_from(result: ForecastResult) -> forecast_pb2.Forecast:
 def error_from(error: GatewayError) -> forecast_pb2.ForecastError:
     """The in-band error of one series (same content as a unary call's status details)."""
     return forecast_pb2.ForecastError(
-        code=ERROR_CODES[error.code],
+        code=int(error.code),
         message=clip(error.message, MAX_MESSAGE_BYTES),
         reason=error.reason,
         field_violations=[

@@ -17,11 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-
-# A window whose standard deviation is below this fraction of its magnitude is
-# treated as constant; the same fraction is the floor of the std used to scale.
-CONSTANT_RELATIVE_STD = 1e-9
+from forecast_gateway.numerics import CONSTANT_RELATIVE_STD, FloatArray
 
 
 @dataclass(frozen=True)

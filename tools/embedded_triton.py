@@ -215,7 +215,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def main() -> None:
-    """`python -m forecast_gateway.embedded_triton --prepare` sets up the wheel's backend."""
+    """`python -m tools.embedded_triton --prepare` sets up the wheel's backend."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepare", action="store_true", help="install the backend stub and exit")
     args = parser.parse_args()

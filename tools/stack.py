@@ -15,9 +15,9 @@ from pathlib import Path
 import structlog
 
 from forecast_gateway.config import GatewayConfig, load_or_exit
-from forecast_gateway.embedded_triton import TritonPorts, TritonProcess
 from forecast_gateway.logs import configure_logging
 from forecast_gateway.workers import Supervisor, worker_count
+from tools.embedded_triton import TritonPorts, TritonProcess
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,7 @@ def serve(config: GatewayConfig) -> int:
     count = worker_count(config)
     if count > 1:
         return Supervisor(config, count).run()
-    from forecast_gateway.server import run  # grpc only in the gateway's own process
+    from forecast_gateway.api.server import run  # grpc only in the gateway's own process
 
     run(config)
     return 0

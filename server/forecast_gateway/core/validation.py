@@ -8,14 +8,15 @@ fixes a request in one round trip.
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from forecast_gateway.catalog import ModelSpec, VersionSpec
-from forecast_gateway.conformal import Levels
+from forecast_gateway.core.catalog import ModelSpec, VersionSpec
 from forecast_gateway.errors import FieldViolation, InvalidArgument, shown
-from forecast_gateway.normalization import FloatArray
+from forecast_gateway.numerics import NO_LEVELS, FloatArray, Levels
 
 # Largest magnitude a history value may have. Beyond it the squares summed for
 # a window's standard deviation overflow float64 and the forecast would come
@@ -23,7 +24,7 @@ from forecast_gateway.normalization import FloatArray
 MAX_ABS_VALUE = 1e150
 # Longest version accepted: Triton versions are int64.
 MAX_VERSION_DIGITS = 19
-NO_LEVELS = Levels()
+
 MAX_INTERVALS = 8
 """Interval coverages one request may ask for."""
 MAX_QUANTILES = 16
@@ -179,3 +180,23 @@ def resolve_shape(query: ForecastQuery, model: ModelSpec, version: VersionSpec) 
     if violations:
         raise InvalidArgument.of(violations)
     return Shape(window=window, horizon=horizon)
+
+
+def batch_violations(ids: Sequence[str], max_series: int) -> list[FieldViolation]:
+    """Checks on a batch as a whole: size and unique, non-empty ids."""
+    violations: list[FieldViolation] = []
+    if not ids:
+        violations.append(FieldViolation("series", "series is empty; send at least one series"))
+    elif len(ids) > max_series:
+        violations.append(
+            FieldViolation("series", f"{len(ids)} series, the maximum is {max_series} per call")
+        )
+    missing = [i for i, series_id in enumerate(ids) if not series_id]
+    if missing:
+        violations.append(FieldViolation(f"series[{missing[0]}].id", "every series needs an id"))
+    duplicates = sorted(i for i, count in collections.Counter(ids).items() if i and count > 1)
+    if duplicates:
+        violations.append(
+            FieldViolation("series", f"series ids must be unique; repeated: {duplicates[:5]}")
+        )
+    return violations

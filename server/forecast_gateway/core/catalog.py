@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from forecast_gateway.backends.base import InferenceBackend
 from forecast_gateway.config import ModelConfig
 from forecast_gateway.errors import GatewayError, NotFound, Unavailable
-from forecast_gateway.triton import TritonProxy
 
 log = structlog.get_logger(__name__)
 
@@ -181,27 +181,27 @@ class ModelCatalog:
             self.specs = {**self.specs, model: _without(spec, version)}
             log.warning("version_unavailable_at_triton", model=model, version=version)
 
-    async def refresh(self, proxy: TritonProxy) -> None:
-        """Re-read versions and parameters of the served models from Triton.
+    async def refresh(self, backend: InferenceBackend) -> None:
+        """Re-read versions and parameters of the served models from the backend (Triton).
 
         If Triton is unreachable every version is marked UNAVAILABLE (so
         health turns NOT_SERVING) but the last known shapes are kept.
         """
         started = time.monotonic()
         try:
-            states = await proxy.version_states()
+            states = await backend.version_states()
             specs: dict[str, ModelSpec] = {}
             for model in self.models:
                 if model.name not in states:
                     log.warning("model_not_in_triton", model=model.name)
                     continue
-                config = await proxy.model_config(model.name)
+                config = await backend.model_config(model.name)
                 try:
                     specs[model.name] = _with_replicas(
                         build_spec(
                             model, config.parameters, states[model.name], config.max_batch_size
                         ),
-                        proxy.replicas_ready,
+                        backend.replicas_ready,
                     )
                 except ValueError as error:
                     log.error("model_config_invalid", model=model.name, error=str(error))

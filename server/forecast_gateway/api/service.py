@@ -14,10 +14,9 @@ import structlog
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
-from forecast_gateway.ab import ExperimentInfo, ExperimentStore
-from forecast_gateway.ab.records import EXPERIMENT_NAME
-from forecast_gateway.catalog import ModelCatalog
-from forecast_gateway.convert import (
+from forecast_gateway.ab import EXPERIMENT_NAME, ExperimentInfo, ExperimentStore, interval_flags
+from forecast_gateway.api import calls
+from forecast_gateway.api.convert import (
     actuals_from,
     batch_queries_from,
     compare_query_from,
@@ -30,8 +29,10 @@ from forecast_gateway.convert import (
     query_from,
     response_from,
 )
+from forecast_gateway.core.catalog import ModelCatalog
+from forecast_gateway.core.forecaster import Forecaster, ForecastResult
+from forecast_gateway.core.validation import batch_violations
 from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, shown
-from forecast_gateway.forecaster import Forecaster, ForecastResult, batch_violations
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -62,7 +63,9 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self, request: forecast_service_pb2.ForecastRequest, context: Context
     ) -> forecast_service_pb2.ForecastResponse:
         """Forecast one series."""
-        result = await self.forecaster.forecast(query_from(request), self._deadline(context))
+        result = await self.forecaster.forecast(
+            query_from(request), self._deadline(context), calls.current()
+        )
         return response_from(result)
 
     async def ForecastBatch(
@@ -74,9 +77,10 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
             violations.insert(0, FieldViolation("model", "model is required (see ListModels)"))
         if violations:
             raise InvalidArgument.of(violations)
-        structlog.contextvars.bind_contextvars(series=len(request.series))
+        notes = calls.current()
+        notes.fields["series"] = len(request.series)
         self.catalog.get(request.model)  # NOT_FOUND first: only served names become metric labels
-        structlog.contextvars.bind_contextvars(model=request.model)
+        notes.model = request.model
         queries = batch_queries_from(request)
         outcomes = await self.forecaster.forecast_batch(
             request.model, queries, self._deadline(context)
@@ -188,7 +192,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         report = await self.store.report_actuals(
             request.forecast_id, list(request.actuals), request.offset
         )
-        structlog.contextvars.bind_contextvars(model=report.model)
+        calls.current().model = report.model
         metrics.ACTUALS.labels(report.model).inc()
         for score in report.scores:
             if math.isfinite(score.mase):
@@ -206,12 +210,14 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self.catalog.get(request.model)
         current = self.forecaster.routing.experiment(request.model)
         name = request.experiment or current
-        structlog.contextvars.bind_contextvars(model=request.model, experiment=name)
+        notes = calls.current()
+        notes.model = request.model
+        notes.fields["experiment"] = name
         if name != current:
             await self._check_experiment(request.model, name)
         report = await self.store.experiment(request.model, name)
         if name == current:  # the gauge describes the current experiment
-            metrics.observe_intervals(request.model, report)
+            metrics.observe_intervals(request.model, name, interval_flags(report))
         return experiment_from(report)
 
     async def ListExperiments(

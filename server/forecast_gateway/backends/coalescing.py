@@ -22,12 +22,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
+from forecast_gateway.backends.base import InferenceBackend, Rows
 from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal
-from forecast_gateway.triton import TritonProxy
 
-Rows = npt.NDArray[np.float32]
 Key = tuple[str, str, int, int]
 
 # Requests per key at Triton at once: two keep Triton's pipeline full while
@@ -67,7 +65,7 @@ class _Group:
 class Coalescer:
     """Sends the rows of concurrent calls with equal shapes as one Triton request."""
 
-    def __init__(self, proxy: TritonProxy) -> None:
+    def __init__(self, proxy: InferenceBackend) -> None:
         self.proxy = proxy
         self._groups: dict[Key, _Group] = {}
         self._outstanding: dict[Key, int] = {}

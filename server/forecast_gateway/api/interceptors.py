@@ -28,7 +28,10 @@ import grpc
 import structlog
 
 from forecast_gateway import metrics
-from forecast_gateway.auth import TokenAuthorizer
+from forecast_gateway.api import calls
+from forecast_gateway.api.auth import TokenAuthorizer
+from forecast_gateway.api.status import grpc_code, to_status
+from forecast_gateway.core.results import CallNotes
 from forecast_gateway.errors import REQUEST_ID_HEADER, GatewayError, Internal, InvalidArgument
 
 log = structlog.get_logger("forecast_gateway.request")
@@ -37,7 +40,7 @@ SERVICE_PREFIX = "/forecast.v1."
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
-    from forecast_gateway.overload import LoadShedder
+    from forecast_gateway.api.overload import LoadShedder
 
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -178,13 +181,18 @@ async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _check_parsed(request)
 
 
-def _start(rpc: str, context: Context) -> str:
-    """Fresh log context for a call; returns its request id (also sent as a trailer)."""
+def _start(rpc: str, context: Context) -> tuple[str, CallNotes]:
+    """Fresh log context and notes for a call; its request id is also sent as a trailer."""
     structlog.contextvars.clear_contextvars()
     request_id = request_id_from(context)
     structlog.contextvars.bind_contextvars(request_id=request_id, rpc=rpc)
     context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-    return request_id
+    return request_id, calls.begin()
+
+
+def _code_of(error: Exception) -> grpc.StatusCode:
+    """The status a failed call is answered with (INTERNAL for anything unexpected)."""
+    return grpc_code(error.code) if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
 
 
 async def _fail(error: Exception, request_id: str, context: Context) -> grpc.StatusCode:
@@ -193,15 +201,15 @@ async def _fail(error: Exception, request_id: str, context: Context) -> grpc.Sta
         log.error("unhandled_error", exc_info=error)
         error = Internal(f"internal error; quote request id {request_id} when reporting it")
     structlog.contextvars.bind_contextvars(reason=error.reason, error=error.message)
-    await context.abort_with_status(error.to_status(request_id))
-    return error.code  # not reached: abort_with_status raises
+    await context.abort_with_status(to_status(error, request_id))
+    return grpc_code(error.code)  # not reached: abort_with_status raises
 
 
 def _wrap(
     rpc: str, behavior: Behavior, guard: Guard, shedder: LoadShedder | None = None
 ) -> Behavior:
     async def wrapper(request: Any, context: Context) -> Any:
-        request_id = _start(rpc, context)
+        request_id, notes = _start(rpc, context)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -218,12 +226,18 @@ def _wrap(
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as error:
-            code = error.code if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
+            code = (
+                grpc_code(error.code)
+                if isinstance(error, GatewayError)
+                else grpc.StatusCode.INTERNAL
+            )
             await _fail(error, request_id, context)
         finally:
             # After the response: gRPC sends it when this returns, before the
             # loop runs the next callback (which sees this call's log context).
-            asyncio.get_running_loop().call_soon(_finish, rpc, code, time.perf_counter() - started)
+            asyncio.get_running_loop().call_soon(
+                _finish, rpc, code, time.perf_counter() - started, notes
+            )
 
     return wrapper
 
@@ -235,7 +249,7 @@ def _wrap_stream(
     shedder: LoadShedder | None = None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def wrapper(requests: Any, context: Context) -> AsyncIterator[Any]:
-        request_id = _start(rpc, context)
+        request_id, notes = _start(rpc, context)
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         sent = 0
@@ -252,23 +266,31 @@ def _wrap_stream(
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as error:
-            code = error.code if isinstance(error, GatewayError) else grpc.StatusCode.INTERNAL
+            code = (
+                grpc_code(error.code)
+                if isinstance(error, GatewayError)
+                else grpc.StatusCode.INTERNAL
+            )
             await _fail(error, request_id, context)
         finally:
             if admitted:
                 assert shedder is not None
                 shedder.leave()
             structlog.contextvars.bind_contextvars(responses=sent)
-            _finish(rpc, code, time.perf_counter() - started)
+            _finish(rpc, code, time.perf_counter() - started, notes)
 
     return wrapper
 
 
-def _finish(rpc: str, code: grpc.StatusCode, seconds: float) -> None:
-    """The canonical log line and the metrics of one request."""
-    fields = structlog.contextvars.get_contextvars()
-    model, version = str(fields.get("model", "")), str(fields.get("version", ""))
-    routing = str(fields.get("routing", ""))
-    metrics.observe_request(rpc, model, version, routing, code.name, seconds)
+def _finish(rpc: str, code: grpc.StatusCode, seconds: float, notes: CallNotes) -> None:
+    """The canonical log line and the metrics of one request, labelled from its notes."""
+    metrics.observe_request(rpc, notes.model, notes.version, notes.routing, code.name, seconds)
     level = "info" if code is grpc.StatusCode.OK else "warning"
-    getattr(log, level)("request", status=code.name, latency_ms=round(seconds * 1000, 3))
+    where = {"model": notes.model, "version": notes.version, "routing": notes.routing}
+    getattr(log, level)(
+        "request",
+        **{k: v for k, v in where.items() if v},
+        **notes.fields,
+        status=code.name,
+        latency_ms=round(seconds * 1000, 3),
+    )

@@ -26,9 +26,9 @@ from typing import Any
 
 import structlog
 
-from forecast_gateway.ab.records import DEFAULT_EXPERIMENT, EXPERIMENT_NAME
-from forecast_gateway.catalog import ModelSpec
-from forecast_gateway.routing import Fallback, Policy, Shadow
+from forecast_gateway.ab import DEFAULT_EXPERIMENT, EXPERIMENT_NAME
+from forecast_gateway.core.catalog import ModelSpec
+from forecast_gateway.core.routing import Fallback, Policy, Shadow
 
 log = structlog.get_logger(__name__)
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import grpc
 
-from forecast_gateway.config import ConfigError, GatewayConfig
-from forecast_gateway.errors import PermissionDenied, Unauthenticated
+from forecast_gateway.config import GatewayConfig
+from forecast_gateway.errors import ConfigError, PermissionDenied, Unauthenticated
 
 SERVICE = "/forecast.v1.ForecastService/"
 STATE_CHANGING_METHODS = frozenset({f"{SERVICE}ReportActuals"})

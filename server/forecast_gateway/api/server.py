@@ -21,17 +21,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
-from forecast_gateway import auth, metrics
-from forecast_gateway.ab import ExperimentStore, StoreOpenError
-from forecast_gateway.calibration import Calibration
-from forecast_gateway.catalog import ModelCatalog
-from forecast_gateway.config import ConfigError, GatewayConfig
-from forecast_gateway.forecaster import Forecaster
-from forecast_gateway.interceptors import RequestInterceptor
-from forecast_gateway.overload import LoadShedder
-from forecast_gateway.routing_config import RoutingConfigError, RoutingTable
-from forecast_gateway.service import ForecastServicer
-from forecast_gateway.triton import TritonProxy
+from forecast_gateway import metrics
+from forecast_gateway.ab import Bounds, ExperimentStore, StoreOpenError, interval_flags
+from forecast_gateway.api import auth
+from forecast_gateway.api.interceptors import RequestInterceptor
+from forecast_gateway.api.overload import LoadShedder
+from forecast_gateway.api.service import ForecastServicer
+from forecast_gateway.backends.base import InferenceBackend
+from forecast_gateway.backends.triton import TritonProxy
+from forecast_gateway.config import GatewayConfig
+from forecast_gateway.core.calibration import Calibration
+from forecast_gateway.core.catalog import ModelCatalog
+from forecast_gateway.core.forecaster import Forecaster
+from forecast_gateway.core.routing_config import RoutingConfigError, RoutingTable
+from forecast_gateway.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +62,7 @@ class Gateway:
     server: grpc.aio.Server
     port: int
     catalog: ModelCatalog
-    proxy: TritonProxy
+    backend: InferenceBackend
     health: health.aio.HealthServicer
     routing: RoutingTable
     store: ExperimentStore
@@ -98,7 +101,7 @@ class Gateway:
 
     async def refresh(self) -> None:
         """Refresh the catalog and publish the result as health and metrics."""
-        await self.catalog.refresh(self.proxy)
+        await self.catalog.refresh(self.backend)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if self.catalog.all_ready()
@@ -141,7 +144,7 @@ class Gateway:
         if self.forecaster.calibration is not None:
             await self.forecaster.calibration.close()
         await self.store.close()
-        await self.proxy.close()
+        await self.backend.close()
         log.info("gateway_stopped")
 
     async def _stop_serving(self, grace_s: float) -> None:
@@ -197,7 +200,7 @@ class Gateway:
             try:
                 experiment = self.routing.experiment(model.name)
                 report = await self.store.experiment(model.name, experiment)
-                metrics.observe_intervals(model.name, report)
+                metrics.observe_intervals(model.name, experiment, interval_flags(report))
             except Exception as error:
                 log.warning("interval_check_failed", model=model.name, error=type(error).__name__)
 
@@ -211,8 +214,12 @@ class Gateway:
             await asyncio.sleep(INTERVAL_CHECK_S)
 
 
-def create_gateway(config: GatewayConfig) -> Gateway:
+def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = None) -> Gateway:
     """Build the server and bind its port (config.port 0 picks a free port).
+
+    `backend` defaults to a `TritonProxy` for `config.triton_url`; tests of
+    the edge pass `backends.fake.FakeBackend` and run the whole gateway in
+    process.
 
     The port is TLS (mTLS with a client CA) when certificates are configured;
     tokens are read here, once. Raises ConfigError for a missing or invalid
@@ -222,17 +229,23 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     authorizer = auth.TokenAuthorizer.from_config(config)
     if authorizer is not None and credentials is None:
         log.warning("tokens_sent_in_clear", hint="set tls_cert_file and tls_key_file")
-    proxy = TritonProxy(config.triton_url, config.triton_retries, config.retry_budget_ratio)
+    if backend is None:
+        backend = TritonProxy(config.triton_url, config.triton_retries, config.retry_budget_ratio)
     catalog = ModelCatalog(models=config.models)
     routing = RoutingTable(
         Path(config.routing_file) if config.routing_file else None,
         lambda: catalog.specs,
         [m.name for m in config.models],
     )
-    store = ExperimentStore.from_config(config)
+    store = ExperimentStore.open(
+        config.store_url,
+        Bounds(config.store_max_forecasts, config.store_max_age_s, config.calibration_window),
+        default_path=config.store_path,
+        password_file=config.store_password_file,
+    )
     forecaster = Forecaster(
         catalog,
-        proxy,
+        backend,
         routing,
         store,
         config.max_history_length,
@@ -277,7 +290,7 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     if port == 0:
         raise RuntimeError(f"could not bind {config.address}")
     return Gateway(
-        config, server, port, catalog, proxy, health_servicer, routing, store, forecaster, shedder
+        config, server, port, catalog, backend, health_servicer, routing, store, forecaster, shedder
     )
 
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from forecast_gateway import conformal, metrics
-from forecast_gateway.ab import ExperimentStore, aggregates
-from forecast_gateway.conformal import FloatArray, Levels
+from forecast_gateway import metrics
+from forecast_gateway.ab import TRACKED, ExperimentStore
+from forecast_gateway.core import conformal
+from forecast_gateway.numerics import FloatArray, Levels
 
 log = structlog.get_logger(__name__)
 
 METHOD = "split conformal (signed errors / naive MAE of the window)"
-TRACKED = aggregates.TRACKED
 """The coverages and levels every forecast is recorded at, for GetExperiment to score."""
 FILE_NAME = "calibration.json"
 FILE_FORMAT = 1

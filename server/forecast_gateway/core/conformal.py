@@ -1,7 +1,7 @@
 """Split-conformal bounds from pools of signed, scale-free forecast errors.
 
 A score is `(actual - forecast) / scale`, `scale` being the in-sample naive
-MAE of the request's window (`ab.naive_scale`), so one pool per (model,
+MAE of the request's window (`numerics.naive_scale`), so one pool per (model,
 version, horizon step) serves series of any level. With the n scores of a
 pool sorted, s(1) <= ... <= s(n), and a new score exchangeable with them:
 
@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+from forecast_gateway.numerics import FloatArray, Levels
 
 
 def quantile_rank(n: int, level: float) -> int:
@@ -58,17 +57,6 @@ def min_scores_for_quantile(level: float) -> int:
     while quantile_rank(n, level) > n:
         n += 1
     return n
-
-
-@dataclass(frozen=True)
-class Levels:
-    """What a request asks for: interval coverages and quantile levels, in request order."""
-
-    coverages: tuple[float, ...] = ()
-    quantiles: tuple[float, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.coverages or self.quantiles)
 
 
 def bound_table(pools: Sequence[FloatArray], levels: Levels) -> FloatArray:

@@ -1,0 +1,309 @@
+"""The execute stage: group plans, normalize, infer, re-route, fall back.
+
+Series that go to the same version with the same window and horizon are
+normalized together and sent to the backend as one tensor (chunked to the
+model's max_batch_size, coalesced with concurrent calls). A group whose
+version the backend no longer serves is routed again (once, unpinned series
+only), and a series that still failed goes to its route's fallback. Every
+series ends with its own outcome: a result or its own error; a group that
+fails unexpectedly gives each of its series INTERNAL, and no other group
+is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import structlog
+
+from forecast_gateway import metrics
+from forecast_gateway.ab import new_forecast_id
+from forecast_gateway.backends.base import VERSION_GONE
+from forecast_gateway.backends.coalescing import Coalescer
+from forecast_gateway.core.calibration import Calibration, Uncertainty
+from forecast_gateway.core.catalog import ModelCatalog, ModelSpec
+from forecast_gateway.core.normalization import denormalize, fit_window, normalize
+from forecast_gateway.core.plan import Planner
+from forecast_gateway.core.results import CallNotes, ForecastResult, Outcome, Plan, VersionOutcome
+from forecast_gateway.core.routing import Decision
+from forecast_gateway.core.validation import ForecastQuery, resolve_shape
+from forecast_gateway.errors import GatewayError, Internal, InvalidArgument, Unavailable
+from forecast_gateway.numerics import FloatArray, Levels, naive_scales
+
+log = structlog.get_logger(__name__)
+
+
+class Executor:
+    """Runs plans on the backend through the coalescer."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        planner: Planner,
+        coalescer: Coalescer,
+        calibration: Calibration | None,
+    ) -> None:
+        self.catalog = catalog
+        self.planner = planner
+        self.coalescer = coalescer
+        self.calibration = calibration
+
+    async def run(
+        self,
+        spec: ModelSpec,
+        plans: Sequence[Plan],
+        deadline: float,
+        notes: CallNotes | None = None,
+    ) -> list[Outcome]:
+        """The outcome of every plan, in `plans` order.
+
+        `notes` (one caller's forecast) learns of a re-route or a fallback.
+        """
+        if not plans:
+            return []
+        groups = [list(plans)] if len(plans) == 1 else group(plans)
+        outcomes: dict[int, Outcome] = {}
+        if len(groups) == 1:  # every unary call: no gather, no extra task
+            try:
+                outcomes.update(await self._resilient(spec, groups[0], deadline, notes))
+            except Exception as error:
+                outcomes.update(failed(groups[0], error))
+        else:
+            finished = await asyncio.gather(
+                *(self._resilient(spec, members, deadline, notes) for members in groups),
+                return_exceptions=True,
+            )
+            for members, group_outcome in zip(groups, finished, strict=True):
+                if isinstance(group_outcome, BaseException):
+                    outcomes.update(failed(members, group_outcome))
+                else:
+                    outcomes.update(group_outcome)
+        return [outcomes[p.index] for p in plans]
+
+    async def _resilient(
+        self, spec: ModelSpec, plans: list[Plan], deadline: float, notes: CallNotes | None
+    ) -> dict[int, Outcome]:
+        """One group's outcomes by series index, routed again or answered by the fallback.
+
+        Between the backend unloading a version and the next catalog refresh,
+        the router may still pick it; `run_group` takes it out of the catalog
+        on the backend's answer, and unpinned series go to another ready
+        version (once) instead of failing. Pinned series keep their error.
+        """
+        outcomes = await self._attempt(spec, plans, deadline)
+        if not any(isinstance(o, GatewayError) for o in outcomes.values()):
+            return outcomes
+        gone = [
+            p
+            for p in plans
+            if version_gone(outcomes[p.index]) and p.route.decision is not Decision.PINNED
+        ]
+        if gone:
+            outcomes.update(await self._reroute(spec.name, gone, deadline, notes))
+        failing = [
+            p
+            for p in plans
+            if isinstance(outcomes[p.index], GatewayError)
+            and not isinstance(outcomes[p.index], InvalidArgument)
+            and p.route.fallback is not None
+        ]
+        if failing:
+            outcomes.update(await self._fallback(failing, outcomes, deadline, notes))
+        return outcomes
+
+    async def _attempt(
+        self, spec: ModelSpec, plans: Sequence[Plan], deadline: float
+    ) -> dict[int, Outcome]:
+        """`run_group`, with a GatewayError of the whole group given to each series."""
+        try:
+            results = await self.run_group(spec, plans, deadline)
+        except GatewayError as error:
+            return {p.index: error for p in plans}
+        return {p.index: r for p, r in zip(plans, results, strict=True)}
+
+    async def _reroute(
+        self, model: str, plans: Sequence[Plan], deadline: float, notes: CallNotes | None
+    ) -> dict[int, Outcome]:
+        """Route series again among the versions still ready; keep the error of any that can't."""
+        spec = self.catalog.get(model)
+        outcomes: dict[int, Outcome] = {}
+        replanned: list[Plan] = []
+        for plan in plans:
+            try:
+                replanned.append(self.planner.plan(spec, plan.index, plan.query))
+            except GatewayError:  # e.g. the history is too short for the other versions
+                continue
+        if notes is not None and replanned:
+            route = replanned[0].route
+            notes.route(spec.name, route.version, route.decision, route.restricted)
+        for members in group(replanned):
+            outcomes.update(await self._attempt(spec, members, deadline))
+        return outcomes
+
+    async def _fallback(
+        self,
+        plans: Sequence[Plan],
+        errors: dict[int, Outcome],
+        deadline: float,
+        notes: CallNotes | None,
+    ) -> dict[int, Outcome]:
+        """Answer failed series from their route's fallback model/version."""
+        outcomes: dict[int, Outcome] = {}
+        by_model: dict[str, list[tuple[Plan, Plan]]] = {}
+        for plan in plans:
+            error = errors[plan.index]
+            assert plan.route.fallback is not None and isinstance(error, GatewayError)
+            log.warning(
+                "fallback",
+                failed_version=plan.route.version,
+                reason=error.reason,
+                to=plan.route.fallback.model,
+            )
+            metrics.FALLBACKS.labels(plan.query.model, plan.route.version, error.reason).inc()
+            fallback = self.planner.fallback(plan)
+            if fallback is not None:  # else the series keeps its error
+                by_model.setdefault(plan.route.fallback.model, []).append((plan, fallback))
+        for model, pairs in by_model.items():
+            primaries = {f.index: p for p, f in pairs}
+            spec = self.catalog.get(model)
+            for members in group([f for _, f in pairs]):
+                attempt = await self._attempt(spec, members, deadline)
+                for index, outcome in attempt.items():
+                    if isinstance(outcome, ForecastResult):
+                        outcome = replace(
+                            outcome,
+                            decision=Decision.FALLBACK,
+                            primary_version=primaries[index].route.version,
+                        )
+                    outcomes[index] = outcome
+                if notes is not None:
+                    notes.fallback(spec.name, members[0].route.version)
+        return outcomes
+
+    async def run_group(
+        self, spec: ModelSpec, plans: Sequence[Plan], deadline: float
+    ) -> list[Outcome]:
+        """One backend pass (chunked) for series sharing version, window and horizon."""
+        first = plans[0]
+        windows = np.stack([fit_window(p.query.history, first.shape.window) for p in plans])
+        started = time.perf_counter()
+        try:
+            values = await self.infer(
+                spec, first.route.version, windows, first.shape.horizon, deadline
+            )
+        except Unavailable as error:
+            if error.reason == VERSION_GONE:  # the backend answered: out of routing until refreshed
+                self.catalog.mark_unavailable(spec.name, first.route.version)
+            raise
+        latency_ms = ms_since(started)
+        scales = naive_scales(windows)
+        results: list[Outcome] = []
+        for plan, row, scale in zip(plans, values, scales, strict=True):
+            if not np.isfinite(row).all():
+                results.append(
+                    Internal(
+                        "the model produced a non-finite forecast",
+                        reason="MODEL_OUTPUT_INVALID",
+                        metadata={"model": spec.name, "version": plan.route.version},
+                    )
+                )
+                continue
+            results.append(
+                ForecastResult(
+                    forecast_id=new_forecast_id(),
+                    model=spec.name,
+                    version=plan.route.version,
+                    decision=plan.route.decision,
+                    values=row,
+                    horizon=plan.shape.horizon,
+                    window=plan.shape.window,
+                    latency_ms=latency_ms,
+                    restricted=plan.route.restricted,
+                    scale=scale,
+                    uncertainty=self.uncertainty(
+                        spec.name, plan.route.version, plan.query.levels, row, scale
+                    ),
+                )
+            )
+        return results
+
+    def uncertainty(
+        self, model: str, version: str, levels: Levels, values: FloatArray, scale: float
+    ) -> Uncertainty | None:
+        """The calibrated intervals and quantiles asked for (None: none were)."""
+        if not levels or self.calibration is None:
+            return None
+        return self.calibration.uncertainty(model, version, values, scale, levels)
+
+    async def infer(
+        self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
+    ) -> FloatArray:
+        """Normalize rows, run them (coalesced, max_batch_size at most), denormalize.
+
+        The coalescer refuses a call whose deadline has already passed.
+        """
+        z, scaling = normalize(windows)
+        size = spec.max_batch_size
+        if z.shape[0] <= size:  # one chunk (every unary call): no gather, no extra task
+            output = await self.coalescer.forecast(spec.name, version, z, horizon, deadline, size)
+            return denormalize(output, scaling)
+        outputs = await asyncio.gather(
+            *(
+                self.coalescer.forecast(
+                    spec.name, version, z[start : start + size], horizon, deadline, size
+                )
+                for start in range(0, z.shape[0], size)
+            )
+        )
+        return denormalize(np.concatenate(outputs), scaling)
+
+    async def compare_one(
+        self, spec: ModelSpec, query: ForecastQuery, version: str, deadline: float
+    ) -> VersionOutcome:
+        """One version's forecast of `query` in a comparison (its error kept, never raised)."""
+        started = time.perf_counter()
+        window = 0
+        try:
+            shape = resolve_shape(query, spec, spec.versions[version])
+            window = shape.window
+            rows = fit_window(query.history, shape.window)[np.newaxis, :]
+            values = (await self.infer(spec, version, rows, shape.horizon, deadline))[0]
+            if not np.isfinite(values).all():
+                raise Internal("the model produced a non-finite forecast")
+        except GatewayError as error:
+            return VersionOutcome(version, window, ms_since(started), error=error)
+        latency_ms = ms_since(started)
+        uncertainty = self.uncertainty(
+            spec.name, version, query.levels, values, naive_scales(rows)[0]
+        )
+        return VersionOutcome(version, window, latency_ms, values=values, uncertainty=uncertainty)
+
+
+def group(plans: Sequence[Plan]) -> list[list[Plan]]:
+    """Series that can share one tensor: same version, window and horizon."""
+
+    def key(plan: Plan) -> tuple[str, int, int]:
+        return plan.route.version, plan.shape.window, plan.shape.horizon
+
+    return [list(members) for _, members in itertools.groupby(sorted(plans, key=key), key=key)]
+
+
+def failed(plans: Sequence[Plan], error: BaseException) -> dict[int, Outcome]:
+    """Every series of a group that failed unexpectedly gets the same INTERNAL error."""
+    log.error("batch_group_failed", error=repr(error), exc_info=error)
+    return {p.index: Internal("the forecast failed") for p in plans}
+
+
+def version_gone(outcome: Outcome) -> bool:
+    """The backend answered that the version is not loaded (see triton.convert_error)."""
+    return isinstance(outcome, Unavailable) and outcome.reason == VERSION_GONE
+
+
+def ms_since(started: float) -> float:
+    """Milliseconds since the perf_counter() value `started`."""
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,173 @@
+"""The record stage: A/B recording and shadow forecasts, after the response.
+
+Served forecasts are handed to the A/B store (write-behind) with the bounds
+at the tracked levels, and the route's shadow versions forecast the same
+series in tasks of their own. `Recorder.record` runs on the next loop turn
+after the caller's response is handed to gRPC, so its cost is off the
+response path; a shadow never fails, delays or changes a served forecast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import structlog
+
+from forecast_gateway import metrics
+from forecast_gateway.ab import (
+    DEFAULT_EXPERIMENT,
+    ExperimentStore,
+    Prediction,
+    RecordedForecast,
+    Role,
+)
+from forecast_gateway.core.calibration import Calibration
+from forecast_gateway.core.catalog import ModelSpec
+from forecast_gateway.core.execute import Executor, group
+from forecast_gateway.core.plan import Policies
+from forecast_gateway.core.results import ForecastResult, Plan
+from forecast_gateway.core.routing import Decision, Route
+from forecast_gateway.core.validation import resolve_shape
+from forecast_gateway.errors import GatewayError, InvalidArgument
+from forecast_gateway.numerics import NO_LEVELS, FloatArray
+
+log = structlog.get_logger(__name__)
+
+MAX_SHADOWS_IN_FLIGHT = 256
+"""Shadow forecasts in flight at most; beyond it new shadows are dropped (and counted),
+so a slow shadow version can never pile up work in the gateway."""
+
+Served = Sequence[tuple[Plan, ForecastResult]]
+"""Served forecasts with the plans they were served for."""
+
+
+class Recorder:
+    """Records served forecasts and runs their shadows."""
+
+    def __init__(
+        self,
+        store: ExperimentStore | None,
+        routing: Policies,
+        calibration: Calibration | None,
+        executor: Executor,
+        shadow_timeout_s: float,
+    ) -> None:
+        self.store = store
+        self.routing = routing
+        self.calibration = calibration
+        self.executor = executor
+        self.shadow_timeout_s = shadow_timeout_s
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    def record_later(self, spec: ModelSpec, served: Served) -> None:
+        """`record` on the next loop turn: after the response has been handed to gRPC."""
+        if served:
+            asyncio.get_running_loop().call_soon(self.record, spec, served)
+
+    def record(self, spec: ModelSpec, served: Served) -> None:
+        """Record served forecasts for A/B scoring and start their shadow forecasts."""
+        now = time.time()
+        experiment = DEFAULT_EXPERIMENT
+        if self.store is not None:
+            experiment = self.routing.experiment(spec.name)
+            for _, result in served:
+                self.store.record(
+                    RecordedForecast(
+                        forecast_id=result.forecast_id,
+                        model=result.model,
+                        horizon=result.horizon,
+                        naive_scale=result.scale,
+                        created_at=now,
+                        served=Prediction(
+                            result.version,
+                            Role.SERVED,
+                            tuple(result.values),
+                            result.latency_ms,
+                            self._tracked(result),
+                        ),
+                        # A fallback's forecast belongs to its own model's experiment.
+                        experiment=self.routing.experiment(result.model),
+                        comparable=drawn_by_the_split(result),
+                    )
+                )
+        by_version: dict[str, list[tuple[Plan, ForecastResult]]] = {}
+        for plan, result in served:
+            if result.decision is Decision.FALLBACK:
+                continue
+            for version in plan.route.shadows:
+                if version != result.version:  # re-routed to its shadow: not shadowed by itself
+                    by_version.setdefault(version, []).append((plan, result))
+        for version, pairs in by_version.items():
+            if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
+                metrics.SHADOWS.labels(spec.name, version, "dropped").inc(len(pairs))
+                continue
+            task = asyncio.create_task(self._shadow(spec, version, pairs, experiment))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def drain(self) -> None:
+        """Wait for shadow forecasts still running (graceful shutdown)."""
+        await asyncio.sleep(0)  # records scheduled by the last responses
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    async def _shadow(self, spec: ModelSpec, version: str, pairs: Served, experiment: str) -> None:
+        """Forecast the same series with a shadow version; record, never return, never raise."""
+        version_spec = spec.versions.get(version)
+        if version_spec is None or not version_spec.ready:
+            metrics.SHADOWS.labels(spec.name, version, "skipped").inc(len(pairs))
+            return
+        plans: list[tuple[Plan, ForecastResult]] = []
+        for plan, result in pairs:
+            try:
+                shape = resolve_shape(plan.query, spec, version_spec)
+            except InvalidArgument:
+                metrics.SHADOWS.labels(spec.name, version, "skipped").inc()
+                continue
+            # A shadow's forecast is never returned: no intervals to compute for it.
+            query = replace(plan.query, levels=NO_LEVELS) if plan.query.levels else plan.query
+            plans.append((Plan(plan.index, query, Route(version, Decision.PINNED), shape), result))
+        served = {p.index: r for p, r in plans}
+        for members in group([p for p, _ in plans]):
+            try:
+                outcomes = await self.executor.run_group(
+                    spec, members, time.monotonic() + self.shadow_timeout_s
+                )
+            except Exception as error:  # a failing shadow never fails anything else
+                reason = error.reason if isinstance(error, GatewayError) else type(error).__name__
+                log.warning("shadow_failed", model=spec.name, version=version, reason=reason)
+                metrics.SHADOWS.labels(spec.name, version, "failed").inc(len(members))
+                continue
+            for plan, outcome in zip(members, outcomes, strict=True):
+                if not isinstance(outcome, ForecastResult):
+                    metrics.SHADOWS.labels(spec.name, version, "failed").inc()
+                    continue
+                metrics.SHADOWS.labels(spec.name, version, "ok").inc()
+                if self.store is not None:
+                    self.store.record_shadow(
+                        served[plan.index].forecast_id,
+                        spec.name,
+                        Prediction(
+                            version,
+                            Role.SHADOW,
+                            tuple(outcome.values),
+                            outcome.latency_ms,
+                            self._tracked(outcome),
+                            outcome.scale,
+                        ),
+                        experiment,
+                    )
+
+    def _tracked(self, result: ForecastResult) -> FloatArray | None:
+        """The bounds at the tracked levels to record with a forecast, for GetExperiment."""
+        if self.calibration is None:
+            return None
+        return self.calibration.tracked(result.model, result.version, result.horizon)
+
+
+def drawn_by_the_split(result: ForecastResult) -> bool:
+    """Whether the split drew the version at random among all its versions (see ab.aggregates)."""
+    return result.decision in (Decision.WEIGHTED, Decision.STICKY) and not result.restricted
