@@ -160,3 +160,24 @@ async def test_nothing_listening_is_not_ready_and_the_catalog_read_fails(url: st
     with pytest.raises(Unavailable):
         await proxy.version_states()
     await proxy.close()
+
+
+@pytest.mark.parametrize("size", [7, 9, 12, 0])
+async def test_an_output_of_the_wrong_byte_length_is_model_output_invalid(
+    proxy: TritonProxy, size: int
+) -> None:
+    """A FORECAST tensor whose bytes do not hold rows x horizon FP32 values (7 is not even 4k)."""
+
+    async def truncated(
+        request: service_pb2.ModelInferRequest,
+        timeout: float,  # noqa: ASYNC109 (the stub's signature)
+    ) -> service_pb2.ModelInferResponse:
+        response = service_pb2.ModelInferResponse()
+        response.outputs.add(name="FORECAST", datatype="FP32", shape=[1, 2])
+        response.raw_output_contents.append(b"\x00" * size)
+        return response
+
+    proxy._infer = truncated  # type: ignore[assignment]
+    with pytest.raises(GatewayError) as raised:
+        await proxy.forecast("m", "1", np.zeros((1, 4), dtype=np.float32), 2, timeout_s=5.0)
+    assert raised.value.reason == "MODEL_OUTPUT_INVALID"

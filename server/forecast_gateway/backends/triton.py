@@ -446,6 +446,8 @@ def _output(
             continue
         if tensor.datatype != "FP32" or list(tensor.shape) != [rows, horizon]:
             return None
-        values = np.frombuffer(response.raw_output_contents[index], dtype=np.float32)
-        return values.reshape(rows, horizon) if values.size == rows * horizon else None
+        raw = response.raw_output_contents[index]
+        if len(raw) != rows * horizon * 4:  # also a length frombuffer cannot read (not 4k)
+            return None
+        return np.frombuffer(raw, dtype=np.float32).reshape(rows, horizon)
     return None
