@@ -1,0 +1,87 @@
+"""Forecaster defects found in review, each pinned by a test (with the in-process fake backend)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from forecast_gateway.backends.base import Rows
+from forecast_gateway.backends.fake import FakeBackend, FakeModel, last_value
+from forecast_gateway.config import ModelConfig
+from forecast_gateway.core.catalog import ModelCatalog, build_spec
+from forecast_gateway.core.forecaster import Forecaster, ForecastResult
+from forecast_gateway.core.routing import Decision, Fallback, Policy, Shadow
+from forecast_gateway.core.validation import ForecastQuery
+from forecast_gateway.errors import GatewayError, Internal, Unavailable
+
+M = {"default_horizon": "4", "max_horizon": "8", "sequence_length": "10"}
+
+
+def first_row_not_finite(windows: Rows, horizon: int) -> Rows:
+    """Row 0 comes back NaN (a model that failed on one series), the others as last_value."""
+    out = last_value(windows, horizon)
+    out[0] = np.nan
+    return out
+
+
+class Routing:
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def policy(self, name: str) -> Policy | None:
+        return self._policy if name == "m" else None
+
+    def experiment(self, name: str) -> str:
+        return "default"
+
+
+def core(backend: FakeBackend, policy: Policy) -> Forecaster:
+    specs = {
+        name: build_spec(ModelConfig(name), model.parameters, model.states, model.max_batch_size)
+        for name, model in backend.models.items()
+    }
+    catalog = ModelCatalog(models=tuple(ModelConfig(n) for n in specs), specs=specs, triton_up=True)
+    return Forecaster(catalog, backend, Routing(policy), None, 10_000, 1.0)
+
+
+def query(key: str = "", version: str = "") -> ForecastQuery:
+    return ForecastQuery("m", version, key, np.arange(1.0, 21.0), 0, 0)
+
+
+async def test_a_fallback_with_no_ready_version_keeps_the_good_forecasts_of_the_batch() -> None:
+    backend = FakeBackend(
+        {
+            "m": FakeModel(M, {"1": "READY"}, forecasts={"1": first_row_not_finite}),
+            "other": FakeModel(M, {"1": "LOADING"}),
+        }
+    )
+    forecaster = core(backend, Policy(split=(("1", 1.0),), fallback=Fallback("other")))
+    outcomes = await forecaster.forecast_batch(
+        "m", [query("a"), query("b"), query("c")], time.monotonic() + 2
+    )
+    assert isinstance(outcomes[0], Internal)
+    assert outcomes[0].reason == "MODEL_OUTPUT_INVALID"  # its own error, not "the forecast failed"
+    assert all(isinstance(o, ForecastResult) and o.version == "1" for o in outcomes[1:])
+
+
+async def test_a_single_forecast_whose_fallback_is_loading_gets_its_own_error() -> None:
+    backend = FakeBackend(
+        {"m": FakeModel(M, {"1": "READY"}), "other": FakeModel(M, {"1": "LOADING"})}
+    )
+    backend.errors[("m", "1")] = Unavailable("Triton is unreachable", reason="TRITON_UNAVAILABLE")
+    forecaster = core(backend, Policy(split=(("1", 1.0),), fallback=Fallback("other")))
+    with pytest.raises(GatewayError) as raised:
+        await forecaster.forecast(query(), time.monotonic() + 2)
+    assert raised.value.reason == "TRITON_UNAVAILABLE"  # the primary's, not the fallback model's
+
+
+async def test_a_forecast_rerouted_to_its_shadow_version_is_not_shadowed_by_itself() -> None:
+    backend = FakeBackend({"m": FakeModel(M, {"1": "READY", "2": "READY"})})
+    backend.errors[("m", "1")] = Unavailable("gone", reason="VERSION_UNAVAILABLE")
+    forecaster = core(backend, Policy(split=(("1", 1.0),), shadow=Shadow("2", 100.0)))
+    result = await forecaster.forecast(query(), time.monotonic() + 2)
+    assert (result.version, result.decision) == ("2", Decision.DEFAULT)
+    await forecaster.drain_shadows()
+    assert [(c.version, c.rows) for c in backend.calls] == [("1", 1), ("2", 1)]  # v2 ran once
