@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from forecast_gateway.core.catalog import ModelCatalog, build_spec
 from forecast_gateway.core.forecaster import Forecaster, ForecastResult
 from forecast_gateway.core.routing import Decision, Fallback, Policy, Shadow
 from forecast_gateway.core.validation import ForecastQuery
-from forecast_gateway.errors import GatewayError, Internal, Unavailable
+from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal, Unavailable
 
 M = {"default_horizon": "4", "max_horizon": "8", "sequence_length": "10"}
 
@@ -85,3 +86,29 @@ async def test_a_forecast_rerouted_to_its_shadow_version_is_not_shadowed_by_itse
     assert (result.version, result.decision) == ("2", Decision.DEFAULT)
     await forecaster.drain_shadows()
     assert [(c.version, c.rows) for c in backend.calls] == [("1", 1), ("2", 1)]  # v2 ran once
+
+
+async def test_a_version_that_misses_its_deadline_is_answered_by_the_fallback_in_time() -> None:
+    """The chosen version gets 75% of the time left; the fallback answers within the rest."""
+    backend = FakeBackend(
+        {"m": FakeModel(M, {"1": "READY"}), "other": FakeModel(M, {"1": "READY"})}
+    )
+    slow = backend.models["m"]
+
+    class Slow(FakeBackend):
+        async def forecast(
+            self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+        ) -> Rows:
+            if model == "m":  # never answers within its deadline, as a stuck version does
+                await asyncio.sleep(timeout_s)  # gRPC ends the call at its deadline
+                raise DeadlineExceeded("the deadline passed while Triton was computing")
+            return await super().forecast(model, version, windows, horizon, timeout_s)
+
+    slow_backend = Slow({"m": slow, "other": backend.models["other"]})
+    forecaster = core(slow_backend, Policy(split=(("1", 1.0),), fallback=Fallback("other")))
+    result = await forecaster.forecast(query(), time.monotonic() + 0.4)
+    assert (result.model, result.decision, result.primary_version) == (
+        "other",
+        Decision.FALLBACK,
+        "1",
+    )

@@ -37,6 +37,11 @@ from forecast_gateway.numerics import FloatArray, Levels, naive_scales
 
 log = structlog.get_logger(__name__)
 
+FALLBACK_RESERVE = 0.25
+"""Share of the time left that a group whose routes have a fallback keeps for it: the
+chosen version gets the first 75%, so a version that misses that deadline can still
+be answered by the fallback within the caller's."""
+
 
 class Executor:
     """Runs plans on the backend through the coalescer."""
@@ -95,7 +100,10 @@ class Executor:
         on the backend's answer, and unpinned series go to another ready
         version (once) instead of failing. Pinned series keep their error.
         """
-        outcomes = await self._attempt(spec, plans, deadline)
+        has_fallback = any(p.route.fallback is not None for p in plans)
+        outcomes = await self._attempt(
+            spec, plans, primary_deadline(deadline) if has_fallback else deadline
+        )
         if not any(isinstance(o, GatewayError) for o in outcomes.values()):
             return outcomes
         gone = [
@@ -112,7 +120,7 @@ class Executor:
             and not isinstance(outcomes[p.index], InvalidArgument)
             and p.route.fallback is not None
         ]
-        if failing:
+        if failing and time.monotonic() < deadline:  # a fallback with no time left never runs
             outcomes.update(await self._fallback(failing, outcomes, deadline, notes))
         return outcomes
 
@@ -302,6 +310,12 @@ def failed(plans: Sequence[Plan], error: BaseException) -> dict[int, Outcome]:
 def version_gone(outcome: Outcome) -> bool:
     """The backend answered that the version is not loaded (see triton.convert_error)."""
     return isinstance(outcome, Unavailable) and outcome.reason == VERSION_GONE
+
+
+def primary_deadline(deadline: float) -> float:
+    """The deadline of a chosen version whose route has a fallback (see FALLBACK_RESERVE)."""
+    now = time.monotonic()
+    return now + max(0.0, deadline - now) * (1.0 - FALLBACK_RESERVE)
 
 
 def ms_since(started: float) -> float:
