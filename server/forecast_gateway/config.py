@@ -189,6 +189,8 @@ class _Settings(BaseModel):
     """Most recent calibration scores kept per model version and horizon step."""
     calibration_refresh_s: Seconds = 1.0
     """How often the calibration pools are re-read from the A/B store (every replica's)."""
+    calibration_cache_entries: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
+    """Most (model, version, levels, horizon) bound tables kept; the least recently used go."""
     log_format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = "auto"
     """Log lines as json, console, or auto (JSON unless on a terminal)."""
     log_level: Annotated[

@@ -251,7 +251,11 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
         config.max_history_length,
         shadow_timeout_s=config.shadow_timeout_s,
         calibration=Calibration(
-            store, config.calibration_dir, config.calibration_window, config.calibration_refresh_s
+            store,
+            config.calibration_dir,
+            config.calibration_window,
+            config.calibration_refresh_s,
+            config.calibration_cache_entries,
         ),
     )
     shedder = LoadShedder(config.max_in_flight)

@@ -15,6 +15,7 @@ the store, so asking for intervals costs a multiply-add per call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import json
 import math
@@ -88,6 +89,7 @@ class Calibration:
         directory: str = "",
         window: int = 256,
         refresh_s: float = 1.0,
+        max_entries: int = 4096,
     ) -> None:
         self.store = store
         self.window = window
@@ -97,7 +99,11 @@ class Calibration:
         self._online: dict[tuple[str, str], dict[int, FloatArray]] = {}
         self._revisions: dict[tuple[str, str], int] = {}
         self._pools: dict[tuple[str, str], list[FloatArray]] = {}
-        self._bounds: dict[tuple[str, str, Levels, int], _Bounds] = {}
+        self.max_entries = max_entries
+        self._bounds: collections.OrderedDict[tuple[str, str, Levels, int], _Bounds] = (
+            collections.OrderedDict()
+        )
+        """Least recently used first: callers choose the levels, so the keys are unbounded."""
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -133,7 +139,8 @@ class Calibration:
             self._revisions[key] = pools.revision
             self._pools.pop(key, None)
         if changed:
-            self._bounds = {k: b for k, b in self._bounds.items() if k[:2] not in changed}
+            for stale in [k for k in self._bounds if k[:2] in changed]:
+                del self._bounds[stale]
             self._publish(changed)
 
     def uncertainty(
@@ -171,7 +178,9 @@ class Calibration:
         """
         key = (model, version, levels, horizon)
         entry = self._bounds.get(key)
-        if entry is None:
+        if entry is not None:
+            self._bounds.move_to_end(key)
+        else:
             pools = self.pools(model, version)
             padded = list(pools[:horizon]) + [_EMPTY] * max(0, horizon - len(pools))
             table = conformal.bound_table(padded, levels)
@@ -185,7 +194,14 @@ class Calibration:
             detail = "" if all(complete) else _detail(model, version, levels, complete, scores)
             entry = _Bounds(table, complete, bool(finite.any()), scores, detail)
             self._bounds[key] = entry
+            if len(self._bounds) > self.max_entries:
+                self._bounds.popitem(last=False)
         return entry
+
+    @property
+    def cached(self) -> int:
+        """How many bound tables are cached now (at most `max_entries`)."""
+        return len(self._bounds)
 
     def table(self, model: str, version: str, levels: Levels, horizon: int) -> FloatArray:
         """Scaled bounds [rows, horizon] (`conformal.bound_table`), NaN past the pools."""
