@@ -115,6 +115,9 @@ def worker_main(config: GatewayConfig, index: int, metrics_dir: str, supervisor:
     happens before this runs: the supervisor sets PROMETHEUS_MULTIPROC_DIR in
     its own environment before spawning, and the workers inherit it.
     """
+    # The supervisor forwards SIGHUP to every live worker, this one too while it
+    # imports and starts: ignored until serve() installs its reload handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if os.environ.get(MULTIPROC_ENV) != metrics_dir:
         raise RuntimeError(f"{MULTIPROC_ENV} must be {metrics_dir} before prometheus_client loads")
     _stop_with_parent(supervisor)

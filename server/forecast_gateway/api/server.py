@@ -355,22 +355,41 @@ def run(config: GatewayConfig) -> None:
         raise SystemExit(1) from error
 
 
-async def serve(config: GatewayConfig, stop_event: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or `stop_event`), then stop gracefully."""
-    gateway = create_gateway(config)
-    await gateway.start()
+async def serve(
+    config: GatewayConfig,
+    stop_event: asyncio.Event | None = None,
+    backend: InferenceBackend | None = None,
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
+
+    The signal handlers are installed before the gateway starts (store,
+    catalog, calibration can take seconds) and stay until it has stopped:
+    a SIGTERM while starting stops it once started, a SIGHUP while starting
+    is dropped (start reads the routing file anyway), and neither kills a
+    worker the supervisor would count as crashed. After the stop SIGHUP is
+    ignored: a reload forwarded to a process that is exiting cleanly.
+    """
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
+    gateway: Gateway | None = None
+
+    def reload() -> None:
+        if gateway is not None:
+            gateway.reload_routing()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload_routing)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await stop.wait()
-    finally:
+        gateway = create_gateway(config, backend)
+        await gateway.start()
         try:
+            await stop.wait()
+        finally:
             # The handlers stay during the drain: a second SIGTERM (a supervisor
             # dying, an impatient operator) must not kill a draining gateway.
             await gateway.stop()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload forwarded as the process ends
