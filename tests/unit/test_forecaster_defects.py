@@ -15,7 +15,14 @@ from forecast_gateway.core.catalog import ModelCatalog, build_spec
 from forecast_gateway.core.forecaster import Forecaster, ForecastResult
 from forecast_gateway.core.routing import Decision, Fallback, Policy, Shadow
 from forecast_gateway.core.validation import ForecastQuery
-from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal, Unavailable
+from forecast_gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+)
+from forecast_gateway.numerics import Levels
 
 M = {"default_horizon": "4", "max_horizon": "8", "sequence_length": "10"}
 
@@ -112,3 +119,30 @@ async def test_a_version_that_misses_its_deadline_is_answered_by_the_fallback_in
         Decision.FALLBACK,
         "1",
     )
+
+
+async def test_one_bad_request_lists_every_violation_known_before_inference() -> None:
+    """AIP-193: horizon over the model's maximum and a bad coverage in one BadRequest."""
+    backend = FakeBackend({"m": FakeModel(M, {"1": "READY"})})
+    forecaster = core(backend, Policy(split=(("1", 1.0),)))
+    bad = ForecastQuery("m", "", "", np.arange(1.0, 21.0), 3000, 0, levels=Levels(coverages=(1.5,)))
+    with pytest.raises(InvalidArgument) as raised:
+        await forecaster.forecast(bad, time.monotonic() + 2)
+    assert {v.field for v in raised.value.violations} == {"interval_coverages[0]", "horizon"}
+    pinned = ForecastQuery("m", "1", "", np.arange(1.0, 6.0), 3000, 0, levels=Levels((1.5,)))
+    outcomes = await forecaster.forecast_batch("m", [pinned], time.monotonic() + 2)
+    assert isinstance(outcomes[0], InvalidArgument)
+    assert {v.field for v in outcomes[0].violations} == {
+        "interval_coverages[0]",
+        "horizon",
+        "history",  # 5 points, version 1 reads 10
+    }
+    assert backend.calls == []  # nothing reached the backend
+
+
+async def test_a_bad_field_of_an_unknown_model_is_still_invalid_argument() -> None:
+    forecaster = core(FakeBackend({"m": FakeModel(M, {"1": "READY"})}), Policy())
+    bad = ForecastQuery("nope", "", "", np.arange(1.0, 21.0), -1, 0)
+    with pytest.raises(InvalidArgument) as raised:
+        await forecaster.forecast(bad, time.monotonic() + 2)
+    assert [v.field for v in raised.value.violations] == ["horizon"]

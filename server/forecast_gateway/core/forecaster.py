@@ -65,9 +65,8 @@ class Forecaster:
         `deadline` is a time.monotonic() value: the caller's deadline.
         `notes`, when given, learns the model, version and routing decision.
         """
-        self.planner.check(query)
+        plan = self.planner.plan_query(0, query)
         spec = self.catalog.get(query.model)
-        plan = self.planner.plan(spec, 0, query)
         if notes is not None:
             route = plan.route
             notes.route(spec.name, route.version, route.decision, route.restricted)
@@ -86,8 +85,7 @@ class Forecaster:
         plans: list[Plan] = []
         for index, query in enumerate(queries):
             try:
-                self.planner.check(query)
-                plans.append(self.planner.plan(spec, index, query))
+                plans.append(self.planner.plan_query(index, query))
             except GatewayError as error:
                 outcomes[index] = error
         served: list[tuple[Plan, ForecastResult]] = []

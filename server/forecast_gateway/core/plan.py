@@ -16,7 +16,14 @@ from forecast_gateway import metrics
 from forecast_gateway.core.catalog import ModelCatalog, ModelSpec, VersionSpec
 from forecast_gateway.core.results import Plan
 from forecast_gateway.core.routing import NoEligibleVersion, Policy, choose_version
-from forecast_gateway.core.validation import ForecastQuery, Shape, check_query, resolve_shape
+from forecast_gateway.core.validation import (
+    ForecastQuery,
+    Shape,
+    check_query,
+    query_violations,
+    resolve_shape,
+    shape_violations,
+)
 from forecast_gateway.errors import GatewayError, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -45,6 +52,29 @@ class Planner:
     def check(self, query: ForecastQuery) -> None:
         """The checks that need no model (InvalidArgument with every violation)."""
         check_query(query, self.max_history_length)
+
+    def plan_query(self, index: int, query: ForecastQuery) -> Plan:
+        """Check, look the model up, route and fix the shape.
+
+        A malformed query gets one INVALID_ARGUMENT listing every violation
+        known before inference (AIP-193): the model-free checks and, for a
+        served model, what its limits (and a pinned version's window) reject
+        of the fields that are not already at fault.
+        """
+        violations = query_violations(query, self.max_history_length)
+        spec = self.catalog.specs.get(query.model) if violations else self.catalog.get(query.model)
+        if not violations:
+            assert spec is not None
+            return self.plan(spec, index, query)
+        if spec is not None:
+            pinned = spec.versions.get(query.version) if query.version else None
+            faulty = {v.field for v in violations}
+            violations += [
+                v
+                for v in shape_violations(query, spec, pinned)
+                if v.field not in faulty and not (v.field == "history" and pinned is None)
+            ]
+        raise InvalidArgument.of(violations)
 
     def plan(self, spec: ModelSpec, index: int, query: ForecastQuery) -> Plan:
         """Route among the versions that can serve the query, and fix its shape."""

@@ -54,6 +54,13 @@ class Shape:
 
 def check_query(query: ForecastQuery, max_history_length: int) -> None:
     """Checks that need no model: required fields, finite values, sign of numbers."""
+    violations = query_violations(query, max_history_length)
+    if violations:
+        raise InvalidArgument.of(violations)
+
+
+def query_violations(query: ForecastQuery, max_history_length: int) -> list[FieldViolation]:
+    """Every violation `check_query` finds (empty: the query is well-formed)."""
     violations: list[FieldViolation] = []
     if not query.model:
         violations.append(FieldViolation("model", "model is required (see ListModels)"))
@@ -82,8 +89,7 @@ def check_query(query: ForecastQuery, max_history_length: int) -> None:
     if query.levels:
         violations += _level_violations("interval_coverages", query.levels.coverages, MAX_INTERVALS)
         violations += _level_violations("quantile_levels", query.levels.quantiles, MAX_QUANTILES)
-    if violations:
-        raise InvalidArgument.of(violations)
+    return violations
 
 
 def _level_violations(field: str, values: tuple[float, ...], most: int) -> list[FieldViolation]:
@@ -150,7 +156,22 @@ def _history_violation(history: FloatArray, max_history_length: int) -> FieldVio
 
 def resolve_shape(query: ForecastQuery, model: ModelSpec, version: VersionSpec) -> Shape:
     """Window and horizon for this version, or INVALID_ARGUMENT naming what is out of range."""
+    violations = shape_violations(query, model, version)
+    if violations:
+        raise InvalidArgument.of(violations)
+    return Shape(
+        window=query.sequence_length or version.sequence_length,
+        horizon=query.horizon or model.default_horizon,
+    )
+
+
+def shape_violations(
+    query: ForecastQuery, model: ModelSpec, version: VersionSpec | None
+) -> list[FieldViolation]:
+    """What `version` (None: the model alone, its horizon) cannot take of the query."""
     violations: list[FieldViolation] = []
+    if version is None:
+        return _horizon_violations(query, model)
     window = query.sequence_length or version.sequence_length
     low, high = version.min_sequence_length, version.max_sequence_length
     if not low <= window <= high:
@@ -169,17 +190,19 @@ def resolve_shape(query: ForecastQuery, model: ModelSpec, version: VersionSpec) 
                 f"{version.version} needs at least {window} (its window)",
             )
         )
+    return violations + _horizon_violations(query, model)
+
+
+def _horizon_violations(query: ForecastQuery, model: ModelSpec) -> list[FieldViolation]:
     horizon = query.horizon or model.default_horizon
     if horizon > model.max_horizon:
-        violations.append(
+        return [
             FieldViolation(
                 "horizon",
                 f"horizon {horizon} is over {model.name}'s maximum of {model.max_horizon}",
             )
-        )
-    if violations:
-        raise InvalidArgument.of(violations)
-    return Shape(window=window, horizon=horizon)
+        ]
+    return []
 
 
 def batch_violations(ids: Sequence[str], max_series: int) -> list[FieldViolation]:
