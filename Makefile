@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Tools installed into the venv (buf, grpcurl, ruff, mypy) come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install system-tools run postgres test unit functional lint check-gen gen train calibrate bench lock clean
+.PHONY: contract-baseline help install system-tools run postgres test unit functional lint check-gen gen train calibrate bench lock clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,16 +43,20 @@ unit: install system-tools  ## Only the unit tests (no Triton; the A/B store tes
 functional: install system-tools  ## Only the functional tests (real Triton + gateway).
 	$(PY) -m pytest -q tests/functional
 
-lint: install  ## ruff, mypy, buf lint/format/breaking, compose schema.
+lint: install  ## ruff, mypy, buf lint/format/breaking (vs the released contract and the previous commit), compose schema.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/buf lint
 	$(BIN)/buf format -d --exit-code
-	@if git rev-parse --verify --quiet main >/dev/null; then \
-	  $(BIN)/buf breaking --against '.git#branch=main'; \
-	else echo "buf breaking: no main branch to compare against, skipped"; fi
+	$(BIN)/buf breaking --against protos/baseline.binpb
+	@if git rev-parse --verify --quiet HEAD~1 >/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no previous commit to compare against"; fi
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+contract-baseline: install  ## After a release: record the contract that `buf breaking` protects (protos/baseline.binpb).
+	$(BIN)/buf build -o protos/baseline.binpb
 
 gen: install  ## Regenerate the Python code and typed stubs from protos/.
 	PYTHON=$(PY) tools/gen_protos.sh
