@@ -38,6 +38,7 @@ from pydantic import (
 
 from forecast_gateway import store_urls
 from forecast_gateway.errors import ConfigError
+from forecast_gateway.names import VERSION_RULE, is_version
 from forecast_gateway.triton_target import parse_target
 
 ENV_PREFIX = "FORECAST_"
@@ -94,7 +95,21 @@ Count = Annotated[int, Field(gt=0, le=2**31 - 1)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 OptionalSeconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 ConnectionSeconds = Annotated[float, Field(ge=0, le=MAX_CONNECTION_SECONDS)]
-Version = Annotated[str, BeforeValidator(_version_text), StringConstraints(pattern=r"^\d*$")]
+
+
+def _version(value: str) -> str:
+    """Empty (the model's default) or a version name (`names.is_version`)."""
+    if value and not is_version(value):
+        raise ValueError(f"must be empty or {VERSION_RULE}")
+    return value
+
+
+Version = Annotated[
+    str,
+    BeforeValidator(_version_text),
+    StringConstraints(strip_whitespace=True),
+    AfterValidator(_version),
+]
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,7 @@ class ModelConfig:
 
     name: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
     """The Triton model name."""
-    default_version: Annotated[Version, StringConstraints(strip_whitespace=True)] = ""
+    default_version: Version = ""
     """The version serving requests that name none; empty: the highest ready version."""
 
 

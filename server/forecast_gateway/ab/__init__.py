@@ -12,7 +12,6 @@ the backend choice), `sql` (the queries both backends run), `sqlite` and
 from forecast_gateway.ab.aggregates import TRACKED
 from forecast_gateway.ab.records import (
     DEFAULT_EXPERIMENT,
-    EXPERIMENT_NAME,
     ActualsReport,
     ExperimentInfo,
     ExperimentReport,
@@ -27,7 +26,6 @@ from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
-    "EXPERIMENT_NAME",
     "TRACKED",
     "ActualsReport",
     "Bounds",

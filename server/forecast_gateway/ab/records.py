@@ -5,17 +5,15 @@ from __future__ import annotations
 import enum
 import math
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass
 
+from forecast_gateway.names import EXPERIMENT_NAME_RULE, is_experiment_name
 from forecast_gateway.numerics import FloatArray
 
 DEFAULT_EXPERIMENT = "default"
 """The experiment of forecasts served under no named experiment."""
-EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""An experiment name: letters, digits, '.', '_', '-'; 64 characters at most."""
 
 
 def new_forecast_id() -> str:
@@ -266,11 +264,8 @@ def check_prediction(prediction: Prediction, role: Role) -> None:
 
 def check_experiment(name: str) -> None:
     """Raise ValueError unless `name` is a valid experiment name."""
-    if not EXPERIMENT_NAME.fullmatch(name):
-        raise ValueError(
-            f"experiment name {name[:80]!r} must be 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    if not is_experiment_name(name):
+        raise ValueError(f"experiment name {name[:80]!r} must be {EXPERIMENT_NAME_RULE}")
 
 
 def check_forecast(forecast: RecordedForecast) -> None:

@@ -14,7 +14,7 @@ import structlog
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
-from forecast_gateway.ab import EXPERIMENT_NAME, ExperimentInfo, ExperimentStore, interval_flags
+from forecast_gateway.ab import ExperimentInfo, ExperimentStore, interval_flags
 from forecast_gateway.api import calls
 from forecast_gateway.api.convert import (
     actuals_from,
@@ -33,6 +33,7 @@ from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster, ForecastResult
 from forecast_gateway.core.validation import batch_violations
 from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, shown
+from forecast_gateway.names import EXPERIMENT_NAME_RULE, is_experiment_name
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -187,8 +188,6 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self, request: forecast_service_pb2.ReportActualsRequest, context: Context
     ) -> forecast_service_pb2.ReportActualsResponse:
         """Score an earlier forecast against observed values."""
-        if not request.forecast_id:
-            raise InvalidArgument.of([FieldViolation("forecast_id", "forecast_id is required")])
         report = await self.store.report_actuals(
             request.forecast_id, list(request.actuals), request.offset
         )
@@ -240,10 +239,8 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
 
     async def _check_experiment(self, model: str, name: str) -> None:
         """INVALID_ARGUMENT for a malformed name, NOT_FOUND for one the store does not hold."""
-        if not EXPERIMENT_NAME.fullmatch(name):
-            raise InvalidArgument.of(
-                [FieldViolation("experiment", "1-64 letters, digits, '.', '_' or '-'")]
-            )
+        if not is_experiment_name(name):
+            raise InvalidArgument.of([FieldViolation("experiment", EXPERIMENT_NAME_RULE)])
         if all(i.experiment != name for i in await self.store.experiments(model)):
             raise NotFound(
                 f"model {model!r} has no experiment {shown(name)}; ListExperiments lists them",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import tomllib
 import types
 from collections.abc import Callable, Collection, Mapping
@@ -26,13 +25,18 @@ from typing import Any
 
 import structlog
 
-from forecast_gateway.ab import DEFAULT_EXPERIMENT, EXPERIMENT_NAME
+from forecast_gateway.ab import DEFAULT_EXPERIMENT
 from forecast_gateway.core.catalog import ModelSpec
 from forecast_gateway.core.routing import Fallback, Policy, Shadow
+from forecast_gateway.names import (
+    EXPERIMENT_NAME_RULE,
+    VERSION_RULE,
+    is_experiment_name,
+    is_version,
+)
 
 log = structlog.get_logger(__name__)
 
-_VERSION = re.compile(r"[1-9][0-9]*")
 _MODEL_KEYS = frozenset({"split", "shadow", "fallback", "experiment"})
 _SHADOW_KEYS = frozenset({"version", "percent"})
 _FALLBACK_KEYS = frozenset({"model", "version"})
@@ -319,8 +323,8 @@ def _number(raw: object, where: str) -> float:
 def _version(raw: object, where: str) -> str:
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
-    if not isinstance(raw, str) or not _VERSION.fullmatch(raw):
-        raise RoutingConfigError(f'{where}: expected a version number such as "1", got {raw!r}')
+    if not isinstance(raw, str) or not is_version(raw):
+        raise RoutingConfigError(f"{where}: expected {VERSION_RULE}, got {raw!r}")
     return raw
 
 
@@ -368,10 +372,9 @@ def _fallback(raw: object, where: str) -> Fallback:
 def _experiment(raw: object, where: str) -> str:
     if raw == "":
         return ""
-    if not isinstance(raw, str) or not EXPERIMENT_NAME.fullmatch(raw):
+    if not isinstance(raw, str) or not is_experiment_name(raw):
         raise RoutingConfigError(
-            f"{where}: expected a name of 1-64 letters, digits, '.', '_' or '-' "
-            f'(e.g. "lstm-v2-rollout"), got {raw!r}'
+            f'{where}: expected {EXPERIMENT_NAME_RULE} (e.g. "lstm-v2-rollout"), got {raw!r}'
         )
     return raw
 

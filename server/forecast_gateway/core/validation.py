@@ -16,14 +16,13 @@ import numpy as np
 
 from forecast_gateway.core.catalog import ModelSpec, VersionSpec
 from forecast_gateway.errors import FieldViolation, InvalidArgument, shown
+from forecast_gateway.names import VERSION_RULE, is_version
 from forecast_gateway.numerics import NO_LEVELS, FloatArray, Levels
 
 # Largest magnitude a history value may have. Beyond it the squares summed for
 # a window's standard deviation overflow float64 and the forecast would come
 # out non-finite; real series are nowhere near it (the models see z-scores).
 MAX_ABS_VALUE = 1e150
-# Longest version accepted: Triton versions are int64.
-MAX_VERSION_DIGITS = 19
 
 MAX_INTERVALS = 8
 """Interval coverages one request may ask for."""
@@ -64,11 +63,9 @@ def query_violations(query: ForecastQuery, max_history_length: int) -> list[Fiel
     violations: list[FieldViolation] = []
     if not query.model:
         violations.append(FieldViolation("model", "model is required (see ListModels)"))
-    if query.version and not _is_version_number(query.version):
+    if query.version and not is_version(query.version):
         violations.append(
-            FieldViolation(
-                "version", f'version must be a number like "2", got {shown(query.version)}'
-            )
+            FieldViolation("version", f"version must be {VERSION_RULE}, got {shown(query.version)}")
         )
     history = _history_violation(query.history, max_history_length)
     if history is not None:
@@ -111,15 +108,6 @@ def _level_violations(field: str, values: tuple[float, ...], most: int) -> list[
         repeated = sorted({v for v in values if values.count(v) > 1})
         violations.append(FieldViolation(field, f"values must be distinct; repeated: {repeated}"))
     return violations
-
-
-def _is_version_number(text: str) -> bool:
-    """ASCII digits, at most 19 of them (an int64).
-
-    The length goes first: isdigit() is slow on long strings, and a batch
-    checks the version once per series.
-    """
-    return len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()
 
 
 def _history_violation(history: FloatArray, max_history_length: int) -> FieldViolation | None:
