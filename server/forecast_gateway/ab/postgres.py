@@ -1,8 +1,9 @@
 """PostgreSQL backend of the A/B store: one database shared by every replica.
 
 psycopg 3's asyncio API with a psycopg-pool connection pool, on the
-gateway's event loop. Migrations run at start-up inside a session-level
-advisory lock, so replicas starting together apply each version once; the
+gateway's event loop. Migrations run at start-up in one transaction that
+first takes a transaction-level advisory lock, so replicas starting together
+apply each version once (and no lock outlives its transaction); the
 applied versions are rows of `schema_migrations`. Scoring locks the
 forecast's row (`FOR UPDATE`), so actuals for one forecast that reach two
 replicas at once are applied one after the other (ab.sql).
@@ -147,18 +148,14 @@ class PostgresBackend:
         )
         try:
             await self._pool.open(wait=True, timeout=self.connect_timeout_s)
+            async with self._pool.connection() as connection, connection.transaction():
+                # A transaction-level lock: the COMMIT or ROLLBACK releases it, whatever
+                # ends the transaction (a start cancelled while it waits for the lock too).
+                await connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                await _migrate(_PostgresTransaction(connection))
         except BaseException:
-            await self.close()  # stop the pool's reconnect attempts
+            await self.close()  # stop the pool's reconnect attempts; no connection left open
             raise
-        async with self._pool.connection() as connection:
-            await connection.set_autocommit(True)
-            await connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            try:
-                async with connection.transaction():
-                    await _migrate(_PostgresTransaction(connection))
-            finally:
-                await connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-                await connection.set_autocommit(False)
 
     async def close(self) -> None:
         """Close the pool."""

@@ -165,13 +165,15 @@ class SQLiteBackend:
     async def transaction(self, *, write: bool) -> AsyncIterator[Transaction]:
         """BEGIN IMMEDIATE for writes (the write lock up front: no upgrade deadlock), else BEGIN."""
         async with self._lock:
-            await self._run(self._db.execute, "BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                # Inside the try: a caller cancelled while BEGIN runs on the thread (it
+                # still completes there) rolls back, or the connection stays in it.
+                await self._run(self._db.execute, "BEGIN IMMEDIATE" if write else "BEGIN")
                 yield _SQLiteTransaction(self)
             except BaseException:
-                await self._run(self._db.execute, "ROLLBACK")
+                await self._run(_rollback, self._db)
                 raise
-            await self._run(self._db.execute, "COMMIT")
+            await self._run(_commit, self._db)
 
     def is_conflict(self, error: BaseException) -> bool:
         """Another process held the lock past the busy timeout."""
@@ -242,6 +244,21 @@ def _fetchone(db: sqlite3.Connection, sql: str, params: Sequence[object]) -> Row
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Row]:
     return db.execute(sql, params).fetchall()
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any (BEGIN itself may have failed)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    """COMMIT; a COMMIT that fails (busy, I/O) rolls back, so no transaction stays open."""
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
