@@ -71,7 +71,11 @@ def test_predict_json(cli_env: dict[str, str], model: str, version: str, window:
                          "--routing-key", "cli-test", "--horizon", str(HORIZON),
                          "--history", INLINE)  # fmt: skip
     assert set(body) == FORECAST_KEYS
-    assert (body["model"], body["version"], body["routingDecision"]) == (model, version, "pinned")
+    assert (body["model"], body["version"], body["routingDecision"]) == (
+        model,
+        version,
+        "ROUTING_DECISION_PINNED",
+    )
     assert (body["horizon"], body["sequenceLength"]) == (HORIZON, window)
     assert len(body["values"]) == HORIZON
     assert all(isinstance(v, float) and math.isfinite(v) for v in body["values"])
@@ -80,7 +84,7 @@ def test_predict_json(cli_env: dict[str, str], model: str, version: str, window:
 
 def test_predict_without_version_reports_the_default(cli_env: dict[str, str]) -> None:
     body = forecast_json(cli_env, "predict", "--model", "lstm_timeseries", "--history", INLINE)
-    assert body["routingDecision"] == "default"
+    assert body["routingDecision"] == "ROUTING_DECISION_DEFAULT"
     assert body["version"] in {"1", "2"}
     assert len(body["values"]) == body["horizon"] > 0
 
@@ -123,7 +127,10 @@ def test_models_name_describes_one(cli_env: dict[str, str]) -> None:
     model = forecast_json(cli_env, "models", "lstm_timeseries")["model"]
     assert model["name"] == "lstm_timeseries"
     assert model["maxHorizon"] >= model["defaultHorizon"] > 0
-    assert {v["version"]: v["state"] for v in model["versions"]} == {"1": "ready", "2": "ready"}
+    assert {v["version"]: v["state"] for v in model["versions"]} == {
+        "1": "MODEL_VERSION_STATE_READY",
+        "2": "MODEL_VERSION_STATE_READY",
+    }
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def test_report_prints_the_served_and_shadow_scores(
 ) -> None:
     predicted = forecast_json(env, "predict", "--model", "lstm_timeseries", "--csv",
                               str(history_csv), "--horizon", str(HORIZON))  # fmt: skip
-    assert (predicted["version"], predicted["routingDecision"]) == ("2", "default")
+    assert (predicted["version"], predicted["routingDecision"]) == ("2", "ROUTING_DECISION_DEFAULT")
     forecast_id = predicted["forecastId"]
     time.sleep(0.2)  # the shadow forecast runs off the response path
 
@@ -184,8 +184,11 @@ def test_report_prints_the_served_and_shadow_scores(
     assert (body["forecastId"], body["model"]) == (forecast_id, "lstm_timeseries")
     assert (body["horizon"], body["stepsReceived"]) == (HORIZON, HORIZON)
     scores = {score["role"]: score for score in body["scores"]}
-    assert set(scores) == {"served", "shadow"}, body
-    assert (scores["served"]["version"], scores["shadow"]["version"]) == ("2", "1")
+    assert set(scores) == {"SCORE_ROLE_SERVED", "SCORE_ROLE_SHADOW"}, body
+    assert (scores["SCORE_ROLE_SERVED"]["version"], scores["SCORE_ROLE_SHADOW"]["version"]) == (
+        "2",
+        "1",
+    )
     for score in scores.values():
         assert score["stepsScored"] == HORIZON
         assert score["mae"] > 0 and score["smape"] > 0 and score["mase"] > 0

@@ -72,7 +72,7 @@ def test_predict_json_carries_intervals_quantiles_and_uncertainty(cli_env: dict[
     quantiles = [QuantileForecast(q["level"], q["values"]) for q in body["quantiles"]]
     check_bands(body["values"], intervals, quantiles)
     uncertainty = body["uncertainty"]
-    assert (uncertainty["status"], uncertainty["detail"]) == ("calibrated", "")
+    assert (uncertainty["status"], uncertainty["detail"]) == ("UNCERTAINTY_STATUS_CALIBRATED", "")
     assert uncertainty["method"].startswith("split conformal")
     assert len(uncertainty["calibrationScores"]) == HORIZON
     assert all(n >= 39 for n in uncertainty["calibrationScores"])  # enough for 95%
@@ -84,7 +84,7 @@ def test_a_level_without_enough_scores_is_a_note_not_a_column(cli_env: dict[str,
                       "--interval", "0.8", "--interval", "0.999")  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[2].startswith("intervals: not calibrated, ")
+    assert lines[2].startswith("intervals: partly calibrated, ")  # the 80% columns are
     assert lines[3].startswith("note: ") and "0.999" in lines[3]
     assert lines[5].split() == ["STEP", "VALUE", "lo80", "hi80"]
 
@@ -120,7 +120,7 @@ def test_compare_json_has_each_versions_bands(cli_env: dict[str, str]) -> None:
         intervals = [Interval(i["coverage"], i["lower"], i["upper"]) for i in version["intervals"]]
         quantiles = [QuantileForecast(q["level"], q["values"]) for q in version["quantiles"]]
         check_bands(version["values"], intervals, quantiles)
-        assert version["uncertainty"]["status"] == "calibrated"
+        assert version["uncertainty"]["status"] == "UNCERTAINTY_STATUS_CALIBRATED"
 
 
 def test_client_returns_typed_bands_on_every_call(gateway: GatewayProcess) -> None:

@@ -233,7 +233,7 @@ def test_cli_predict_json(target: str, capsys: pytest.CaptureFixture[str]) -> No
         "model": "m",
         "version": "1",
         "values": [4.0, 5.0],
-        "routingDecision": "pinned",
+        "routingDecision": "ROUTING_DECISION_PINNED",
         "horizon": 2,
         "sequenceLength": 3,
     }
@@ -317,7 +317,7 @@ def test_cli_models_table_and_json(target: str, capsys: pytest.CaptureFixture[st
     )
     assert model["versions"][0] == {
         "version": "1",
-        "state": "ready",
+        "state": "MODEL_VERSION_STATE_READY",
         "sequenceLength": 10,
         "minSequenceLength": 10,
         "maxSequenceLength": 10,

@@ -180,7 +180,7 @@ def test_cli_predict_table_has_the_bounds_and_the_note(
     assert main([*args, "--interval", "0.8", "--interval", "0.95", "--quantile", "0.9"]) == 0
     assert list(gateway.requests[0].interval_coverages) == [0.8, 0.95]
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == f"intervals: not calibrated, 165-170 scores per step, {METHOD}"
+    assert lines[2] == f"intervals: partly calibrated, 165-170 scores per step, {METHOD}"
     assert lines[3] == f"note: {DETAIL}"
     table = [line.split() for line in lines[5:]]
     assert table[0] == ["STEP", "VALUE", "lo80", "hi80", "lo95", "hi95", "q90"]
@@ -200,7 +200,7 @@ def test_cli_predict_json_has_them_only_when_asked_for(
     assert body["intervals"][1] == {"coverage": 0.95, "lower": [8.0, 8.0], "upper": [12.0, 14.0]}
     assert body["quantiles"] == [{"level": 0.9, "values": [11.0, 12.5]}]
     assert body["uncertainty"] == {
-        "status": "not_calibrated",
+        "status": "UNCERTAINTY_STATUS_NOT_CALIBRATED",
         "method": METHOD,
         "calibrationScores": [165, 170],
         "detail": DETAIL,

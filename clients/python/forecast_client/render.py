@@ -77,7 +77,7 @@ def forecast_json(forecast: Forecast) -> JsonObject:
         "model": forecast.model,
         "version": forecast.version,
         "values": list(forecast.values),
-        "routingDecision": forecast.routing_decision,
+        "routingDecision": _proto_enum("ROUTING_DECISION_", forecast.routing_decision),
         "horizon": forecast.horizon,
         "sequenceLength": forecast.sequence_length,
         **_bands_json(forecast),
@@ -141,7 +141,7 @@ def actuals_json(report: ActualsReport) -> JsonObject:
         "scores": [
             {
                 "version": s.version,
-                "role": s.role,
+                "role": _proto_enum("SCORE_ROLE_", s.role),
                 "stepsScored": s.steps_scored,
                 "mae": _finite(s.mae),
                 "smape": _finite(s.smape),
@@ -236,7 +236,7 @@ def forecast_text(forecast: Forecast) -> str:
         f"forecast id {forecast.forecast_id}\n"
     )
     if forecast.uncertainty is not None:
-        summary += _uncertainty_line(forecast.uncertainty)
+        summary += _uncertainty_line(forecast.uncertainty, forecast)
     rows = [
         [str(step + 1), _number(value), *_band_cells(forecast, step)]
         for step, value in enumerate(forecast.values)
@@ -511,7 +511,7 @@ def _bands_json(forecast: Forecast | VersionForecast) -> JsonObject:
         ],
         "quantiles": [{"level": q.level, "values": list(q.values)} for q in forecast.quantiles],
         "uncertainty": {
-            "status": u.status,
+            "status": _proto_enum("UNCERTAINTY_STATUS_", u.status),
             "method": u.method,
             "calibrationScores": list(u.calibration_scores),
             "detail": u.detail,
@@ -535,9 +535,12 @@ def _version_step_cells(forecast: VersionForecast, step: int) -> list[str]:
     return [_at(forecast.values, step), *_band_cells(forecast, step)]
 
 
-def _uncertainty_line(uncertainty: Uncertainty) -> str:
+def _uncertainty_line(uncertainty: Uncertainty, forecast: Forecast | VersionForecast) -> str:
     """E.g. "intervals: calibrated, 165 scores per step, split conformal (...)" and the note."""
-    parts = [uncertainty.status.replace("_", " ")]
+    status = uncertainty.status.replace("_", " ")
+    if not uncertainty.calibrated and (forecast.intervals or forecast.quantiles):
+        status = "partly calibrated"  # some columns below are, the note says which are not
+    parts = [status]
     if uncertainty.calibration_scores:
         low, high = min(uncertainty.calibration_scores), max(uncertainty.calibration_scores)
         parts.append(f"{low} scores per step" if low == high else f"{low}-{high} scores per step")
@@ -547,6 +550,15 @@ def _uncertainty_line(uncertainty: Uncertainty) -> str:
     if not uncertainty.calibrated:
         line += f"note: {uncertainty.detail or 'some requested levels are not calibrated'}\n"
     return line
+
+
+def _proto_enum(prefix: str, label: str) -> str | int:
+    """A client label ("weighted") as proto JSON writes the enum (ROUTING_DECISION_WEIGHTED).
+
+    A value newer than the client's stubs (its number as digits) stays a number, as in
+    proto JSON.
+    """
+    return int(label) if label.isdigit() else prefix + label.upper()
 
 
 def _percent(level: float) -> str:
@@ -596,7 +608,7 @@ def _p_value(value: float) -> str:
 def _version_json(version: ModelVersionInfo) -> JsonObject:
     return {
         "version": version.version,
-        "state": version.state,
+        "state": _proto_enum("MODEL_VERSION_STATE_", version.state),
         "sequenceLength": version.sequence_length,
         "minSequenceLength": version.min_sequence_length,
         "maxSequenceLength": version.max_sequence_length,
