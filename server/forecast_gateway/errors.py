@@ -5,7 +5,8 @@ interceptor) turns them into a gRPC status with `google.rpc` details:
 `ErrorInfo` (stable reason, domain "forecast.v1") always, `BadRequest` field
 violations for invalid input. Anything else that escapes becomes INTERNAL
 with a generic message. `Code` holds the canonical status numbers
-(google.rpc.Code), so nothing below the edge imports grpc.
+(google.rpc.Code), so the core and the A/B store never import grpc (below the
+edge only `backends/triton.py` does, for Triton's client).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Structured logging: one configuration for structlog and the stdlib loggers.
 
 JSON lines when stderr is not a terminal (or FORECAST_LOG_FORMAT=json), a
-readable console format on a terminal. Request context (request id, rpc,
-model, version, routing) is bound with contextvars by the interceptor and the
-core, so every line of a request carries it.
+readable console format on a terminal. The request id and rpc are bound
+with contextvars by the interceptor, so every line of a request carries them
+(a worker process adds `worker=<n>`: `workers.tag_logs`); the model, version
+and routing decision are in the call's `CallNotes` and go on its request
+line, and no metric label is read from the log context.
 
 The gateway's own events are rendered by structlog and written straight to
 stderr; only foreign loggers (grpc, tritonclient) go through the stdlib

@@ -219,8 +219,8 @@ class TritonCrashed(RuntimeError):
 
 TRITON_SEGFAULT = "Signal (11) received"
 """Triton 2.51 now and then segfaults when `load_model` reloads a model while requests
-are in flight (upstream: triton-inference-server/server issues 7723 and 4924): seen once
-in the fresh-clone CI runs of 2026-11-30. The gateway cannot prevent it and the test is about the
+are in flight (upstream: triton-inference-server/server issues 7723 and 4924; the sighting
+is in docs/reliability.md). The gateway cannot prevent it and the test is about the
 gateway, so a run in which Triton crashed is started again, once, with a fresh Triton."""
 
 

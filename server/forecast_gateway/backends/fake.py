@@ -1,12 +1,13 @@
 """An inference backend in process: the gRPC edge and the hot path without Triton.
 
-Shipped with the gateway (not hidden in tests) so that edge tests, the
-hot-path benchmark and a team's own tests share one stand-in that follows
-`InferenceBackend` exactly (mypy checks it). Each version forecasts with a
-plain function of its normalized window (default: the window's last value
-repeated), and tests script what a real Triton can do: versions that are not
-ready, errors raised for a version, a delay. Inference and batching are only
-ever judged against a real Triton; this fake answers, it does not model.
+Shipped with the gateway (not hidden in tests) so that edge tests, core
+tests and a team's own tests share one stand-in that follows
+`InferenceBackend` exactly (mypy checks it); `bench/hotpath.py` still uses
+a stand-in of its own. Each version forecasts with a plain function of its
+normalized window (default: the window's last value repeated), and tests
+script what a real Triton can do: versions that are not ready, errors
+raised for a version, a delay. Inference and batching are only ever judged
+against a real Triton; this fake answers, it does not model.
 """
 
 from __future__ import annotations

@@ -4,9 +4,14 @@ Inference goes through Triton's generated gRPC stub on one shared async
 channel with raw tensor bytes (the hot path); readiness, the repository
 index and model configs through `tritonclient.grpc.aio`. Every call has a
 timeout, and Triton's errors become the gateway's own exceptions in one
-place (`convert_error`). A forecast is sent as its own request of batch size 1
-(a batch RPC as a few rows): Triton's dynamic batcher, in C++, groups
-concurrent requests of the same window into one model execution.
+place (`convert_error`). `forecast` sends the rows it is handed as one
+request of shape [rows, window]; it does no grouping of its own. The rows
+come from the coalescer (`coalescing.py`), which stacks concurrent calls for
+the same (model, version, window, horizon) into one multi-row request of at
+most the model's max_batch_size rows (a ForecastBatch group arrives already
+stacked, and joins concurrent calls of its key the same way). Triton's
+dynamic batcher, in C++, may then merge concurrent requests of equal shape
+into one model execution.
 
 With several Triton replicas (`triton_url` a list or a `dns:///` name, see
 `triton_target`) the inference channel spreads calls over them one call at
