@@ -289,7 +289,8 @@ async def test_refresh_picks_up_what_another_replica_reported(tmp_path: Path) ->
         assert calibration.pools(MODEL, "2") == []
         await add_online(theirs, "2", [[float(i), -float(i)] for i in range(12)])
         deadline = time.monotonic() + 5.0
-        while not calibration.pools(MODEL, "2"):  # the background refresh, every refresh_s
+        # The background refresh, every refresh_s, may land between two of the reports.
+        while [pool.size for pool in calibration.pools(MODEL, "2")] != [12, 12]:
             assert time.monotonic() < deadline, "the pools were not refreshed within 5 s"
             await asyncio.sleep(0.02)
         assert [pool.size for pool in calibration.pools(MODEL, "2")] == [12, 12]
