@@ -146,7 +146,7 @@ async def test_a_start_cancelled_as_it_gets_the_migration_lock_leaves_no_lock_he
     try:
         await holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         start = asyncio.create_task(store.start())
-        await _until_waiting_for_an_advisory_lock(holder)
+        await _until_waiting_for_a_lock(holder, "advisory")
         await holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         start.cancel()  # before the start has read that it got the lock
         with contextlib.suppress(asyncio.CancelledError):
@@ -165,12 +165,52 @@ async def test_a_start_cancelled_as_it_gets_the_migration_lock_leaves_no_lock_he
         await holder.close()
 
 
-async def _until_waiting_for_an_advisory_lock(connection: Any) -> None:
-    """Poll pg_locks until some session waits for an advisory lock."""
-    query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+# -- 3. two transactions creating one calibration pool keep both scores ------------------------
+
+
+async def test_two_transactions_creating_one_calibration_pool_keep_both_scores(
+    postgres: LocalPostgres,
+) -> None:
+    """FOR UPDATE locks no row that does not exist yet: the second upsert overwrote the first.
+
+    Two transactions on two connections append to the same new pool; the
+    second starts while the first (which created the row) is still open.
+    """
+    import psycopg
+
+    from forecast_gateway.ab import sql
+
+    url = postgres.create_database(f"defect_{uuid.uuid4().hex[:12]}")
+    storage = open_storage(url, Bounds(10, 60.0, 8), password_file=str(postgres.password_file))
+    watcher = await psycopg.AsyncConnection.connect(
+        f"{url}?password={postgres.password}", autocommit=True
+    )
+    await storage.open()
+    backend: Any = storage.backend  # type: ignore[attr-defined]
+
+    async def append(score: float) -> None:
+        async with backend.transaction(write=True) as tx:
+            await sql._append_calibration(tx, backend.lock_rows, 8, {(MODEL, "1", 0): [score]})
+
+    try:
+        async with backend.transaction(write=True) as first:
+            await sql._append_calibration(first, backend.lock_rows, 8, {(MODEL, "1", 0): [0.5]})
+            second = asyncio.create_task(append(-0.25))
+            await _until_waiting_for_a_lock(watcher)  # on the row the first created
+        await second
+        pools = await storage.calibration_pools({})
+        assert pools[(MODEL, "1")].steps[0].tolist() == [0.5, -0.25]
+    finally:
+        await storage.close()
+        await watcher.close()
+
+
+async def _until_waiting_for_a_lock(connection: Any, locktype: str = "") -> None:
+    """Poll pg_locks until some session waits for a lock (of `locktype`, if given)."""
+    query = "SELECT count(*) FROM pg_locks WHERE NOT granted AND (locktype = %s OR %s = '')"
     async with asyncio.timeout(30):
         while True:
-            row = await (await connection.execute(query)).fetchone()
+            row = await (await connection.execute(query, (locktype, locktype))).fetchone()
             if row and row[0]:
                 return
             await asyncio.sleep(0.01)

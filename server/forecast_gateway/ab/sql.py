@@ -443,12 +443,23 @@ def _add_scores(
 async def _append_calibration(
     tx: Transaction, lock_rows: str, window: int, scores: dict[tuple[str, str, int], list[float]]
 ) -> None:
-    """Append scores to their pools, keeping the newest `window`; pools locked in key order."""
+    """Append scores to their pools, keeping the newest `window`; pools locked in key order.
+
+    Each pool row is created first (empty, revision 0) and only then read
+    under its lock: FOR UPDATE locks no row that does not exist yet, so two
+    transactions creating the same pool would each have written only its own
+    scores, the later overwriting the earlier.
+    """
     by_version: dict[tuple[str, str], dict[int, list[float]]] = {}
     for (model, version, step), values in sorted(scores.items()):
         by_version.setdefault((model, version), {})[step] = values
     for (model, version), steps in by_version.items():
         wanted = sorted(steps)
+        await tx.executemany(
+            "INSERT INTO calibration_pools (model, version, step, scores, revision) "
+            "VALUES (%s, %s, %s, %s, 0) ON CONFLICT (model, version, step) DO NOTHING",
+            [(model, version, step, b"") for step in wanted],
+        )
         current: dict[int, FloatArray] = {}
         for start in range(0, len(wanted), IN_LIST_MAX):
             chunk = wanted[start : start + IN_LIST_MAX]
@@ -460,12 +471,11 @@ async def _append_calibration(
                 current[int(step)] = _array(blob)
         rows = []
         for step in wanted:
-            pool = np.concatenate([current.get(step, np.empty(0)), steps[step]])[-window:]
-            rows.append((model, version, step, pool.astype("<f8").tobytes()))
+            pool = np.concatenate([current[step], steps[step]])[-window:]
+            rows.append((pool.astype("<f8").tobytes(), model, version, step))
         await tx.executemany(
-            "INSERT INTO calibration_pools (model, version, step, scores, revision) "
-            "VALUES (%s, %s, %s, %s, 1) ON CONFLICT (model, version, step) DO UPDATE SET "
-            "scores = excluded.scores, revision = calibration_pools.revision + 1",
+            "UPDATE calibration_pools SET scores = %s, revision = revision + 1 "
+            "WHERE model = %s AND version = %s AND step = %s",
             rows,
         )
 
