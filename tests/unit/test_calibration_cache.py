@@ -26,3 +26,14 @@ async def test_random_levels_from_callers_keep_the_cache_at_its_bound(tmp_path: 
     assert calibration.cached == 16
     assert calibration.table("m", "1", hot, 64) is hot_table  # the recently used one stayed
     await calibration.close()
+
+
+async def test_a_one_point_window_is_named_as_such_not_as_constant(tmp_path: Path) -> None:
+    calibration = Calibration(None, str(tmp_path), 256)
+    await calibration.start()
+    levels = Levels(coverages=(0.8,))
+    one = calibration.uncertainty("m", "1", np.zeros(3), 0.0, levels, window=1)
+    flat = calibration.uncertainty("m", "1", np.zeros(3), 0.0, levels, window=10)
+    assert "1 point" in one.detail and "constant" not in one.detail
+    assert "constant" in flat.detail
+    await calibration.close()

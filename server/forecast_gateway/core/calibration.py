@@ -144,12 +144,22 @@ class Calibration:
             self._publish(changed)
 
     def uncertainty(
-        self, model: str, version: str, values: FloatArray, scale: float, levels: Levels
+        self,
+        model: str,
+        version: str,
+        values: FloatArray,
+        scale: float,
+        levels: Levels,
+        window: int = 2,
     ) -> Uncertainty:
-        """The calibrated bounds of one forecast around `values` (`scale`: its naive MAE)."""
+        """The calibrated bounds of one forecast around `values`.
+
+        `scale` is the naive MAE of the `window` points the model read.
+        """
         entry = self._entry(model, version, levels, values.shape[0])
         if not scale > 0 or not math.isfinite(scale):
-            return Uncertainty(Status.NOT_CALIBRATED, (), (), entry.scores, CONSTANT_WINDOW)
+            detail = SINGLE_POINT if window < 2 else CONSTANT_WINDOW
+            return Uncertainty(Status.NOT_CALIBRATED, (), (), entry.scores, detail)
         bounds = values + scale * entry.table
         offset = 2 * len(levels.coverages)
         intervals = tuple(
@@ -238,6 +248,9 @@ class Calibration:
 
 
 CONSTANT_WINDOW = "the window is constant: there is no scale to express calibrated errors in"
+SINGLE_POINT = (
+    "the window has 1 point: the naive scale calibrated errors are expressed in needs at least 2"
+)
 
 
 @dataclass(frozen=True)

@@ -234,19 +234,30 @@ class Executor:
                     restricted=plan.route.restricted,
                     scale=scale,
                     uncertainty=self.uncertainty(
-                        spec.name, plan.route.version, plan.query.levels, row, scale
+                        spec.name,
+                        plan.route.version,
+                        plan.query.levels,
+                        row,
+                        scale,
+                        first.shape.window,
                     ),
                 )
             )
         return results
 
     def uncertainty(
-        self, model: str, version: str, levels: Levels, values: FloatArray, scale: float
+        self,
+        model: str,
+        version: str,
+        levels: Levels,
+        values: FloatArray,
+        scale: float,
+        window: int,
     ) -> Uncertainty | None:
         """The calibrated intervals and quantiles asked for (None: none were)."""
         if not levels or self.calibration is None:
             return None
-        return self.calibration.uncertainty(model, version, values, scale, levels)
+        return self.calibration.uncertainty(model, version, values, scale, levels, window)
 
     async def infer(
         self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
@@ -287,7 +298,7 @@ class Executor:
             return VersionOutcome(version, window, ms_since(started), error=error)
         latency_ms = ms_since(started)
         uncertainty = self.uncertainty(
-            spec.name, version, query.levels, values, naive_scales(rows)[0]
+            spec.name, version, query.levels, values, naive_scales(rows)[0], window
         )
         return VersionOutcome(version, window, latency_ms, values=values, uncertainty=uncertainty)
 
