@@ -112,7 +112,15 @@ _V2 = (
         PRIMARY KEY (model, version, step)
     )""",
 )
-MIGRATIONS = (Migration(1, _V1), Migration(2, _V2))
+_V3 = (
+    # The forecast count in rows that add up to it (one per store), not one row every
+    # write and prune of every replica locks.
+    "CREATE TABLE forecast_counts (shard INTEGER PRIMARY KEY, forecasts BIGINT NOT NULL)",
+    "INSERT INTO forecast_counts (shard, forecasts) "
+    "SELECT 0, value FROM store_meta WHERE name = 'forecasts'",
+    "DROP TABLE store_meta",
+)
+MIGRATIONS = (Migration(1, _V1), Migration(2, _V2), Migration(3, _V3))
 
 
 class PostgresBackend:

@@ -17,16 +17,30 @@ and migrations behind `Backend`. Every operation is one transaction:
   most recent `Bounds.calibration_window` scores and a revision that grows
   with every change; `calibration_pools` reads the pools whose revision moved.
 
-Rows are locked in one order everywhere (forecast rows sorted, then
-calibration pools sorted, then aggregate rows sorted by key), so concurrent
-writers wait, not deadlock; a backend may still report a deadlock or
-serialization failure, which is retried.
+Rows are locked in one order everywhere, so concurrent writers, scorers and
+pruners wait for one another and never deadlock:
+
+1. forecast rows, in id order (the existing ones a write's shadows belong
+   to, then the new served ones; scoring's one row; a prune's in one pass);
+2. prediction rows (a forecast's own under its forecast's lock; orphans
+   last: a write adopts them, a prune deletes them, each after its others);
+3. calibration pools, sorted by key;
+4. aggregate rows (`moments`, then `experiments`, `counters` and
+   `latency_buckets`), each sorted by key;
+5. last, one row of `forecast_counts`: the number of stored forecasts, kept
+   in COUNT_SHARDS rows that add up to it, each store adding to a row of its
+   own, so no single row serialises every replica's writes, and the count row
+   is held only from the statement before COMMIT.
+
+A backend may still report a deadlock or serialization failure, which is
+retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -64,6 +78,8 @@ PRUNE_INTERVAL_S = 1.0
 """How often an idle store deletes what is past its bounds."""
 CONFLICT_RETRIES = 5
 """Attempts at a transaction that the database aborted for a deadlock or serialization failure."""
+COUNT_SHARDS = 16
+"""Rows of `forecast_counts`: each store adds its writes and prunes to one, picked at random."""
 
 Row = tuple[Any, ...]
 _T = TypeVar("_T")
@@ -180,6 +196,7 @@ class SqlStorage:
         self._bounds = bounds
         self._clock = clock
         self._pruned_at = -math.inf
+        self._shard = random.randrange(COUNT_SHARDS)
 
     def describe(self) -> str:
         """Where the data lives, for logs."""
@@ -201,12 +218,16 @@ class SqlStorage:
         """
         if records:
             lock_rows, window = self.backend.lock_rows, self._bounds.calibration_window
-            await self._retrying(lambda tx: _write(tx, lock_rows, window, records), write=True)
+            await self._retrying(
+                lambda tx: _write(tx, lock_rows, window, self._shard, records), write=True
+            )
         now = self._clock()
         if records or not now - PRUNE_INTERVAL_S < self._pruned_at <= now:
             self._pruned_at = now
             try:  # the records are in: a failed prune is retried with the next batch
-                await self._retrying(lambda tx: _prune(tx, self._bounds, now), write=True)
+                await self._retrying(
+                    lambda tx: _prune(tx, self._bounds, self._shard, now), write=True
+                )
             except Exception as error:
                 log.warning("store_prune_failed", error=type(error).__name__)
 
@@ -265,9 +286,14 @@ class SqlStorage:
         raise AssertionError("unreachable")
 
 
-async def _write(tx: Transaction, lock_rows: str, window: int, records: Sequence[Record]) -> None:
+async def _write(
+    tx: Transaction, lock_rows: str, window: int, shard: int, records: Sequence[Record]
+) -> None:
+    """Rows in the module's lock order: forecasts, predictions, pools, aggregates, the count."""
     served = [r for r in records if isinstance(r, RecordedForecast)]
     shadows = [r for r in records if isinstance(r, ShadowRecord)]
+    known = await _lock_forecasts(tx, lock_rows, {s.forecast_id for s in shadows})
+    inserted = 0
     if served:
         inserted = await tx.executemany(
             "INSERT INTO forecasts (forecast_id, model, experiment, comparable, horizon, "
@@ -286,32 +312,33 @@ async def _write(tx: Transaction, lock_rows: str, window: int, records: Sequence
                 for f in served
             ],
         )
-        await tx.execute(
-            "UPDATE store_meta SET value = value + %s WHERE name = 'forecasts'", (inserted,)
-        )
         await tx.executemany(
             _INSERT_PREDICTION,
             [_prediction_row(f.forecast_id, f.model, f.served, f.created_at, 0) for f in served],
         )
-        # Shadows written before their served forecast (a later batch) are adopted.
+    deltas: list[aggregates.MomentDelta] = []
+    calibration: dict[tuple[str, str, int], list[float]] = {}
+    if shadows:
+        batch = {f.forecast_id for f in served}
+        deltas, calibration = await _write_shadows(tx, shadows, known, batch)
+    if served:  # orphans last among the predictions: shadows written before their forecast
         await tx.executemany(
             "UPDATE predictions SET orphan = 0 WHERE forecast_id = %s AND orphan = 1",
-            [(f.forecast_id,) for f in served],
+            [(forecast_id,) for forecast_id in sorted({f.forecast_id for f in served})],
         )
-    if shadows:
-        await _write_shadows(tx, lock_rows, window, shadows)
+    await _append_calibration(tx, lock_rows, window, calibration)
+    await _apply(tx, deltas)
     await _count_requests(tx, served, shadows)
+    await _count_forecasts(tx, shard, inserted)
 
 
-async def _write_shadows(
-    tx: Transaction, lock_rows: str, window: int, shadows: Sequence[ShadowRecord]
-) -> None:
-    """Insert shadow predictions; rescore those whose forecast already has actuals."""
-    ids = sorted({s.forecast_id for s in shadows})
+async def _lock_forecasts(tx: Transaction, lock_rows: str, ids: Iterable[str]) -> dict[str, Row]:
+    """The existing rows of `ids`, locked in id order: every operation locks forecasts first."""
+    ordered = sorted(ids)
     known: dict[str, Row] = {}
-    for start in range(0, len(ids), IN_LIST_MAX):
-        chunk = ids[start : start + IN_LIST_MAX]
-        for row in await tx.fetchall(  # sorted: every writer locks forecast rows in one order
+    for start in range(0, len(ordered), IN_LIST_MAX):
+        chunk = ordered[start : start + IN_LIST_MAX]
+        for row in await tx.fetchall(
             "SELECT forecast_id, model, experiment, comparable, naive_scale, actuals "
             "FROM forecasts "
             f"WHERE forecast_id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY forecast_id"
@@ -319,11 +346,28 @@ async def _write_shadows(
             chunk,
         ):
             known[row[0]] = row
+    return known
+
+
+async def _write_shadows(
+    tx: Transaction, shadows: Sequence[ShadowRecord], known: dict[str, Row], batch: set[str]
+) -> tuple[list[aggregates.MomentDelta], dict[tuple[str, str, int], list[float]]]:
+    """Insert shadow predictions and rescore those whose forecast already has actuals.
+
+    `known`: the locked rows of the forecasts stored before this write;
+    `batch`: the forecasts this write inserts. A shadow of neither is an
+    orphan until its forecast arrives. Returns the deltas to the aggregates
+    and the calibration scores, for the caller to apply in lock order.
+    """
     await tx.executemany(
         _INSERT_PREDICTION,
         [
             _prediction_row(
-                s.forecast_id, s.model, s.prediction, s.recorded_at, int(s.forecast_id not in known)
+                s.forecast_id,
+                s.model,
+                s.prediction,
+                s.recorded_at,
+                int(s.forecast_id not in known and s.forecast_id not in batch),
             )
             for s in shadows
         ],
@@ -344,8 +388,18 @@ async def _write_shadows(
             for p in predictions:
                 if p.version in late:  # its steps reported so far are new to its pools
                     _add_scores(calibration, model, p, unreported, reported, scale)
-    await _append_calibration(tx, lock_rows, window, calibration)
-    await _apply(tx, deltas)
+    return deltas, calibration
+
+
+async def _count_forecasts(tx: Transaction, shard: int, change: int) -> None:
+    """Move the stored-forecast count by `change` in this store's row: the last row locked."""
+    if change:
+        await tx.execute(
+            "INSERT INTO forecast_counts (shard, forecasts) VALUES (%s, %s) "
+            "ON CONFLICT (shard) DO UPDATE SET forecasts = forecast_counts.forecasts + "
+            "excluded.forecasts",
+            (shard, change),
+        )
 
 
 async def _count_requests(
@@ -593,36 +647,32 @@ async def _experiments(tx: Transaction, model: str) -> list[ExperimentInfo]:
     return [ExperimentInfo(m, e, float(at), int(n)) for m, e, at, n in rows]
 
 
-async def _prune(tx: Transaction, bounds: Bounds, now: float) -> None:
-    """Delete forecasts past the age bound, then the oldest past the count bound, and orphans."""
+async def _prune(tx: Transaction, bounds: Bounds, shard: int, now: float) -> None:
+    """Delete the forecasts past the age bound and the oldest past the count bound, and orphans.
+
+    One pass in the module's lock order: every forecast row in id order, then
+    their predictions, then the orphans, then the count.
+    """
     expired = await tx.fetchall(
         "SELECT forecast_id FROM forecasts WHERE created_at < %s", (now - bounds.max_age_s,)
     )
-    await _delete_forecasts(tx, [forecast_id for (forecast_id,) in expired])
-    row = await tx.fetchone("SELECT value FROM store_meta WHERE name = 'forecasts'")
+    victims = {forecast_id for (forecast_id,) in expired}
+    row = await tx.fetchone("SELECT COALESCE(SUM(forecasts), 0) FROM forecast_counts")
     excess = (int(row[0]) if row else 0) - bounds.max_forecasts
-    if excess > 0:
+    if excess > len(victims):  # the oldest: the expired ones first, then the next
         oldest = await tx.fetchall(
             "SELECT forecast_id FROM forecasts ORDER BY created_at, forecast_id LIMIT %s",
             (excess,),
         )
-        await _delete_forecasts(tx, [forecast_id for (forecast_id,) in oldest])
+        victims.update(forecast_id for (forecast_id,) in oldest)
+    rows = [(forecast_id,) for forecast_id in sorted(victims)]
+    deleted = await tx.executemany("DELETE FROM forecasts WHERE forecast_id = %s", rows)
+    await tx.executemany("DELETE FROM predictions WHERE forecast_id = %s", rows)
     await tx.execute(
         "DELETE FROM predictions WHERE orphan = 1 AND recorded_at < %s",
         (now - min(ORPHAN_GRACE_S, bounds.max_age_s),),
     )
-
-
-async def _delete_forecasts(tx: Transaction, ids: Sequence[str]) -> None:
-    if not ids:
-        return
-    rows = [(forecast_id,) for forecast_id in sorted(ids)]
-    # Forecast rows first, in id order, as scoring locks them: then predictions.
-    deleted = await tx.executemany("DELETE FROM forecasts WHERE forecast_id = %s", rows)
-    await tx.executemany("DELETE FROM predictions WHERE forecast_id = %s", rows)
-    await tx.execute(
-        "UPDATE store_meta SET value = value - %s WHERE name = 'forecasts'", (deleted,)
-    )
+    await _count_forecasts(tx, shard, -deleted)
 
 
 async def backfill_aggregates(tx: Transaction) -> None:
