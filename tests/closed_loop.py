@@ -67,7 +67,7 @@ class ClosedLoop:
                 await channel.close()
 
     async def _caller(
-        self, stub: forecast_service_pb2_grpc.ForecastServiceStub, until: asyncio.Event
+        self, stub: forecast_service_pb2_grpc.ForecastServiceAsyncStub, until: asyncio.Event
     ) -> None:
         request = pb.ForecastRequest(model="lstm_timeseries", version="2", history=HISTORY)
         while not until.is_set():

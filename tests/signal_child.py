@@ -19,13 +19,17 @@ START_S = 1.0
 
 
 class SlowStart(FakeBackend):
+    started = False
+    """Whether the slow first read is over (later reads are the fake's own)."""
+
     async def version_states(self) -> dict[str, dict[str, str]]:
-        sys.stdout.write("starting\n")
-        sys.stdout.flush()
-        await asyncio.sleep(START_S)
-        sys.stdout.write("started\n")
-        sys.stdout.flush()
-        self.version_states = super().version_states  # type: ignore[method-assign]
+        if not self.started:
+            sys.stdout.write("starting\n")
+            sys.stdout.flush()
+            await asyncio.sleep(START_S)
+            sys.stdout.write("started\n")
+            sys.stdout.flush()
+            self.started = True
         return await super().version_states()
 
 

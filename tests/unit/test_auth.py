@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -34,8 +35,8 @@ WRITE = f"{SERVICE}ReportActuals"
 READ = f"{SERVICE}Forecast"
 
 
-def config(**fields: object) -> GatewayConfig:
-    return GatewayConfig(models=(ModelConfig("moving_average"),), **fields)  # type: ignore[arg-type]
+def config(**fields: Any) -> GatewayConfig:
+    return GatewayConfig(models=(ModelConfig("moving_average"),), **fields)
 
 
 def authorizer(tmp_path: Path, text: str, reads: bool = False) -> TokenAuthorizer:
@@ -57,7 +58,8 @@ def reason(error: GatewayError) -> str:
     (blob,) = [v for k, v in status.trailing_metadata if k == "grpc-status-details-bin"]
     info = error_details_pb2.ErrorInfo()
     status_pb2.Status.FromString(blob).details[0].Unpack(info)
-    return info.reason
+    got: str = info.reason
+    return got
 
 
 def test_every_service_method_is_classified_once() -> None:

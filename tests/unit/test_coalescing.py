@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from forecast_gateway.backends.base import Rows
 from forecast_gateway.backends.coalescing import (
     GATHER_CALLERS,
     GATHER_ROWS,
@@ -15,9 +16,10 @@ from forecast_gateway.backends.coalescing import (
     Coalescer,
 )
 from forecast_gateway.errors import DeadlineExceeded, Unavailable
+from tests.backend_double import PartialBackend
 
 
-class RecordingProxy:
+class RecordingProxy(PartialBackend):
     """Answers each row with its own first value, after `delay` seconds."""
 
     def __init__(self, delay: float = 0.01, fail: bool = False) -> None:
@@ -26,8 +28,8 @@ class RecordingProxy:
         self.requests: list[int] = []
 
     async def forecast(
-        self, model: str, version: str, windows: np.ndarray, horizon: int, timeout_s: float
-    ) -> np.ndarray:
+        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+    ) -> Rows:
         self.requests.append(windows.shape[0])
         await asyncio.sleep(self.delay)
         if self.fail:
@@ -35,7 +37,7 @@ class RecordingProxy:
         return np.repeat(windows[:, :1], horizon, axis=1)
 
 
-def rows(value: float, count: int = 1) -> np.ndarray:
+def rows(value: float, count: int = 1) -> Rows:
     return np.full((count, 4), value, dtype=np.float32)
 
 
@@ -45,13 +47,13 @@ def later(seconds: float = 5.0) -> float:
 
 async def test_a_lone_call_is_sent_at_once() -> None:
     proxy = RecordingProxy()
-    out = await Coalescer(proxy).forecast("m", "1", rows(3.0), 2, later(), 256)  # type: ignore[arg-type]
+    out = await Coalescer(proxy).forecast("m", "1", rows(3.0), 2, later(), 256)
     assert out.tolist() == [[3.0, 3.0]] and proxy.requests == [1]
 
 
 async def test_calls_arriving_while_triton_is_busy_share_a_request() -> None:
     proxy = RecordingProxy(delay=0.05)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     calls = [
         asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
         for i in range(50)
@@ -65,7 +67,7 @@ async def test_calls_arriving_while_triton_is_busy_share_a_request() -> None:
 
 async def test_a_request_never_exceeds_max_rows() -> None:
     proxy = RecordingProxy(delay=0.02)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     calls = [coalescer.forecast("m", "1", rows(1.0, 3), 2, later(), 8) for _ in range(20)]
     await asyncio.gather(*calls)
     assert sum(proxy.requests) == 60 and max(proxy.requests) <= 8
@@ -73,7 +75,7 @@ async def test_a_request_never_exceeds_max_rows() -> None:
 
 async def test_different_shapes_are_not_mixed() -> None:
     proxy = RecordingProxy()
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     await asyncio.gather(
         coalescer.forecast("m", "1", rows(1.0), 2, later(), 256),
         coalescer.forecast("m", "1", rows(1.0), 3, later(), 256),
@@ -83,7 +85,7 @@ async def test_different_shapes_are_not_mixed() -> None:
 
 
 async def test_an_error_reaches_every_caller_of_the_request() -> None:
-    coalescer = Coalescer(RecordingProxy(fail=True))  # type: ignore[arg-type]
+    coalescer = Coalescer(RecordingProxy(fail=True))
     results = await asyncio.gather(
         *(coalescer.forecast("m", "1", rows(1.0), 2, later(), 256) for _ in range(5)),
         return_exceptions=True,
@@ -94,13 +96,13 @@ async def test_an_error_reaches_every_caller_of_the_request() -> None:
 async def test_expired_deadline_is_not_sent() -> None:
     proxy = RecordingProxy()
     with pytest.raises(DeadlineExceeded):
-        await Coalescer(proxy).forecast("m", "1", rows(1.0), 2, time.monotonic() - 1, 256)  # type: ignore[arg-type]
+        await Coalescer(proxy).forecast("m", "1", rows(1.0), 2, time.monotonic() - 1, 256)
     assert proxy.requests == []
 
 
 async def test_a_cancelled_caller_does_not_block_the_others() -> None:
     proxy = RecordingProxy(delay=0.05)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     first = asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
     await asyncio.sleep(0)  # first is outstanding; the next ones gather
     waiting = [
@@ -116,7 +118,7 @@ async def test_a_cancelled_caller_does_not_block_the_others() -> None:
 
 async def test_a_request_is_cancelled_once_all_its_callers_are_gone() -> None:
     proxy = RecordingProxy(delay=0.05)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     shared = [
         asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
         for i in range(2)
@@ -137,7 +139,7 @@ async def test_a_request_is_cancelled_once_all_its_callers_are_gone() -> None:
 async def test_a_send_cancelled_before_it_starts_frees_its_key() -> None:
     """The caller goes away in the iteration its request is created: the key is not leaked."""
     proxy = RecordingProxy(delay=0.01)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     loop = asyncio.get_running_loop()
     for _ in range(MAX_OUTSTANDING + 1):
         call = loop.create_task(coalescer.forecast("m", "1", rows(1.0), 2, later(), 256))
@@ -152,7 +154,7 @@ async def test_a_send_cancelled_before_it_starts_frees_its_key() -> None:
 
 async def test_a_caller_waiting_behind_a_stuck_request_gets_its_deadline() -> None:
     proxy = RecordingProxy(delay=5.0)  # Triton never answers in time
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     stuck = [
         asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
         for _ in range(MAX_OUTSTANDING)
@@ -169,7 +171,7 @@ async def test_a_caller_waiting_behind_a_stuck_request_gets_its_deadline() -> No
 
 async def test_many_callers_gather_while_triton_is_busy() -> None:
     proxy = RecordingProxy(delay=0.2)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     first = [
         asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
         for _ in range(GATHER_CALLERS)
@@ -193,7 +195,7 @@ async def test_many_callers_gather_while_triton_is_busy() -> None:
 
 async def test_a_gathering_group_is_sent_after_gather_s_at_most() -> None:
     proxy = RecordingProxy(delay=0.5)
-    coalescer = Coalescer(proxy)  # type: ignore[arg-type]
+    coalescer = Coalescer(proxy)
     first = [
         asyncio.ensure_future(coalescer.forecast("m", "1", rows(0.0), 2, later(), 256))
         for _ in range(GATHER_CALLERS)

@@ -25,7 +25,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forecast_gateway.core.conformal import (
-    Levels,
     bound_table,
     interval_ranks,
     min_scores_for_interval,
@@ -33,6 +32,7 @@ from forecast_gateway.core.conformal import (
     quantile_rank,
     sorted_pool,
 )
+from forecast_gateway.numerics import Levels
 
 FloatArray = npt.NDArray[np.float64]
 Draw = Callable[[np.random.Generator, tuple[int, int]], FloatArray]

@@ -1,12 +1,16 @@
+from collections.abc import Mapping
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from forecast_gateway.api.convert import model_to_proto
 from forecast_gateway.api.status import to_status
+from forecast_gateway.backends.base import BackendModelConfig
 from forecast_gateway.config import ModelConfig
 from forecast_gateway.core.catalog import ModelCatalog, VersionState, build_spec, version_parameter
 from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from tests.backend_double import PartialBackend
 
 PARAMETERS = {
     "description": "d",
@@ -92,34 +96,37 @@ def test_a_version_marked_unavailable_leaves_routing_until_the_next_refresh() ->
     assert catalog.get("m").ready_versions() == ["1"]
 
 
-class SlowTriton:
+class SlowTriton(PartialBackend):
     """A Triton index read before a version went, answered after the gateway marked it."""
 
     def __init__(self, catalog: ModelCatalog) -> None:
         self.catalog = catalog
-        self.replicas_ready = {("m", "1"): 2, ("m", "2"): 1}
+
+    @property
+    def replicas_ready(self) -> Mapping[tuple[str, str], int]:
+        return {("m", "1"): 2, ("m", "2"): 1}
 
     async def version_states(self) -> dict[str, dict[str, str]]:
         states = {"m": {"1": "READY", "2": "READY"}}  # read before v2 went
         self.catalog.mark_unavailable("m", "2")  # meanwhile a call learns v2 is gone
         return states
 
-    async def model_config(self, model: str) -> object:
-        return type("Config", (), {"parameters": PARAMETERS, "max_batch_size": 8})()
+    async def model_config(self, model: str) -> BackendModelConfig:
+        return BackendModelConfig(PARAMETERS, 8)
 
 
 async def test_a_refresh_that_read_triton_before_a_mark_keeps_it() -> None:
     spec = build_spec(ModelConfig("m"), PARAMETERS, {"1": "READY", "2": "READY"})
     catalog = ModelCatalog(models=(ModelConfig("m"),), specs={"m": spec}, triton_up=True)
-    await catalog.refresh(SlowTriton(catalog))  # type: ignore[arg-type]
+    await catalog.refresh(SlowTriton(catalog))
     assert catalog.get("m").ready_versions() == ["1"]
-    await catalog.refresh(Fresh(catalog))  # type: ignore[arg-type]
+    await catalog.refresh(Fresh(catalog))
     assert catalog.get("m").ready_versions() == ["1", "2"]  # a later refresh decides
 
 
 async def test_a_refresh_counts_the_replicas_serving_each_version() -> None:
     catalog = ModelCatalog(models=(ModelConfig("m"),))
-    await catalog.refresh(Fresh(catalog))  # type: ignore[arg-type]
+    await catalog.refresh(Fresh(catalog))
     versions = catalog.get("m").versions
     assert (versions["1"].replicas_ready, versions["2"].replicas_ready) == (2, 1)
     assert [v.replicas_ready for v in model_to_proto(catalog.get("m")).versions] == [2, 1]

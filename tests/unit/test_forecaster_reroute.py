@@ -7,23 +7,26 @@ catalog still says it is ready, as it does until its next refresh.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from forecast_gateway.backends.coalescing import Rows
+from forecast_gateway.backends.base import Rows
 from forecast_gateway.config import ModelConfig
 from forecast_gateway.core.catalog import ModelCatalog, build_spec
 from forecast_gateway.core.forecaster import Forecaster
+from forecast_gateway.core.results import ForecastResult, Outcome
 from forecast_gateway.core.routing import Decision, Fallback, Policy
 from forecast_gateway.core.validation import ForecastQuery
 from forecast_gateway.errors import Unavailable
+from tests.backend_double import PartialBackend
 
 PARAMETERS = {"default_horizon": "4", "max_horizon": "8", "v1.sequence_length": "10"}
 PARAMETERS["v2.sequence_length"] = "52"
 
 
-class UnloadedV1:
+class UnloadedV1(PartialBackend):
     """Triton with m v1 unloaded: it answers VERSION_UNAVAILABLE for it, zeros otherwise."""
 
     def __init__(self) -> None:
@@ -47,6 +50,9 @@ class Routing:
     def policy(self, name: str) -> Policy | None:
         return Policy(split=(("1", 1.0),), fallback=self.fallback) if name == "m" else None
 
+    def experiment(self, name: str) -> str:
+        raise NotImplementedError("these forecasters have no store: nothing is recorded")
+
 
 def forecaster(proxy: UnloadedV1, routing: Routing) -> Forecaster:
     spec = build_spec(ModelConfig("m"), PARAMETERS, {"1": "READY", "2": "READY"}, 8)
@@ -61,7 +67,7 @@ def forecaster(proxy: UnloadedV1, routing: Routing) -> Forecaster:
         specs={"m": spec, "other": other},
         triton_up=True,
     )
-    return Forecaster(catalog, proxy, routing, None, 10_000, 1.0)  # type: ignore[arg-type]
+    return Forecaster(catalog, proxy, routing, None, 10_000, 1.0)
 
 
 def query(points: int, version: str = "") -> ForecastQuery:
@@ -101,6 +107,15 @@ async def test_without_a_fallback_the_caller_gets_the_version_error() -> None:
     assert raised.value.reason == "VERSION_UNAVAILABLE"  # not INVALID_ARGUMENT from v2's window
 
 
+def forecasts(outcomes: Sequence[Outcome]) -> list[ForecastResult]:
+    """The outcomes, each of which is a forecast (an error fails the test)."""
+    results = []
+    for outcome in outcomes:
+        assert isinstance(outcome, ForecastResult), outcome
+        results.append(outcome)
+    return results
+
+
 def batch(points: int, count: int) -> list[ForecastQuery]:
     return [
         ForecastQuery("m", "", f"series-{i}", np.arange(points, dtype=np.float64), 0, 0)
@@ -113,7 +128,7 @@ async def test_a_batch_group_is_routed_again_like_a_single_forecast() -> None:
     outcomes = await forecaster(proxy, Routing()).forecast_batch(
         "m", batch(60, 3), time.monotonic() + 2
     )
-    assert [(o.version, o.decision) for o in outcomes] == [("2", Decision.DEFAULT)] * 3
+    assert [(o.version, o.decision) for o in forecasts(outcomes)] == [("2", Decision.DEFAULT)] * 3
     assert proxy.calls == [("m", "1"), ("m", "2")]  # one tensor each time
 
 
@@ -122,7 +137,7 @@ async def test_a_failed_batch_group_gets_the_fallback() -> None:
     core = forecaster(proxy, Routing(Fallback("other")))
     queries = [*batch(20, 2), ForecastQuery("m", "1", "pinned", np.arange(60.0), 0, 0)]
     outcomes = await core.forecast_batch("m", queries, time.monotonic() + 2)
-    assert [(o.model, o.decision, o.primary_version) for o in outcomes[:2]] == [
+    assert [(o.model, o.decision, o.primary_version) for o in forecasts(outcomes[:2])] == [
         ("other", Decision.FALLBACK, "1")
     ] * 2
     assert isinstance(outcomes[2], Unavailable)  # pinned: no re-route; its route has no fallback

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import pytest
 from tritonclient.grpc import service_pb2
 
@@ -49,8 +50,8 @@ async def proxy() -> TritonProxy:
     return TritonProxy("127.0.0.1:9", retries=2, retry_budget_ratio=0.1)
 
 
-async def run(proxy: TritonProxy, script: Script) -> np.ndarray:
-    proxy._infer = script  # type: ignore[assignment]
+async def run(proxy: TritonProxy, script: Script) -> npt.NDArray[np.float32]:
+    proxy._infer = script
     return await proxy.forecast("m", "1", np.zeros((1, 4), dtype=np.float32), 2, timeout_s=5.0)
 
 
@@ -177,7 +178,7 @@ async def test_an_output_of_the_wrong_byte_length_is_model_output_invalid(
         response.raw_output_contents.append(b"\x00" * size)
         return response
 
-    proxy._infer = truncated  # type: ignore[assignment]
+    proxy._infer = truncated
     with pytest.raises(GatewayError) as raised:
         await proxy.forecast("m", "1", np.zeros((1, 4), dtype=np.float32), 2, timeout_s=5.0)
     assert raised.value.reason == "MODEL_OUTPUT_INVALID"

@@ -1,4 +1,5 @@
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ FLEXIBLE = VersionSpec("2", VersionState.READY, 10, 1, 100)
 MODEL = ModelSpec("m", "", 12, 64, {"1": VERSION, "2": FLEXIBLE})
 
 
-def query(**overrides: object) -> ForecastQuery:
-    fields: dict[str, object] = {
+def query(**overrides: Any) -> ForecastQuery:
+    fields: dict[str, Any] = {
         "model": "m",
         "version": "",
         "routing_key": "",
@@ -24,7 +25,7 @@ def query(**overrides: object) -> ForecastQuery:
         "sequence_length": 0,
     }
     fields.update(overrides)
-    return ForecastQuery(**fields)  # type: ignore[arg-type]
+    return ForecastQuery(**fields)
 
 
 def violated_fields(error: pytest.ExceptionInfo[InvalidArgument]) -> set[str]:
