@@ -6,8 +6,10 @@ import dataclasses
 import io
 import math
 import struct
+from typing import cast
 
 import grpc
+import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.lines import Line2D
@@ -53,7 +55,8 @@ def test_png_is_valid_and_has_the_default_size() -> None:
         image.verify()  # CRCs and structure
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size == (1200, 600)
-        colors = {rgba[:3] for _, rgba in image.convert("RGBA").getcolors(1 << 20) or []}
+        counted = image.convert("RGBA").getcolors(1 << 20) or []
+        colors = {cast(tuple[int, ...], rgba)[:3] for _, rgba in counted}
     # Both versions' lines are drawn in their own colors (not a blank canvas).
     assert BLUE in colors and ORANGE in colors
     assert len(colors) > 50
@@ -70,16 +73,18 @@ def test_figure_draws_history_forecasts_and_actuals() -> None:
     (axes,) = figure.axes
     lines = {line.get_label(): line for line in axes.get_lines() if isinstance(line, Line2D)}
     history = lines["history"]
-    assert list(history.get_xdata()) == list(range(-29, 1))  # the last 30 points, ending at 0
-    assert list(history.get_ydata()) == HISTORY[-30:]
+    assert np.asarray(history.get_xdata()).tolist() == list(
+        range(-29, 1)
+    )  # the last 30 points, ending at 0
+    assert np.asarray(history.get_ydata()).tolist() == HISTORY[-30:]
     v1 = lines["v1 (window 10), MAE 0.4 over 8 steps"]
     v2 = lines["v2 (window 52), MAE 0.2 over 8 steps"]
     for line, forecast in ((v1, FORECASTS[0]), (v2, FORECASTS[1])):
         # Each forecast continues from the last history point.
-        assert list(line.get_xdata()) == list(range(9))
-        assert list(line.get_ydata()) == [HISTORY[-1], *forecast.values]
+        assert np.asarray(line.get_xdata()).tolist() == list(range(9))
+        assert np.asarray(line.get_ydata()).tolist() == [HISTORY[-1], *forecast.values]
     assert v1.get_color() != v2.get_color()
-    assert list(lines["actuals (8)"].get_ydata())[1:] == ACTUALS
+    assert np.asarray(lines["actuals (8)"].get_ydata()).tolist()[1:] == ACTUALS
     assert figure.get_suptitle() == "lstm_timeseries: forecast by version (v1, v2)"
     assert "last 30 of 150 points" in axes.get_title()
 
@@ -129,10 +134,12 @@ def test_intervals_are_bands_lighter_for_wider_with_actuals_inside_counted() -> 
         bands["v1 95% interval (8 of 8 actuals inside)"],
         bands["v1 80% interval (8 of 8 actuals inside)"],
     )
-    assert wide.get_alpha() < narrow.get_alpha()  # lighter for wider
+    assert cast(float, wide.get_alpha()) < cast(float, narrow.get_alpha())  # lighter for wider
     # In the version's color, fanning out from the last history point over the horizon.
-    assert tuple(wide.get_facecolor()[0][:3]) == pytest.approx(tuple(c / 255 for c in BLUE))
-    vertices = narrow.get_paths()[0].vertices
+    assert tuple(np.asarray(wide.get_facecolor())[0][:3]) == pytest.approx(
+        tuple(c / 255 for c in BLUE)
+    )
+    vertices = np.asarray(narrow.get_paths()[0].vertices)
     assert vertices[:, 0].min() == 0 and vertices[:, 0].max() == len(ACTUALS)
     lows = [ACTUALS[i] + 0.4 - 0.45 for i in range(len(ACTUALS))]
     assert vertices[:, 1].min() == pytest.approx(min([HISTORY[-1], *lows]))
