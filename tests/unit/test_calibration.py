@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from forecast_gateway.ab import ExperimentStore, Prediction, RecordedForecast, Role
+from forecast_gateway.ab import TRACKED, ExperimentStore, Prediction, RecordedForecast, Role
 from forecast_gateway.ab.sql import Bounds, CalibrationPools
 from forecast_gateway.ab.storage import open_storage
 from forecast_gateway.core.calibration import (
     METHOD,
-    TRACKED,
     Calibration,
     Status,
     load_directory,

@@ -42,7 +42,7 @@ class RecordingGateway(forecast_service_pb2_grpc.ForecastServiceServicer):
 
     def _record(self, name: str, context: grpc.ServicerContext) -> None:
         with self.lock:
-            self.calls.append((name, dict(context.invocation_metadata())))
+            self.calls.append((name, {k: str(v) for k, v in context.invocation_metadata()}))
             failing = self.unavailable > 0
             self.unavailable -= failing
         if failing:
@@ -61,7 +61,7 @@ class RecordingGateway(forecast_service_pb2_grpc.ForecastServiceServicer):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, RecordingGateway]]:
-    gateway = RecordingGateway()
+    gateway = RecordingGateway()  # type: ignore[abstract]  # plays only the RPCs its tests call
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(gateway, grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
@@ -331,7 +331,10 @@ def test_cli_hints_for_a_missing_token(
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "this call needs a token")
 
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(NeedsToken(), grpc_server)
+    forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(
+        NeedsToken(),  # type: ignore[abstract]  # plays only the RPCs its tests call
+        grpc_server,
+    )
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     try:

@@ -176,7 +176,7 @@ def test_every_import_is_a_declared_dependency(
         declared |= {canonical(Requirement(r).name) for r in extra}
     if "forecast-client" in declared:  # the gateway gets the generated code from the client
         declared |= set(requirements(CLIENT / "pyproject.toml"))
-    distributions = importlib.metadata.packages_distributions() | {"forecast": ["forecast-client"]}
+    distributions = {**importlib.metadata.packages_distributions(), "forecast": ["forecast-client"]}
     missing = {}
     for module in sorted(third_party_imports(folder) - first_party):
         provided_by = {canonical(d) for d in distributions.get(module, [module])}

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from hypothesis import given
@@ -30,13 +31,13 @@ from forecast_client.series_input import InputError, parse_csv, parse_history
 EMPTY_HISTORY = "history is empty; send at least the window"
 
 
-def _packed(message: object) -> any_pb2.Any:
+def _packed(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
 
 
-def _abort(context: grpc.ServicerContext, code: int, message: str, *details: object) -> None:
+def _abort(context: grpc.ServicerContext, code: int, message: str, *details: Message) -> None:
     status = status_pb2.Status(code=code, message=message, details=[_packed(d) for d in details])
     context.abort_with_status(rpc_status.to_status(status))
 
@@ -72,8 +73,10 @@ class FakeGateway(forecast_service_pb2_grpc.ForecastServiceServicer):
     def __init__(self) -> None:
         self.metadata: list[dict[str, str]] = []
 
-    def Forecast(self, request, context):
-        self.metadata.append({k: v for k, v in context.invocation_metadata()})
+    def Forecast(
+        self, request: forecast_service_pb2.ForecastRequest, context: grpc.ServicerContext
+    ) -> forecast_service_pb2.ForecastResponse:
+        self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
         if request.model == "missing":
             _abort(context, code_pb2.NOT_FOUND, "model 'missing' is not served",
                    _info("MODEL_NOT_FOUND"))  # fmt: skip
@@ -112,12 +115,16 @@ class FakeGateway(forecast_service_pb2_grpc.ForecastServiceServicer):
             sequence_length=request.sequence_length or len(request.history),
         )
 
-    def ListModels(self, request, context):
+    def ListModels(
+        self, request: forecast_service_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> forecast_service_pb2.ListModelsResponse:
         return forecast_service_pb2.ListModelsResponse(
             models=[_model("lstm_timeseries"), _model("moving_average")]
         )
 
-    def GetModel(self, request, context):
+    def GetModel(
+        self, request: forecast_service_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> forecast_service_pb2.GetModelResponse:
         if request.name not in {"lstm_timeseries", "moving_average"}:
             _abort(context, code_pb2.NOT_FOUND, f"model {request.name!r} is not served",
                    _info("MODEL_NOT_FOUND"))  # fmt: skip
@@ -126,7 +133,7 @@ class FakeGateway(forecast_service_pb2_grpc.ForecastServiceServicer):
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[tuple[str, FakeGateway]]:
-    servicer = FakeGateway()
+    servicer = FakeGateway()  # type: ignore[abstract]  # plays only the RPCs its tests call
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -118,7 +118,7 @@ class CannedGateway(forecast_service_pb2_grpc.ForecastServiceServicer):
 
 @pytest.fixture
 def fake() -> Iterator[tuple[str, CannedGateway]]:
-    gateway = CannedGateway()
+    gateway = CannedGateway()  # type: ignore[abstract]  # plays only the RPCs its tests call
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(gateway, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from google.protobuf import json_format, text_format
@@ -139,7 +140,9 @@ def test_device_follows_the_instance_kind() -> None:
 LIMITS = backend.ForecastLimits("test", 12, 64, 10, 2, 20)
 
 
-def request(length: int, horizon: int, rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def request(
+    length: int, horizon: int, rows: int = 1
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
     history = np.arange(rows * length, dtype=np.float32).reshape(rows, length)
     return history, np.full((rows, 1), horizon, dtype=np.int32)
 
@@ -156,7 +159,7 @@ def request(length: int, horizon: int, rows: int = 1) -> tuple[np.ndarray, np.nd
     ],
 )
 def test_invalid_requests_are_explained(
-    history: np.ndarray, horizon: np.ndarray, message: str
+    history: npt.NDArray[np.float64], horizon: npt.NDArray[np.float64], message: str
 ) -> None:
     error = backend.validate_request(history, horizon, LIMITS)
     assert error is not None
@@ -166,7 +169,7 @@ def test_invalid_requests_are_explained(
 def test_one_predict_per_window_length_with_the_largest_horizon() -> None:
     calls: list[tuple[tuple[int, ...], int]] = []
 
-    def predict(windows: np.ndarray, horizon: int) -> np.ndarray:
+    def predict(windows: npt.NDArray[np.float64], horizon: int) -> npt.NDArray[np.float64]:
         calls.append((windows.shape, horizon))
         return windows[:, -1:] + np.arange(1, horizon + 1, dtype=np.float32)
 
@@ -190,7 +193,7 @@ def test_one_predict_per_window_length_with_the_largest_horizon() -> None:
 
 
 def test_a_failing_predict_only_fails_its_own_group() -> None:
-    def predict(windows: np.ndarray, horizon: int) -> np.ndarray:
+    def predict(windows: npt.NDArray[np.float64], horizon: int) -> npt.NDArray[np.float64]:
         if windows.shape[1] == 5:
             raise RuntimeError("boom")
         return np.zeros((windows.shape[0], horizon), np.float32)
@@ -236,14 +239,16 @@ windows_strategy = hnp.arrays(
 
 
 @given(windows_strategy, st.integers(1, 64))
-def test_moving_average_is_the_flat_window_mean(windows: np.ndarray, horizon: int) -> None:
+def test_moving_average_is_the_flat_window_mean(
+    windows: npt.NDArray[np.float64], horizon: int
+) -> None:
     forecast = smoothing.simple_moving_average(windows, horizon)
     assert forecast.shape == (windows.shape[0], horizon)
     expected = windows.astype(np.float64).mean(axis=1)
     np.testing.assert_allclose(forecast, np.repeat(expected[:, None], horizon, axis=1))
 
 
-def ses_loop(row: np.ndarray, alpha: float) -> float:
+def ses_loop(row: npt.NDArray[np.float64], alpha: float) -> float:
     level = float(row[0])
     for value in row[1:]:
         level = alpha * float(value) + (1 - alpha) * level
@@ -252,7 +257,7 @@ def ses_loop(row: np.ndarray, alpha: float) -> float:
 
 @given(windows_strategy, st.integers(1, 12), st.floats(0.01, 1.0))
 def test_exponential_smoothing_matches_the_recursion(
-    windows: np.ndarray, horizon: int, alpha: float
+    windows: npt.NDArray[np.float64], horizon: int, alpha: float
 ) -> None:
     forecast = smoothing.exponential_smoothing(windows, horizon, alpha)
     assert forecast.shape == (windows.shape[0], horizon)
@@ -273,7 +278,7 @@ def test_smoothing_weights_sum_to_one(length: int, alpha: float) -> None:
 
 @given(windows_strategy, st.floats(0.05, 1.0), st.floats(-10, 10), st.floats(0.1, 10))
 def test_exponential_smoothing_is_affine_equivariant(
-    windows: np.ndarray, alpha: float, shift: float, scale: float
+    windows: npt.NDArray[np.float64], alpha: float, shift: float, scale: float
 ) -> None:
     rows = windows.astype(np.float64)
     moved = smoothing.exponential_smoothing(rows * scale + shift, 3, alpha)

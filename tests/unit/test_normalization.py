@@ -1,4 +1,5 @@
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 
 
 @given(arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 64)), elements=finite))
-def test_denormalize_undoes_normalize(rows: np.ndarray) -> None:
+def test_denormalize_undoes_normalize(rows: npt.NDArray[np.float64]) -> None:
     z, scaling = normalize(rows)
     assert z.dtype == np.float32
     assert np.isfinite(z).all()
@@ -21,7 +22,7 @@ def test_denormalize_undoes_normalize(rows: np.ndarray) -> None:
 
 
 @given(arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 64)), elements=finite))
-def test_normalized_rows_have_zero_mean_and_unit_or_zero_std(rows: np.ndarray) -> None:
+def test_normalized_rows_have_zero_mean_and_unit_or_zero_std(rows: npt.NDArray[np.float64]) -> None:
     z, _ = normalize(rows)
     assert np.allclose(z.mean(axis=1), 0.0, atol=1e-4)
     stds = z.std(axis=1)
