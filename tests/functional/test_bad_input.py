@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -63,16 +64,14 @@ def still_serving_afterwards(stub: Stub) -> Iterator[None]:
         ({"model": "lstm_timeseries", "version": "latest", "history": CO2_LIKE}, "version"),
     ],
 )
-def test_invalid_request_names_the_field(
-    stub: Stub, fields: dict[str, object], violated: str
-) -> None:
+def test_invalid_request_names_the_field(stub: Stub, fields: dict[str, Any], violated: str) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         stub.Forecast(forecast_service_pb2.ForecastRequest(**fields), timeout=10)
     error = raised.value
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     info, violations = details(error)
     assert violations == [violated]
-    assert violated in error.details()
+    assert violated in (error.details() or "")
     assert info.domain == "forecast.v1" and info.reason == "INVALID_ARGUMENT"
     assert info.metadata["request_id"]
 
@@ -85,14 +84,14 @@ def test_invalid_request_names_the_field(
     ],
 )
 def test_unknown_model_or_version_is_not_found(
-    stub: Stub, fields: dict[str, object], reason: str
+    stub: Stub, fields: dict[str, Any], reason: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         stub.Forecast(forecast_service_pb2.ForecastRequest(**fields), timeout=10)
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
     info, _ = details(raised.value)
     assert info.reason == reason
-    assert "lstm_timeseries" in raised.value.details()  # tells the caller what does exist
+    assert "lstm_timeseries" in (raised.value.details() or "")  # tells the caller what does exist
 
 
 def test_get_unknown_model_is_not_found(stub: Stub) -> None:
@@ -120,4 +119,7 @@ def test_caller_request_id_is_echoed(stub: Stub) -> None:
         )
     info, _ = details(raised.value)
     assert info.metadata["request_id"] == "trace-abc-123"
-    assert ("x-request-id", "trace-abc-123") in (raised.value.trailing_metadata() or ())
+    trailers: list[tuple[str, str | bytes]] = [
+        (item.key, item.value) for item in raised.value.trailing_metadata() or ()
+    ]
+    assert ("x-request-id", "trace-abc-123") in trailers

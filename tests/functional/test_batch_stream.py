@@ -16,7 +16,8 @@ RNG = np.random.default_rng(7)
 
 
 def history(length: int = 60, level: float = 100.0) -> list[float]:
-    return (level + RNG.normal(size=length).cumsum()).tolist()
+    values: list[float] = (level + RNG.normal(size=length).cumsum()).tolist()
+    return values
 
 
 def test_batch_answers_every_series_like_the_unary_call(stub: Stub) -> None:
@@ -87,7 +88,7 @@ def test_invalid_batch_is_rejected_as_a_whole(
             pb.ForecastBatchRequest(model="moving_average", series=series), timeout=10
         )
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert field in raised.value.details()
+    assert field in (raised.value.details() or "")
 
 
 def test_batch_over_the_series_limit_is_rejected(stub: Stub) -> None:
@@ -97,7 +98,7 @@ def test_batch_over_the_series_limit_is_rejected(stub: Stub) -> None:
             pb.ForecastBatchRequest(model="moving_average", series=series), timeout=10
         )
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "4097 series" in raised.value.details()
+    assert "4097 series" in (raised.value.details() or "")
 
 
 def stream_requests(items: list[pb.StreamForecastRequest]) -> Iterator[pb.StreamForecastRequest]:
@@ -144,4 +145,4 @@ def test_stream_with_a_repeated_id_in_flight_ends_with_invalid_argument(stub: St
         for _ in stub.StreamForecast(stream_requests(items), timeout=30):
             pass
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "request_id" in raised.value.details()
+    assert "request_id" in (raised.value.details() or "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ MODELS = {"lstm_timeseries": {"1": 10, "2": 52}, "moving_average": {"1": 10, "2"
 ALL_VERSIONS = [(m, v) for m, versions in MODELS.items() for v in versions]
 
 
-def forecast(stub: Stub, **fields: object) -> forecast_service_pb2.ForecastResponse:
+def forecast(stub: Stub, **fields: Any) -> forecast_service_pb2.ForecastResponse:
     response: forecast_service_pb2.ForecastResponse = stub.Forecast(
         forecast_service_pb2.ForecastRequest(**fields), timeout=10
     )

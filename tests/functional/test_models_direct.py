@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
@@ -64,7 +65,7 @@ def client(triton: TritonProcess) -> Iterator[grpcclient.InferenceServerClient]:
         yield connection
 
 
-def inputs(history: np.ndarray, horizon: int) -> list[grpcclient.InferInput]:
+def inputs(history: npt.NDArray[Any], horizon: int) -> list[grpcclient.InferInput]:
     rows = np.asarray(history, dtype=np.float32).reshape(-1, np.shape(history)[-1])
     steps = np.full((rows.shape[0], 1), horizon, dtype=np.int32)
     history_input = grpcclient.InferInput("HISTORY", list(rows.shape), "FP32")
@@ -74,15 +75,17 @@ def inputs(history: np.ndarray, horizon: int) -> list[grpcclient.InferInput]:
     return [history_input, horizon_input]
 
 
-def infer(client: Any, model: str, version: int, history: np.ndarray, horizon: int) -> np.ndarray:
+def infer(
+    client: Any, model: str, version: int, history: npt.NDArray[Any], horizon: int
+) -> npt.NDArray[Any]:
     result = client.infer(model, inputs(history, horizon), model_version=str(version))
-    forecast: np.ndarray = result.as_numpy("FORECAST")
+    forecast: npt.NDArray[Any] = result.as_numpy("FORECAST")
     return forecast
 
 
 def infer_concurrently(
-    client: Any, model: str, version: int, windows: np.ndarray, horizons: list[int]
-) -> list[np.ndarray | InferenceServerException]:
+    client: Any, model: str, version: int, windows: npt.NDArray[Any], horizons: list[int]
+) -> list[npt.NDArray[Any] | InferenceServerException]:
     """One request per row, all in flight at once (what the dynamic batcher merges)."""
     results: list[Any] = [None] * len(horizons)
     done = threading.Semaphore(0)
@@ -103,7 +106,7 @@ def infer_concurrently(
     return results
 
 
-def z_windows(count: int, window: int, seed: int = 0) -> np.ndarray:
+def z_windows(count: int, window: int, seed: int = 0) -> npt.NDArray[Any]:
     walks = np.random.default_rng(seed).normal(size=(count, window)).cumsum(axis=1)
     return normalize(walks)[0]
 
@@ -221,13 +224,13 @@ def test_lstm_matches_in_process_torch(client: Any, version: int) -> None:
 
 def test_lstm_v2_beats_naive_and_v1_on_held_out_co2(client: Any) -> None:
     series = load_co2()
-    scores = {}
+    scores: dict[tuple[int, int | str], float] = {}
     for horizon in (5, 12):
         backtest = Backtest.over_test_part(series, train_size(series.shape[0]), horizon)
         backtest = backtest.subsample(3)
         for version in (1, 2):
 
-            def served(z: np.ndarray, steps: int, version: int = version) -> np.ndarray:
+            def served(z: npt.NDArray[Any], steps: int, version: int = version) -> npt.NDArray[Any]:
                 results = infer_concurrently(
                     client, "lstm_timeseries", version, z, [steps] * z.shape[0]
                 )

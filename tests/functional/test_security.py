@@ -450,7 +450,7 @@ def test_the_gateway_does_not_expose_tritons_api(
 ) -> None:
     with grpc.insecure_channel(narrow_gateway.target) as channel:
         assert listed_services(channel) == SERVICES
-        call = channel.unary_unary(method)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
         code, _ = failure(lambda: call(b"", timeout=5))
         assert code is grpc.StatusCode.UNIMPLEMENTED
     service = pb.DESCRIPTOR.services_by_name["ForecastService"]

@@ -376,7 +376,7 @@ def stream_item(request_id: str) -> bytes:
 
 
 def test_stream_that_turns_to_garbage_ends_with_a_status(raw_channel: grpc.Channel) -> None:
-    stream = raw_channel.stream_stream(
+    stream: grpc.StreamStreamMultiCallable[bytes, bytes] = raw_channel.stream_stream(
         SERVICE + "StreamForecast", request_serializer=None, response_deserializer=None
     )
     outgoing: queue.Queue[bytes | None] = queue.Queue()
