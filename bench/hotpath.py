@@ -113,7 +113,7 @@ async def measure(calls: int, rounds: int, scratch: Path) -> list[float]:
         ).SerializeToString()
         for history in workload.histories()
     ]
-    call = interceptors._wrap("Forecast", servicer.Forecast, interceptors._open)
+    call = interceptors.wrap_unary("Forecast", servicer.Forecast)
     context = Context()
 
     async def run(count: int) -> None:

@@ -109,7 +109,7 @@ class RequestInterceptor(ServiceInterceptor):
         guard = self._guard(method)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap(rpc, handler.unary_unary, guard, self._shedder),  # type: ignore[arg-type]
+                wrap_unary(rpc, handler.unary_unary, guard, self._shedder),  # type: ignore[arg-type]
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -205,9 +205,12 @@ async def _fail(error: Exception, request_id: str, context: Context) -> grpc.Sta
     return grpc_code(error.code)  # not reached: abort_with_status raises
 
 
-def _wrap(
-    rpc: str, behavior: Behavior, guard: Guard, shedder: LoadShedder | None = None
+def wrap_unary(
+    rpc: str, behavior: Behavior, guard: Guard | None = None, shedder: LoadShedder | None = None
 ) -> Behavior:
+    """`behavior` as the interceptor serves it: access check, admission, errors, request line."""
+    guard = guard or _open
+
     async def wrapper(request: Any, context: Context) -> Any:
         request_id, notes = _start(rpc, context)
         started = time.perf_counter()
