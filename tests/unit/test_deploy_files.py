@@ -290,7 +290,7 @@ def image_env(path: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for op, args in dockerfile_instructions(path):
         if op == "ENV":
-            env.update(word.split("=", 1) for word in shlex.split(args))
+            env.update(word.partition("=")[::2] for word in shlex.split(args))
     return env
 
 
