@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,11 @@ def spawn_gateway(
     return GatewayProcess(process, port, metrics_port, log_path)
 
 
+BIND_FAILURES = ("could not bind", "already in use")
+"""What a process logs when a port picked free was taken before it bound it."""
+PORT_ATTEMPTS = 3
+
+
 def start_gateway(
     triton_url: str,
     log_path: Path,
@@ -88,16 +94,43 @@ def start_gateway(
     metrics_port: int | None = None,
     **env: str,
 ) -> GatewayProcess:
-    """Start a gateway process against `triton_url` and wait until it is SERVING."""
-    gateway = spawn_gateway(triton_url, log_path, port=port, metrics_port=metrics_port, **env)
-    try:
-        wait_serving(gateway.target)
-    except TimeoutError:
+    """Start a gateway process against `triton_url` and wait until it is SERVING.
+
+    Ports picked here are free when picked, not when the gateway binds them:
+    another process may take one in between. A gateway that exits saying so
+    is started again on other ports (PORT_ATTEMPTS in all); any other exit
+    or a timeout fails at once.
+    """
+    for attempt in range(PORT_ATTEMPTS):
+        gateway = spawn_gateway(triton_url, log_path, port=port, metrics_port=metrics_port, **env)
+        outcome = _wait_serving_or_exit(gateway)
+        if outcome == "serving":
+            return gateway
+        picked = port is None or metrics_port is None
+        if outcome == "exited" and picked and attempt + 1 < PORT_ATTEMPTS and _bind_failed(gateway):
+            continue
         gateway.process.kill()
-        raise RuntimeError(
-            f"gateway did not become SERVING:\n{gateway.log_text()[-3000:]}"
-        ) from None
-    return gateway
+        raise RuntimeError(f"gateway did not become SERVING:\n{gateway.log_text()[-3000:]}")
+    raise AssertionError("unreachable")
+
+
+def _wait_serving_or_exit(gateway: GatewayProcess, timeout_s: float = 60.0) -> str:
+    """ "serving", "exited" (the process ended first) or "timeout"."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if gateway.process.poll() is not None:
+            return "exited"
+        try:
+            wait_serving(gateway.target, timeout_s=1.0)
+        except TimeoutError:
+            continue
+        return "serving"
+    return "timeout"
+
+
+def _bind_failed(gateway: GatewayProcess) -> bool:
+    text = gateway.log_text()[-5000:]
+    return any(words in text for words in BIND_FAILURES)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
@@ -109,15 +142,35 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> i
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     """A real Triton (the embedded CPU build) serving model_repository/."""
-    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    log_path = tmp_path_factory.mktemp("triton") / "triton.log"
-    server = TritonProcess(ROOT / "model_repository", ports, log_path=log_path)
-    server.start()
+    log_dir = tmp_path_factory.mktemp("triton")
+    server = start_triton(log_dir)
     try:
-        server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+def start_triton(log_dir: Path) -> TritonProcess:
+    """A ready Triton on ports picked free; started again on others if one was taken meanwhile.
+
+    Triton takes its ports as flags (it cannot report a port it picked
+    itself), so a port picked free can be taken before it binds: a start that
+    fails saying so is retried (PORT_ATTEMPTS in all).
+    """
+    for attempt in range(PORT_ATTEMPTS):
+        ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+        log_path = log_dir / f"triton-{attempt}.log" if attempt else log_dir / "triton.log"
+        server = TritonProcess(ROOT / "model_repository", ports, log_path=log_path)
+        server.start()
+        try:
+            server.wait_ready()
+        except RuntimeError as error:
+            server.stop()
+            if attempt + 1 < PORT_ATTEMPTS and any(w in str(error) for w in BIND_FAILURES):
+                continue
+            raise
+        return server
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")

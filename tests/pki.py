@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -107,7 +108,8 @@ def start_tls_gateway(
     triton_url: str, log_path: Path, credentials: grpc.ChannelCredentials, **env: str
 ) -> GatewayProcess:
     """conftest.start_gateway for a TLS port: the readiness probe goes over TLS too."""
-    gateway = spawn_gateway(triton_url, log_path, **{"FORECAST_ROUTING_FILE": "", **env})
+    variables: dict[str, Any] = {"FORECAST_ROUTING_FILE": "", **env}
+    gateway = spawn_gateway(triton_url, log_path, **variables)
     process = gateway.process
     deadline = time.monotonic() + 60
     with grpc.secure_channel(gateway.target, credentials) as channel:

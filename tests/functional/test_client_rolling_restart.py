@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.services import free_port
 from forecast_client import DEFAULT_RETRY_POLICY, ForecastClient, ForecastError, RetryPolicy
-from tests.conftest import free_port, start_gateway, stop_process
+from tests.conftest import start_gateway, stop_process
 from tools.embedded_triton import TritonProcess
 
 pytestmark = pytest.mark.functional

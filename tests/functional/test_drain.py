@@ -14,6 +14,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -120,7 +121,7 @@ def test_single_gateway_answers_calls_in_flight_then_only_unavailable(
     triton: TritonProcess, tmp_path: Path
 ) -> None:
     store = tmp_path / "store.sqlite3"
-    env = {
+    env: dict[str, Any] = {  # FORECAST_* variables only: never the port keywords
         "FORECAST_ROUTING_FILE": "",
         "FORECAST_STORE_PATH": str(store),
         "FORECAST_SHUTDOWN_DRAIN_S": DRAIN_S,

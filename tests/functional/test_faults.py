@@ -27,9 +27,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from bench.services import free_port
 from forecast.v1 import forecast_pb2, forecast_service_pb2_grpc
 from forecast.v1 import forecast_service_pb2 as pb
-from tests.conftest import ROOT, GatewayProcess, free_port, start_gateway, stop_process
+from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
 from tools.embedded_triton import TritonPorts, TritonProcess
 
 HISTORY = [float(i % 17) for i in range(60)]

@@ -24,9 +24,10 @@ from google.rpc import error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from bench.services import free_port
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from tests.conftest import ROOT, GatewayProcess, free_port, start_gateway, stop_process
+from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
 from tests.pki import Pki, health_check, make_pki, start_locked_gateway, start_tls_gateway
 from tools.embedded_triton import TritonProcess
 

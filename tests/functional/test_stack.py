@@ -11,8 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.services import free_port, wait_serving
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
-from tests.conftest import ROOT, free_port, wait_serving
+from tests.conftest import ROOT
 
 
 def process_alive(pid: int) -> bool:
