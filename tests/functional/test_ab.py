@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -44,7 +45,7 @@ FLAT = [float(v) for v in range(60)]
 
 
 def decision_name(value: int) -> str:
-    return forecast_pb2.RoutingDecision.Name(value)
+    return forecast_pb2.RoutingDecision.Name(value)  # type: ignore[arg-type]  # any wire int
 
 
 def open_stub(gateway: GatewayProcess) -> tuple[grpc.Channel, Stub]:
@@ -332,7 +333,7 @@ def test_hot_reload_switches_versions_without_dropping_requests(
 
 def test_restart_keeps_forecasts_waiting_for_actuals(triton: TritonProcess, tmp_path: Path) -> None:
     store = tmp_path / "store.sqlite3"
-    env = {"FORECAST_STORE_PATH": str(store), "FORECAST_ROUTING_FILE": ""}
+    env: dict[str, Any] = {"FORECAST_STORE_PATH": str(store), "FORECAST_ROUTING_FILE": ""}
     first = start_gateway(triton.grpc_url, tmp_path / "first.log", **env)
     channel, stub = open_stub(first)
     reply = stub.Forecast(

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -48,7 +49,7 @@ def replicas(
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     folder = tmp_path_factory.mktemp("shared-store")
     routing = routing_file
-    store = {
+    store: dict[str, Any] = {  # FORECAST_* variables only
         "FORECAST_STORE_URL": postgres.create_database("shared_store"),
         "FORECAST_STORE_PASSWORD_FILE": str(postgres.password_file),
         "FORECAST_ROUTING_FILE": str(routing),

@@ -8,8 +8,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from bench.services import free_port
@@ -532,20 +534,20 @@ async def test_running_aggregates_match_the_per_row_computation(store: Experimen
                 again = [float(v) for v in rng.normal(10.0, 2.0, int(rng.integers(1, 5)))]
                 report = await store.report_actuals(forecast_id, again, offset=0)
             final[forecast_id] = {s.version: (s.mae, s.smape, s.mase) for s in report.scores}
-    report = await store.experiment(MODEL)
+    experiment = await store.experiment(MODEL)
 
-    def column(version: str, index: int, ids: list[str] | None = None) -> np.ndarray:
+    def column(version: str, index: int, ids: list[str] | None = None) -> npt.NDArray[Any]:
         chosen = ids if ids is not None else list(final)
         return np.array([final[f][version][index] for f in chosen if version in final[f]])
 
-    for summary in report.versions:
+    for summary in experiment.versions:
         mae, smape, mase = (column(summary.version, k) for k in range(3))
         assert summary.errors.count == summary.actuals_received == mae.size > 0
         assert summary.errors.mae_mean == pytest.approx(np.nanmean(mae), rel=1e-12)
         assert summary.errors.smape_mean == pytest.approx(np.nanmean(smape), rel=1e-12)
         assert summary.errors.mase_mean == pytest.approx(np.nanmean(mase), rel=1e-12)
     tests = {}
-    for comparison in report.comparisons:
+    for comparison in experiment.comparisons:
         a, b = comparison.version_a, comparison.version_b
         both = [f for f in final if a in final[f] and b in final[f]]
         paired = [f for f in both if not np.isnan([final[f][a][2], final[f][b][2]]).any()]
@@ -723,11 +725,8 @@ async def test_only_the_splits_draws_enter_the_two_sample_comparison(
         await store.report_actuals(forecast_id, [0.0, 0.0, 0.0], 0)
     report = await store.experiment(MODEL)
     after = report.comparisons[0]
-    assert (after.test, after.samples, after.mean_difference) == (
-        before.test,
-        before.samples,
-        pytest.approx(before.mean_difference),
-    )
+    assert (after.test, after.samples) == (before.test, before.samples)
+    assert after.mean_difference == pytest.approx(before.mean_difference)
     assert report.versions[0].actuals_received == 40  # still in the version's own means
 
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from structlog.testing import capture_logs
 
@@ -48,7 +49,7 @@ NORMAL = {0.8: 1.2815515655446004, 0.95: 1.959963984540054}
 Q_NORMAL = {0.1: -1.2815515655446004, 0.5: 0.0, 0.9: 1.2815515655446004}
 
 
-def gaussian_bounds(horizon: int, narrow: float = 1.0) -> np.ndarray:
+def gaussian_bounds(horizon: int, narrow: float = 1.0) -> npt.NDArray[Any]:
     """Bounds [ROWS, horizon] that hold for N(0, 1) scaled errors (narrow < 1: too narrow)."""
     rows = []
     for c in COVERAGES:
@@ -57,7 +58,7 @@ def gaussian_bounds(horizon: int, narrow: float = 1.0) -> np.ndarray:
     return np.repeat(np.array(rows)[:, np.newaxis], horizon, axis=1)
 
 
-def as_stored(bounds: np.ndarray | None) -> np.ndarray | None:
+def as_stored(bounds: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
     """Bounds as the store keeps them (float32), so the direct computation reads the same."""
     return None if bounds is None else bounds.astype(np.float32).astype(np.float64)
 
@@ -66,10 +67,10 @@ def as_stored(bounds: np.ndarray | None) -> np.ndarray | None:
 class Kept:
     """What the test recorded for one prediction: enough to score it directly."""
 
-    values: np.ndarray
-    bounds: np.ndarray | None
+    values: npt.NDArray[Any]
+    bounds: npt.NDArray[Any] | None
     scale: float
-    actuals: np.ndarray
+    actuals: npt.NDArray[Any]
 
 
 @dataclass
@@ -77,7 +78,7 @@ class Ledger:
     """The predictions recorded per version, and the actuals reported per forecast."""
 
     by_version: dict[str, list[Kept]] = field(default_factory=dict)
-    actuals: dict[str, np.ndarray] = field(default_factory=dict)
+    actuals: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     def add(self, forecast_id: str, version: str, kept: Kept) -> None:
         kept.actuals = self.actuals.setdefault(forecast_id, kept.actuals)
@@ -88,8 +89,8 @@ def record(
     store: ExperimentStore,
     ledger: Ledger,
     forecast_id: str,
-    values: np.ndarray,
-    bounds: np.ndarray | None,
+    values: npt.NDArray[Any],
+    bounds: npt.NDArray[Any] | None,
     *,
     version: str = "1",
     scale: float = 2.0,
@@ -122,8 +123,8 @@ def record_shadow(
     store: ExperimentStore,
     ledger: Ledger,
     forecast_id: str,
-    values: np.ndarray,
-    bounds: np.ndarray | None,
+    values: npt.NDArray[Any],
+    bounds: npt.NDArray[Any] | None,
     *,
     version: str,
     scale: float,
@@ -198,10 +199,10 @@ def assert_matches(result: ExperimentReport, ledger: Ledger) -> None:
                     name,
                 )
         assert [q.level for q in got.quantiles] == [q.level for q in quantiles], version
-        for a, b in zip(got.quantiles, quantiles, strict=True):
-            assert a.steps == b.steps, (version, a)
-            assert a.pinball == pytest.approx(b.pinball, rel=1e-9, abs=1e-12)
-            assert a.below == pytest.approx(b.below, rel=1e-12)
+        for qa, qb in zip(got.quantiles, quantiles, strict=True):
+            assert qa.steps == qb.steps, (version, qa)
+            assert qa.pinball == pytest.approx(qb.pinball, rel=1e-9, abs=1e-12)
+            assert qa.below == pytest.approx(qb.below, rel=1e-12)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -32,7 +33,7 @@ positive = st.floats(min_value=1e-3, max_value=1e3)
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
-def series(size: int) -> st.SearchStrategy[np.ndarray]:
+def series(size: int) -> st.SearchStrategy[npt.NDArray[Any]]:
     return arrays(np.float64, size, elements=finite)
 
 
@@ -91,7 +92,7 @@ def test_score_rejects_mismatched_lengths() -> None:
 
 
 @given(st.integers(1, 32).flatmap(lambda n: st.tuples(series(n), series(n))), positive)
-def test_score_ranges(pair: tuple[np.ndarray, np.ndarray], scale: float) -> None:
+def test_score_ranges(pair: tuple[npt.NDArray[Any], npt.NDArray[Any]], scale: float) -> None:
     values, actuals = pair
     result = score(values, actuals, scale)
     assert result.steps == values.size
@@ -101,13 +102,13 @@ def test_score_ranges(pair: tuple[np.ndarray, np.ndarray], scale: float) -> None
 
 
 @given(st.integers(1, 32).flatmap(series), positive)
-def test_a_perfect_forecast_scores_zero(values: np.ndarray, scale: float) -> None:
+def test_a_perfect_forecast_scores_zero(values: npt.NDArray[Any], scale: float) -> None:
     result = score(values, values.copy(), scale)
     assert (result.mae, result.smape, result.mase) == (0.0, 0.0, 0.0)
 
 
 @given(st.integers(1, 32).flatmap(lambda n: st.tuples(series(n), series(n))))
-def test_smape_is_symmetric(pair: tuple[np.ndarray, np.ndarray]) -> None:
+def test_smape_is_symmetric(pair: tuple[npt.NDArray[Any], npt.NDArray[Any]]) -> None:
     values, actuals = pair
     assert score(values, actuals, 1.0).smape == pytest.approx(score(actuals, values, 1.0).smape)
 
@@ -117,7 +118,9 @@ def test_smape_is_symmetric(pair: tuple[np.ndarray, np.ndarray]) -> None:
         lambda n: st.tuples(series(n), series(n), arrays(np.bool_, n, elements=st.booleans()))
     )
 )
-def test_unreported_steps_are_ignored(pair: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_unreported_steps_are_ignored(
+    pair: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]],
+) -> None:
     values, actuals, missing = pair
     assume(not missing.all())
     masked = np.where(missing, np.nan, actuals)
@@ -129,7 +132,7 @@ def test_unreported_steps_are_ignored(pair: tuple[np.ndarray, np.ndarray, np.nda
     st.floats(1e-2, 1e2),
 )
 def test_smape_and_mase_are_scale_free(
-    triple: tuple[np.ndarray, np.ndarray, np.ndarray], factor: float
+    triple: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]], factor: float
 ) -> None:
     values, actuals, window = triple
     scale = naive_scale(window)
@@ -214,7 +217,7 @@ def test_confidence_interval_covers_the_true_difference_about_95_percent() -> No
     st.booleans(),
 )
 def test_swapping_sides_negates_the_difference(
-    pair: tuple[np.ndarray, np.ndarray], paired: bool
+    pair: tuple[npt.NDArray[Any], npt.NDArray[Any]], paired: bool
 ) -> None:
     a, b = pair
     forward, backward = compare(a, b, paired=paired), compare(b, a, paired=paired)

@@ -1,8 +1,10 @@
 """Always-valid comparisons (ab.sequential): the error rate holds under continuous monitoring."""
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from forecast_gateway.ab import sequential
@@ -16,7 +18,7 @@ TOLERANCE = 0.02
 """Over 600 simulated experiments the sampling error of a 5% rate is ~0.9%."""
 
 
-def monitor(differences: np.ndarray) -> tuple[float, float, np.ndarray]:
+def monitor(differences: npt.NDArray[Any]) -> tuple[float, float, npt.NDArray[Any]]:
     """Look after every LOOK_EVERY new pairs, as a team watching GetExperiment would.
 
     Returns the share of experiments the sequential test ever declared
@@ -33,7 +35,7 @@ def monitor(differences: np.ndarray) -> tuple[float, float, np.ndarray]:
     return float((first > 0).mean()), float(t_test.mean()), first
 
 
-def looks(samples: np.ndarray) -> list[tuple[int, list[Moments]]]:
+def looks(samples: npt.NDArray[Any]) -> list[tuple[int, list[Moments]]]:
     """Each experiment's moments after every LOOK_EVERY values (as the running sums give them)."""
     sums, squares = np.cumsum(samples, axis=1), np.cumsum(samples**2, axis=1)
     result = []

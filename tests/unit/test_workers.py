@@ -97,7 +97,9 @@ class FakeProcess:
 def no_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """The fake workers' pids are not ours: record the signals instead of sending them."""
     sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(workers.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(
+        "forecast_gateway.workers.os.kill", lambda pid, sig: sent.append((pid, sig))
+    )
     return sent
 
 
