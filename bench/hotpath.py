@@ -3,12 +3,13 @@
 ``python -m bench.hotpath [--calls N] [--rounds R]`` runs the request
 wrapper (interceptor), the servicer, the forecaster, the coalescer, the log
 line, the metrics and A/B recording (SQLite in a scratch directory) of one
-``Forecast`` call back to back, against a stand-in Triton that answers at
-once, and prints the CPU time per call of each round (its minimum is the
-figure to compare). The workload is `make bench`'s: lstm_timeseries v1
-pinned, 10 points, horizon 5, with the shipped routing policy's shape (a
-10/90 split, shadow v1, fallback). Comparing commits: run it on each tree
-in turn; the gRPC hop itself is what `make bench`'s echo cells measure.
+``Forecast`` call back to back, against the shipped in-process backend
+(`backends.fake.FakeBackend`, answering zeros at once), and prints the CPU
+time per call of each round (its minimum is the figure to compare). The
+workload is `make bench`'s: lstm_timeseries v1 pinned, 10 points, horizon
+5, with the shipped routing policy's shape (a 10/90 split, shadow v1,
+fallback). Comparing commits: run it on each tree in turn; the gRPC hop
+itself is what `make bench`'s echo cells measure.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from bench.workload import Workload
 from forecast.v1 import forecast_service_pb2 as pb
@@ -31,8 +30,10 @@ from forecast_gateway.ab import DEFAULT_EXPERIMENT, Bounds, ExperimentStore
 from forecast_gateway.ab.storage import open_storage
 from forecast_gateway.api import interceptors
 from forecast_gateway.api.service import ForecastServicer
+from forecast_gateway.backends.base import Rows
+from forecast_gateway.backends.fake import FakeBackend, FakeModel
 from forecast_gateway.config import ModelConfig
-from forecast_gateway.core.catalog import ModelCatalog, build_spec
+from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster
 from forecast_gateway.core.routing import Fallback, Policy, Shadow
 from forecast_gateway.logs import configure_logging
@@ -45,14 +46,17 @@ PARAMETERS = {
 }
 
 
-class InstantTriton:
-    """Answers every forecast at once with zeros."""
+def zeros(windows: Rows, horizon: int) -> Rows:
+    """Zeros of the asked shape: the backend costs next to nothing."""
+    return np.zeros((windows.shape[0], horizon), dtype=np.float32)
 
-    async def forecast(
-        self, model: str, version: str, windows: npt.NDArray[Any], horizon: int, timeout_s: float
-    ) -> npt.NDArray[np.float32]:
-        """Zeros of the asked shape."""
-        return np.zeros((windows.shape[0], horizon), dtype=np.float32)
+
+def instant_backend() -> FakeBackend:
+    """lstm_timeseries v1 and v2, ready, answering at once."""
+    model = FakeModel(
+        dict(PARAMETERS), {"1": "READY", "2": "READY"}, forecasts={"1": zeros, "2": zeros}
+    )
+    return FakeBackend({"lstm_timeseries": model})
 
 
 class ShippedRouting:
@@ -92,16 +96,15 @@ class Context:
 
 async def measure(calls: int, rounds: int, scratch: Path) -> list[float]:
     """CPU µs per call of each round."""
-    spec = build_spec(ModelConfig("lstm_timeseries"), PARAMETERS, {"1": "READY", "2": "READY"}, 256)
-    catalog = ModelCatalog(
-        models=(ModelConfig("lstm_timeseries"),), specs={spec.name: spec}, triton_up=True
-    )
+    backend = instant_backend()
+    catalog = ModelCatalog(models=(ModelConfig("lstm_timeseries"),))
+    await catalog.refresh(backend)  # as the gateway reads its backend
     storage = open_storage(
         "", Bounds(1_000_000, 1e9), default_path=str(scratch / "ab.sqlite3"), password_file=""
     )
     store = ExperimentStore(storage)
     await store.start()
-    forecaster = Forecaster(catalog, InstantTriton(), ShippedRouting(), store, 10_000, 1.0)  # type: ignore[arg-type]
+    forecaster = Forecaster(catalog, backend, ShippedRouting(), store, 10_000, 1.0)
     servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64)
     workload = Workload()
     requests = [
@@ -127,6 +130,7 @@ async def measure(calls: int, rounds: int, scratch: Path) -> list[float]:
     await run(min(calls, 2000))  # warm-up
     results = []
     for _ in range(rounds):
+        backend.calls.clear()  # the fake's record of its calls, kept bounded (not timed)
         started = time.process_time()
         await run(calls)
         results.append((time.process_time() - started) / calls * 1e6)

@@ -1,12 +1,12 @@
 """An inference backend in process: the gRPC edge and the hot path without Triton.
 
 Shipped with the gateway (not hidden in tests) so that edge tests, core
-tests and a team's own tests share one stand-in that follows
-`InferenceBackend` exactly (mypy checks it); `bench/hotpath.py` still uses
-a stand-in of its own. Each version forecasts with a plain function of its
-normalized window (default: the window's last value repeated), and tests
-script what a real Triton can do: versions that are not ready, errors
-raised for a version, a delay. Inference and batching are only ever judged
+tests, a team's own tests and `bench/hotpath.py` share one stand-in that
+follows `InferenceBackend` exactly (mypy checks it). Each version forecasts
+with a plain function of its normalized window (default: the window's last
+value repeated), and tests script what a real Triton can do: versions that
+are not ready, errors raised for a version, a delay, or calls held until
+the test lets them go (`gate`). Inference and batching are only ever judged
 against a real Triton; this fake answers, it does not model.
 """
 
@@ -63,6 +63,9 @@ class FakeBackend:
         """False: every call raises Unavailable, as an unreachable Triton does."""
         self.errors: dict[tuple[str, str], GatewayError] = {}
         """(model, version) -> the error its forecasts raise."""
+        self.gate: asyncio.Event | None = None
+        """When set to an Event, every forecast waits for it (after `delay_s`): calls held
+        at the backend until the test sets it, without timing."""
         self.calls: list[FakeCall] = []
         self.closed = False
 
@@ -79,11 +82,13 @@ class FakeBackend:
     async def forecast(
         self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
     ) -> Rows:
-        """The version's function of the windows, after `delay_s`; scripted errors first."""
+        """After `delay_s` and `gate`: the scripted error, else the version's function."""
         self._check_up()
         self.calls.append(FakeCall(model, version, windows.shape[0], windows.shape[1], horizon))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.gate is not None:
+            await self.gate.wait()
         error = self.errors.get((model, version))
         if error is not None:
             raise error
