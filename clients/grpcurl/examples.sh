@@ -28,13 +28,19 @@ run "$TARGET" describe forecast.v1.ForecastRequest
 # Health (grpc.health.v1): "" is the whole server, or name the service.
 run -d '{"service": ""}' "$TARGET" grpc.health.v1.Health/Check
 
-# ListModels: every model, its versions and their readiness.
+# ListModels: every model, its versions and their readiness
+# (MODEL_VERSION_STATE_READY).
 run -d '{}' "$TARGET" "$SERVICE/ListModels"
 
 # GetModel: one model.
 run -d '{"name": "lstm_timeseries"}' "$TARGET" "$SERVICE/GetModel"
 
-# Forecast, letting the gateway choose the version (routingDecision DEFAULT).
+# Forecast, letting the gateway choose the version. Under `make run`
+# (config/routing.toml: lstm_timeseries split 10/90 between versions 1 and 2)
+# a routingKey makes the choice sticky, ROUTING_DECISION_STICKY: the same key
+# always gets the same version (store-17: version 2); without one it is a
+# random draw by the weights (ROUTING_DECISION_WEIGHTED, as in ReportActuals
+# below), and a model without a policy answers ROUTING_DECISION_DEFAULT.
 # history is oldest first and must hold at least the version's window
 # (lstm_timeseries: 52 points for version 2, 10 for version 1).
 HISTORY="$(seq -s, 1 60)"
@@ -42,14 +48,17 @@ run -d "{\"model\": \"lstm_timeseries\", \"routingKey\": \"store-17\",
          \"history\": [${HISTORY}], \"horizon\": 12}" \
   "$TARGET" "$SERVICE/Forecast"
 
-# Forecast pinned to version 1 with an explicit window (sequenceLength).
+# Forecast pinned to version 1 (ROUTING_DECISION_PINNED) with an explicit
+# window (sequenceLength).
 run -d "{\"model\": \"lstm_timeseries\", \"version\": \"1\", \"history\": [${HISTORY}],
          \"horizon\": 6, \"sequenceLength\": 10}" \
   "$TARGET" "$SERVICE/Forecast"
 
 # Forecast with calibrated 80% and 95% prediction intervals and the 0.1/0.9
 # quantiles (split conformal per version and horizon step): "intervals",
-# "quantiles" and "uncertainty" (status, method, calibration scores per step).
+# "quantiles" and "uncertainty" (status UNCERTAINTY_STATUS_CALIBRATED, method,
+# calibration scores per step). moving_average has no routing policy:
+# ROUTING_DECISION_DEFAULT, its default version (1).
 run -d "{\"model\": \"moving_average\", \"history\": [${HISTORY}], \"horizon\": 3,
          \"intervalCoverages\": [0.8, 0.95], \"quantileLevels\": [0.1, 0.9]}" \
   "$TARGET" "$SERVICE/Forecast"
@@ -84,7 +93,9 @@ run -d "{\"model\": \"lstm_timeseries\", \"versions\": [\"1\", \"2\"], \"history
 
 # ReportActuals: observed values for an earlier forecast (by its forecastId),
 # for horizon steps offset, offset+1, ...; the reply has the served version's
-# scores and any shadow version's. Here: forecast 4 steps, report 2, then 2 more.
+# scores (SCORE_ROLE_SERVED) and any shadow version's (under `make run` version 1
+# shadows the forecasts version 2 serves). Here: forecast 4 steps, report 2,
+# then 2 more.
 FORECAST_ID="$(run -d "{\"model\": \"lstm_timeseries\", \"history\": [${HISTORY}], \"horizon\": 4}" \
   "$TARGET" "$SERVICE/Forecast" | sed -n -E 's/.*"(forecast_id|forecastId)": "([^"]*)".*/\2/p')"
 run -d "{\"forecastId\": \"${FORECAST_ID}\", \"actuals\": [61, 62]}" \
