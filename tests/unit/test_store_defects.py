@@ -18,6 +18,7 @@ from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, Shad
 from forecast_gateway.ab.sql import Bounds
 from forecast_gateway.ab.storage import open_storage
 from forecast_gateway.ab.store import ExperimentStore
+from forecast_gateway.numerics import FloatArray
 from tools.local_postgres import LocalPostgres
 
 MODEL = "lstm_timeseries"
@@ -278,3 +279,118 @@ async def test_concurrent_writers_and_pruners_never_deadlock(postgres: LocalPost
     await asyncio.sleep(0.5)
     retried = [e for e in logs if e["event"] in ("store_transaction_retried", "store_prune_failed")]
     assert (len(retried), await deadlocks() - before) == (0, 0), retried[:3]
+
+
+# -- 2. a corrected huge first actual leaves the running moments exact ---------------------------
+
+
+@pytest.mark.parametrize("typo", [1e6, 1e12, 1e100])
+async def test_a_huge_first_actual_corrected_later_leaves_the_comparisons_exact(
+    store: ExperimentStore, typo: float
+) -> None:
+    """The running sums kept the first value as their shift after it was taken back out.
+
+    The first forecast of version 1 gets a typo as its first actual (its
+    MASE is the first value of every row it enters), forty more forecasts
+    are scored, then the typo is corrected. The store's means, tests and
+    verdicts must be those of the final scores, computed directly. Before,
+    the variance of version 1 was clamped to 0 (1e6, 1e12: a one-sample test,
+    p 0.01 instead of 0.06) or the mean was lost (1e100: MASE -3e84, and a
+    "conclusive" verdict).
+    """
+    from forecast_gateway.ab import scoring, sequential
+
+    rng = np.random.default_rng(5)
+    final: dict[str, dict[str, float]] = {"1": {}, "2": {}, "3": {}}
+    for i in range(40):
+        for version, level in (("1", 1.0), ("2", 1.1)):
+            forecast_id = f"{version}-{i}"
+            store.record(served(forecast_id, tuple(rng.normal(level, 0.5, 3)), version=version))
+            if version == "1":  # a shadow of each: the paired comparison 1 vs 3
+                store.record_shadow(forecast_id, MODEL, shadow("3", tuple(rng.normal(1.2, 0.5, 3))))
+            first = [typo, 0.0, 0.0] if forecast_id == "1-0" else [0.0, 0.0, 0.0]
+            report = await store.report_actuals(forecast_id, first, 0)
+            for score in report.scores:
+                final[score.version][forecast_id] = score.mase
+    report = await store.report_actuals("1-0", [0.0, 0.0, 0.0], 0)  # the correction
+    for score in report.scores:
+        final[score.version]["1-0"] = score.mase
+    mase = {v: np.array([final[v][k] for k in sorted(final[v])]) for v in final}
+    paired_b = np.array([final["3"][k] for k in sorted(final["1"])])
+
+    result = await store.experiment(MODEL)
+    means = {s.version: s.errors.mase_mean for s in result.versions}
+    assert means == {v: pytest.approx(float(m.mean()), rel=1e-12) for v, m in mase.items()}
+    comparisons = {(c.version_a, c.version_b): c for c in result.comparisons}
+    welch = scoring.compare(mase["1"], mase["2"], paired=False)
+    paired = scoring.compare(mase["1"], paired_b, paired=True)
+    for got, direct, always_valid in (
+        (
+            comparisons[("1", "2")],
+            welch,
+            sequential.two_sample(scoring.Moments.of(mase["1"]), scoring.Moments.of(mase["2"])),
+        ),
+        (
+            comparisons[("1", "3")],
+            paired,
+            sequential.paired(scoring.Moments.of(mase["1"] - paired_b)),
+        ),
+    ):
+        assert (got.test, got.samples) == (direct.test, direct.samples)
+        assert got.mean_difference == pytest.approx(direct.mean_difference, rel=1e-12)
+        assert got.p_value == pytest.approx(direct.p_value, rel=1e-9)
+        assert got.sequential_p_value == pytest.approx(always_valid.p_value, rel=1e-9)
+        assert got.conclusive == always_valid.conclusive
+
+
+async def test_a_store_of_shifted_sums_is_migrated_to_exact_sums(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows written as schema 4 (SQLite) or 3 (PostgreSQL) kept them read the same after."""
+    from forecast_gateway.ab import aggregates, postgres, sql, sqlite
+
+    on_sqlite = make_store.backend == "sqlite"  # type: ignore[attr-defined]
+    backend_module: Any = sqlite if on_sqlite else postgres
+    migrations = backend_module.MIGRATIONS
+    rng = np.random.default_rng(3)
+    mase = {"1": rng.normal(1.0, 0.3, 30), "2": rng.normal(1.2, 0.3, 30)}
+    constant = [1 / 3] * 5  # around a shift that left: the old rounding, clamped as before
+    old = make_store()
+    monkeypatch.setattr(backend_module, "MIGRATIONS", migrations[:-1])
+    await old.start()
+    deltas = [
+        aggregates.MomentDelta(MODEL, "default", metric, version, "", float(value), +1)
+        for version, values in mase.items()
+        for metric in (aggregates.SCORED, "mase", aggregates.COMPARABLE_MASE)
+        for value in ([3.0] * len(values) if metric == aggregates.SCORED else values)
+    ]
+    deltas += [aggregates.MomentDelta(MODEL, "default", "mae", "1", "", 2 / 3, +1)]
+    deltas += [aggregates.MomentDelta(MODEL, "default", "mae", "1", "", v, +1) for v in constant]
+    deltas += [aggregates.MomentDelta(MODEL, "default", "mae", "1", "", 2 / 3, -1)]
+    backend: Any = old.storage.backend  # type: ignore[attr-defined]
+    async with backend.transaction(write=True) as tx:
+        await sql._apply_shifted(tx, deltas)
+    await old.close()
+    monkeypatch.setattr(backend_module, "MIGRATIONS", migrations)
+
+    new = make_store()
+    await new.start()
+    try:
+        result = await new.experiment(MODEL)
+        one, two = result.versions
+        assert (one.actuals_received, two.actuals_received) == (30, 30)
+        assert one.errors.mase_mean == pytest.approx(float(mase["1"].mean()), rel=1e-12)
+        assert one.errors.mae_mean == pytest.approx(1 / 3, rel=1e-12)
+        [comparison] = result.comparisons
+        direct = scoring_compare(mase["1"], mase["2"])
+        assert comparison.p_value == pytest.approx(direct, rel=1e-9)
+        totals = await new.storage.aggregates(MODEL, "default")
+        assert totals.of("mae", "1").constant  # its rounding stayed clamped at 0
+    finally:
+        await new.close()
+
+
+def scoring_compare(a: FloatArray, b: FloatArray) -> float:
+    from forecast_gateway.ab.scoring import compare
+
+    return compare(a, b, paired=False).p_value

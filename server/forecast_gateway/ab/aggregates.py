@@ -2,10 +2,11 @@
 
 GetExperiment reads these totals, never the scored rows, so it costs
 O(versions) whatever the store holds. Both backends keep one row per
-(model, metric, version_a, version_b) with a count and shifted sums, and
-apply `MomentDelta`s with one upsert each (`n += weight`,
-`s1 += weight * (value - shift)`, `s2 += weight * (value - shift)**2`, the
-shift being the row's first value). Rescoring a forecast removes its old
+(model, metric, version_a, version_b) with a count and the exact sums of
+the values and of their squares (`scoring.ExactSums`), and apply
+`MomentDelta`s to it (`n += weight`, `sum += weight * value`,
+`squares += weight * value**2`, without rounding, so taking a value back out
+leaves exactly the sums of the others). Rescoring a forecast removes its old
 contributions and adds the new ones; pairs of versions that scored the
 same forecast (a served forecast and its shadow) add to the paired MASE
 difference. Latency goes into fixed log-spaced buckets, so percentiles are

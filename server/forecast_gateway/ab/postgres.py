@@ -19,7 +19,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from forecast_gateway.ab.sql import Migration, Row, Transaction, migrate
+from forecast_gateway.ab.sql import Migration, Row, Transaction, exact_moments, migrate
 
 MIGRATION_LOCK = 0x46475354  # "FGST": the advisory lock key of the store's migrations
 POOL_MIN = 1
@@ -120,7 +120,28 @@ _V3 = (
     "SELECT 0, value FROM store_meta WHERE name = 'forecasts'",
     "DROP TABLE store_meta",
 )
-MIGRATIONS = (Migration(1, _V1), Migration(2, _V2), Migration(3, _V3))
+_V4 = (
+    # Exact running sums (scoring.ExactSums): a value taken back out leaves exactly the others'.
+    "ALTER TABLE moments RENAME TO moments_shifted",
+    "ALTER INDEX moments_pkey RENAME TO moments_shifted_pkey",
+    """CREATE TABLE moments (
+        model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        version_a TEXT NOT NULL,
+        version_b TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        total BYTEA NOT NULL,
+        squares BYTEA NOT NULL,
+        PRIMARY KEY (model, experiment, metric, version_a, version_b)
+    )""",
+)
+MIGRATIONS = (
+    Migration(1, _V1),
+    Migration(2, _V2),
+    Migration(3, _V3),
+    Migration(4, _V4, then=exact_moments),
+)
 
 
 class PostgresBackend:

@@ -156,7 +156,9 @@ class Moments:
     def from_sums(cls, count: int, shift: float, total: float, squares: float) -> Moments:
         """From running sums of (x - shift) and (x - shift)**2 over `count` values.
 
-        Shifting by a value of the sample (the store keeps the first one)
+        The store kept its running totals so up to schema 4 (SQLite) or 3
+        (PostgreSQL); their migration to `ExactSums` reads them with this.
+        Shifting by a value of the sample (the store kept the first one)
         keeps the sums small, so the variance does not cancel to noise: a
         constant sample has sums exactly 0. Rounding left by values added
         and later removed is clamped at a variance of 0.
@@ -180,6 +182,103 @@ class Moments:
 
 
 EMPTY = Moments(0, math.nan, math.nan)
+
+Dyadic = tuple[int, int]
+"""An exact binary fraction m * 2**e as (m, e), m odd (or (0, 0)): every float is one."""
+ZERO: Dyadic = (0, 0)
+
+
+@dataclass(frozen=True)
+class ExactSums:
+    """The count, sum and sum of squares of a sample, held exactly, so removals undo additions.
+
+    Each value is a float, so an exact binary fraction, and so are its square
+    and any sum of them: the sums are integers scaled by a power of two, and
+    never round. Taking a value back out leaves exactly the sums of the
+    others, whatever it was (a typo of 1e100 corrected later included), and
+    the moments are computed from the exact sums with one rounding each.
+    (Floating-point sums kept relative to a shift lose the other values to
+    the rounding of the largest ones they ever held.)
+    """
+
+    count: int = 0
+    total: Dyadic = ZERO
+    squares: Dyadic = ZERO
+
+    def add(self, value: float, weight: int) -> ExactSums:
+        """Add `value` `weight` times (weight -1: take one back out). `value` is finite."""
+        exact = _dyadic(value)
+        return ExactSums(
+            self.count + weight,
+            _sum(self.total, _times(exact, weight)),
+            _sum(self.squares, _times(_square(exact), weight)),
+        )
+
+    @property
+    def moments(self) -> Moments:
+        """Count, mean and variance (ddof=1), each the exact value rounded once."""
+        n = self.count
+        if n <= 0:
+            return EMPTY
+        mean = _quotient(self.total, n)
+        if n < 2:
+            return Moments(n, mean, math.nan)
+        # n * sum(x**2) - sum(x)**2 = n (n - 1) variance, exactly; below 0 only where
+        # a value was taken out that was never added (sums converted from old ones).
+        spread = _sum(_times(self.squares, n), _times(_square(self.total), -1))
+        return Moments(n, mean, max(_quotient(spread, n * (n - 1)), 0.0))
+
+    @classmethod
+    def of_moments(cls, moments: Moments) -> ExactSums:
+        """The exact sums of a sample with these moments (their floats taken as exact)."""
+        n = moments.count
+        if n <= 0:
+            return cls()
+        mean = _dyadic(moments.mean)
+        spread = _dyadic(moments.variance) if n > 1 else ZERO
+        # sum(x) = n mean; sum(x**2) = (n - 1) variance + n mean**2.
+        squares = _sum(_times(spread, n - 1), _times(_square(mean), n))
+        return cls(n, _times(mean, n), squares)
+
+
+def _dyadic(value: float) -> Dyadic:
+    numerator, denominator = value.as_integer_ratio()  # denominator: a power of 2
+    return _normal(numerator, 1 - denominator.bit_length())
+
+
+def _normal(mantissa: int, exponent: int) -> Dyadic:
+    if mantissa == 0:
+        return ZERO
+    zeros = (mantissa & -mantissa).bit_length() - 1
+    return mantissa >> zeros, exponent + zeros
+
+
+def _sum(a: Dyadic, b: Dyadic) -> Dyadic:
+    if a[0] == 0:
+        return b
+    if b[0] == 0:
+        return a
+    exponent = min(a[1], b[1])
+    return _normal((a[0] << (a[1] - exponent)) + (b[0] << (b[1] - exponent)), exponent)
+
+
+def _times(a: Dyadic, factor: int) -> Dyadic:
+    return _normal(a[0] * factor, a[1])
+
+
+def _square(a: Dyadic) -> Dyadic:
+    return a[0] * a[0], 2 * a[1]
+
+
+def _quotient(a: Dyadic, divisor: int) -> float:
+    """The quotient a / divisor rounded once (Python divides integers exactly, then rounds)."""
+    mantissa, exponent = a
+    try:
+        if exponent >= 0:
+            return (mantissa << exponent) / divisor
+        return mantissa / (divisor << -exponent)
+    except OverflowError:
+        return math.copysign(math.inf, mantissa)
 
 
 def compare_paired(differences: Moments) -> Comparison:

@@ -497,41 +497,63 @@ def _add_scores(
 async def _append_calibration(
     tx: Transaction, lock_rows: str, window: int, scores: dict[tuple[str, str, int], list[float]]
 ) -> None:
-    """Append scores to their pools, keeping the newest `window`; pools locked in key order.
+    """Append scores to their pools, keeping the newest `window`; pools locked in key order."""
+    keys = sorted(scores)
+    current = await _lock_rows(tx, _POOLS, keys)
+    rows = []
+    for key in keys:
+        blob, revision = current[key]
+        pool = np.concatenate([_array(blob), scores[key]])[-window:]
+        rows.append((pool.astype("<f8").tobytes(), int(revision) + 1, *key))
+    await tx.executemany(
+        "UPDATE calibration_pools SET scores = %s, revision = %s "
+        "WHERE model = %s AND version = %s AND step = %s",
+        rows,
+    )
 
-    Each pool row is created first (empty, revision 0) and only then read
-    under its lock: FOR UPDATE locks no row that does not exist yet, so two
-    transactions creating the same pool would each have written only its own
-    scores, the later overwriting the earlier.
+
+@dataclass(frozen=True)
+class _Table:
+    """A table of rows that an operation creates if missing, then locks, reads and updates."""
+
+    name: str
+    keys: tuple[str, ...]
+    values: tuple[str, ...]
+    empty: tuple[object, ...]
+    """The values of a row created empty."""
+
+
+_POOLS = _Table("calibration_pools", ("model", "version", "step"), ("scores", "revision"), (b"", 0))
+
+
+async def _lock_rows(
+    tx: Transaction, table: _Table, keys: Sequence[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], Row]:
+    """The values of the rows of `keys` (sorted), created empty where missing, locked in order.
+
+    One upsert creates, locks and reads them: a SELECT ... FOR UPDATE locks
+    no row that does not exist yet, and two transactions that both read a
+    missing row and then wrote it would each write only their own change.
+    The upsert's no-op update locks an existing row and waits for one
+    another transaction is creating; its rows are taken in the order of
+    `keys`, so every transaction locks a table's rows in one order.
     """
-    by_version: dict[tuple[str, str], dict[int, list[float]]] = {}
-    for (model, version, step), values in sorted(scores.items()):
-        by_version.setdefault((model, version), {})[step] = values
-    for (model, version), steps in by_version.items():
-        wanted = sorted(steps)
-        await tx.executemany(
-            "INSERT INTO calibration_pools (model, version, step, scores, revision) "
-            "VALUES (%s, %s, %s, %s, 0) ON CONFLICT (model, version, step) DO NOTHING",
-            [(model, version, step, b"") for step in wanted],
-        )
-        current: dict[int, FloatArray] = {}
-        for start in range(0, len(wanted), IN_LIST_MAX):
-            chunk = wanted[start : start + IN_LIST_MAX]
-            for step, blob in await tx.fetchall(
-                "SELECT step, scores FROM calibration_pools WHERE model = %s AND version = %s "
-                f"AND step IN ({', '.join(['%s'] * len(chunk))}) ORDER BY step" + lock_rows,
-                (model, version, *chunk),
-            ):
-                current[int(step)] = _array(blob)
-        rows = []
-        for step in wanted:
-            pool = np.concatenate([current[step], steps[step]])[-window:]
-            rows.append((pool.astype("<f8").tobytes(), model, version, step))
-        await tx.executemany(
-            "UPDATE calibration_pools SET scores = %s, revision = revision + 1 "
-            "WHERE model = %s AND version = %s AND step = %s",
-            rows,
-        )
+    columns = table.keys + table.values
+    width = len(table.keys)
+    first = table.values[0]
+    per_statement = max(1, IN_LIST_MAX // len(columns))
+    found: dict[tuple[Any, ...], Row] = {}
+    for start in range(0, len(keys), per_statement):
+        chunk = keys[start : start + per_statement]
+        rows = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(chunk))
+        for row in await tx.fetchall(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {rows} "
+            f"ON CONFLICT ({', '.join(table.keys)}) DO UPDATE SET {first} = {table.name}.{first} "
+            f"RETURNING {', '.join(columns)}",
+            [value for key in chunk for value in (*key, *table.empty)],
+        ):
+            found[tuple(row[:width])] = row[width:]
+    return found
 
 
 async def _calibration_pools(
@@ -591,26 +613,51 @@ async def _store_scores(tx: Transaction, forecast_id: str, scores: Iterable[Vers
     )
 
 
-async def _apply(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> None:
-    """Move the running sums; `shift` is the row's first value (see `scoring.Moments.from_sums`).
+_MOMENTS = _Table(
+    "moments",
+    ("model", "experiment", "metric", "version_a", "version_b"),
+    ("n", "total", "squares"),
+    (0, b"", b""),
+)
 
-    A new row takes the delta's value as its shift, so its sums start at 0;
-    an existing row adds weight * (value - shift) and its square.
-    """
+
+async def _apply(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> None:
+    """Move the running sums (exact: `scoring.ExactSums`) by `deltas`; rows locked in key order."""
+    if not deltas:
+        return
+    keys = sorted({d.key for d in deltas})
+    sums = {key: _exact_sums(*row) for key, row in (await _lock_rows(tx, _MOMENTS, keys)).items()}
+    for delta in deltas:
+        sums[delta.key] = sums[delta.key].add(delta.value, delta.weight)
     await tx.executemany(
-        "INSERT INTO moments (model, experiment, metric, version_a, version_b, shift, n, s1, s2) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0) "
-        "ON CONFLICT (model, experiment, metric, version_a, version_b) DO UPDATE SET "
-        "n = moments.n + excluded.n, "
-        # An emptied row starts again, shifted by its next value.
-        "shift = CASE WHEN moments.n = 0 THEN excluded.shift ELSE moments.shift END, "
-        "s1 = CASE WHEN moments.n = 0 OR moments.n + excluded.n = 0 THEN 0 "
-        "ELSE moments.s1 + excluded.n * (excluded.shift - moments.shift) END, "
-        "s2 = CASE WHEN moments.n = 0 OR moments.n + excluded.n = 0 THEN 0 "
-        "ELSE moments.s2 + excluded.n * (excluded.shift - moments.shift) "
-        "* (excluded.shift - moments.shift) END",
-        [(*d.key, d.value, d.weight) for d in sorted(deltas, key=lambda d: d.key)],
+        "UPDATE moments SET n = %s, total = %s, squares = %s WHERE model = %s "
+        "AND experiment = %s AND metric = %s AND version_a = %s AND version_b = %s",
+        [(*_exact_row(sums[key]), *key) for key in keys],
     )
+
+
+def _exact_sums(n: int, total: bytes, squares: bytes) -> scoring.ExactSums:
+    return scoring.ExactSums(int(n), _unpack(total), _unpack(squares))
+
+
+def _exact_row(sums: scoring.ExactSums) -> tuple[int, bytes, bytes]:
+    return sums.count, _pack(sums.total), _pack(sums.squares)
+
+
+def _pack(value: scoring.Dyadic) -> bytes:
+    """The bytes of m * 2**e: e (int32), then m (two's complement), little-endian; b"" for 0."""
+    mantissa, exponent = value
+    if mantissa == 0:
+        return b""
+    size = mantissa.bit_length() // 8 + 1
+    return struct.pack("<i", exponent) + mantissa.to_bytes(size, "little", signed=True)
+
+
+def _unpack(blob: bytes) -> scoring.Dyadic:
+    if not blob:
+        return scoring.ZERO
+    (exponent,) = struct.unpack_from("<i", blob)
+    return int.from_bytes(blob[4:], "little", signed=True), exponent
 
 
 async def _aggregates(tx: Transaction, model: str, experiment: str) -> ModelAggregates:
@@ -620,12 +667,12 @@ async def _aggregates(tx: Transaction, model: str, experiment: str) -> ModelAggr
         "SELECT version, served, shadowed FROM counters WHERE model = %s AND experiment = %s", key
     ):
         result.counters[version] = (int(served), int(shadowed))
-    for metric, a, b, shift, n, s1, s2 in await tx.fetchall(
-        "SELECT metric, version_a, version_b, shift, n, s1, s2 FROM moments "
+    for metric, a, b, n, total, squares in await tx.fetchall(
+        "SELECT metric, version_a, version_b, n, total, squares FROM moments "
         "WHERE model = %s AND experiment = %s AND n > 0",
         key,
     ):
-        result.moments[(metric, a, b)] = scoring.Moments.from_sums(int(n), shift, s1, s2)
+        result.moments[(metric, a, b)] = _exact_sums(n, total, squares).moments
     for version, bucket, n in await tx.fetchall(
         "SELECT version, bucket, n FROM latency_buckets WHERE model = %s AND experiment = %s", key
     ):
@@ -698,7 +745,7 @@ async def backfill_aggregates(tx: Transaction) -> None:
             model, experiment, scores, +1, groups.get(forecast_id)
         )
     ]
-    await _apply(tx, deltas)
+    await _apply_shifted(tx, deltas)
     latencies = await tx.fetchall(
         "SELECT p.model, COALESCE(f.experiment, %s), p.version, p.latency_ms "
         "FROM predictions AS p LEFT JOIN forecasts AS f ON f.forecast_id = p.forecast_id",
@@ -717,6 +764,53 @@ async def backfill_aggregates(tx: Transaction) -> None:
     await tx.execute(
         "UPDATE store_meta SET value = (SELECT COUNT(*) FROM forecasts) WHERE name = 'forecasts'"
     )
+
+
+async def _apply_shifted(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> None:
+    """The running sums as schema 2 kept them (a shift, sums of x - shift and its square).
+
+    For `backfill_aggregates`, which runs at schema 2; `exact_moments` converts them.
+    """
+    await tx.executemany(
+        "INSERT INTO moments (model, experiment, metric, version_a, version_b, shift, n, s1, s2) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0) "
+        "ON CONFLICT (model, experiment, metric, version_a, version_b) DO UPDATE SET "
+        "n = moments.n + excluded.n, "
+        "shift = CASE WHEN moments.n = 0 THEN excluded.shift ELSE moments.shift END, "
+        "s1 = CASE WHEN moments.n = 0 OR moments.n + excluded.n = 0 THEN 0 "
+        "ELSE moments.s1 + excluded.n * (excluded.shift - moments.shift) END, "
+        "s2 = CASE WHEN moments.n = 0 OR moments.n + excluded.n = 0 THEN 0 "
+        "ELSE moments.s2 + excluded.n * (excluded.shift - moments.shift) "
+        "* (excluded.shift - moments.shift) END",
+        [(*d.key, d.value, d.weight) for d in sorted(deltas, key=lambda d: d.key)],
+    )
+
+
+async def exact_moments(tx: Transaction) -> None:
+    """Convert the shifted running sums (`moments_shifted`) to exact ones (a migration step).
+
+    Each row's moments are read as before (`scoring.Moments.from_sums`, its
+    rounding clamped) and held from then on as the exact sums of a sample
+    with those moments: what rounding already took, this cannot give back.
+    """
+    rows = await tx.fetchall(
+        "SELECT model, experiment, metric, version_a, version_b, shift, n, s1, s2 "
+        "FROM moments_shifted WHERE n > 0"
+    )
+    await tx.executemany(
+        "INSERT INTO moments (model, experiment, metric, version_a, version_b, n, total, squares) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        [
+            (
+                *key,
+                *_exact_row(
+                    scoring.ExactSums.of_moments(scoring.Moments.from_sums(int(n), shift, s1, s2))
+                ),
+            )
+            for *key, shift, n, s1, s2 in (tuple(row) for row in rows)
+        ],
+    )
+    await tx.execute("DROP TABLE moments_shifted")
 
 
 _INSERT_PREDICTION = (

@@ -17,7 +17,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from forecast_gateway.ab.sql import Migration, Row, Transaction, backfill_aggregates, migrate
+from forecast_gateway.ab.sql import (
+    Migration,
+    Row,
+    Transaction,
+    backfill_aggregates,
+    exact_moments,
+    migrate,
+)
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a writer waits for another process's write transaction before failing."""
@@ -128,11 +135,27 @@ _V4 = (
     "SELECT 0, value FROM store_meta WHERE name = 'forecasts'",
     "DROP TABLE store_meta",
 )
+_V5 = (
+    # Exact running sums (scoring.ExactSums): a value taken back out leaves exactly the others'.
+    "ALTER TABLE moments RENAME TO moments_shifted",
+    """CREATE TABLE moments (
+        model TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        version_a TEXT NOT NULL,
+        version_b TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        total BLOB NOT NULL,
+        squares BLOB NOT NULL,
+        PRIMARY KEY (model, experiment, metric, version_a, version_b)
+    )""",
+)
 MIGRATIONS = (
     Migration(1, _V1),
     Migration(2, _V2, then=backfill_aggregates),
     Migration(3, _V3),
     Migration(4, _V4),
+    Migration(5, _V5, then=exact_moments),
 )
 
 
