@@ -21,8 +21,7 @@ import numpy as np
 
 from bench.services import free_port
 from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_forecast_id
-from forecast_gateway.ab.sql import Bounds
-from forecast_gateway.ab.storage import open_storage
+from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
 from tools.local_postgres import LocalPostgres
 

@@ -19,8 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from forecast_gateway.ab import TRACKED, ExperimentStore, Prediction, RecordedForecast, Role
-from forecast_gateway.ab.sql import Bounds, CalibrationPools
-from forecast_gateway.ab.storage import open_storage
+from forecast_gateway.ab.storage import Bounds, CalibrationPools, open_storage
 from forecast_gateway.core.calibration import (
     METHOD,
     Calibration,

@@ -18,8 +18,7 @@ from bench.services import free_port
 from forecast_gateway import metrics
 from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_forecast_id
 from forecast_gateway.ab.scoring import PAIRED_TEST, WELCH_TEST, compare
-from forecast_gateway.ab.sql import ORPHAN_GRACE_S, Bounds
-from forecast_gateway.ab.storage import open_storage
+from forecast_gateway.ab.storage import ORPHAN_GRACE_S, Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 from forecast_gateway.errors import InvalidArgument, NotFound
 from forecast_gateway.numerics import naive_scale
@@ -639,11 +638,11 @@ async def test_a_version_1_sqlite_store_is_migrated_with_its_aggregates(tmp_path
     """A store written before the running aggregates existed reports the same results after."""
     import sqlite3
 
-    from forecast_gateway.ab.sqlite import _V1
+    from forecast_gateway.ab.schema import SQLITE
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
-    for statement in _V1:
+    for statement in SQLITE[0].statements:
         old.execute(statement)
     values = np.array([1.0, 2.0, 3.0]).tobytes()
     for i, (mae, mase) in enumerate([(1.0, 0.5), (3.0, 1.5), (2.0, None)]):

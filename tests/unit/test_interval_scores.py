@@ -33,8 +33,7 @@ from forecast_gateway.ab.records import (
     Role,
 )
 from forecast_gateway.ab.report import WILSON_Z, wilson
-from forecast_gateway.ab.sql import Bounds
-from forecast_gateway.ab.storage import open_storage
+from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
 from forecast_gateway.api.server import Gateway
 from forecast_gateway.api.service import ForecastServicer

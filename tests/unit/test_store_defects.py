@@ -15,8 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, ShadowRecord
-from forecast_gateway.ab.sql import Bounds
-from forecast_gateway.ab.storage import open_storage
+from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
 from forecast_gateway.numerics import FloatArray
 from tools.local_postgres import LocalPostgres
@@ -184,7 +183,7 @@ async def test_two_transactions_creating_one_calibration_pool_keep_both_scores(
     """
     import psycopg
 
-    from forecast_gateway.ab import sql
+    from forecast_gateway.ab import storage as queries
 
     url = postgres.create_database(f"defect_{uuid.uuid4().hex[:12]}")
     storage = open_storage(url, Bounds(10, 60.0, 8), password_file=str(postgres.password_file))
@@ -192,15 +191,15 @@ async def test_two_transactions_creating_one_calibration_pool_keep_both_scores(
         f"{url}?password={postgres.password}", autocommit=True
     )
     await storage.open()
-    backend: Any = storage.backend  # type: ignore[attr-defined]
+    backend: Any = storage.backend
 
     async def append(score: float) -> None:
         async with backend.transaction(write=True) as tx:
-            await sql._append_calibration(tx, backend.lock_rows, 8, {(MODEL, "1", 0): [score]})
+            await queries._append_calibration(tx, 8, {(MODEL, "1", 0): [score]})
 
     try:
         async with backend.transaction(write=True) as first:
-            await sql._append_calibration(first, backend.lock_rows, 8, {(MODEL, "1", 0): [0.5]})
+            await queries._append_calibration(first, 8, {(MODEL, "1", 0): [0.5]})
             second = asyncio.create_task(append(-0.25))
             await _until_waiting_for_a_lock(watcher)  # on the row the first created
         await second
@@ -347,16 +346,15 @@ async def test_a_store_of_shifted_sums_is_migrated_to_exact_sums(
     make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows written as schema 4 (SQLite) or 3 (PostgreSQL) kept them read the same after."""
-    from forecast_gateway.ab import aggregates, postgres, sql, sqlite
+    from forecast_gateway.ab import aggregates, schema
 
-    on_sqlite = make_store.backend == "sqlite"  # type: ignore[attr-defined]
-    backend_module: Any = sqlite if on_sqlite else postgres
-    migrations = backend_module.MIGRATIONS
+    name = "SQLITE" if make_store.backend == "sqlite" else "POSTGRES"  # type: ignore[attr-defined]
+    migrations = getattr(schema, name)
     rng = np.random.default_rng(3)
     mase = {"1": rng.normal(1.0, 0.3, 30), "2": rng.normal(1.2, 0.3, 30)}
     constant = [1 / 3] * 5  # around a shift that left: the old rounding, clamped as before
     old = make_store()
-    monkeypatch.setattr(backend_module, "MIGRATIONS", migrations[:-1])
+    monkeypatch.setattr(schema, name, migrations[:-1])
     await old.start()
     deltas = [
         aggregates.MomentDelta(MODEL, "default", metric, version, "", float(value), +1)
@@ -367,11 +365,11 @@ async def test_a_store_of_shifted_sums_is_migrated_to_exact_sums(
     deltas += [aggregates.MomentDelta(MODEL, "default", "mae", "1", "", 2 / 3, +1)]
     deltas += [aggregates.MomentDelta(MODEL, "default", "mae", "1", "", v, +1) for v in constant]
     deltas += [aggregates.MomentDelta(MODEL, "default", "mae", "1", "", 2 / 3, -1)]
-    backend: Any = old.storage.backend  # type: ignore[attr-defined]
+    backend: Any = old.storage.backend
     async with backend.transaction(write=True) as tx:
-        await sql._apply_shifted(tx, deltas)
+        await schema._apply_shifted(tx, deltas)
     await old.close()
-    monkeypatch.setattr(backend_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(schema, name, migrations)
 
     new = make_store()
     await new.start()

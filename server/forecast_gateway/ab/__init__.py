@@ -3,10 +3,12 @@
 The rest of the gateway uses only the names below. Layout, one concern per
 module: `records` (types), `store` (the write-behind façade), `actuals`
 (checks), `aggregates` (running totals), `report` (GetExperiment and its verdict),
-`sequential` (always-valid comparisons),
-`scoring` and `student_t` (metrics and tests), `storage` (the interface and
-the backend choice), `sql` (the queries both backends run), `sqlite` and
-`postgres` (schemas, connections, migrations).
+`sequential` (always-valid comparisons), `scoring` and `student_t` (metrics,
+tests, exact running sums). Beneath the façade, one interface: `storage`
+(`Storage`: every operation and query, written once, and the backend choice
+from `store_url`) runs on a `Backend`'s connections: `sqlite` (one file, its
+own thread) or `postgres` (a connection pool). `schema` holds both backends'
+migrations, the framework that runs them and their data steps.
 """
 
 from forecast_gateway.ab.aggregates import TRACKED
@@ -21,7 +23,7 @@ from forecast_gateway.ab.records import (
     new_forecast_id,
 )
 from forecast_gateway.ab.report import interval_flags
-from forecast_gateway.ab.sql import Bounds
+from forecast_gateway.ab.storage import Bounds
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 
 __all__ = [

@@ -1,12 +1,14 @@
 """PostgreSQL backend of the A/B store: one database shared by every replica.
 
 psycopg 3's asyncio API with a psycopg-pool connection pool, on the
-gateway's event loop. Migrations run at start-up in one transaction that
-first takes a transaction-level advisory lock, so replicas starting together
-apply each version once (and no lock outlives its transaction); the
-applied versions are rows of `schema_migrations`. Scoring locks the
-forecast's row (`FOR UPDATE`), so actuals for one forecast that reach two
-replicas at once are applied one after the other (ab.sql).
+gateway's event loop: the connections and their transactions
+(`ab.storage.Backend`); the schema is `ab.schema.POSTGRES`. Migrations run
+at start-up in one transaction that first takes a transaction-level
+advisory lock, so replicas starting together apply each version once (and
+no lock outlives its transaction); the applied versions are rows of
+`schema_migrations`. Scoring locks the forecast's row (`FOR UPDATE`), so
+actuals for one forecast that reach two replicas at once are applied one
+after the other (ab.storage).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from forecast_gateway.ab.sql import Migration, Row, Transaction, exact_moments, migrate
+from forecast_gateway.ab import schema
+from forecast_gateway.ab.schema import Row, Transaction, migrate
 
 MIGRATION_LOCK = 0x46475354  # "FGST": the advisory lock key of the store's migrations
 POOL_MIN = 1
@@ -31,117 +34,6 @@ POOL_WAIT_S = 5.0
 """How long an operation waits for a pooled connection: a read answers UNAVAILABLE after it."""
 _SERVER_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
 """admin_shutdown, crash_shutdown, cannot_connect_now: the server is (re)starting."""
-
-_V1 = (
-    """CREATE TABLE forecasts (
-        forecast_id TEXT PRIMARY KEY,
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        comparable SMALLINT NOT NULL DEFAULT 1,
-        horizon INTEGER NOT NULL,
-        naive_scale DOUBLE PRECISION NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        actuals BYTEA,
-        steps_received INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX forecasts_by_age ON forecasts (created_at, forecast_id)",
-    """CREATE TABLE predictions (
-        forecast_id TEXT NOT NULL,
-        version TEXT NOT NULL,
-        model TEXT NOT NULL,
-        role TEXT NOT NULL,
-        forecast_values BYTEA NOT NULL,
-        latency_ms DOUBLE PRECISION NOT NULL,
-        recorded_at DOUBLE PRECISION NOT NULL,
-        orphan SMALLINT NOT NULL DEFAULT 0,
-        steps_scored INTEGER NOT NULL DEFAULT 0,
-        mae DOUBLE PRECISION,
-        smape DOUBLE PRECISION,
-        mase DOUBLE PRECISION,
-        PRIMARY KEY (forecast_id, version)
-    )""",
-    "CREATE INDEX orphans_by_age ON predictions (recorded_at) WHERE orphan = 1",
-    """CREATE TABLE counters (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        version TEXT NOT NULL,
-        served BIGINT NOT NULL DEFAULT 0,
-        shadowed BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (model, experiment, version)
-    )""",
-    """CREATE TABLE experiments (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        started_at DOUBLE PRECISION NOT NULL,
-        forecasts BIGINT NOT NULL,
-        PRIMARY KEY (model, experiment)
-    )""",
-    """CREATE TABLE moments (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        version_a TEXT NOT NULL,
-        version_b TEXT NOT NULL,
-        shift DOUBLE PRECISION NOT NULL,
-        n BIGINT NOT NULL,
-        s1 DOUBLE PRECISION NOT NULL,
-        s2 DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (model, experiment, metric, version_a, version_b)
-    )""",
-    """CREATE TABLE latency_buckets (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        version TEXT NOT NULL,
-        bucket INTEGER NOT NULL,
-        n BIGINT NOT NULL,
-        PRIMARY KEY (model, experiment, version, bucket)
-    )""",
-    "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-    "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",
-)
-_V2 = (
-    # Calibration: the tracked bounds of each prediction, and the score pools.
-    "ALTER TABLE predictions ADD COLUMN bounds BYTEA",
-    "ALTER TABLE predictions ADD COLUMN naive_scale DOUBLE PRECISION",
-    """CREATE TABLE calibration_pools (
-        model TEXT NOT NULL,
-        version TEXT NOT NULL,
-        step INTEGER NOT NULL,
-        scores BYTEA NOT NULL,
-        revision BIGINT NOT NULL,
-        PRIMARY KEY (model, version, step)
-    )""",
-)
-_V3 = (
-    # The forecast count in rows that add up to it (one per store), not one row every
-    # write and prune of every replica locks.
-    "CREATE TABLE forecast_counts (shard INTEGER PRIMARY KEY, forecasts BIGINT NOT NULL)",
-    "INSERT INTO forecast_counts (shard, forecasts) "
-    "SELECT 0, value FROM store_meta WHERE name = 'forecasts'",
-    "DROP TABLE store_meta",
-)
-_V4 = (
-    # Exact running sums (scoring.ExactSums): a value taken back out leaves exactly the others'.
-    "ALTER TABLE moments RENAME TO moments_shifted",
-    "ALTER INDEX moments_pkey RENAME TO moments_shifted_pkey",
-    """CREATE TABLE moments (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        version_a TEXT NOT NULL,
-        version_b TEXT NOT NULL,
-        n BIGINT NOT NULL,
-        total BYTEA NOT NULL,
-        squares BYTEA NOT NULL,
-        PRIMARY KEY (model, experiment, metric, version_a, version_b)
-    )""",
-)
-MIGRATIONS = (
-    Migration(1, _V1),
-    Migration(2, _V2),
-    Migration(3, _V3),
-    Migration(4, _V4, then=exact_moments),
-)
 
 
 class PostgresBackend:
@@ -227,12 +119,12 @@ async def _migrate(tx: Transaction) -> None:
     )
     row = await tx.fetchone("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
     current = int(row[0]) if row else 0
-    if current > MIGRATIONS[-1].version:
+    if current > schema.POSTGRES[-1].version:
         raise RuntimeError(f"unknown experiment store schema {current}")
-    reached = await migrate(tx, current, MIGRATIONS)
+    reached = await migrate(tx, current, schema.POSTGRES)
     await tx.executemany(
         "INSERT INTO schema_migrations (version) VALUES (%s)",
-        [(m.version,) for m in MIGRATIONS if current < m.version <= reached],
+        [(m.version,) for m in schema.POSTGRES if current < m.version <= reached],
     )
 
 

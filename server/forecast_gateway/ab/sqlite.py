@@ -1,10 +1,12 @@
 """SQLite backend of the A/B store: the embedded default, one file per host.
 
-Every SQLite call runs on one dedicated thread that owns the connection, so
-the event loop never waits on disk. WAL mode and `BEGIN IMMEDIATE` let
-several processes on one host (the gateway's worker processes) share the
-file: writers take the database lock in turn (waiting up to BUSY_TIMEOUT_MS)
-and readers never block them. The schema version is SQLite's user_version.
+The connection and its transactions (`ab.storage.Backend`); the schema is
+`ab.schema.SQLITE`, its version SQLite's user_version. Every SQLite call
+runs on one dedicated thread that owns the connection, so the event loop
+never waits on disk. WAL mode and `BEGIN IMMEDIATE` let several processes on
+one host (the gateway's worker processes) share the file: writers take the
+database lock in turn (waiting up to BUSY_TIMEOUT_MS) and readers never
+block them.
 """
 
 from __future__ import annotations
@@ -17,146 +19,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from forecast_gateway.ab.sql import (
-    Migration,
-    Row,
-    Transaction,
-    backfill_aggregates,
-    exact_moments,
-    migrate,
-)
+from forecast_gateway.ab import schema
+from forecast_gateway.ab.schema import Row, Transaction, migrate
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a writer waits for another process's write transaction before failing."""
 
 _T = TypeVar("_T")
-
-_V1 = (
-    """CREATE TABLE IF NOT EXISTS forecasts (
-        forecast_id TEXT PRIMARY KEY,
-        model TEXT NOT NULL,
-        horizon INTEGER NOT NULL,
-        naive_scale REAL NOT NULL,
-        created_at REAL NOT NULL,
-        actuals BLOB,
-        steps_received INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX IF NOT EXISTS forecasts_by_age ON forecasts (created_at)",
-    """CREATE TABLE IF NOT EXISTS predictions (
-        forecast_id TEXT NOT NULL,
-        version TEXT NOT NULL,
-        model TEXT NOT NULL,
-        role TEXT NOT NULL,
-        forecast_values BLOB NOT NULL,
-        latency_ms REAL NOT NULL,
-        recorded_at REAL NOT NULL,
-        orphan INTEGER NOT NULL DEFAULT 0,
-        steps_scored INTEGER NOT NULL DEFAULT 0,
-        mae REAL,
-        smape REAL,
-        mase REAL,
-        PRIMARY KEY (forecast_id, version)
-    )""",
-    "CREATE INDEX IF NOT EXISTS orphans_by_age ON predictions (recorded_at) WHERE orphan = 1",
-    """CREATE TABLE IF NOT EXISTS counters (
-        model TEXT NOT NULL,
-        version TEXT NOT NULL,
-        served INTEGER NOT NULL DEFAULT 0,
-        shadowed INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (model, version)
-    )""",
-)
-_V2 = (
-    # Named experiments, and running aggregates (ab.aggregates) in place of the
-    # per-read scans and their indexes.
-    "DROP INDEX IF EXISTS predictions_by_latency",
-    "DROP INDEX IF EXISTS predictions_scored",
-    "ALTER TABLE forecasts ADD COLUMN experiment TEXT NOT NULL DEFAULT 'default'",
-    "ALTER TABLE forecasts ADD COLUMN comparable INTEGER NOT NULL DEFAULT 1",
-    "ALTER TABLE counters RENAME TO counters_v1",
-    """CREATE TABLE counters (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        version TEXT NOT NULL,
-        served INTEGER NOT NULL DEFAULT 0,
-        shadowed INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (model, experiment, version)
-    )""",
-    "INSERT INTO counters SELECT model, 'default', version, served, shadowed FROM counters_v1",
-    "DROP TABLE counters_v1",
-    """CREATE TABLE experiments (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        forecasts INTEGER NOT NULL,
-        PRIMARY KEY (model, experiment)
-    )""",
-    """CREATE TABLE moments (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        version_a TEXT NOT NULL,
-        version_b TEXT NOT NULL,
-        shift REAL NOT NULL,
-        n INTEGER NOT NULL,
-        s1 REAL NOT NULL,
-        s2 REAL NOT NULL,
-        PRIMARY KEY (model, experiment, metric, version_a, version_b)
-    )""",
-    """CREATE TABLE latency_buckets (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        version TEXT NOT NULL,
-        bucket INTEGER NOT NULL,
-        n INTEGER NOT NULL,
-        PRIMARY KEY (model, experiment, version, bucket)
-    )""",
-    "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    "INSERT INTO store_meta (name, value) VALUES ('forecasts', 0)",
-)
-_V3 = (
-    # Calibration: the tracked bounds of each prediction, and the score pools.
-    "ALTER TABLE predictions ADD COLUMN bounds BLOB",
-    "ALTER TABLE predictions ADD COLUMN naive_scale REAL",
-    """CREATE TABLE calibration_pools (
-        model TEXT NOT NULL,
-        version TEXT NOT NULL,
-        step INTEGER NOT NULL,
-        scores BLOB NOT NULL,
-        revision INTEGER NOT NULL,
-        PRIMARY KEY (model, version, step)
-    )""",
-)
-_V4 = (
-    # The forecast count in rows that add up to it (one per store), not one row every
-    # write and prune of every replica locks.
-    "CREATE TABLE forecast_counts (shard INTEGER PRIMARY KEY, forecasts INTEGER NOT NULL)",
-    "INSERT INTO forecast_counts (shard, forecasts) "
-    "SELECT 0, value FROM store_meta WHERE name = 'forecasts'",
-    "DROP TABLE store_meta",
-)
-_V5 = (
-    # Exact running sums (scoring.ExactSums): a value taken back out leaves exactly the others'.
-    "ALTER TABLE moments RENAME TO moments_shifted",
-    """CREATE TABLE moments (
-        model TEXT NOT NULL,
-        experiment TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        version_a TEXT NOT NULL,
-        version_b TEXT NOT NULL,
-        n INTEGER NOT NULL,
-        total BLOB NOT NULL,
-        squares BLOB NOT NULL,
-        PRIMARY KEY (model, experiment, metric, version_a, version_b)
-    )""",
-)
-MIGRATIONS = (
-    Migration(1, _V1),
-    Migration(2, _V2, then=backfill_aggregates),
-    Migration(3, _V3),
-    Migration(4, _V4),
-    Migration(5, _V5, then=exact_moments),
-)
 
 
 class SQLiteBackend:
@@ -181,9 +50,9 @@ class SQLiteBackend:
         await self._run(self._connect)
         async with self.transaction(write=True) as tx:
             current = (await tx.fetchone("PRAGMA user_version") or (0,))[0]
-            if current > MIGRATIONS[-1].version:
+            if current > schema.SQLITE[-1].version:
                 raise RuntimeError(f"{self.path}: unknown experiment store schema {current}")
-            reached = await migrate(tx, current, MIGRATIONS)
+            reached = await migrate(tx, current, schema.SQLITE)
             await tx.execute(f"PRAGMA user_version={int(reached)}")
 
     async def close(self) -> None:

@@ -36,8 +36,7 @@ from forecast_gateway.ab.records import (
     forecast_id_time,
 )
 from forecast_gateway.ab.report import summarize
-from forecast_gateway.ab.sql import Bounds, CalibrationPools
-from forecast_gateway.ab.storage import Storage, open_storage
+from forecast_gateway.ab.storage import Bounds, CalibrationPools, Storage, open_storage
 from forecast_gateway.errors import Unavailable
 
 log = structlog.get_logger(__name__)
