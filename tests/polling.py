@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar, cast, overload
 
 T = TypeVar("T")
 
@@ -29,6 +29,26 @@ def _failure(timeout_s: float, message: Message, last: object) -> AssertionError
     return AssertionError(
         f"not within {timeout_s:g} s: {text or 'the condition'} (last check: {last!r})"
     )
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+    message: Message = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+    message: Message = ...,
+) -> T: ...
 
 
 async def eventually(
