@@ -5,7 +5,8 @@ after the answer, a write-behind flush, a routing reload, a refresh) polls
 the thing itself instead of sleeping a guessed time: it goes on as soon as
 the condition holds, and it fails, saying what it waited for, if it never
 does. `eventually` is for coroutines (the check may be a coroutine function),
-`eventually_sync` for plain test code.
+`eventually_sync` for plain test code. "Holds" is a truthy value: a check
+whose answer may be 0 or empty returns it in a tuple.
 """
 
 from __future__ import annotations
