@@ -506,10 +506,33 @@ def report_requests(draw: st.DrawFn) -> pb.ReportActualsRequest:
     return pb.ReportActualsRequest(forecast_id=forecast_id, actuals=actuals, offset=offset)
 
 
+@pytest.fixture(scope="module")
+def known_forecasts(stub: Stub) -> list[str]:
+    """Real forecasts of every model and version, so ReportActuals is fuzzed on ids that exist.
+
+    Whether or not test_fuzz_forecast ran first (its ids join these): the
+    report fuzz never depends on the order. Not counted in the tally, like
+    the warm-up.
+    """
+    history = [300.0 + (i % 12) for i in range(60)]
+    for model in MODELS:
+        for version in ("1", "2"):
+            for horizon in (1, 6, 12):
+                request = pb.ForecastRequest(
+                    model=model, version=version, history=history, horizon=horizon
+                )
+                reply = stub.Forecast(request, timeout=CALL_TIMEOUT_S)
+                TALLY.forecast_ids.append(reply.forecast_id)
+    return TALLY.forecast_ids
+
+
 @settings(FUZZ, max_examples=examples(500))
 @given(request=report_requests())
 def test_fuzz_report_actuals(
-    stub: Stub, gateway: GatewayProcess, request: pb.ReportActualsRequest
+    stub: Stub,
+    gateway: GatewayProcess,
+    known_forecasts: list[str],
+    request: pb.ReportActualsRequest,
 ) -> None:
     reply = call("ReportActuals", stub.ReportActuals, request, gateway)
     if reply is None:
@@ -542,7 +565,11 @@ def test_fuzz_model_lookups(
 
 
 def test_fuzz_run_left_the_gateway_healthy(
-    stub: Stub, gateway: GatewayProcess, baseline: Baseline, catalog: Catalog
+    stub: Stub,
+    gateway: GatewayProcess,
+    baseline: Baseline,
+    catalog: Catalog,
+    known_forecasts: list[str],
 ) -> None:
     """Memory, metric labels and the log after every fuzz case above.
 
@@ -554,7 +581,7 @@ def test_fuzz_run_left_the_gateway_healthy(
         if fuzz.__name__ not in TALLY.ran:
             fuzz(stub=stub, gateway=gateway, catalog=catalog)
     if test_fuzz_report_actuals.__name__ not in TALLY.ran:
-        test_fuzz_report_actuals(stub=stub, gateway=gateway)
+        test_fuzz_report_actuals(stub=stub, gateway=gateway, known_forecasts=known_forecasts)
     if test_fuzz_model_lookups.__name__ not in TALLY.ran:
         test_fuzz_model_lookups(stub=stub, gateway=gateway, catalog=catalog)
     fuzzed = TALLY.calls - baseline.requests
