@@ -5,7 +5,8 @@ after the answer, a write-behind flush, a routing reload, a refresh) polls
 the thing itself instead of sleeping a guessed time: it goes on as soon as
 the condition holds, and it fails, saying what it waited for, if it never
 does. `eventually` is for coroutines (the check may be a coroutine function),
-`eventually_sync` for plain test code.
+`eventually_sync` for plain test code. "Holds" is a truthy value: a check
+whose answer may be 0 or empty returns it in a tuple.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar, cast, overload
 
 T = TypeVar("T")
 
@@ -29,6 +30,26 @@ def _failure(timeout_s: float, message: Message, last: object) -> AssertionError
     return AssertionError(
         f"not within {timeout_s:g} s: {text or 'the condition'} (last check: {last!r})"
     )
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+    message: Message = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+    message: Message = ...,
+) -> T: ...
 
 
 async def eventually(

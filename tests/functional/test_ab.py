@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from scipy.stats import chisquare
 from forecast.v1 import forecast_pb2, forecast_service_pb2_grpc
 from forecast.v1 import forecast_service_pb2 as pb
 from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+from tests.polling import eventually_sync
 from tools.embedded_triton import TritonProcess
 from training.data import load_co2, train_test_split
 
@@ -153,11 +153,22 @@ def test_compare_versions_runs_both_lstm_versions(ab_stub: Stub) -> None:
     assert difference.max_absolute_difference == pytest.approx(gap.max())
 
 
-def test_shadow_is_scored_but_never_changes_the_answer(ab_stub: Stub) -> None:
+def shadows_done(gateway: GatewayProcess) -> float:
+    """lstm_timeseries shadow forecasts by version 1 that have ended, in any outcome."""
+    return metric_total(
+        gateway, "forecast_gateway_shadow_requests_total", model="lstm_timeseries", version="1"
+    )
+
+
+def test_shadow_is_scored_but_never_changes_the_answer(
+    ab_stub: Stub, ab_gateway: GatewayProcess
+) -> None:
     series = load_co2()
     _, test = train_test_split(series)
     start = len(series) - len(test)
     scored_shadow = 0
+    # Version 1 shadows every lstm forecast served by version 2, pinned or not.
+    shadowed = shadows_done(ab_gateway)
     for origin in range(start, start + 400, 5):
         history, actual = series[:origin], series[origin : origin + 6]
         reply = ab_stub.Forecast(
@@ -171,7 +182,12 @@ def test_shadow_is_scored_but_never_changes_the_answer(ab_stub: Stub) -> None:
             timeout=10,
         )
         assert np.allclose(reply.values, pinned.values, rtol=1e-5, atol=1e-4)
-        time.sleep(0.01)  # let the shadow (off the response path) finish
+        # The shadows run off the response path: wait until they have ended.
+        shadowed += 2 * (reply.version == "2")
+        eventually_sync(
+            lambda: shadows_done(ab_gateway) >= shadowed,  # noqa: B023 (called at once)
+            message=f"{shadowed:g} shadow forecasts ended",
+        )
         report = ab_stub.ReportActuals(
             pb.ReportActualsRequest(forecast_id=reply.forecast_id, actuals=actual.tolist()),
             timeout=10,
@@ -272,12 +288,21 @@ def test_failing_shadow_never_fails_the_request(
             )
             assert len(reply.values) == reply.horizon
             served_by_2 += reply.version == "2"
-        time.sleep(0.5)
-        failed = metric_total(gateway, "forecast_gateway_shadow_requests_total", outcome="failed")
+
+        def failed_shadows() -> float:
+            return metric_total(gateway, "forecast_gateway_shadow_requests_total", outcome="failed")
+
+        # The shadows fail after the answers are sent.
+        eventually_sync(lambda: failed_shadows() >= served_by_2, message="the shadows failed")
+        failed = failed_shadows()
         assert served_by_2 > 0 and failed >= served_by_2
     finally:
         channel.close()
         stop_process(gateway.process)
+
+
+CALLS_BETWEEN = 20
+"""Calls the load makes between two steps of the reload test (before, after each reload)."""
 
 
 def test_hot_reload_switches_versions_without_dropping_requests(
@@ -307,18 +332,24 @@ def test_hot_reload_switches_versions_without_dropping_requests(
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        time.sleep(0.5)
+        eventually_sync(lambda: len(versions) >= CALLS_BETWEEN, message="calls on version 1")
         routing.write_text('[models.moving_average]\nsplit = { "1" = 0, "2" = 100 }\n')
         gateway.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
-            time.sleep(0.05)
+        eventually_sync(lambda: versions[-1] == "2", message="the reload switched to version 2")
         switched_at = len(versions)
-        time.sleep(0.5)
+        eventually_sync(
+            lambda: len(versions) >= switched_at + CALLS_BETWEEN, message="calls after the switch"
+        )
         # An invalid edit is rejected and the last good policy stays.
         routing.write_text('[models.moving_average]\nsplit = { "1" = 50, "2" = 40 }\n')
         gateway.process.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        eventually_sync(
+            lambda: "routing_reload_rejected" in gateway.log_text(), message="the edit rejected"
+        )
+        rejected_at = len(versions)
+        eventually_sync(
+            lambda: len(versions) >= rejected_at + CALLS_BETWEEN, message="calls after the edit"
+        )
     finally:
         stop.set()
         worker.join()

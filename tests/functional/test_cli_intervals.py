@@ -174,8 +174,8 @@ def test_experiment_prints_coverage_and_pinball(
             client.report_actuals(result.forecast_id, SERIES[origin : origin + 4])
         experiment = client.get_experiment("moving_average")
     (version,) = experiment.versions
-    if not version.interval_coverage:
-        pytest.skip("this gateway does not report interval coverage in GetExperiment yet")
+    # The gateway scores the tracked levels of every reported forecast: no coverage is a failure.
+    assert version.interval_coverage, version
 
     body = forecast_json(env, "experiment", "--model", "moving_average")
     (scored,) = body["versions"]

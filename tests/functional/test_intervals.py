@@ -35,6 +35,7 @@ from forecast.v1 import forecast_service_pb2 as pb
 from forecast_gateway.core.conformal import bound_table, sorted_pool
 from forecast_gateway.numerics import Levels, naive_scale
 from tests.conftest import ROOT, GatewayProcess, start_gateway, stop_process
+from tests.polling import eventually, eventually_sync
 from tools.embedded_triton import TritonProcess
 from training.calibrate import Split, scaled_scores
 from training.data import load_co2
@@ -53,7 +54,8 @@ CALIBRATED = forecast_pb2.UNCERTAINTY_STATUS_CALIBRATED
 NOT_CALIBRATED = forecast_pb2.UNCERTAINTY_STATUS_NOT_CALIBRATED
 REFRESH_S = 0.02
 """FORECAST_CALIBRATION_REFRESH_S of these gateways: the next origin waits for it."""
-FRESH_TRIES = 100
+FRESH_TIMEOUT_S = 10.0
+"""How long a forecast may take to reflect the actuals just reported (a deadline, not a speed)."""
 CO2_WINDOW = 256
 """config/gateway.toml's calibration_window: the co2 gateway runs as shipped."""
 SHIFT_WINDOW = 50
@@ -153,13 +155,28 @@ def matches(
 
 
 async def once_fresh(call: Callable[[], Awaitable[T]], fresh: Callable[[T], bool]) -> tuple[T, int]:
-    """`call()` again (REFRESH_S apart) until its answer reflects every reported actual."""
-    for tries in range(FRESH_TRIES):
+    """`call()` again (REFRESH_S apart) until its answer reflects every reported actual.
+
+    The answer and how many stale answers came first (refreshes waited for).
+    """
+    stale = 0
+
+    async def check() -> tuple[T] | None:
+        nonlocal stale
         answer = await call()
         if fresh(answer):
-            return answer, tries
-        await asyncio.sleep(REFRESH_S)
-    raise AssertionError(f"the gateway's pools never matched the mirror ({FRESH_TRIES} tries)")
+            return (answer,)
+        stale += 1
+        return None
+
+    found = await eventually(
+        check,
+        timeout_s=FRESH_TIMEOUT_S,
+        interval_s=REFRESH_S,
+        message=lambda: f"the gateway's pools never matched the mirror ({stale} tries)",
+    )
+    assert found is not None
+    return found[0], stale
 
 
 # -- a. co2 held out: coverage online, against a naive forecast calibrated alike -----------
@@ -410,13 +427,21 @@ def wait_for_scores(
     stub: Stub, request: pb.ForecastRequest, scores: list[int]
 ) -> pb.ForecastResponse:
     """The first answer whose pools hold `scores` per step (the refresh has run)."""
-    deadline = time.monotonic() + 5.0
-    while True:
+    last: list[pb.ForecastResponse] = []
+
+    def check() -> pb.ForecastResponse | None:
         reply: pb.ForecastResponse = stub.Forecast(request, timeout=10)
-        if list(reply.uncertainty.calibration_scores) == scores:
-            return reply
-        assert time.monotonic() < deadline, f"pools {reply.uncertainty} never reached {scores}"
-        time.sleep(REFRESH_S)
+        last[:] = [reply]
+        return reply if list(reply.uncertainty.calibration_scores) == scores else None
+
+    answer = eventually_sync(
+        check,
+        timeout_s=FRESH_TIMEOUT_S,
+        interval_s=REFRESH_S,
+        message=lambda: f"pools {last[0].uncertainty if last else None} never reached {scores}",
+    )
+    assert answer is not None
+    return answer
 
 
 def test_cold_start_is_not_calibrated_until_enough_actuals(cold_gateway: GatewayProcess) -> None:

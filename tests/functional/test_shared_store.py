@@ -8,8 +8,8 @@ give the same GetExperiment, whose counts add up over both.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from tests.conftest import GatewayProcess, start_gateway, stop_process
+from tests.polling import eventually_sync
 from tools.embedded_triton import TritonProcess
 from tools.local_postgres import LocalPostgres
 from training.data import load_co2
@@ -132,13 +133,20 @@ def test_any_replica_scores_any_forecast_and_both_report_the_same(
     assert all(count >= 1 for count in scores)
 
     served = [reply.version for reply, _ in on_first + on_second]
-    deadline = time.monotonic() + 15
-    while True:  # shadows run after the answer is sent: wait until every one is recorded
-        seen_by_first = experiment(first)
-        shadowed = {v.version: v.requests_shadowed for v in seen_by_first.versions}
-        if shadowed.get("1", 0) >= served.count("2") or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+
+    def all_shadows_recorded() -> pb.GetExperimentResponse | None:
+        seen = experiment(first)
+        shadowed = {v.version: v.requests_shadowed for v in seen.versions}
+        return seen if shadowed.get("1", 0) >= served.count("2") else None
+
+    # Shadows run after the answer is sent: wait until every one is recorded.
+    seen_by_first = eventually_sync(
+        all_shadows_recorded,
+        timeout_s=15,
+        interval_s=0.2,
+        message=f"version 1 shadowed the {served.count('2')} requests version 2 served",
+    )
+    assert seen_by_first is not None
     seen_by_second = experiment(second)
     assert seen_by_first == seen_by_second
     versions = {v.version: v for v in seen_by_first.versions}
@@ -164,13 +172,17 @@ def test_renaming_the_experiment_starts_a_fresh_one_and_keeps_the_old(
     before = experiment(first)
     assert before.experiment == "shared-first" and before.forecasts > 0
     routing_file.write_text(ROUTING.replace("shared-first", "shared-second"))
-    deadline = time.monotonic() + 15
-    while experiment(second).experiment != "shared-second":  # both reload within ~1 s
-        assert time.monotonic() < deadline, "the routing file was not reloaded"
-        time.sleep(0.2)
-    while experiment(first).experiment != "shared-second":
-        assert time.monotonic() < deadline, "the routing file was not reloaded"
-        time.sleep(0.2)
+
+    def renamed(replica: GatewayProcess) -> bool:
+        return experiment(replica).experiment == "shared-second"
+
+    for replica in (second, first):  # both reload within ~1 s
+        eventually_sync(
+            partial(renamed, replica),
+            timeout_s=15,
+            interval_s=0.2,
+            message="the routing file was not reloaded",
+        )
     start = len(load_co2()) - 100
     asyncio.run(forecasts(first.target, list(range(start, start + 30, 10))))
     fresh = experiment(first)  # its own queue is written first; the other replica's a moment later

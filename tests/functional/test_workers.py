@@ -18,20 +18,24 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.services import free_port, wait_serving
+from bench.services import wait_serving
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
 from tests.closed_loop import HISTORY, ClosedLoop, service_config
 from tests.conftest import ROOT, stop_process
+from tests.polling import eventually_sync
 from tools.embedded_triton import TritonProcess
 
 CHANNELS = 8
+MAX_CHANNELS = 64
+"""Connections opened at most to reach every worker (all 64 on one of two: 2 in 2**64)."""
 
 
 def channel_options(number: int) -> list[tuple[str, str | int]]:
@@ -52,9 +56,10 @@ class Supervised:
     """A `python -m forecast_gateway` with workers = 2, and how to reach it."""
 
     process: subprocess.Popen[bytes]
-    port: int
-    metrics_port: int
     log_path: Path
+    port: int = 0
+    """The shared gRPC port: the supervisor's pick (it binds port 0), read from its log."""
+    metrics_port: int = 0
 
     @property
     def target(self) -> str:
@@ -68,6 +73,18 @@ class Supervised:
             if line.startswith("{"):
                 lines.append(json.loads(line))
         return lines
+
+    def read_ports(self) -> None:
+        """The ports the supervisor bound, from its `workers_starting` line."""
+        (line,) = [line for line in self.log_lines() if line["event"] == "workers_starting"]
+        self.port, self.metrics_port = int(str(line["port"])), int(str(line["metrics_port"]))
+
+    def worker_of(self, request_id: str) -> tuple[int] | None:
+        """(the worker) whose request line carries `request_id` (None: not logged yet)."""
+        for line in self.log_lines():
+            if line["event"] == "request" and line.get("request_id") == request_id:
+                return (int(str(line["worker"])),)
+        return None
 
     def worker_pids(self) -> dict[int, int]:
         """The current pid of each worker, from the supervisor's `worker_started` lines."""
@@ -99,8 +116,7 @@ class Supervised:
 
 @pytest.fixture
 def supervised(triton: TritonProcess, tmp_path: Path) -> Iterator[Supervised]:
-    """A gateway with two workers on a fixed port, against the session's Triton."""
-    port, metrics_port = free_port(), free_port()
+    """A gateway with two workers on one port of its own pick, against the session's Triton."""
     log_path = tmp_path / "gateway.log"
     routing_file = tmp_path / "routing.toml"
     routing_file.write_text("# no policies: default routing\n")
@@ -109,8 +125,8 @@ def supervised(triton: TritonProcess, tmp_path: Path) -> Iterator[Supervised]:
         "FORECAST_CONFIG_FILE": str(ROOT / "config" / "gateway.toml"),
         "FORECAST_WORKERS": "2",
         "FORECAST_HOST": "127.0.0.1",
-        "FORECAST_PORT": str(port),
-        "FORECAST_METRICS_PORT": str(metrics_port),
+        "FORECAST_PORT": "0",
+        "FORECAST_METRICS_PORT": "0",
         "FORECAST_TRITON_URL": triton.grpc_url,
         "FORECAST_LOG_FORMAT": "json",
         "FORECAST_ROUTING_FILE": str(routing_file),
@@ -126,9 +142,10 @@ def supervised(triton: TritonProcess, tmp_path: Path) -> Iterator[Supervised]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    gateway = Supervised(process, port, metrics_port, log_path)
+    gateway = Supervised(process, log_path)
     try:
         wait_for(lambda: started_workers(gateway) == {0, 1}, 60, gateway)
+        gateway.read_ports()
         wait_serving(gateway.target, 30)
         yield gateway
     finally:
@@ -162,29 +179,54 @@ def spread_load(target: str, callers: int) -> ClosedLoop:
     return ClosedLoop(target, callers, channels=[channel_options(i) for i in range(CHANNELS)])
 
 
-def call_over_channels(target: str, calls: int) -> None:
-    """`calls` Forecast calls, one channel (connection) after the other, all OK."""
+def call_over_channels(gateway: Supervised, calls: int) -> dict[int, int]:
+    """`calls` Forecast calls, all OK, over CHANNELS or more connections that reach both workers.
+
+    The kernel hands each new connection to one of the listening workers by a
+    hash of its addresses (SO_REUSEPORT), a fair coin per connection: 8
+    connections all land on one of two workers in 1 of 128 tries (measured:
+    5 of 400 rounds of 8, both workers listening throughout). So connections
+    are opened one at a time, each learning its worker from the request line
+    of its first call (tagged with its own x-request-id), until there are
+    CHANNELS and both workers have one (at most MAX_CHANNELS); the other
+    calls go round robin over them. Returns the connections per worker.
+    """
     request = pb.ForecastRequest(model="lstm_timeseries", version="2", history=HISTORY)
-    channels = [grpc.insecure_channel(target, options=channel_options(i)) for i in range(CHANNELS)]
+    channels: list[grpc.Channel] = []
+    stubs: list[forecast_service_pb2_grpc.ForecastServiceStub] = []
+    on_worker: collections.Counter[int] = collections.Counter()
     try:
-        stubs = [forecast_service_pb2_grpc.ForecastServiceStub(c) for c in channels]
-        for i in range(calls):
-            stubs[i % CHANNELS].Forecast(request, timeout=10)
+        while len(channels) < CHANNELS or set(on_worker) != {0, 1}:
+            assert len(channels) < min(MAX_CHANNELS, calls), f"one worker only: {on_worker}"
+            number = len(channels)
+            channels.append(grpc.insecure_channel(gateway.target, options=channel_options(number)))
+            stubs.append(forecast_service_pb2_grpc.ForecastServiceStub(channels[-1]))
+            probe = f"probe-{os.getpid()}-{time.monotonic_ns()}-{number}"
+            stubs[-1].Forecast(request, timeout=10, metadata=(("x-request-id", probe),))
+            found = eventually_sync(
+                partial(gateway.worker_of, probe), message=f"the request line of {probe}"
+            )
+            assert found is not None
+            on_worker[found[0]] += 1
+        for i in range(calls - len(channels)):
+            stubs[i % len(stubs)].Forecast(request, timeout=10)
     finally:
         for channel in channels:
             channel.close()
+    return dict(on_worker)
 
 
 def test_two_workers_serve_add_up_and_a_killed_one_is_restarted(supervised: Supervised) -> None:
     calls = 64
-    call_over_channels(supervised.target, calls)
+    call_over_channels(supervised, calls)
     # A call is counted just after its answer is sent: wait for the last one.
     wait_for(lambda: supervised.total("forecast_gateway_requests_total") == calls, 5, supervised)
     per_worker = {
         worker: supervised.total("forecast_gateway_worker_requests_total", worker=str(worker))
         for worker in (0, 1)
     }
-    # Both workers answered: the kernel spread the 8 connections over them.
+    # Both workers answered, over connections the kernel spread over them (opened until
+    # both had one: see call_over_channels), and counted them.
     assert all(count > 0 for count in per_worker.values()), per_worker
     # The one metrics port adds the workers up, under the usual names.
     forecasts = supervised.total("forecast_gateway_requests_total", rpc="Forecast", code="OK")
@@ -230,7 +272,7 @@ def test_two_workers_serve_add_up_and_a_killed_one_is_restarted(supervised: Supe
     assert supervised.total("forecast_gateway_workers") == 2
     # The restarted worker serves new connections; the dead one's counts are kept.
     before = supervised.total("forecast_gateway_worker_requests_total", worker="1")
-    call_over_channels(supervised.target, calls)
+    call_over_channels(supervised, calls)
     assert supervised.total("forecast_gateway_worker_requests_total", worker="1") > before
     # The killed worker's counts are kept, give or take the calls it held when
     # killed (answered but not yet counted, or counted but retried elsewhere).

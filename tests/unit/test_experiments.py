@@ -2,11 +2,13 @@
 
 import asyncio
 import dataclasses
+import inspect
 import math
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from bench.services import free_port
 from forecast_gateway import metrics
 from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_forecast_id
 from forecast_gateway.ab.scoring import PAIRED_TEST, WELCH_TEST, compare
@@ -22,6 +23,8 @@ from forecast_gateway.ab.storage import ORPHAN_GRACE_S, Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 from forecast_gateway.errors import InvalidArgument, NotFound
 from forecast_gateway.numerics import naive_scale
+from tests.conftest import start_postgres
+from tests.polling import eventually, eventually_sync
 from tools.local_postgres import LocalPostgres
 
 MODEL = "lstm_timeseries"
@@ -430,7 +433,7 @@ async def test_the_flusher_writes_without_a_read(make_store: MakeStore) -> None:
     await store.start()
     try:
         store.record(served("f1"))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: store._pending == [], message="the flusher wrote the queue")
         assert store._pending == []
     finally:
         await store.close()
@@ -494,11 +497,17 @@ async def test_an_orphan_shadow_survives_a_restart(make_store: MakeStore, clock:
         await second.close()
 
 
+def clock_past(millisecond: int) -> bool:
+    """Whether the wall clock (Unix milliseconds, as in forecast ids) is past `millisecond`."""
+    return time.time_ns() // 1_000_000 > millisecond
+
+
 def test_forecast_ids_are_unique_version_7_uuids_in_time_order() -> None:
     ids = []
     for _ in range(3):
         ids += [new_forecast_id() for _ in range(1000)]
-        time.sleep(0.002)
+        last = uuid.UUID(ids[-1]).int >> 80  # its millisecond: the next batch is made after it
+        eventually_sync(partial(clock_past, last), interval_s=0.001)
     parsed = [uuid.UUID(forecast_id) for forecast_id in ids]
     assert {u.version for u in parsed} == {7}
     assert {u.variant for u in parsed} == {uuid.RFC_4122}
@@ -748,11 +757,21 @@ async def test_a_store_that_cannot_be_opened_says_which_and_why(tmp_path: Path) 
 # -- review findings ----------------------------------------------------------------------------
 
 
+def suspended(task: asyncio.Task[Any]) -> bool:
+    """Whether `task` has started and now waits at an await."""
+    coroutine = task.get_coro()
+    return (
+        inspect.iscoroutine(coroutine)
+        and inspect.getcoroutinestate(coroutine) == inspect.CORO_SUSPENDED
+    )
+
+
 async def test_a_cancelled_read_does_not_lose_the_queue(store: ExperimentStore) -> None:
     for i in range(2000):
         store.record(served(f"f{i}"))
     read = asyncio.create_task(store.experiment(MODEL))
-    await asyncio.sleep(0)  # the read's flush has started
+    # The read has started: it waits on its flush (suspended at its first await).
+    await eventually(partial(suspended, read), interval_s=0)
     read.cancel()
     with pytest.raises(asyncio.CancelledError):
         await read
@@ -826,8 +845,7 @@ async def test_while_postgresql_is_down_reads_are_unavailable_and_records_wait(
 ) -> None:
     from forecast_gateway.errors import Unavailable
 
-    server = LocalPostgres(free_port())
-    server.start()
+    server = start_postgres()
     try:
         url = server.create_database("outage")
         bounds = Bounds(1000, 3600.0)

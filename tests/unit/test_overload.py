@@ -10,6 +10,7 @@ import pytest
 
 from forecast_gateway.api.interceptors import wrap_unary
 from forecast_gateway.api.overload import LoadShedder
+from tests.polling import eventually
 
 
 class Aborted(Exception):
@@ -99,7 +100,7 @@ def test_a_held_call_that_is_cancelled_leaves_the_count() -> None:
         holding = asyncio.ensure_future(shedder.hold_until_quiet(10.0, 10.0))
         await asyncio.sleep(0)
         held = asyncio.ensure_future(call(1, None))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: shedder.held == 1, interval_s=0)  # it reached the door
         assert shedder.held == 1
         held.cancel()
         assert await shedder.wait_idle(1.0)

@@ -13,6 +13,7 @@ from forecast_gateway.api.service import ForecastServicer
 from forecast_gateway.core.forecaster import ForecastResult
 from forecast_gateway.core.routing import Decision
 from forecast_gateway.core.validation import ForecastQuery
+from tests.polling import eventually
 
 MAX_PENDING = 4
 
@@ -22,10 +23,26 @@ class SlowForecaster:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.waiting = 0
+        """Calls waiting to be released."""
+        self.answered = 0
 
     async def forecast(self, query: ForecastQuery, deadline: float) -> ForecastResult:
+        self.waiting += 1
         await self.release.wait()
+        self.waiting -= 1
+        self.answered += 1
         return ForecastResult("id", query.model, "1", Decision.DEFAULT, np.zeros(1), 1, 1)
+
+
+async def loop_turns(turns: int = 20) -> None:
+    """Let every runnable task run a few steps: what the servicer would read next, it reads here.
+
+    Everything here is in process and waits on nothing else, so a reader not
+    held by flow control pulls its next request within a turn or two.
+    """
+    for _ in range(turns):
+        await asyncio.sleep(0)
 
 
 class Context:
@@ -58,11 +75,13 @@ async def test_reading_stops_while_answers_wait_for_the_caller() -> None:
     forecaster = SlowForecaster()
     responses: Any = make_servicer(forecaster).StreamForecast(requests(), Context())  # type: ignore[arg-type]
     first = asyncio.ensure_future(responses.__anext__())
-    await asyncio.sleep(0.2)
+    await eventually(lambda: forecaster.waiting >= MAX_PENDING, interval_s=0)
+    await loop_turns()
     assert pulled == MAX_PENDING  # the forecaster is stuck: no more requests are read
     forecaster.release.set()
     await first
-    await asyncio.sleep(0.2)
+    await eventually(lambda: forecaster.answered == pulled, interval_s=0)
+    await loop_turns()
     # Answers are done but the caller took only one: reading stays bounded.
     assert pulled <= MAX_PENDING + 1
     received = 1 + len([r async for r in responses])
