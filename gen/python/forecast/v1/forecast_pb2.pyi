@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -104,6 +105,55 @@ SCORE_ROLE_SHADOW: ScoreRole.ValueType  # 2
 returned to the caller.
 """
 Global___ScoreRole: _TypeAlias = ScoreRole  # noqa: Y015
+
+class _FillMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FillMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FillMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILL_METHOD_UNSPECIFIED: _FillMethod.ValueType  # 0
+    """FILL_METHOD_UNSPECIFIED fills nothing: a missing point inside the
+    window the chosen version reads is INVALID_ARGUMENT (reason
+    MISSING_VALUES, naming how many and the first few); a missing point
+    older than the window is not an error.
+    """
+    FILL_METHOD_LINEAR: _FillMethod.ValueType  # 1
+    """FILL_METHOD_LINEAR interpolates linearly in time between the observed
+    neighbours; before the first or after the last observed point it holds
+    the nearest observed value.
+    """
+    FILL_METHOD_PREVIOUS: _FillMethod.ValueType  # 2
+    """FILL_METHOD_PREVIOUS carries the last observed value forward (points
+    before the first observed value take that value).
+    """
+    FILL_METHOD_ZERO: _FillMethod.ValueType  # 3
+    """FILL_METHOD_ZERO fills 0 (counts: a missing day sold nothing)."""
+
+class FillMethod(_FillMethod, metaclass=_FillMethodEnumTypeWrapper):
+    """FillMethod says how the gateway fills missing points of a series: NaN in
+    `history`, or points of the frequency's grid absent from `timestamps`.
+    New values are only ever appended.
+    """
+
+FILL_METHOD_UNSPECIFIED: FillMethod.ValueType  # 0
+"""FILL_METHOD_UNSPECIFIED fills nothing: a missing point inside the
+window the chosen version reads is INVALID_ARGUMENT (reason
+MISSING_VALUES, naming how many and the first few); a missing point
+older than the window is not an error.
+"""
+FILL_METHOD_LINEAR: FillMethod.ValueType  # 1
+"""FILL_METHOD_LINEAR interpolates linearly in time between the observed
+neighbours; before the first or after the last observed point it holds
+the nearest observed value.
+"""
+FILL_METHOD_PREVIOUS: FillMethod.ValueType  # 2
+"""FILL_METHOD_PREVIOUS carries the last observed value forward (points
+before the first observed value take that value).
+"""
+FILL_METHOD_ZERO: FillMethod.ValueType  # 3
+"""FILL_METHOD_ZERO fills 0 (counts: a missing day sold nothing)."""
+Global___FillMethod: _TypeAlias = FillMethod  # noqa: Y015
 
 class _ModelVersionState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -308,6 +358,9 @@ class Forecast(_message.Message):
     INTERVALS_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
     UNCERTAINTY_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    FILLED_POINTS_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id uniquely identifies this forecast (for ReportActuals)."""
     model: _builtins.str
@@ -323,6 +376,15 @@ class Forecast(_message.Message):
     routing_restricted: _builtins.bool
     """routing_restricted is true when some versions of the model's split could
     not serve this series and the version was drawn among the others only.
+    """
+    frequency: _builtins.str
+    """frequency is the spacing of the points as a pandas offset alias (e.g.
+    "D", "W-SUN", "MS"), as given or inferred from `timestamps`; empty for
+    a request without time.
+    """
+    filled_points: _builtins.int
+    """filled_points is how many points of the window the model read were
+    missing and filled by the request's `fill` method.
     """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -346,6 +408,13 @@ class Forecast(_message.Message):
         the request asked for none.
         """
 
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """timestamps holds the time of each forecast step (horizon values), set
+        when the request gave `start` or `timestamps`: the first is one step
+        of `frequency` after the last history point.
+        """
+
     def __init__(
         self,
         *,
@@ -360,10 +429,13 @@ class Forecast(_message.Message):
         intervals: _abc.Iterable[Global___PredictionInterval] | None = ...,
         quantiles: _abc.Iterable[Global___QuantileForecast] | None = ...,
         uncertainty: Global___Uncertainty | None = ...,
+        timestamps: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        frequency: _builtins.str = ...,
+        filled_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uncertainty", b"uncertainty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "intervals", b"intervals", "model", b"model", "quantiles", b"quantiles", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filled_points", b"filled_points", "forecast_id", b"forecast_id", "frequency", b"frequency", "horizon", b"horizon", "intervals", b"intervals", "model", b"model", "quantiles", b"quantiles", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "timestamps", b"timestamps", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

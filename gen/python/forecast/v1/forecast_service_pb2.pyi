@@ -34,6 +34,10 @@ class ForecastRequest(_message.Message):
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     INTERVAL_COVERAGES_FIELD_NUMBER: _builtins.int
     QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    FILL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the name of the model to use (see ListModels), e.g.
     "lstm_timeseries". Required.
@@ -52,11 +56,22 @@ class ForecastRequest(_message.Message):
     """sequence_length is the window: how many of the most recent history points
     the model reads. 0 means the model version's own window.
     """
+    frequency: _builtins.str
+    """frequency is the spacing of the points, as a pandas offset alias: "min",
+    "15min", "h", "2h", "D", "B", "W" (= "W-SUN") to "W-SAT", "MS", "ME",
+    "QS", "QE", "YS", "YE" (with multiples, e.g. "2h", and anchors such as
+    "QS-OCT"). Required with `start`; optional with `timestamps` (inferred
+    when unambiguous).
+    """
+    fill: _forecast_pb2.FillMethod.ValueType
+    """fill says how missing points (NaN in history, grid points absent from
+    timestamps) are filled; unspecified: none may fall in the window read.
+    """
     @_builtins.property
     def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """history is the series, oldest point first, in its own units. The gateway
         reads the most recent sequence_length points. Required; every value must be
-        finite and at most 1e150 in magnitude.
+        at most 1e150 in magnitude; NaN marks a missing value (see `fill`).
         """
 
     @_builtins.property
@@ -71,6 +86,19 @@ class ForecastRequest(_message.Message):
         each in (0, 1), distinct, at most 16. Empty: none, at no cost.
         """
 
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """start is the time of history[0]; with `frequency`, the times of the
+        other points and of the forecast follow (see docs/time.md). Optional.
+        """
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """timestamps holds the time of each history point (instead of `start`),
+        strictly increasing, UTC, on the frequency's grid: for data with gaps.
+        Grid points missing from it are missing values (see `fill`).
+        """
+
     def __init__(
         self,
         *,
@@ -82,10 +110,14 @@ class ForecastRequest(_message.Message):
         sequence_length: _builtins.int = ...,
         interval_coverages: _abc.Iterable[_builtins.float] | None = ...,
         quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        frequency: _builtins.str = ...,
+        timestamps: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        fill: _forecast_pb2.FillMethod.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "routing_key", b"routing_key", "sequence_length", b"sequence_length", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fill", b"fill", "frequency", b"frequency", "history", b"history", "horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "routing_key", b"routing_key", "sequence_length", b"sequence_length", "start", b"start", "timestamps", b"timestamps", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -109,6 +141,9 @@ class ForecastResponse(_message.Message):
     INTERVALS_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
     UNCERTAINTY_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    FILLED_POINTS_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id uniquely identifies this forecast."""
     model: _builtins.str
@@ -132,6 +167,15 @@ class ForecastResponse(_message.Message):
     not serve this request (history shorter than their window, horizon over
     their maximum) and the version was drawn among the others only.
     """
+    frequency: _builtins.str
+    """frequency is the spacing of the points as a pandas offset alias (e.g.
+    "D", "W-SUN", "MS"), as given or inferred from `timestamps`; empty for
+    a request without time.
+    """
+    filled_points: _builtins.int
+    """filled_points is how many points of the window the model read were
+    missing and filled by the request's `fill` method.
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """values is the forecast, horizon steps, in the units of the history."""
@@ -154,6 +198,13 @@ class ForecastResponse(_message.Message):
         the request asked for none.
         """
 
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """timestamps holds the time of each forecast step (horizon values), set
+        when the request gave `start` or `timestamps`: the first is one step
+        of `frequency` after the last history point.
+        """
+
     def __init__(
         self,
         *,
@@ -169,10 +220,13 @@ class ForecastResponse(_message.Message):
         intervals: _abc.Iterable[_forecast_pb2.PredictionInterval] | None = ...,
         quantiles: _abc.Iterable[_forecast_pb2.QuantileForecast] | None = ...,
         uncertainty: _forecast_pb2.Uncertainty | None = ...,
+        timestamps: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        frequency: _builtins.str = ...,
+        filled_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uncertainty", b"uncertainty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_id", b"forecast_id", "horizon", b"horizon", "intervals", b"intervals", "model", b"model", "primary_version", b"primary_version", "quantiles", b"quantiles", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filled_points", b"filled_points", "forecast_id", b"forecast_id", "frequency", b"frequency", "horizon", b"horizon", "intervals", b"intervals", "model", b"model", "primary_version", b"primary_version", "quantiles", b"quantiles", "routing_decision", b"routing_decision", "routing_restricted", b"routing_restricted", "sequence_length", b"sequence_length", "timestamps", b"timestamps", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,6 +328,10 @@ class Series(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    FILL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id names the series in the response (e.g. "store-17"); unique within the
     batch. Required.
@@ -282,9 +340,35 @@ class Series(_message.Message):
     """routing_key keeps this series on one version under a sticky split.
     Empty means the id is used as the routing key.
     """
+    frequency: _builtins.str
+    """frequency is the spacing of the points, as a pandas offset alias: "min",
+    "15min", "h", "2h", "D", "B", "W" (= "W-SUN") to "W-SAT", "MS", "ME",
+    "QS", "QE", "YS", "YE" (with multiples, e.g. "2h", and anchors such as
+    "QS-OCT"). Required with `start`; optional with `timestamps` (inferred
+    when unambiguous).
+    """
+    fill: _forecast_pb2.FillMethod.ValueType
+    """fill says how missing points (NaN in history, grid points absent from
+    timestamps) are filled; unspecified: none may fall in the window read.
+    """
     @_builtins.property
     def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """history is the series, oldest point first. Required; finite values."""
+        """history is the series, oldest point first. Required; NaN marks a missing
+        value (see `fill`).
+        """
+
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """start is the time of history[0]; with `frequency`, the times of the
+        other points and of the forecast follow (see docs/time.md). Optional.
+        """
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """timestamps holds the time of each history point (instead of `start`),
+        strictly increasing, UTC, on the frequency's grid: for data with gaps.
+        Grid points missing from it are missing values (see `fill`).
+        """
 
     def __init__(
         self,
@@ -292,10 +376,14 @@ class Series(_message.Message):
         id: _builtins.str = ...,
         history: _abc.Iterable[_builtins.float] | None = ...,
         routing_key: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        frequency: _builtins.str = ...,
+        timestamps: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        fill: _forecast_pb2.FillMethod.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "id", b"id", "routing_key", b"routing_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fill", b"fill", "frequency", b"frequency", "history", b"history", "id", b"id", "routing_key", b"routing_key", "start", b"start", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,19 +590,36 @@ class CompareVersionsRequest(_message.Message):
     SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     INTERVAL_COVERAGES_FIELD_NUMBER: _builtins.int
     QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    FILL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is the model to compare. Required."""
     horizon: _builtins.int
     """horizon is the number of steps (0 = the model's default)."""
     sequence_length: _builtins.int
     """sequence_length is the window (0 = each version's own window)."""
+    frequency: _builtins.str
+    """frequency is the spacing of the points, as a pandas offset alias: "min",
+    "15min", "h", "2h", "D", "B", "W" (= "W-SUN") to "W-SAT", "MS", "ME",
+    "QS", "QE", "YS", "YE" (with multiples, e.g. "2h", and anchors such as
+    "QS-OCT"). Required with `start`; optional with `timestamps` (inferred
+    when unambiguous).
+    """
+    fill: _forecast_pb2.FillMethod.ValueType
+    """fill says how missing points (NaN in history, grid points absent from
+    timestamps) are filled; unspecified: none may fall in the window read.
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """versions are the versions to run; empty means every ready version."""
 
     @_builtins.property
     def history(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """history is the series, oldest point first. Required; finite values."""
+        """history is the series, oldest point first. Required; NaN marks a missing
+        value (see `fill`).
+        """
 
     @_builtins.property
     def interval_coverages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -528,6 +633,19 @@ class CompareVersionsRequest(_message.Message):
         each in (0, 1), distinct, at most 16. Empty: none, at no cost.
         """
 
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """start is the time of history[0]; with `frequency`, the times of the
+        other points and of the forecast follow (see docs/time.md). Optional.
+        """
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """timestamps holds the time of each history point (instead of `start`),
+        strictly increasing, UTC, on the frequency's grid: for data with gaps.
+        Grid points missing from it are missing values (see `fill`).
+        """
+
     def __init__(
         self,
         *,
@@ -538,10 +656,14 @@ class CompareVersionsRequest(_message.Message):
         sequence_length: _builtins.int = ...,
         interval_coverages: _abc.Iterable[_builtins.float] | None = ...,
         quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        frequency: _builtins.str = ...,
+        timestamps: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        fill: _forecast_pb2.FillMethod.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "sequence_length", b"sequence_length", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fill", b"fill", "frequency", b"frequency", "history", b"history", "horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "quantile_levels", b"quantile_levels", "sequence_length", b"sequence_length", "start", b"start", "timestamps", b"timestamps", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,12 +683,24 @@ class VersionForecast(_message.Message):
     INTERVALS_FIELD_NUMBER: _builtins.int
     QUANTILES_FIELD_NUMBER: _builtins.int
     UNCERTAINTY_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    FILLED_POINTS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """version is the model version."""
     latency_ms: _builtins.float
     """latency_ms is the time its forecast took, gateway to Triton and back."""
     sequence_length: _builtins.int
     """sequence_length is the window this version read."""
+    frequency: _builtins.str
+    """frequency is the spacing of the points as a pandas offset alias (e.g.
+    "D", "W-SUN", "MS"), as given or inferred from `timestamps`; empty for
+    a request without time.
+    """
+    filled_points: _builtins.int
+    """filled_points is how many points of the window the model read were
+    missing and filled by the request's `fill` method.
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """values is its forecast (empty if it failed)."""
@@ -589,6 +723,13 @@ class VersionForecast(_message.Message):
         obtained; unset when the request asked for none.
         """
 
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """timestamps holds the time of each forecast step (horizon values), set
+        when the request gave `start` or `timestamps`: the first is one step
+        of `frequency` after the last history point.
+        """
+
     def __init__(
         self,
         *,
@@ -600,10 +741,13 @@ class VersionForecast(_message.Message):
         intervals: _abc.Iterable[_forecast_pb2.PredictionInterval] | None = ...,
         quantiles: _abc.Iterable[_forecast_pb2.QuantileForecast] | None = ...,
         uncertainty: _forecast_pb2.Uncertainty | None = ...,
+        timestamps: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        frequency: _builtins.str = ...,
+        filled_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "uncertainty", b"uncertainty"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "intervals", b"intervals", "latency_ms", b"latency_ms", "quantiles", b"quantiles", "sequence_length", b"sequence_length", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "filled_points", b"filled_points", "frequency", b"frequency", "intervals", b"intervals", "latency_ms", b"latency_ms", "quantiles", b"quantiles", "sequence_length", b"sequence_length", "timestamps", b"timestamps", "uncertainty", b"uncertainty", "values", b"values", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -688,6 +832,7 @@ class ReportActualsRequest(_message.Message):
     FORECAST_ID_FIELD_NUMBER: _builtins.int
     ACTUALS_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     forecast_id: _builtins.str
     """forecast_id is the id from a ForecastResponse (or a batch/stream
     forecast). Required.
@@ -702,16 +847,24 @@ class ReportActualsRequest(_message.Message):
         consecutive horizon steps starting at offset. Required; finite values.
         """
 
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """start is the time of actuals[0], as an alternative to offset, for a
+        forecast whose request had time: it must be one of the forecast's
+        timestamps (else INVALID_ARGUMENT). Leave offset at 0 when it is set.
+        """
+
     def __init__(
         self,
         *,
         forecast_id: _builtins.str = ...,
         actuals: _abc.Iterable[_builtins.float] | None = ...,
         offset: _builtins.int = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "forecast_id", b"forecast_id", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals", b"actuals", "forecast_id", b"forecast_id", "offset", b"offset", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

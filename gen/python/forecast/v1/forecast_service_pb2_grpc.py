@@ -107,9 +107,10 @@ class ForecastServiceServicer:
     def Forecast(self, request, context):
         """Forecast forecasts one series.
 
-        Returns INVALID_ARGUMENT if the history is empty, holds NaN or infinite
-        values, is shorter than the window or longer than the gateway's maximum,
-        or if horizon or sequence_length is out of the model's range. Returns
+        Returns INVALID_ARGUMENT if the history is empty, holds infinite values
+        or missing values (NaN, gaps in timestamps) in the window read with no
+        fill method, has invalid time fields, is shorter than the window or
+        longer than the gateway's maximum, or if horizon or sequence_length is out of the model's range. Returns
         NOT_FOUND if the model or the pinned version is not served. Returns
         UNAVAILABLE if Triton cannot be reached or no version of the model is
         ready, DEADLINE_EXCEEDED if the deadline passes first, and

@@ -46,9 +46,10 @@ class ForecastServiceStub:
     Forecast: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ForecastRequest, _forecast_service_pb2.ForecastResponse]
     """Forecast forecasts one series.
 
-    Returns INVALID_ARGUMENT if the history is empty, holds NaN or infinite
-    values, is shorter than the window or longer than the gateway's maximum,
-    or if horizon or sequence_length is out of the model's range. Returns
+    Returns INVALID_ARGUMENT if the history is empty, holds infinite values
+    or missing values (NaN, gaps in timestamps) in the window read with no
+    fill method, has invalid time fields, is shorter than the window or
+    longer than the gateway's maximum, or if horizon or sequence_length is out of the model's range. Returns
     NOT_FOUND if the model or the pinned version is not served. Returns
     UNAVAILABLE if Triton cannot be reached or no version of the model is
     ready, DEADLINE_EXCEEDED if the deadline passes first, and
@@ -133,9 +134,10 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     Forecast: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ForecastRequest, _forecast_service_pb2.ForecastResponse]  # type: ignore[assignment]
     """Forecast forecasts one series.
 
-    Returns INVALID_ARGUMENT if the history is empty, holds NaN or infinite
-    values, is shorter than the window or longer than the gateway's maximum,
-    or if horizon or sequence_length is out of the model's range. Returns
+    Returns INVALID_ARGUMENT if the history is empty, holds infinite values
+    or missing values (NaN, gaps in timestamps) in the window read with no
+    fill method, has invalid time fields, is shorter than the window or
+    longer than the gateway's maximum, or if horizon or sequence_length is out of the model's range. Returns
     NOT_FOUND if the model or the pinned version is not served. Returns
     UNAVAILABLE if Triton cannot be reached or no version of the model is
     ready, DEADLINE_EXCEEDED if the deadline passes first, and
@@ -223,9 +225,10 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_forecast_service_pb2.ForecastResponse, _abc.Awaitable[_forecast_service_pb2.ForecastResponse]]:
         """Forecast forecasts one series.
 
-        Returns INVALID_ARGUMENT if the history is empty, holds NaN or infinite
-        values, is shorter than the window or longer than the gateway's maximum,
-        or if horizon or sequence_length is out of the model's range. Returns
+        Returns INVALID_ARGUMENT if the history is empty, holds infinite values
+        or missing values (NaN, gaps in timestamps) in the window read with no
+        fill method, has invalid time fields, is shorter than the window or
+        longer than the gateway's maximum, or if horizon or sequence_length is out of the model's range. Returns
         NOT_FOUND if the model or the pinned version is not served. Returns
         UNAVAILABLE if Triton cannot be reached or no version of the model is
         ready, DEADLINE_EXCEEDED if the deadline passes first, and
