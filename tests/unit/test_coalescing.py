@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from forecast_gateway.backends.base import Rows
 from forecast_gateway.backends.coalescing import (
@@ -15,7 +16,7 @@ from forecast_gateway.backends.coalescing import (
     MAX_OUTSTANDING,
     Coalescer,
 )
-from forecast_gateway.errors import DeadlineExceeded, Unavailable
+from forecast_gateway.errors import DeadlineExceeded, Internal, Unavailable
 from tests.backend_double import PartialBackend
 
 
@@ -91,6 +92,41 @@ async def test_an_error_reaches_every_caller_of_the_request() -> None:
         return_exceptions=True,
     )
     assert all(isinstance(r, Unavailable) for r in results)
+
+
+class RaisingProxy(PartialBackend):
+    """A backend with a bug: raises a plain exception, not a GatewayError."""
+
+    def __init__(self) -> None:
+        self.sends: list[asyncio.Task[object]] = []
+
+    async def forecast(
+        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+    ) -> Rows:
+        task = asyncio.current_task()
+        assert task is not None
+        self.sends.append(task)
+        await asyncio.sleep(0)
+        raise RuntimeError("a bug in the backend")
+
+
+async def test_an_unexpected_error_is_internal_for_every_caller_and_logged_once() -> None:
+    proxy = RaisingProxy()
+    coalescer = Coalescer(proxy)
+    with capture_logs() as logs:
+        results = await asyncio.gather(
+            *(coalescer.forecast("m", "1", rows(1.0), 2, later(), 256) for _ in range(5)),
+            return_exceptions=True,
+        )
+    assert all(isinstance(r, Internal) for r in results), results
+    assert len(proxy.sends) == 1  # the five shared one request
+    (send,) = proxy.sends
+    # The send task ends cleanly: no exception left for nobody to retrieve...
+    assert send.done() and not send.cancelled() and send.exception() is None
+    # ...because its traceback went to the log, once.
+    (logged,) = [e for e in logs if e["log_level"] == "error"]
+    assert (logged["event"], logged["callers"]) == ("backend_failed", 5)
+    assert isinstance(logged["exc_info"], RuntimeError)
 
 
 async def test_expired_deadline_is_not_sent() -> None:

@@ -22,11 +22,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 
 from forecast_gateway.backends.base import InferenceBackend, Rows
 from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal
 
 Key = tuple[str, str, int, int]
+
+log = structlog.get_logger(__name__)
 
 # Requests per key at Triton at once: two keep Triton's pipeline full while
 # the next group gathers.
@@ -168,9 +171,14 @@ class Coalescer:
         except GatewayError as error:
             _fail(live, error)
             return
-        except Exception as error:  # never leave a caller waiting
+        except Exception as error:
+            # Nobody awaits this task: the traceback is logged here, once, and
+            # every caller still waiting gets a generic INTERNAL (no internals).
+            log.error(
+                "backend_failed", model=model, version=version, callers=len(live), exc_info=error
+            )
             _fail(live, Internal("the forecast failed"))
-            raise error
+            return
         start = 0
         for member in live:
             stop = start + member.rows.shape[0]
