@@ -85,3 +85,26 @@ def test_the_rules_can_fail() -> None:
     """The floor map sees an upward import where there is one."""
     assert floor("forecast_gateway.api.server") > floor("forecast_gateway.core.forecaster")
     assert floor("forecast_gateway.errors") == 0 < floor("forecast_gateway.ab.store")
+
+
+MAX_MODULE_LINES = 450
+"""Most lines in one module of the package: one concern per module, small files."""
+TOO_LONG_FOR_NOW = {"backends/triton.py"}
+"""Temporary exceptions, each being split: backends/triton.py (458 lines) by the engineer
+splitting it at the time this rule was added; remove it from here when that lands."""
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_too_long(path: Path) -> None:
+    relative = path.relative_to(PACKAGE).as_posix()
+    lines = len(path.read_text().splitlines())
+    if relative in TOO_LONG_FOR_NOW:
+        return
+    assert lines <= MAX_MODULE_LINES, f"{relative} has {lines} lines (at most {MAX_MODULE_LINES})"
+
+
+def test_the_size_exceptions_are_still_needed() -> None:
+    """An exception that no longer applies (the module was split) is removed, not kept."""
+    for relative in TOO_LONG_FOR_NOW:
+        path = PACKAGE / relative
+        assert path.exists() and len(path.read_text().splitlines()) > MAX_MODULE_LINES, relative

@@ -183,7 +183,7 @@ async def test_two_transactions_creating_one_calibration_pool_keep_both_scores(
     """
     import psycopg
 
-    from forecast_gateway.ab import storage as queries
+    from forecast_gateway.ab import pools as pool_rows
 
     url = postgres.create_database(f"defect_{uuid.uuid4().hex[:12]}")
     storage = open_storage(url, Bounds(10, 60.0, 8), password_file=str(postgres.password_file))
@@ -195,11 +195,11 @@ async def test_two_transactions_creating_one_calibration_pool_keep_both_scores(
 
     async def append(score: float) -> None:
         async with backend.transaction(write=True) as tx:
-            await queries._append_calibration(tx, 8, {(MODEL, "1", 0): [score]})
+            await pool_rows.append_calibration(tx, 8, {(MODEL, "1", 0): [score]})
 
     try:
         async with backend.transaction(write=True) as first:
-            await queries._append_calibration(first, 8, {(MODEL, "1", 0): [0.5]})
+            await pool_rows.append_calibration(first, 8, {(MODEL, "1", 0): [0.5]})
             second = asyncio.create_task(append(-0.25))
             await _until_waiting_for_a_lock(watcher)  # on the row the first created
         await second
