@@ -10,7 +10,9 @@ import numpy.typing as npt
 import pytest
 from tritonclient.grpc import service_pb2
 
-from forecast_gateway.backends.triton import RetryBudget, TritonProxy, merge_states
+from forecast_gateway.backends.retry_budget import RetryBudget
+from forecast_gateway.backends.triton import TritonProxy
+from forecast_gateway.backends.triton_repository import merge_states
 from forecast_gateway.errors import GatewayError, ResourceExhausted, Unavailable
 
 

@@ -1,22 +1,25 @@
 """The Triton proxy: every call the gateway makes to Triton goes through here.
 
 Inference goes through Triton's generated gRPC stub on one shared async
-channel with raw tensor bytes (the hot path); readiness, the repository
-index and model configs through `tritonclient.grpc.aio`. Every call has a
-timeout, and Triton's errors become the gateway's own exceptions in one
-place (`convert_error`). `forecast` sends the rows it is handed as one
-request of shape [rows, window]; it does no grouping of its own. The rows
-come from the coalescer (`coalescing.py`), which stacks concurrent calls for
-the same (model, version, window, horizon) into one multi-row request of at
-most the model's max_batch_size rows (a ForecastBatch group arrives already
-stacked, and joins concurrent calls of its key the same way). Triton's
-dynamic batcher, in C++, may then merge concurrent requests of equal shape
-into one model execution.
+channel with raw tensor bytes (the hot path; the tensors' wire format is
+`triton_tensors.py`); readiness, the repository index and model configs
+through `tritonclient.grpc.aio` (their answers read by
+`triton_repository.py`). Every call has a timeout, and Triton's errors
+become the gateway's own exceptions in one place
+(`triton_errors.convert_error`). `forecast` sends the rows it is handed as
+one request of shape [rows, window]; it does no grouping of its own. The
+rows come from the coalescer (`coalescing.py`), which stacks concurrent
+calls for the same (model, version, window, horizon) into one multi-row
+request of at most the model's max_batch_size rows (a ForecastBatch group
+arrives already stacked, and joins concurrent calls of its key the same
+way). Triton's dynamic batcher, in C++, may then merge concurrent requests
+of equal shape into one model execution.
 
 With several Triton replicas (`triton_url` a list or a `dns:///` name, see
 `triton_target`) the inference channel spreads calls over them one call at
 a time (round_robin) and a call that finds its replica gone is retried on
-another within the retry budget and the caller's deadline.
+another within the retry budget (`retry_budget.py`) and the caller's
+deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -35,21 +38,16 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from forecast_gateway.backends.base import VERSION_GONE, BackendModelConfig
-from forecast_gateway.errors import (
-    DeadlineExceeded,
-    GatewayError,
-    Internal,
-    ResourceExhausted,
-    Unavailable,
-)
+from forecast_gateway.backends.base import BackendModelConfig
+from forecast_gateway.backends.retry_budget import RetryBudget
+from forecast_gateway.backends.triton_errors import convert_error, gateway_error, retryable
+from forecast_gateway.backends.triton_repository import merge_states, model_config_from
+from forecast_gateway.backends.triton_tensors import forecast_output, infer_request
+from forecast_gateway.errors import GatewayError, Internal, Unavailable
 from forecast_gateway.triton_target import parse_target
 
 log = structlog.get_logger(__name__)
 
-HISTORY_INPUT = "HISTORY"
-HORIZON_INPUT = "HORIZON"
-FORECAST_OUTPUT = "FORECAST"
 # Bound on the control-plane calls (catalog refresh, health).
 CONTROL_TIMEOUT_S = 1.0
 # Largest message to or from Triton (a batch of 256 long windows is ~1 MB).
@@ -66,41 +64,6 @@ RETRY_BACKOFF_S = 0.02
 
 ControlCall = Callable[[triton_aio.InferenceServerClient], Awaitable[Any]]
 """A tritonclient call on one control client."""
-
-
-class RetryBudget:
-    """Retries allowed as a fraction of recent requests (a token bucket).
-
-    Each request adds `ratio` tokens, each retry spends one: when Triton is
-    down for everyone, retries stop instead of multiplying the load on its
-    way back up. The bucket holds `cap` tokens plus one per request at the
-    most requests ever in flight at Triton at once (filled as that peak
-    rises): a replica that dies fails every request it holds at the same
-    moment, and retrying each of those once, on another replica, adds no
-    load beyond what Triton was already carrying.
-    """
-
-    def __init__(self, ratio: float, cap: float = 10.0) -> None:
-        self.ratio = ratio
-        self.base = cap
-        self.cap = cap
-        self.tokens = cap
-        self.peak_in_flight = 0
-
-    def on_request(self, in_flight: int = 0) -> None:
-        """Credit one request; `in_flight` requests are at Triton now, this one included."""
-        if in_flight > self.peak_in_flight:
-            self.tokens += in_flight - self.peak_in_flight
-            self.peak_in_flight = in_flight
-            self.cap = self.base + in_flight
-        self.tokens = min(self.cap, self.tokens + self.ratio)
-
-    def try_spend(self) -> bool:
-        """Take one retry if the budget allows it."""
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class TritonProxy:
@@ -163,34 +126,11 @@ class TritonProxy:
         horizon: int,
         timeout_s: float,
     ) -> npt.NDArray[np.float32]:
-        """Run `model` `version` on normalized windows (rows x window); return rows x horizon.
-
-        Built directly on Triton's ModelInfer proto with raw tensor bytes: the
-        request path does no per-call object juggling beyond one message.
-        """
-        rows, window = windows.shape
-        request = service_pb2.ModelInferRequest(
-            model_name=model,
-            model_version=version,
-            inputs=[
-                service_pb2.ModelInferRequest.InferInputTensor(
-                    name=HISTORY_INPUT, datatype="FP32", shape=[rows, window]
-                ),
-                service_pb2.ModelInferRequest.InferInputTensor(
-                    name=HORIZON_INPUT, datatype="INT32", shape=[rows, 1]
-                ),
-            ],
-            # Triton drops the request if still queued when this passes, where the
-            # model's queue policy allows timeout override (the shipped models set
-            # no policy; there the gRPC deadline's cancellation does it).
-            parameters={"timeout": service_pb2.InferParameter(int64_param=int(timeout_s * 1e6))},
-            raw_input_contents=[
-                np.ascontiguousarray(windows, dtype=np.float32).tobytes(),
-                np.full(rows, horizon, dtype=np.int32).tobytes(),
-            ],
-        )
+        """Run `model` `version` on normalized windows (rows x window); return rows x horizon."""
+        rows = windows.shape[0]
+        request = infer_request(model, version, windows, horizon, timeout_s)
         response = await self._call_with_retries(request, timeout_s, model, version)
-        output = _output(response, rows, horizon)
+        output = forecast_output(response, rows, horizon)
         if output is None:
             raise Internal(
                 "the model returned an unexpected output",
@@ -215,15 +155,14 @@ class TritonProxy:
                 return await self._send(request, max(deadline - time.monotonic(), 0.0))
             except grpc.aio.AioRpcError as error:
                 backoff = RETRY_BACKOFF_S * (2**attempt) * random.uniform(0.5, 1.5)
+                status, details = str(error.code()), error.details() or ""
                 if (
-                    not _retryable(error, self.target.balanced)
+                    not retryable(status, details, self.target.balanced)
                     or attempt == self.retries
                     or time.monotonic() + backoff >= deadline
                     or not self._spend_retry()
                 ):
-                    raise convert_error(
-                        str(error.code()), error.details() or "", model=model, version=version
-                    ) from error
+                    raise convert_error(status, details, model=model, version=version) from error
                 log.info(
                     "triton_retry",
                     attempt=attempt + 1,
@@ -294,12 +233,7 @@ class TritonProxy:
             except Unavailable:
                 if index == len(self._clients) - 1:
                     raise
-        body: Mapping[str, Any] = config.get("config", {})
-        raw: Mapping[str, Any] = body.get("parameters", {})
-        return BackendModelConfig(
-            parameters={key: str(value.get("string_value", "")) for key, value in raw.items()},
-            max_batch_size=int(body.get("max_batch_size", 0)),
-        )
+        return model_config_from(config)
 
     async def _each(self, call: ControlCall) -> dict[str, Any]:
         """`call` on every control client at once: {replica: answer} for those that answered.
@@ -335,7 +269,7 @@ class TritonProxy:
                 if attempt == self._control_attempts - 1:
                     status, message = str(error.status() or ""), str(error.message() or "")
                     if len(self._clients) > 1:  # logged once per outage by _note_down
-                        raise _gateway_error(status, message) from error
+                        raise gateway_error(status, message) from error
                     raise convert_error(status, message) from error
         raise AssertionError("unreachable")
 
@@ -349,110 +283,3 @@ class TritonProxy:
         if replica in self._down:
             self._down.discard(replica)
             log.info("triton_replica_up", replica=replica)
-
-
-def merge_states(
-    indexes: list[dict[str, Any]],
-) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], int]]:
-    """Merge repository indexes of several replicas: (states, READY replicas per version).
-
-    A version is READY if any replica has it READY, else LOADING if any is
-    loading, else the first state reported.
-    """
-    states: dict[str, dict[str, str]] = {}
-    ready: dict[tuple[str, str], int] = {}
-    for index in indexes:
-        for entry in index.get("models", []):
-            name, version = entry.get("name", ""), entry.get("version", "")
-            if not version:
-                continue
-            state = entry.get("state", "")
-            known = states.setdefault(name, {})
-            if version not in known or _STATE_RANK.get(state, 0) > _STATE_RANK.get(
-                known[version], 0
-            ):
-                known[version] = state
-            if state == "READY":
-                ready[(name, version)] = ready.get((name, version), 0) + 1
-    return states, ready
-
-
-_STATE_RANK = {"READY": 2, "LOADING": 1}
-"""Which replica's state wins when they differ."""
-
-
-def convert_error(status: str, message: str, **context: str) -> GatewayError:
-    """Map a Triton error (gRPC status name and message) to the gateway's exception.
-
-    The only place that interprets Triton's errors.
-    """
-    log.warning("triton_error", triton_status=status, triton_message=message, **context)
-    return _gateway_error(status, message, **context)
-
-
-def _gateway_error(status: str, message: str, **context: str) -> GatewayError:
-    """`convert_error` without the log line."""
-    if status.endswith("RESOURCE_EXHAUSTED") or _QUEUE_FULL in message:
-        return ResourceExhausted(
-            "Triton's queue for this model is full; retry later with backoff",
-            reason="TRITON_OVERLOADED",
-        )
-    if status.endswith("DEADLINE_EXCEEDED"):
-        return DeadlineExceeded("the deadline passed while Triton was computing the forecast")
-    if status.endswith("NOT_FOUND") or _version_not_ready(message):
-        return Unavailable(
-            "the model version is not loaded in Triton right now; retry later",
-            reason=VERSION_GONE,
-            metadata=dict(context),
-        )
-    if status.endswith("UNAVAILABLE"):
-        return Unavailable("Triton is unreachable; retry later", reason="TRITON_UNAVAILABLE")
-    if status.endswith("CANCELLED"):
-        return Unavailable("the call to Triton was cancelled", reason="TRITON_CANCELLED")
-    return Internal("Triton failed to compute the forecast", reason="TRITON_ERROR")
-
-
-_QUEUE_FULL = "Exceeds maximum queue size"
-
-
-def _version_not_ready(message: str) -> bool:
-    """Triton's words for a model or version it does not serve now (sent as UNAVAILABLE).
-
-    e.g. "Request for unknown model: 'lstm_timeseries' version 1 is not at ready state".
-    """
-    # Not a bare "not ready": Triton says "Server not ready" when it is not
-    # serving at all, which is TRITON_UNAVAILABLE and worth a retry.
-    return "unknown model" in message or "is not at ready state" in message
-
-
-def _retryable(error: grpc.aio.AioRpcError, balanced: bool = False) -> bool:
-    """UNAVAILABLE from a Triton that is down, not one that answered "queue full" or "not ready".
-
-    A full queue is shed on purpose, and a version being unloaded will not be
-    back within a retry's backoff: the caller (or the router) should go elsewhere.
-    With several replicas (`balanced`) the retry goes to the next replica,
-    which may serve the version: the catalog counts a version ready while any
-    replica serves it, so a call must be able to reach that replica.
-    """
-    details = error.details() or ""
-    return (
-        error.code() is grpc.StatusCode.UNAVAILABLE
-        and _QUEUE_FULL not in details
-        and (balanced or not _version_not_ready(details))
-    )
-
-
-def _output(
-    response: service_pb2.ModelInferResponse, rows: int, horizon: int
-) -> npt.NDArray[np.float32] | None:
-    """The FORECAST tensor as rows x horizon, or None if Triton sent something else."""
-    for index, tensor in enumerate(response.outputs):
-        if tensor.name != FORECAST_OUTPUT or index >= len(response.raw_output_contents):
-            continue
-        if tensor.datatype != "FP32" or list(tensor.shape) != [rows, horizon]:
-            return None
-        raw = response.raw_output_contents[index]
-        if len(raw) != rows * horizon * 4:  # also a length frombuffer cannot read (not 4k)
-            return None
-        return np.frombuffer(raw, dtype=np.float32).reshape(rows, horizon)
-    return None
