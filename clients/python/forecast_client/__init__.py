@@ -16,6 +16,7 @@ from forecast_client.client import (
     ModelVersionInfo,
     QuantileForecast,
     QuantileLoss,
+    SeriesInput,
     SeriesOutcome,
     Uncertainty,
     VersionComparison,
@@ -26,9 +27,11 @@ from forecast_client.client import (
 )
 from forecast_client.connection import DEFAULT_RETRY_POLICY, RetryPolicy, SettingError
 from forecast_client.errors import FieldViolation, ForecastError, from_proto_error, from_rpc_error
+from forecast_client.times import FILL_METHODS
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
+    "FILL_METHODS",
     "ActualsReport",
     "Comparison",
     "ErrorStats",
@@ -47,6 +50,7 @@ __all__ = [
     "QuantileForecast",
     "QuantileLoss",
     "RetryPolicy",
+    "SeriesInput",
     "SeriesOutcome",
     "SettingError",
     "Uncertainty",

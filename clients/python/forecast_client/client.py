@@ -11,11 +11,26 @@
         report = client.report_actuals(result.forecast_id, observed)
         experiment = client.get_experiment("lstm_timeseries")
 
+        dated = client.forecast("lstm_timeseries", values, start="2024-01-01", frequency="D")
+        dated.timestamps  # tuple[datetime, ...], UTC: the day after the last history point on
+        gappy = client.forecast("m", values, timestamps=days, frequency="D", fill="linear")
+        sales = client.forecast("m", pandas_series)  # its DatetimeIndex is the timestamps
+
 Every failed call raises `ForecastError` (see `errors.py`). Batch and stream
 calls answer each series on its own: a series that failed is a
 `SeriesOutcome` whose `error` is a `ForecastError`, and the others still
 have their forecasts. Scores and statistics the gateway cannot compute yet
 (no actuals, too few samples) are NaN.
+
+Series with time: `start=` (the time of `history[0]`) with `frequency=` (a
+pandas offset alias: "D", "h", "15min", "W-SUN", "MS", ...), or one time per
+point in `timestamps=` (for data with gaps). Times are datetimes (naive ones
+are UTC), dates, numpy datetime64, pandas Timestamps or ISO 8601 strings
+(see `times.py`). NaN (or None) in a history is a missing value, filled by
+the gateway per `fill=` ("linear", "previous", "zero"); with no fill, one
+inside the window the model reads is INVALID_ARGUMENT (reason
+MISSING_VALUES). Forecasts of a request with time carry `timestamps` (one
+timezone-aware UTC datetime per step), `frequency` and `filled_points`.
 
 Intervals and quantiles come only when asked for (`interval_coverages=`,
 `quantile_levels=`), and only those the gateway has calibrated: when one is
@@ -28,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Required, Self, TypedDict, TypeVar
 
@@ -44,6 +60,7 @@ from forecast_client.connection import (
     channel_options,
 )
 from forecast_client.errors import ForecastError, from_proto_error, from_rpc_error
+from forecast_client.times import TimeLike, from_timestamp, series_fields, to_timestamp
 
 __all__ = [
     "ActualsReport",
@@ -60,6 +77,7 @@ __all__ = [
     "ModelVersionInfo",
     "QuantileForecast",
     "QuantileLoss",
+    "SeriesInput",
     "SeriesOutcome",
     "Uncertainty",
     "VersionComparison",
@@ -140,7 +158,12 @@ class Forecast(_Bands):
     `routing_decision` is the enum value without its prefix, lowercased
     ("pinned" or "default"); `sequence_length` is the window the model read.
     `intervals` and `quantiles` are the calibrated ones asked for, in request
-    order; `uncertainty` is None when none were asked for.
+    order; `uncertainty` is None when none were asked for. For a request
+    with time, `timestamps` holds the time of each step (timezone-aware UTC
+    datetimes, the first one step after the last history point),
+    `frequency` the pandas offset alias used (given or inferred);
+    `filled_points` counts the missing points of the window that the
+    gateway filled. Without time: (), "" and 0 (or the NaN filled).
     """
 
     forecast_id: str
@@ -153,6 +176,9 @@ class Forecast(_Bands):
     intervals: tuple[Interval, ...] = ()
     quantiles: tuple[QuantileForecast, ...] = ()
     uncertainty: Uncertainty | None = None
+    timestamps: tuple[datetime, ...] = ()
+    frequency: str = ""
+    filled_points: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,13 +211,37 @@ class ForecastArgs(TypedDict, total=False):
     """The fields of one ForecastRequest, as keyword arguments of `forecast()`."""
 
     model: Required[str]
-    history: Required[Iterable[float]]
+    history: Required[Iterable[float | None]]
     version: str
     routing_key: str
     horizon: int
     sequence_length: int
     interval_coverages: Iterable[float]
     quantile_levels: Iterable[float]
+    start: TimeLike
+    frequency: str
+    timestamps: Iterable[TimeLike]
+    fill: str | int
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    """One series of `forecast_batch` with its own time (a plain history works too).
+
+    The fields are those of `forecast()`; a field left at its default takes
+    the batch's value (`forecast_batch(..., frequency="D", fill="linear")`).
+    """
+
+    history: Iterable[float | None]
+    start: TimeLike | None = None
+    frequency: str = ""
+    timestamps: Iterable[TimeLike] | None = None
+    fill: str | int | None = None
+    routing_key: str = ""
+
+
+BatchSeries = Iterable[float | None] | SeriesInput
+"""A series of `forecast_batch`: its history, or a `SeriesInput` with its time."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +266,8 @@ class SeriesOutcome:
 class VersionForecast(_Bands):
     """One version's answer in a comparison; `error` is set (and `values` empty) if it failed.
 
-    `intervals`, `quantiles` and `uncertainty` are as in `Forecast`.
+    `intervals`, `quantiles`, `uncertainty`, `timestamps`, `frequency` and
+    `filled_points` are as in `Forecast`.
     """
 
     version: str
@@ -227,6 +278,9 @@ class VersionForecast(_Bands):
     intervals: tuple[Interval, ...] = ()
     quantiles: tuple[QuantileForecast, ...] = ()
     uncertainty: Uncertainty | None = None
+    timestamps: tuple[datetime, ...] = ()
+    frequency: str = ""
+    filled_points: int = 0
 
 
 @dataclass(frozen=True)
@@ -477,7 +531,7 @@ class ForecastClient:
     def forecast(
         self,
         model: str,
-        history: Iterable[float],
+        history: Iterable[float | None],
         *,
         version: str = "",
         routing_key: str = "",
@@ -485,15 +539,33 @@ class ForecastClient:
         sequence_length: int = 0,
         interval_coverages: Iterable[float] = (),
         quantile_levels: Iterable[float] = (),
+        start: TimeLike | None = None,
+        frequency: str = "",
+        timestamps: Iterable[TimeLike] | None = None,
+        fill: str | int | None = None,
     ) -> Forecast:
-        """Forecast one series (`history`, oldest point first).
+        """Forecast one series (`history`, oldest point first; NaN or None: a missing value).
 
         `version` "" lets the gateway choose; `horizon` and `sequence_length`
         0 mean the model's defaults. `interval_coverages` (e.g. [0.8, 0.95])
         and `quantile_levels` (e.g. [0.1, 0.9]) ask for prediction intervals
-        and quantiles, each level in (0, 1). Validation is the gateway's: an
-        empty history, a NaN or a level of 1.5 comes back as INVALID_ARGUMENT
-        with a field violation.
+        and quantiles, each level in (0, 1).
+
+        Time (optional): `start` is the time of `history[0]` and `frequency`
+        the spacing, a pandas offset alias ("D", "h", "W-SUN", "MS", ...); or
+        `timestamps`, one per point, for data with gaps (`frequency` is then
+        inferred if left out). A time is a datetime (naive = UTC), a date, a
+        numpy datetime64, a pandas Timestamp or an ISO 8601 string. A pandas
+        Series `history` with a DatetimeIndex sends its index as `timestamps`
+        and its index's frequency, if set, as `frequency` (explicit arguments
+        win). `fill` ("linear", "previous", "zero" or a FillMethod) fills the
+        missing points; without it one inside the window read is an error.
+        The forecast then has `timestamps`, `frequency` and `filled_points`.
+
+        Validation is the gateway's: an empty history, an unknown frequency,
+        an off-grid timestamp or a level of 1.5 comes back as
+        INVALID_ARGUMENT with a field violation. Only a time of a type the
+        client cannot read raises TypeError or ValueError here.
         """
         request = _forecast_request(
             model=model,
@@ -504,32 +576,45 @@ class ForecastClient:
             sequence_length=sequence_length,
             interval_coverages=interval_coverages,
             quantile_levels=quantile_levels,
+            start=start,
+            frequency=frequency,
+            timestamps=timestamps,
+            fill=fill,
         )
         return _forecast(self._call(self._stub.Forecast, request))
 
     def forecast_batch(
         self,
         model: str,
-        series: Mapping[str, Iterable[float]] | Iterable[tuple[str, Iterable[float]]],
+        series: Mapping[str, BatchSeries] | Iterable[tuple[str, BatchSeries]],
         *,
         version: str = "",
         horizon: int = 0,
         sequence_length: int = 0,
         interval_coverages: Iterable[float] = (),
         quantile_levels: Iterable[float] = (),
+        start: TimeLike | None = None,
+        frequency: str = "",
+        timestamps: Iterable[TimeLike] | None = None,
+        fill: str | int | None = None,
     ) -> list[SeriesOutcome]:
         """Forecast many series of one model in one call; one outcome per series, in order.
 
         `series` maps each series id to its history (or is a sequence of
-        (id, history) pairs); `interval_coverages` and `quantile_levels` ask
-        for the same intervals and quantiles for every series (see
-        `forecast`). Each series is routed by its id and answered on
-        its own: an invalid series gets an `error` in its outcome and does not
-        fail the others. The call itself fails (ForecastError) only when the
-        batch is invalid as a whole (empty, too many series, a repeated id) or
-        the model is not served.
+        (id, history) pairs); a history may be a pandas Series with a
+        DatetimeIndex, or a `SeriesInput` with its own time fields.
+        `interval_coverages` and `quantile_levels` ask for the same intervals
+        and quantiles for every series (see `forecast`); `start`,
+        `frequency`, `timestamps` and `fill` (see `forecast`) apply to every
+        series that does not set its own. Each series is routed by its id
+        (or its `routing_key`) and answered on its own: an invalid series
+        gets an `error` in its outcome and does not fail the others. The
+        call itself fails (ForecastError) only when the batch is invalid as
+        a whole (empty, too many series, a repeated id) or the model is not
+        served.
         """
         pairs = series.items() if isinstance(series, Mapping) else series
+        defaults = SeriesInput((), start, frequency, timestamps, fill)
         request = forecast_service_pb2.ForecastBatchRequest(
             model=model,
             version=version,
@@ -537,10 +622,7 @@ class ForecastClient:
             sequence_length=sequence_length,
             interval_coverages=_floats(interval_coverages),
             quantile_levels=_floats(quantile_levels),
-            series=[
-                forecast_service_pb2.Series(id=series_id, history=_floats(history))
-                for series_id, history in pairs
-            ],
+            series=[_series(series_id, history, defaults) for series_id, history in pairs],
         )
         response = self._call(self._stub.ForecastBatch, request)
         return [
@@ -588,30 +670,37 @@ class ForecastClient:
     def compare_versions(
         self,
         model: str,
-        history: Iterable[float],
+        history: Iterable[float | None],
         *,
         versions: Iterable[str] = (),
         horizon: int = 0,
         sequence_length: int = 0,
         interval_coverages: Iterable[float] = (),
         quantile_levels: Iterable[float] = (),
+        start: TimeLike | None = None,
+        frequency: str = "",
+        timestamps: Iterable[TimeLike] | None = None,
+        fill: str | int | None = None,
     ) -> Comparison:
         """Run one request on several versions (default: every ready version) and compare them.
 
         `interval_coverages` and `quantile_levels` ask every version for its
-        own intervals and quantiles (see `forecast`). A version that fails
-        has an `error` in its `VersionForecast`; the call fails as a whole
-        only for an invalid request or an unknown model or version. Nothing
-        is recorded for A/B scoring.
+        own intervals and quantiles; `start`, `frequency`, `timestamps` and
+        `fill` give the series its time (see `forecast`). A version that
+        fails has an `error` in its `VersionForecast`; the call fails as a
+        whole only for an invalid request or an unknown model or version.
+        Nothing is recorded for A/B scoring.
         """
         request = forecast_service_pb2.CompareVersionsRequest(
             model=model,
             versions=list(versions),
-            history=_floats(history),
             horizon=horizon,
             sequence_length=sequence_length,
             interval_coverages=_floats(interval_coverages),
             quantile_levels=_floats(quantile_levels),
+            **series_fields(
+                history, start=start, frequency=frequency, timestamps=timestamps, fill=fill
+            ),
         )
         response = self._call(self._stub.CompareVersions, request)
         return Comparison(
@@ -624,6 +713,7 @@ class ForecastClient:
                     sequence_length=f.sequence_length,
                     error=from_proto_error(f.error) if f.HasField("error") else None,
                     **_bands(f),
+                    **_time(f),
                 )
                 for f in response.forecasts
             ),
@@ -639,17 +729,28 @@ class ForecastClient:
         )
 
     def report_actuals(
-        self, forecast_id: str, actuals: Iterable[float], *, offset: int = 0
+        self,
+        forecast_id: str,
+        actuals: Iterable[float],
+        *,
+        offset: int = 0,
+        start: TimeLike | None = None,
     ) -> ActualsReport:
         """Report observed values for horizon steps `offset`, `offset + 1`, ... of a forecast.
 
-        Returns the scores so far (the served version's, and any shadow's).
-        NOT_FOUND if the forecast id is unknown or expired; INVALID_ARGUMENT if
-        the actuals are empty, not finite, or do not fit in the horizon.
+        `start` (instead of `offset`, for a forecast whose request had time)
+        is the time of `actuals[0]`: one of the forecast's `timestamps`
+        (a time as in `forecast`; naive = UTC). Returns the scores so far
+        (the served version's, and any shadow's). NOT_FOUND if the forecast
+        id is unknown or expired; INVALID_ARGUMENT if the actuals are empty,
+        not finite, or do not fit in the horizon, or `start` is not a
+        forecast step.
         """
         request = forecast_service_pb2.ReportActualsRequest(
             forecast_id=forecast_id, actuals=_floats(actuals), offset=offset
         )
+        if start is not None:
+            request.start.CopyFrom(to_timestamp(start, "start"))
         response = self._call(self._stub.ReportActuals, request)
         return ActualsReport(
             forecast_id=response.forecast_id,
@@ -753,24 +854,45 @@ def _floats(values: Iterable[float]) -> list[float]:
 def _forecast_request(
     *,
     model: str,
-    history: Iterable[float],
+    history: Iterable[float | None],
     version: str = "",
     routing_key: str = "",
     horizon: int = 0,
     sequence_length: int = 0,
     interval_coverages: Iterable[float] = (),
     quantile_levels: Iterable[float] = (),
+    start: TimeLike | None = None,
+    frequency: str = "",
+    timestamps: Iterable[TimeLike] | None = None,
+    fill: str | int | None = None,
 ) -> forecast_service_pb2.ForecastRequest:
     return forecast_service_pb2.ForecastRequest(
         model=model,
         version=version,
         routing_key=routing_key,
-        history=_floats(history),
         horizon=horizon,
         sequence_length=sequence_length,
         interval_coverages=_floats(interval_coverages),
         quantile_levels=_floats(quantile_levels),
+        **series_fields(
+            history, start=start, frequency=frequency, timestamps=timestamps, fill=fill
+        ),
     )
+
+
+def _series(
+    series_id: str, history: BatchSeries, defaults: SeriesInput
+) -> forecast_service_pb2.Series:
+    """One Series of a batch: its own time fields, else the batch's."""
+    given = history if isinstance(history, SeriesInput) else SeriesInput(history)
+    fields = series_fields(
+        given.history,
+        start=given.start if given.start is not None else defaults.start,
+        frequency=given.frequency or defaults.frequency,
+        timestamps=given.timestamps if given.timestamps is not None else defaults.timestamps,
+        fill=given.fill if given.fill is not None else defaults.fill,
+    )
+    return forecast_service_pb2.Series(id=series_id, routing_key=given.routing_key, **fields)
 
 
 def _forecast(response: forecast_service_pb2.ForecastResponse | forecast_pb2.Forecast) -> Forecast:
@@ -785,7 +907,27 @@ def _forecast(response: forecast_service_pb2.ForecastResponse | forecast_pb2.For
         horizon=response.horizon,
         sequence_length=response.sequence_length,
         **_bands(response),
+        **_time(response),
     )
+
+
+class _TimeFields(TypedDict):
+    timestamps: tuple[datetime, ...]
+    frequency: str
+    filled_points: int
+
+
+def _time(
+    message: forecast_service_pb2.ForecastResponse
+    | forecast_pb2.Forecast
+    | forecast_service_pb2.VersionForecast,
+) -> _TimeFields:
+    """The forecast's timestamps (UTC datetimes), frequency and filled points."""
+    return {
+        "timestamps": tuple(from_timestamp(t) for t in message.timestamps),
+        "frequency": message.frequency,
+        "filled_points": message.filled_points,
+    }
 
 
 class _BandFields(TypedDict):
