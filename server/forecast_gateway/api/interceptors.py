@@ -205,6 +205,65 @@ async def _fail(error: Exception, request_id: str, context: Context) -> grpc.Sta
     return grpc_code(error.code)  # not reached: abort_with_status raises
 
 
+class _Call:
+    """One ForecastService call as a wrapper serves it, unary or stream alike.
+
+    Entering starts the call's log context and notes; inside, the wrapper
+    runs its guard, `admit` and the servicer. Leaving frees the load
+    shedder's slot, answers an error with its status (`_fail`), and writes
+    the request line and metrics: for a unary call on the next loop turn,
+    after gRPC has the response; for a stream at once, with its count of
+    responses.
+    """
+
+    def __init__(
+        self, rpc: str, context: Context, shedder: LoadShedder | None, stream: bool
+    ) -> None:
+        self.rpc = rpc
+        self.context = context
+        self.shedder = shedder
+        self.stream = stream
+        self.code = grpc.StatusCode.OK
+        self.sent = 0
+        """Responses a stream has yielded."""
+        self.admitted = False
+
+    async def __aenter__(self) -> _Call:
+        self.request_id, self.notes = _start(self.rpc, self.context)
+        self.started = time.perf_counter()
+        return self
+
+    async def admit(self) -> None:
+        """Wait for the load shedder's admission (no-op without one)."""
+        if self.shedder is not None:
+            await self.shedder.enter()
+            self.admitted = True
+
+    async def __aexit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            if self.admitted:
+                assert self.shedder is not None
+                self.admitted = False
+                self.shedder.leave()
+            if isinstance(error, asyncio.CancelledError):
+                self.code = grpc.StatusCode.CANCELLED
+            elif isinstance(error, Exception):
+                self.code = _code_of(error)
+                await _fail(error, self.request_id, self.context)
+        finally:
+            seconds = time.perf_counter() - self.started
+            if self.stream:
+                structlog.contextvars.bind_contextvars(responses=self.sent)
+                _finish(self.rpc, self.code, seconds, self.notes)
+            else:
+                # After the response: gRPC sends it when the handler returns,
+                # before the loop runs the next callback (which sees this
+                # call's log context).
+                asyncio.get_running_loop().call_soon(
+                    _finish, self.rpc, self.code, seconds, self.notes
+                )
+
+
 def wrap_unary(
     rpc: str, behavior: Behavior, guard: Guard | None = None, shedder: LoadShedder | None = None
 ) -> Behavior:
@@ -212,35 +271,11 @@ def wrap_unary(
     guard = guard or _open
 
     async def wrapper(request: Any, context: Context) -> Any:
-        request_id, notes = _start(rpc, context)
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _Call(rpc, context, shedder, stream=False) as call:
             guard(context)
             parsed = _check_parsed(request)
-            if shedder is None:
-                return await behavior(parsed, context)
-            await shedder.enter()
-            try:
-                return await behavior(parsed, context)
-            finally:
-                shedder.leave()
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:
-            code = (
-                grpc_code(error.code)
-                if isinstance(error, GatewayError)
-                else grpc.StatusCode.INTERNAL
-            )
-            await _fail(error, request_id, context)
-        finally:
-            # After the response: gRPC sends it when this returns, before the
-            # loop runs the next callback (which sees this call's log context).
-            asyncio.get_running_loop().call_soon(
-                _finish, rpc, code, time.perf_counter() - started, notes
-            )
+            await call.admit()
+            return await behavior(parsed, context)
 
     return wrapper
 
@@ -252,35 +287,12 @@ def _wrap_stream(
     shedder: LoadShedder | None = None,
 ) -> Callable[[Any, Context], AsyncIterator[Any]]:
     async def wrapper(requests: Any, context: Context) -> AsyncIterator[Any]:
-        request_id, notes = _start(rpc, context)
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        sent = 0
-        admitted = False
-        try:
+        async with _Call(rpc, context, shedder, stream=True) as call:
             guard(context)
-            if shedder is not None:
-                await shedder.enter()
-                admitted = True
+            await call.admit()
             async for response in behavior(_parsed(requests), context):
-                sent += 1
+                call.sent += 1
                 yield response
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:
-            code = (
-                grpc_code(error.code)
-                if isinstance(error, GatewayError)
-                else grpc.StatusCode.INTERNAL
-            )
-            await _fail(error, request_id, context)
-        finally:
-            if admitted:
-                assert shedder is not None
-                shedder.leave()
-            structlog.contextvars.bind_contextvars(responses=sent)
-            _finish(rpc, code, time.perf_counter() - started, notes)
 
     return wrapper
 
