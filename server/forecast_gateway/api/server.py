@@ -229,6 +229,25 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
     authorizer = auth.TokenAuthorizer.from_config(config)
     if authorizer is not None and credentials is None:
         log.warning("tokens_sent_in_clear", hint="set tls_cert_file and tls_key_file")
+    shedder = LoadShedder(config.max_in_flight)
+    server = grpc.aio.server(
+        interceptors=[RequestInterceptor(authorizer, shedder)],
+        # max_message_bytes bounds requests only. Responses are bounded by
+        # construction (max_batch_series x max_horizon, clipped error texts): a
+        # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            *connection_options(config),
+            # Worker processes share the port, the kernel spreading connections;
+            # a single gateway does not (gRPC's default would share it silently
+            # with whatever process holds it).
+            ("grpc.so_reuseport", 0 if config.workers == 1 else 1),
+        ],
+        # No maximum_concurrent_rpcs: the LoadShedder bounds the calls in
+        # progress (with details), and gRPC's limiter made server.stop()
+        # cancel calls it had already received (see docs/reliability.md).
+    )
+    port = _bind(server, config.address, credentials)  # first: nothing else opened if it fails
     if backend is None:
         backend = TritonProxy(config.triton_url, config.triton_retries, config.retry_budget_ratio)
     catalog = ModelCatalog(models=config.models)
@@ -258,22 +277,6 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
             config.calibration_cache_entries,
         ),
     )
-    shedder = LoadShedder(config.max_in_flight)
-    server = grpc.aio.server(
-        interceptors=[RequestInterceptor(authorizer, shedder)],
-        # max_message_bytes bounds requests only. Responses are bounded by
-        # construction (max_batch_series x max_horizon, clipped error texts): a
-        # full batch of 4,096 series x 64 steps is ~2.4 MB and must not be refused.
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            *connection_options(config),
-            # Worker processes share the port; the kernel spreads connections.
-            *([("grpc.so_reuseport", 1)] if config.workers != 1 else []),
-        ],
-        # No maximum_concurrent_rpcs: the LoadShedder bounds the calls in
-        # progress (with details), and gRPC's limiter made server.stop()
-        # cancel calls it had already received (see docs/reliability.md).
-    )
     servicer = ForecastServicer(
         forecaster,
         catalog,
@@ -286,15 +289,34 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
-    port = (
-        server.add_insecure_port(config.address)
-        if credentials is None
-        else server.add_secure_port(config.address, credentials)
-    )
-    if port == 0:
-        raise RuntimeError(f"could not bind {config.address}")
     return Gateway(
         config, server, port, catalog, backend, health_servicer, routing, store, forecaster, shedder
+    )
+
+
+class BindError(RuntimeError):
+    """The gateway's address could not be bound (taken by another process, or not local)."""
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Add the listening port (TLS when `credentials`); the port bound, or BindError."""
+    try:
+        port = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError as error:  # grpcio raises on a failed bind (older ones returned 0)
+        raise BindError(_cannot_bind(address)) from error
+    if port == 0:
+        raise BindError(_cannot_bind(address))
+    return port
+
+
+def _cannot_bind(address: str) -> str:
+    return (
+        f"could not bind {address}: the port is in use by another process "
+        "(a single gateway does not share its port), or the host is not an address of this machine"
     )
 
 
@@ -350,7 +372,7 @@ def run(config: GatewayConfig) -> None:
         kind = "routing file" if isinstance(error, RoutingConfigError) else "configuration"
         sys.stderr.write(f"forecast-gateway: invalid {kind}: {error}\n")
         raise SystemExit(2) from error
-    except StoreOpenError as error:  # the database is down or the path is not writable
+    except (StoreOpenError, BindError) as error:  # the database is down, the port taken
         sys.stderr.write(f"forecast-gateway: {error}\n")
         raise SystemExit(1) from error
 
