@@ -54,6 +54,12 @@ class FieldViolation:
 
     field: str
     description: str
+    reason: str = ""
+    """A stable reason of its own (e.g. MISSING_VALUES); the error takes it when all share it."""
+
+
+MISSING_VALUES = "MISSING_VALUES"
+"""Reason of a request rejected for missing values in the window a model reads."""
 
 
 class GatewayError(Exception):
@@ -88,7 +94,9 @@ class InvalidArgument(GatewayError):
     def of(cls, violations: Sequence[FieldViolation]) -> InvalidArgument:
         """One error for all violations, its message listing them."""
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        return cls(f"invalid request: {summary}", violations=violations)
+        reasons = {v.reason for v in violations}
+        reason = reasons.pop() if len(reasons) == 1 and "" not in reasons else None
+        return cls(f"invalid request: {summary}", violations=violations, reason=reason)
 
 
 class NotFound(GatewayError):

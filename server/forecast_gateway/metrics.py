@@ -41,6 +41,11 @@ SHADOWS = Counter(
     "Shadow forecasts by outcome (ok, failed, skipped, dropped).",
     ["model", "version", "outcome"],
 )
+MISSING_VALUES_REJECTED = Counter(
+    "forecast_gateway_missing_values_rejected",
+    "Forecasts rejected because the window a version reads had missing points and no fill.",
+    ["model"],
+)
 ROUTING_RESTRICTED = Counter(
     "forecast_gateway_routing_restricted",
     "Unpinned forecasts routed among fewer versions: the others could not serve the request.",

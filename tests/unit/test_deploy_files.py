@@ -418,8 +418,8 @@ def test_gateway_requirements_match_the_lock() -> None:
     lock = read_pins(LOCK)
     expected = {
         "grpcio", "grpcio-health-checking", "grpcio-reflection", "grpcio-status", "protobuf",
-        "googleapis-common-protos", "tritonclient", "numpy", "structlog", "prometheus-client",
-        "pydantic", "psycopg", "psycopg-pool",
+        "googleapis-common-protos", "tritonclient", "numpy", "pandas", "structlog",
+        "prometheus-client", "pydantic", "psycopg", "psycopg-pool",
     }  # fmt: skip
     assert set(pins) == expected
     for name, (version, _) in pins.items():

@@ -62,9 +62,9 @@ async def test_a_batch_answers_each_series_in_band_in_request_order(tmp_path: Pa
     assert list(by_id["b"].forecast.values) == pytest.approx([-7.0] * 3)
     assert by_id["a"].forecast.version == "1"
     assert by_id["a"].forecast.routing_decision == forecast_pb2.ROUTING_DECISION_PINNED
-    for bad in ("short", "nan"):
+    for bad, reason in (("short", "INVALID_ARGUMENT"), ("nan", "MISSING_VALUES")):
         error = by_id[bad].error
-        assert (error.code, error.reason) == (INVALID, "INVALID_ARGUMENT")
+        assert (error.code, error.reason) == (INVALID, reason)
         assert [v.field for v in error.field_violations] == ["history"]
     assert "needs at least 10" in by_id["short"].error.message
     assert calls == [("1", 2, 10, 3)]  # the good series in one tensor

@@ -43,7 +43,7 @@ NAMES = [
 @pytest.mark.parametrize("version", VERSIONS)
 def test_request_config_and_routing_file_agree_on_versions(version: str) -> None:
     query = ForecastQuery("m", version, "", np.arange(10.0), 0, 0)
-    in_request = not any(v.field == "version" for v in query_violations(query, 100))
+    in_request = not any(v.field == "version" for v in query_violations(query))
     try:
         GatewayConfig.from_mapping({"models": [{"name": "m", "default_version": version}]}, {})
         in_config = True

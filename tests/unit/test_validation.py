@@ -44,7 +44,7 @@ def test_valid_query_passes_and_gets_model_defaults() -> None:
         ({"model": ""}, "model"),
         ({"version": "two"}, "version"),
         ({"history": np.array([])}, "history"),
-        ({"history": np.array([1.0, math.nan, 2.0])}, "history"),
+        ({"history": np.array([math.nan, math.nan])}, "history"),
         ({"history": np.array([1.0, math.inf])}, "history"),
         ({"history": np.zeros(101)}, "history"),
         ({"horizon": -1}, "horizon"),
@@ -64,9 +64,14 @@ def test_every_violation_is_reported_at_once() -> None:
     assert violated_fields(error) == {"model", "history", "horizon"}
 
 
-def test_nan_message_points_at_the_first_bad_index() -> None:
+def test_infinity_message_points_at_the_first_bad_index() -> None:
     with pytest.raises(InvalidArgument, match="first at index 2"):
-        check_query(query(history=np.array([1.0, 2.0, math.nan, math.nan])), max_history_length=100)
+        check_query(query(history=np.array([1.0, 2.0, math.inf, math.nan])), max_history_length=100)
+
+
+def test_nan_is_a_missing_value_counted_not_an_error() -> None:
+    prepared = check_query(query(history=np.array([1.0, math.nan, 2.0])), max_history_length=100)
+    assert prepared.missing == 1
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,19 @@ from forecast_gateway.core.calibration import Status, Uncertainty
 from forecast_gateway.core.catalog import ModelSpec, VersionState
 from forecast_gateway.core.forecaster import ForecastResult, VersionOutcome
 from forecast_gateway.core.routing import Decision
+from forecast_gateway.core.timeline import Fill, TimeInput
 from forecast_gateway.core.validation import ForecastQuery
 from forecast_gateway.errors import (
     MAX_DESCRIPTION_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
+    FieldViolation,
     GatewayError,
+    InvalidArgument,
     clip,
 )
 from forecast_gateway.numerics import NO_LEVELS, Levels
+from forecast_gateway.timegrid import Instants, instants
 
 _DECISIONS = {
     Decision.PINNED: forecast_pb2.ROUTING_DECISION_PINNED,
@@ -38,6 +42,12 @@ _STATES = {
     VersionState.READY: forecast_pb2.MODEL_VERSION_STATE_READY,
     VersionState.LOADING: forecast_pb2.MODEL_VERSION_STATE_LOADING,
     VersionState.UNAVAILABLE: forecast_pb2.MODEL_VERSION_STATE_UNAVAILABLE,
+}
+_FILLS = {
+    forecast_pb2.FILL_METHOD_UNSPECIFIED: Fill.NONE,
+    forecast_pb2.FILL_METHOD_LINEAR: Fill.LINEAR,
+    forecast_pb2.FILL_METHOD_PREVIOUS: Fill.PREVIOUS,
+    forecast_pb2.FILL_METHOD_ZERO: Fill.ZERO,
 }
 _ROLES = {Role.SERVED: forecast_pb2.SCORE_ROLE_SERVED, Role.SHADOW: forecast_pb2.SCORE_ROLE_SHADOW}
 _STATUSES = {
@@ -55,6 +65,51 @@ def _levels(
     if not request.interval_coverages and not request.quantile_levels:
         return NO_LEVELS
     return Levels(tuple(request.interval_coverages), tuple(request.quantile_levels))
+
+
+def _time(message: Any) -> TimeInput | None:
+    """The time fields of a request or series as given (None when it has none)."""
+    stamps = message.timestamps
+    has_start = message.HasField("start")
+    if not has_start and not stamps and not message.frequency:
+        return None
+    start = int(instants([message.start.seconds], [message.start.nanos])[0]) if has_start else None
+    return TimeInput(
+        start=start,
+        frequency=message.frequency,
+        timestamps=instants([t.seconds for t in stamps], [t.nanos for t in stamps])
+        if stamps
+        else None,
+    )
+
+
+def _fill(message: Any, field: str = "fill") -> Fill:
+    """The fill method of a request or series (INVALID_ARGUMENT for an unknown value)."""
+    fill = _FILLS.get(message.fill)
+    if fill is None:
+        raise InvalidArgument.of(
+            [FieldViolation(field, f"unknown FillMethod {message.fill}; see FillMethod")]
+        )
+    return fill
+
+
+def _times(values: Instants | None) -> list[timestamp_pb2.Timestamp]:
+    """Timestamps of ns instants (none for None)."""
+    if values is None:
+        return []
+    out = []
+    for value in values.tolist():
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromNanoseconds(value)
+        out.append(stamp)
+    return out
+
+
+def _time_fields(timestamps: Instants | None, frequency: str, filled: int) -> dict[str, Any]:
+    """timestamps, frequency and filled_points of a returned forecast (none without time)."""
+    if timestamps is None and not frequency and not filled:
+        return {}
+    return {"timestamps": _times(timestamps), "frequency": frequency, "filled_points": filled}
 
 
 def _uncertainty_fields(uncertainty: Uncertainty | None) -> dict[str, Any]:
@@ -91,6 +146,8 @@ def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
         horizon=request.horizon,
         sequence_length=request.sequence_length,
         levels=_levels(request),
+        time=_time(request),
+        fill=_fill(request),
     )
 
 
@@ -109,8 +166,10 @@ def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> li
             horizon=request.horizon,
             sequence_length=request.sequence_length,
             levels=levels,
+            time=_time(series),
+            fill=_fill(series, f"series[{index}].fill"),
         )
-        for series in request.series
+        for index, series in enumerate(request.series)
     ]
 
 
@@ -124,6 +183,8 @@ def compare_query_from(request: forecast_service_pb2.CompareVersionsRequest) -> 
         horizon=request.horizon,
         sequence_length=request.sequence_length,
         levels=_levels(request),
+        time=_time(request),
+        fill=_fill(request),
     )
 
 
@@ -139,6 +200,7 @@ def _forecast_fields(result: ForecastResult) -> dict[str, Any]:
         "sequence_length": result.window,
         "routing_restricted": result.restricted,
         **_uncertainty_fields(result.uncertainty),
+        **_time_fields(result.timestamps, result.frequency, result.filled),
     }
 
 
@@ -182,6 +244,7 @@ def comparison_from(
             sequence_length=o.window,
             error=error_from(o.error) if o.error is not None else None,
             **_uncertainty_fields(o.uncertainty),
+            **_time_fields(o.timestamps, o.frequency, o.filled),
         )
         for o in outcomes
     ]

@@ -87,6 +87,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
             request.model, queries, self._deadline(context)
         )
         results = []
+        filled = 0
         for series, outcome in zip(request.series, outcomes, strict=True):
             if isinstance(outcome, GatewayError):
                 results.append(
@@ -94,9 +95,11 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
                 )
             else:
                 _count_series("ForecastBatch", outcome)
+                filled += outcome.filled
                 results.append(
                     forecast_service_pb2.SeriesResult(id=series.id, forecast=forecast_from(outcome))
                 )
+        notes.fields["filled_points"] = filled
         return forecast_service_pb2.ForecastBatchResponse(results=results)
 
     async def StreamForecast(

@@ -27,6 +27,7 @@ from forecast_gateway.backends.base import VERSION_GONE
 from forecast_gateway.backends.coalescing import Coalescer
 from forecast_gateway.core.calibration import Calibration, Uncertainty
 from forecast_gateway.core.catalog import ModelCatalog, ModelSpec
+from forecast_gateway.core.filling import window_of
 from forecast_gateway.core.normalization import denormalize, fit_window, normalize
 from forecast_gateway.core.plan import Planner
 from forecast_gateway.core.results import CallNotes, ForecastResult, Outcome, Plan, VersionOutcome
@@ -34,6 +35,7 @@ from forecast_gateway.core.routing import Decision
 from forecast_gateway.core.validation import ForecastQuery, resolve_shape
 from forecast_gateway.errors import GatewayError, Internal, InvalidArgument, Unavailable
 from forecast_gateway.numerics import FloatArray, Levels, naive_scales
+from forecast_gateway.timegrid import Instants
 
 log = structlog.get_logger(__name__)
 
@@ -198,7 +200,8 @@ class Executor:
     ) -> list[Outcome]:
         """One backend pass (chunked) for series sharing version, window and horizon."""
         first = plans[0]
-        windows = np.stack([fit_window(p.query.history, first.shape.window) for p in plans])
+        cut = [window_values(p.query, first.shape.window) for p in plans]
+        windows = np.stack([values for values, _ in cut])
         started = time.perf_counter()
         try:
             values = await self.infer(
@@ -211,7 +214,7 @@ class Executor:
         latency_ms = ms_since(started)
         scales = naive_scales(windows)
         results: list[Outcome] = []
-        for plan, row, scale in zip(plans, values, scales, strict=True):
+        for plan, row, scale, (_, filled) in zip(plans, values, scales, cut, strict=True):
             if not np.isfinite(row).all():
                 results.append(
                     Internal(
@@ -241,6 +244,9 @@ class Executor:
                         scale,
                         first.shape.window,
                     ),
+                    timestamps=forecast_times(plan.query, plan.shape.horizon),
+                    frequency=plan.query.frequency,
+                    filled=filled,
                 )
             )
         return results
@@ -290,7 +296,8 @@ class Executor:
         try:
             shape = resolve_shape(query, spec, spec.versions[version])
             window = shape.window
-            rows = fit_window(query.history, shape.window)[np.newaxis, :]
+            cut, filled = window_values(query, shape.window)
+            rows = cut[np.newaxis, :]
             values = (await self.infer(spec, version, rows, shape.horizon, deadline))[0]
             if not np.isfinite(values).all():
                 raise Internal("the model produced a non-finite forecast")
@@ -300,7 +307,30 @@ class Executor:
         uncertainty = self.uncertainty(
             spec.name, version, query.levels, values, naive_scales(rows)[0], window
         )
-        return VersionOutcome(version, window, latency_ms, values=values, uncertainty=uncertainty)
+        return VersionOutcome(
+            version,
+            window,
+            latency_ms,
+            values=values,
+            uncertainty=uncertainty,
+            timestamps=forecast_times(query, shape.horizon),
+            frequency=query.frequency,
+            filled=filled,
+        )
+
+
+def window_values(query: ForecastQuery, window: int) -> tuple[FloatArray, int]:
+    """The window a version reads (missing points filled) and how many were filled."""
+    if not query.missing:  # every request without NaN or gaps
+        return fit_window(query.history, window), 0
+    return window_of(query.history, window, query.fill)
+
+
+def forecast_times(query: ForecastQuery, horizon: int) -> Instants | None:
+    """The instants of the forecast steps of a query with time (None without)."""
+    if query.axis is None:
+        return None
+    return query.axis.forecast_times(query.history.shape[0], horizon)
 
 
 def group(plans: Sequence[Plan]) -> list[list[Plan]]:

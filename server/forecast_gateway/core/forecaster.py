@@ -65,14 +65,15 @@ class Forecaster:
         `deadline` is a time.monotonic() value: the caller's deadline.
         `notes`, when given, learns the model, version and routing decision.
         """
-        plan = self.planner.plan_query(0, query)
-        spec = self.catalog.get(query.model)
+        spec, plan = self.planner.plan_query(0, query)
         if notes is not None:
             route = plan.route
             notes.route(spec.name, route.version, route.decision, route.restricted)
         (outcome,) = await self.executor.run(spec, [plan], deadline, notes)
         if isinstance(outcome, GatewayError):
             raise outcome
+        if notes is not None:
+            notes.fields["filled_points"] = outcome.filled
         self.recorder.record_later(spec, [(plan, outcome)])
         return outcome
 
@@ -85,7 +86,7 @@ class Forecaster:
         plans: list[Plan] = []
         for index, query in enumerate(queries):
             try:
-                plans.append(self.planner.plan_query(index, query))
+                plans.append(self.planner.plan_query(index, query)[1])
             except GatewayError as error:
                 outcomes[index] = error
         served: list[tuple[Plan, ForecastResult]] = []
@@ -102,7 +103,7 @@ class Forecaster:
         self, query: ForecastQuery, versions: Sequence[str], deadline: float
     ) -> list[VersionOutcome]:
         """Run one series on several versions concurrently (nothing is recorded)."""
-        self.planner.check(query)
+        query = self.planner.check(query)
         spec = self.catalog.get(query.model)
         chosen = list(dict.fromkeys(versions)) or spec.ready_versions()
         unknown = [v for v in chosen if v not in spec.versions]

@@ -20,11 +20,11 @@ from forecast_gateway.core.validation import (
     ForecastQuery,
     Shape,
     check_query,
-    query_violations,
+    prepare_query,
     resolve_shape,
     shape_violations,
 )
-from forecast_gateway.errors import GatewayError, InvalidArgument
+from forecast_gateway.errors import MISSING_VALUES, GatewayError, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -49,11 +49,11 @@ class Planner:
         self.routing = routing
         self.max_history_length = max_history_length
 
-    def check(self, query: ForecastQuery) -> None:
-        """The checks that need no model (InvalidArgument with every violation)."""
-        check_query(query, self.max_history_length)
+    def check(self, query: ForecastQuery) -> ForecastQuery:
+        """The query on its time grid, after the checks that need no model."""
+        return check_query(query, self.max_history_length)
 
-    def plan_query(self, index: int, query: ForecastQuery) -> Plan:
+    def plan_query(self, index: int, query: ForecastQuery) -> tuple[ModelSpec, Plan]:
         """Check, look the model up, route and fix the shape.
 
         A malformed query gets one INVALID_ARGUMENT listing every violation
@@ -61,11 +61,19 @@ class Planner:
         served model, what its limits (and a pinned version's window) reject
         of the fields that are not already at fault.
         """
-        violations = query_violations(query, self.max_history_length)
+        try:
+            return self._plan_query(index, query)
+        except InvalidArgument as error:
+            if any(v.reason == MISSING_VALUES for v in error.violations):
+                metrics.MISSING_VALUES_REJECTED.labels(query.model).inc()
+            raise
+
+    def _plan_query(self, index: int, query: ForecastQuery) -> tuple[ModelSpec, Plan]:
+        query, violations = prepare_query(query, self.max_history_length)
         spec = self.catalog.specs.get(query.model) if violations else self.catalog.get(query.model)
         if not violations:
             assert spec is not None
-            return self.plan(spec, index, query)
+            return spec, self.plan(spec, index, query)
         if spec is not None:
             pinned = spec.versions.get(query.version) if query.version else None
             faulty = {v.field for v in violations}

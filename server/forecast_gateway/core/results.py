@@ -9,6 +9,7 @@ from forecast_gateway.core.routing import Decision, Route
 from forecast_gateway.core.validation import ForecastQuery, Shape
 from forecast_gateway.errors import GatewayError
 from forecast_gateway.numerics import FloatArray
+from forecast_gateway.timegrid import Instants
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class ForecastResult:
     """Naive MAE of the window the model read (`numerics.naive_scale`): the unit of its errors."""
     uncertainty: Uncertainty | None = None
     """The requested intervals and quantiles; None when the request asked for none."""
+    timestamps: Instants | None = None
+    """The instant of each step (ns, UTC) when the request had time."""
+    frequency: str = ""
+    """The series' frequency, as given or inferred ("" without time)."""
+    filled: int = 0
+    """Missing points of the window filled by the request's fill method."""
 
 
 Outcome = ForecastResult | GatewayError
@@ -56,6 +63,9 @@ class VersionOutcome:
     values: FloatArray | None = None
     error: GatewayError | None = None
     uncertainty: Uncertainty | None = None
+    timestamps: Instants | None = None
+    frequency: str = ""
+    filled: int = 0
 
 
 @dataclass

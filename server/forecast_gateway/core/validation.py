@@ -1,23 +1,27 @@
 """Request validation: every check on a forecast request, with field-level messages.
 
-Two stages, both pure: `check_query` needs only the gateway's limits (run
-before any lookup), `resolve_shape` needs the model version's spec (window
-and horizon ranges). Each collects every violation it finds, so a caller
-fixes a request in one round trip.
+Two stages, both pure: `prepare_query` needs only the gateway's limits (run
+before any lookup: it lays a series with time on its grid and counts its
+missing points), `resolve_shape` needs the model version's spec (window and
+horizon ranges, missing points in the window). Each collects every
+violation it finds, so a caller fixes a request in one round trip.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from forecast_gateway.core.catalog import ModelSpec, VersionSpec
-from forecast_gateway.errors import FieldViolation, InvalidArgument, shown
+from forecast_gateway.core.filling import describe_missing, missing_in_window
+from forecast_gateway.core.timeline import Axis, Fill, TimeInput, on_grid
+from forecast_gateway.errors import MISSING_VALUES, FieldViolation, InvalidArgument, shown
 from forecast_gateway.names import VERSION_RULE, is_version
 from forecast_gateway.numerics import NO_LEVELS, FloatArray, Levels
+from forecast_gateway.timegrid import TimeError
 
 # Largest magnitude a history value may have. Beyond it the squares summed for
 # a window's standard deviation overflow float64 and the forecast would come
@@ -41,6 +45,18 @@ class ForecastQuery:
     horizon: int
     sequence_length: int
     levels: Levels = NO_LEVELS
+    time: TimeInput | None = None
+    """The time fields as given; None for a request without time."""
+    fill: Fill = Fill.NONE
+    axis: Axis | None = None
+    """The grid of the history, set by `prepare_query` when the request had time."""
+    missing: int = 0
+    """Missing points (NaN) of the history on its grid, set by `prepare_query`."""
+
+    @property
+    def frequency(self) -> str:
+        """The frequency as given or inferred ("" for a request without time)."""
+        return self.axis.frequency if self.axis is not None else ""
 
 
 @dataclass(frozen=True)
@@ -51,15 +67,40 @@ class Shape:
     horizon: int
 
 
-def check_query(query: ForecastQuery, max_history_length: int) -> None:
-    """Checks that need no model: required fields, finite values, sign of numbers."""
-    violations = query_violations(query, max_history_length)
+def check_query(query: ForecastQuery, max_history_length: int) -> ForecastQuery:
+    """The prepared query, or InvalidArgument with every model-free violation."""
+    prepared, violations = prepare_query(query, max_history_length)
     if violations:
         raise InvalidArgument.of(violations)
+    return prepared
 
 
-def query_violations(query: ForecastQuery, max_history_length: int) -> list[FieldViolation]:
-    """Every violation `check_query` finds (empty: the query is well-formed)."""
+def prepare_query(
+    query: ForecastQuery, max_history_length: int
+) -> tuple[ForecastQuery, list[FieldViolation]]:
+    """The query on its time grid with its missing points counted, and every violation.
+
+    A request without time and without NaN costs one reduction over the
+    history, as it did before time existed.
+    """
+    violations: list[FieldViolation] = []
+    if query.time is not None:
+        try:
+            history, axis = on_grid(query.history, query.time, max_history_length)
+        except TimeError as error:
+            violations.append(FieldViolation(error.field, error.message))
+        else:
+            query = replace(query, history=history, axis=axis)
+    history_violation, missing = _history_violation(query.history, max_history_length)
+    if history_violation is not None:
+        violations.append(history_violation)
+    if missing:
+        query = replace(query, missing=missing)
+    return query, violations + query_violations(query)
+
+
+def query_violations(query: ForecastQuery) -> list[FieldViolation]:
+    """What is wrong with the fields other than the history and time (empty: nothing)."""
     violations: list[FieldViolation] = []
     if not query.model:
         violations.append(FieldViolation("model", "model is required (see ListModels)"))
@@ -67,9 +108,6 @@ def query_violations(query: ForecastQuery, max_history_length: int) -> list[Fiel
         violations.append(
             FieldViolation("version", f"version must be {VERSION_RULE}, got {shown(query.version)}")
         )
-    history = _history_violation(query.history, max_history_length)
-    if history is not None:
-        violations.append(history)
     if query.horizon < 0:
         violations.append(
             FieldViolation(
@@ -110,36 +148,47 @@ def _level_violations(field: str, values: tuple[float, ...], most: int) -> list[
     return violations
 
 
-def _history_violation(history: FloatArray, max_history_length: int) -> FieldViolation | None:
-    """What is wrong with the history as a whole: length, non-finite or out-of-range values."""
+def _history_violation(
+    history: FloatArray, max_history_length: int
+) -> tuple[FieldViolation | None, int]:
+    """What is wrong with the whole history, and how many of its points are missing (NaN).
+
+    Wrong: empty, too long, every point missing, infinite or huge values.
+    """
     length = history.shape[0]
     if length == 0:
-        return FieldViolation("history", "history is empty; send at least the window")
+        return FieldViolation("history", "history is empty; send at least the window"), 0
     if length > max_history_length:
         return FieldViolation(
             "history",
             f"history has {length} points, the maximum is {max_history_length}; "
             "send only the most recent points",
-        )
+        ), 0
     if np.maximum.reduce(np.abs(history)) <= MAX_ABS_VALUE:  # False for NaN and infinities
-        return None
-    bad = np.flatnonzero(~np.isfinite(history))
-    if bad.size:
-        first = int(bad[0])
+        return None, 0
+    missing = int(np.count_nonzero(np.isnan(history)))
+    if missing == length:
+        return FieldViolation(
+            "history", f"every one of the {length} points is missing (NaN); send observed values"
+        ), missing
+    infinite = np.flatnonzero(np.isinf(history))
+    if infinite.size:
+        first = int(infinite[0])
         return FieldViolation(
             "history",
-            f"history holds {bad.size} non-finite value(s) (NaN or infinity), "
-            f"first at index {first}: {history[first]}; fill or drop gaps first",
-        )
-    huge = np.flatnonzero(np.abs(history) > MAX_ABS_VALUE)
+            f"history holds {infinite.size} infinite value(s), first at index {first}: "
+            f"{history[first]}; send NaN for a missing value",
+        ), missing
+    with np.errstate(invalid="ignore"):
+        huge = np.flatnonzero(np.abs(history) > MAX_ABS_VALUE)
     if huge.size:
         first = int(huge[0])
         return FieldViolation(
             "history",
             f"history holds {huge.size} value(s) beyond +-{MAX_ABS_VALUE:g}, "
             f"first at index {first}: {history[first]}; rescale the series first",
-        )
-    return None
+        ), missing
+    return None, missing
 
 
 def resolve_shape(query: ForecastQuery, model: ModelSpec, version: VersionSpec) -> Shape:
@@ -178,6 +227,20 @@ def shape_violations(
                 f"{version.version} needs at least {window} (its window)",
             )
         )
+    elif query.missing and query.fill is Fill.NONE:
+        missing = missing_in_window(query.history, window)
+        if missing.size:
+            violations.append(
+                FieldViolation(
+                    "history",
+                    f"{missing.size} missing point(s) in the {window}-point window "
+                    f"{model.name} version {version.version} reads, "
+                    f"{describe_missing(missing, query.axis)}; set fill "
+                    "(FILL_METHOD_LINEAR, FILL_METHOD_PREVIOUS or FILL_METHOD_ZERO) "
+                    "or send the values",
+                    reason=MISSING_VALUES,
+                )
+            )
     return violations + _horizon_violations(query, model)
 
 
