@@ -647,7 +647,7 @@ async def test_a_version_1_sqlite_store_is_migrated_with_its_aggregates(tmp_path
     """A store written before the running aggregates existed reports the same results after."""
     import sqlite3
 
-    from forecast_gateway.ab.schema import SQLITE
+    from forecast_gateway.ab.migrations import SQLITE
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)

@@ -346,15 +346,16 @@ async def test_a_store_of_shifted_sums_is_migrated_to_exact_sums(
     make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows written as schema 4 (SQLite) or 3 (PostgreSQL) kept them read the same after."""
-    from forecast_gateway.ab import aggregates, schema
+    from forecast_gateway.ab import aggregates, migrations, schema
 
     name = "SQLITE" if make_store.backend == "sqlite" else "POSTGRES"  # type: ignore[attr-defined]
-    migrations = getattr(schema, name)
+    versions = getattr(migrations, name)
     rng = np.random.default_rng(3)
     mase = {"1": rng.normal(1.0, 0.3, 30), "2": rng.normal(1.2, 0.3, 30)}
     constant = [1 / 3] * 5  # around a shift that left: the old rounding, clamped as before
     old = make_store()
-    monkeypatch.setattr(schema, name, migrations[:-1])
+    exact = next(i for i, m in enumerate(versions) if m.then is schema.exact_moments)
+    monkeypatch.setattr(migrations, name, versions[:exact])  # and the versions after it
     await old.start()
     deltas = [
         aggregates.MomentDelta(MODEL, "default", metric, version, "", float(value), +1)
@@ -369,7 +370,7 @@ async def test_a_store_of_shifted_sums_is_migrated_to_exact_sums(
     async with backend.transaction(write=True) as tx:
         await schema._apply_shifted(tx, deltas)
     await old.close()
-    monkeypatch.setattr(schema, name, migrations)
+    monkeypatch.setattr(migrations, name, versions)
 
     new = make_store()
     await new.start()

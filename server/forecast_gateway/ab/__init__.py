@@ -7,8 +7,8 @@ module: `records` (types), `store` (the write-behind façade), `actuals`
 tests, exact running sums). Beneath the façade, one interface: `storage`
 (`Storage`: every operation and query, written once, and the backend choice
 from `store_url`) runs on a `Backend`'s connections: `sqlite` (one file, its
-own thread) or `postgres` (a connection pool). `schema` holds both backends'
-migrations, the framework that runs them and their data steps.
+own thread) or `postgres` (a connection pool). `migrations` holds both backends'
+schema versions, `schema` the framework that runs them and their data steps.
 """
 
 from forecast_gateway.ab.aggregates import TRACKED

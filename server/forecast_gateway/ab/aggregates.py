@@ -45,6 +45,13 @@ COMPARABLE_MASE = "mase_comparable"
 comparison's groups. A pinned, default or fallback forecast, or one restricted to
 the versions that could serve its request (a short history), reached its version
 for reasons tied to the request: those groups would compare requests, not versions."""
+UNIT_MASE = "mase_unit"
+"""A sticky draw's comparable MASE, version_b its randomised unit (the routing key's
+digest): a delta of this metric moves the unit's row (`unit_scores`), never `moments`;
+`unit_means` turns it into moves of the unit's mean in KEYED_MASE."""
+KEYED_MASE = "mase_keyed"
+"""One value per routing key of a sticky split, the mean of its forecasts' comparable MASE:
+the key, not the forecast, is what the hash randomised (docs/experiments.md)."""
 MASE_DIFFERENCE = "mase_diff"
 """Metric of the paired differences mase(version_a) - mase(version_b), a before b."""
 PAIRED_MASE_A = "mase_pair_a"
@@ -126,8 +133,12 @@ def rescore(
     comparable: bool = True,
     *,
     before: FloatArray,
+    unit: str = "",
 ) -> tuple[list[VersionScore], list[MomentDelta]]:
     """Score every prediction of a forecast on its actuals; the deltas to the totals.
+
+    `unit`: the randomised unit of a sticky draw ("" for a random draw: the
+    forecast itself), see `contributions`.
 
     `before`: the actuals its current scores were computed from (all NaN if
     none): a scored prediction's bound scores are taken back from those, as
@@ -155,8 +166,8 @@ def rescore(
             bounds += bound_contributions(model, experiment, p, before, scale, -1)
         bounds += bound_contributions(model, experiment, p, actuals, scale, +1)
     deltas = _net(
-        contributions(model, experiment, old, -1, group)
-        + contributions(model, experiment, new, +1, group)
+        contributions(model, experiment, old, -1, group, unit)
+        + contributions(model, experiment, new, +1, group, unit)
         + bounds
     )
     scores.sort(key=lambda s: (s.role is not Role.SERVED, version_key(s.version)))
@@ -169,11 +180,15 @@ def contributions(
     scores: Mapping[str, scoring.Score],
     weight: int,
     comparable: str | None = None,
+    unit: str = "",
 ) -> list[MomentDelta]:
     """What one forecast's scores add to the totals (weight +1), or take away (-1).
 
     `comparable` is the served version when the split drew it at random (the
-    two-sample comparison's groups take only those), else None.
+    two-sample comparison's groups take only those), else None. `unit`: the
+    randomised unit of a sticky draw (a digest of its routing key): its
+    comparable MASE goes to the unit's row (UNIT_MASE), whose mean is the one
+    value the unit gives the comparison; "" (a random draw): to COMPARABLE_MASE.
     """
     scored = {v: s for v, s in scores.items() if s.steps > 0}
     row = (model, experiment)
@@ -185,7 +200,10 @@ def contributions(
                 deltas.append(MomentDelta(*row, metric, version, NO_PAIR, value, weight))
     if comparable in scored and usable(scored[comparable].mase):
         mase = scored[comparable].mase
-        deltas.append(MomentDelta(*row, COMPARABLE_MASE, comparable, NO_PAIR, mase, weight))
+        if unit:
+            deltas.append(MomentDelta(*row, UNIT_MASE, comparable, unit, mase, weight))
+        else:
+            deltas.append(MomentDelta(*row, COMPARABLE_MASE, comparable, NO_PAIR, mase, weight))
     defined = sorted((v for v, s in scored.items() if usable(s.mase)), key=version_key)
     for i, a in enumerate(defined):
         for b in defined[i + 1 :]:
@@ -197,6 +215,32 @@ def contributions(
             ):
                 deltas.append(MomentDelta(*row, metric, a, b, value, weight))
     return deltas
+
+
+def unit_means(
+    units: Mapping[tuple[str, str, str, str, str], scoring.ExactSums],
+    deltas: Sequence[MomentDelta],
+) -> tuple[dict[tuple[str, str, str, str, str], scoring.ExactSums], list[MomentDelta]]:
+    """Apply UNIT_MASE `deltas` to their units' sums; the units after, and the moves of KEYED_MASE.
+
+    `units`: the sums of every unit the deltas name, before (a missing one is
+    empty). A unit whose mean changes takes its old mean out of its version's
+    KEYED_MASE row and adds the new one, so that row holds one value per unit
+    with a score: its mean.
+    """
+    after = dict(units)
+    for delta in deltas:
+        after[delta.key] = after.get(delta.key, scoring.EXACT_ZERO).add(delta.value, delta.weight)
+    moves: list[MomentDelta] = []
+    for key in sorted({d.key for d in deltas}):
+        model, experiment, _, version, _ = key
+        for sums, weight in ((units.get(key, scoring.EXACT_ZERO), -1), (after[key], +1)):
+            if sums.count > 0:
+                mean = sums.moments.mean
+                moves.append(
+                    MomentDelta(model, experiment, KEYED_MASE, version, NO_PAIR, mean, weight)
+                )
+    return after, _net(moves)
 
 
 @functools.cache

@@ -2,7 +2,7 @@
 
 psycopg 3's asyncio API with a psycopg-pool connection pool, on the
 gateway's event loop: the connections and their transactions
-(`ab.storage.Backend`); the schema is `ab.schema.POSTGRES`. Migrations run
+(`ab.storage.Backend`); the schema is `ab.migrations.POSTGRES`. Migrations run
 at start-up in one transaction that first takes a transaction-level
 advisory lock, so replicas starting together apply each version once (and
 no lock outlives its transaction); the applied versions are rows of
@@ -21,7 +21,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from forecast_gateway.ab import schema
+from forecast_gateway.ab import migrations
 from forecast_gateway.ab.schema import Row, Transaction, migrate
 
 MIGRATION_LOCK = 0x46475354  # "FGST": the advisory lock key of the store's migrations
@@ -119,12 +119,12 @@ async def _migrate(tx: Transaction) -> None:
     )
     row = await tx.fetchone("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
     current = int(row[0]) if row else 0
-    if current > schema.POSTGRES[-1].version:
+    if current > migrations.POSTGRES[-1].version:
         raise RuntimeError(f"unknown experiment store schema {current}")
-    reached = await migrate(tx, current, schema.POSTGRES)
+    reached = await migrate(tx, current, migrations.POSTGRES)
     await tx.executemany(
         "INSERT INTO schema_migrations (version) VALUES (%s)",
-        [(m.version,) for m in schema.POSTGRES if current < m.version <= reached],
+        [(m.version,) for m in migrations.POSTGRES if current < m.version <= reached],
     )
 
 

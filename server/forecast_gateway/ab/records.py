@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import os
 import time
@@ -79,6 +80,9 @@ class RecordedForecast:
     `comparable`: the split drew its version among all the split's versions
     (not pinned, not a fallback or default, not restricted to the versions
     that could serve it), so it may enter the two-sample comparison.
+    `unit`: the routing key of a sticky draw, "" for a random one: the key,
+    not the forecast, is what the split randomised, so the comparison takes
+    one value per key (stored as `unit_digest`, never the key itself).
     """
 
     forecast_id: str
@@ -89,6 +93,12 @@ class RecordedForecast:
     served: Prediction
     experiment: str = DEFAULT_EXPERIMENT
     comparable: bool = True
+    unit: str = ""
+
+
+def unit_digest(routing_key: str) -> str:
+    """The stored name of a routing key's unit: 128 bits of BLAKE2b, hex (no key in the store)."""
+    return hashlib.blake2b(routing_key.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from forecast_gateway.ab.aggregates import (
     INTERVAL_STEPS,
     INTERVAL_WIDTH,
     INTERVAL_WINKLER,
+    KEYED_MASE,
     MASE_DIFFERENCE,
     NO_PAIR,
     PAIRED_MASE_A,
@@ -195,11 +196,13 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
         result = scoring.compare_paired(paired)
         always_valid = sequential.paired(paired)
         quoted = aggregates.of(PAIRED_MASE_A, a, b).mean, aggregates.of(PAIRED_MASE_B, a, b).mean
-    else:  # the split's random draws only: other forecasts would compare requests
-        group_a, group_b = aggregates.of(COMPARABLE_MASE, a), aggregates.of(COMPARABLE_MASE, b)
+        units = "paired forecasts"
+    else:  # the split's random units only: other forecasts would compare requests
+        group_a, group_b, units = split_units(a, b, aggregates)
         result = scoring.compare_welch(group_a, group_b)
         always_valid = sequential.two_sample(group_a, group_b)
         quoted = group_a.mean, group_b.mean
+        units += " each"
     return VersionComparison(
         version_a=a,
         version_b=b,
@@ -211,7 +214,7 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
         ci_high=result.ci_high,
         p_value=result.p_value,
         significant=result.significant,
-        verdict=verdict(a, b, *quoted, always_valid),
+        verdict=verdict(a, b, *quoted, always_valid, units),
         conclusive=always_valid.conclusive,
         sequential_test=always_valid.test,
         sequential_p_value=always_valid.p_value,
@@ -220,17 +223,63 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
     )
 
 
+def split_units(
+    a: str, b: str, aggregates: ModelAggregates
+) -> tuple[scoring.Moments, scoring.Moments, str]:
+    """Each version's values from the split's randomised units, and what the units are.
+
+    A random draw is a unit of its own (COMPARABLE_MASE: one value per
+    forecast); a sticky draw's unit is its routing key (KEYED_MASE: one value
+    per key, the mean of its forecasts). Both kinds are units the split
+    assigned at random, so a version's sample is all of its units.
+    """
+    groups = []
+    kinds = set()
+    for version in (a, b):
+        drawn = aggregates.of(COMPARABLE_MASE, version)
+        keyed = aggregates.of(KEYED_MASE, version)
+        kinds |= {name for name, m in (("forecasts", drawn), ("keys", keyed)) if m.count}
+        groups.append(pooled(drawn, keyed))
+    units = (
+        kinds.pop() if len(kinds) == 1 else "units (keys and forecasts)" if kinds else "forecasts"
+    )
+    return groups[0], groups[1], units
+
+
+def pooled(a: scoring.Moments, b: scoring.Moments) -> scoring.Moments:
+    """The moments of two samples taken together."""
+    if not b.count:
+        return a
+    if not a.count:
+        return b
+    n = a.count + b.count
+    mean = (a.count * a.mean + b.count * b.mean) / n
+    if n < 2:
+        return scoring.Moments(n, mean, math.nan)
+    spread = sum((m.count - 1) * m.variance for m in (a, b) if m.count > 1)
+    spread += a.count * b.count / n * (a.mean - b.mean) ** 2
+    return scoring.Moments(n, mean, spread / (n - 1))
+
+
 def verdict(
-    a: str, b: str, mase_a: float, mase_b: float, result: sequential.SequentialResult
+    a: str,
+    b: str,
+    mase_a: float,
+    mase_b: float,
+    result: sequential.SequentialResult,
+    units: str = "",
 ) -> str:
     """The comparison in words: who is more accurate, by how much, and whether it is settled.
 
     The MASE figures are each version's mean over the sample the test used
-    (the pairs, or the split's draws); the decision is the sequential test's,
-    so it may be read at any time.
+    (the pairs, or the split's units); the decision is the sequential test's,
+    so it may be read at any time. `units` names what the samples count
+    ("keys each" for a sticky split); "" from the test.
     """
-    unit = "paired forecasts" if result.test == sequential.PAIRED_SEQUENTIAL else "forecasts each"
-    after = f"after {result.samples} {unit}"
+    if not units:
+        paired = result.test == sequential.PAIRED_SEQUENTIAL
+        units = "paired forecasts" if paired else "forecasts each"
+    after = f"after {result.samples} {units}"
     if result.conclusive:
         a_wins = result.mean_difference < 0
         better = a if a_wins else b

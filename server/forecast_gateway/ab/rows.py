@@ -71,7 +71,7 @@ async def lock_forecasts(tx: Transaction, lock_rows: str, ids: Iterable[str]) ->
     for start in range(0, len(ordered), IN_LIST_MAX):
         chunk = ordered[start : start + IN_LIST_MAX]
         for row in await tx.fetchall(
-            "SELECT forecast_id, model, experiment, comparable, naive_scale, actuals "
+            "SELECT forecast_id, model, experiment, comparable, naive_scale, actuals, unit "
             "FROM forecasts "
             f"WHERE forecast_id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY forecast_id"
             + lock_rows,
@@ -89,8 +89,25 @@ MOMENTS = Table(
 )
 
 
+UNITS = Table(
+    "unit_scores",
+    ("model", "experiment", "version", "unit"),
+    ("n", "total", "squares"),
+    (0, b"", b""),
+)
+
+
 async def apply_moments(tx: Transaction, deltas: Sequence[aggregates.MomentDelta]) -> None:
-    """Move the running sums (exact: `scoring.ExactSums`) by `deltas`; rows locked in key order."""
+    """Move the running sums (exact: `scoring.ExactSums`) by `deltas`; rows locked in key order.
+
+    A sticky draw's deltas (`aggregates.UNIT_MASE`) move its unit's row in
+    `unit_scores` first (units locked in key order, before `moments`), and
+    the change of the unit's mean moves `aggregates.KEYED_MASE`.
+    """
+    units = [d for d in deltas if d.metric == aggregates.UNIT_MASE]
+    if units:
+        deltas = [d for d in deltas if d.metric != aggregates.UNIT_MASE]
+        deltas += await _apply_units(tx, units)
     if not deltas:
         return
     keys = sorted({d.key for d in deltas})
@@ -102,6 +119,22 @@ async def apply_moments(tx: Transaction, deltas: Sequence[aggregates.MomentDelta
         "AND experiment = %s AND metric = %s AND version_a = %s AND version_b = %s",
         [(*encode_sums(sums[key]), *key) for key in keys],
     )
+
+
+async def _apply_units(
+    tx: Transaction, deltas: Sequence[aggregates.MomentDelta]
+) -> list[aggregates.MomentDelta]:
+    """Move the units' sums by `deltas`; the moves of their means (`aggregates.unit_means`)."""
+    keys = sorted({d.key for d in deltas})
+    rows = await lock_rows(tx, UNITS, [(m, e, v, u) for m, e, _, v, u in keys])
+    before = {key: decode_sums(*rows[(m, e, v, u)]) for key in keys for m, e, _, v, u in (key,)}
+    after, moves = aggregates.unit_means(before, deltas)
+    await tx.executemany(
+        "UPDATE unit_scores SET n = %s, total = %s, squares = %s WHERE model = %s "
+        "AND experiment = %s AND version = %s AND unit = %s",
+        [(*encode_sums(after[key]), m, e, v, u) for key in keys for m, e, _, v, u in (key,)],
+    )
+    return moves
 
 
 def array(blob: bytes) -> FloatArray:

@@ -241,6 +241,10 @@ class ExactSums:
         return cls(n, _times(mean, n), squares)
 
 
+EXACT_ZERO = ExactSums()
+"""The sums of an empty sample."""
+
+
 def _dyadic(value: float) -> Dyadic:
     numerator, denominator = value.as_integer_ratio()  # denominator: a power of 2
     return _normal(numerator, 1 - denominator.bit_length())

@@ -1,7 +1,7 @@
 """SQLite backend of the A/B store: the embedded default, one file per host.
 
 The connection and its transactions (`ab.storage.Backend`); the schema is
-`ab.schema.SQLITE`, its version SQLite's user_version. Every SQLite call
+`ab.migrations.SQLITE`, its version SQLite's user_version. Every SQLite call
 runs on one dedicated thread that owns the connection, so the event loop
 never waits on disk. WAL mode and `BEGIN IMMEDIATE` let several processes on
 one host (the gateway's worker processes) share the file: writers take the
@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from forecast_gateway.ab import schema
+from forecast_gateway.ab import migrations
 from forecast_gateway.ab.schema import Row, Transaction, migrate
 
 BUSY_TIMEOUT_MS = 10_000
@@ -50,9 +50,9 @@ class SQLiteBackend:
         await self._run(self._connect)
         async with self.transaction(write=True) as tx:
             current = (await tx.fetchone("PRAGMA user_version") or (0,))[0]
-            if current > schema.SQLITE[-1].version:
+            if current > migrations.SQLITE[-1].version:
                 raise RuntimeError(f"{self.path}: unknown experiment store schema {current}")
-            reached = await migrate(tx, current, schema.SQLITE)
+            reached = await migrate(tx, current, migrations.SQLITE)
             await tx.execute(f"PRAGMA user_version={int(reached)}")
 
     async def close(self) -> None:

@@ -33,7 +33,8 @@ pruners wait for one another and never deadlock:
 2. prediction rows (a forecast's own under its forecast's lock; orphans
    last: a write adopts them, a prune deletes them, each after its others);
 3. calibration pools, sorted by key;
-4. aggregate rows (`moments`, then `experiments`, `counters` and
+4. the units of sticky draws (`unit_scores`), sorted by key, then the
+   aggregate rows (`moments`, then `experiments`, `counters` and
    `latency_buckets`), each sorted by key;
 5. last, one row of `forecast_counts`: the number of stored forecasts, kept
    in COUNT_SHARDS rows that add up to it, each store adding to a row of its

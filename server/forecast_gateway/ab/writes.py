@@ -25,6 +25,7 @@ from forecast_gateway.ab.records import (
     RecordedForecast,
     ShadowRecord,
     VersionScore,
+    unit_digest,
 )
 from forecast_gateway.ab.rows import apply_moments, array, lock_forecasts, sql_floats
 from forecast_gateway.ab.schema import Row, Transaction
@@ -49,7 +50,7 @@ async def write(
     if served:
         inserted = await tx.executemany(
             "INSERT INTO forecasts (forecast_id, model, experiment, comparable, horizon, "
-            "naive_scale, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "naive_scale, created_at, unit) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (forecast_id) DO NOTHING",
             [
                 (
@@ -60,6 +61,7 @@ async def write(
                     f.horizon,
                     f.naive_scale,
                     f.created_at,
+                    unit_digest(f.unit) if f.unit and f.comparable else None,
                 )
                 for f in served
             ],
@@ -109,12 +111,19 @@ async def write_shadows(
     )
     deltas: list[aggregates.MomentDelta] = []
     calibration: dict[tuple[str, str, int], list[float]] = {}
-    for forecast_id, model, experiment, comparable, scale, stored in known.values():
+    for forecast_id, model, experiment, comparable, scale, stored, unit in known.values():
         if stored is not None:
             predictions = await read_predictions(tx, forecast_id)
             reported = array(stored)  # the scored ones were scored on these very actuals
             scores, changes = aggregates.rescore(
-                model, experiment, predictions, reported, scale, bool(comparable), before=reported
+                model,
+                experiment,
+                predictions,
+                reported,
+                scale,
+                bool(comparable),
+                before=reported,
+                unit=unit or "",
             )
             await store_scores(tx, forecast_id, scores)
             deltas += changes
@@ -184,13 +193,13 @@ async def report_actuals(
 ) -> ActualsReport | None:
     """Merge actuals into a forecast's row (locked) and rescore it; None: unknown or expired."""
     row = await tx.fetchone(
-        "SELECT model, experiment, comparable, horizon, naive_scale, actuals, created_at "
+        "SELECT model, experiment, comparable, horizon, naive_scale, actuals, created_at, unit "
         "FROM forecasts WHERE forecast_id = %s" + lock_rows,
         (forecast_id,),
     )
     if row is None or row[6] < cutoff:
         return None
-    model, experiment, comparable, horizon, scale, stored, _ = row
+    model, experiment, comparable, horizon, scale, stored, _, unit = row
     before = np.full(horizon, np.nan) if stored is None else array(stored)
     merged = merge(before, horizon, actuals, offset)
     steps_received = int(np.isfinite(merged).sum())
@@ -200,7 +209,14 @@ async def report_actuals(
     )
     predictions = await read_predictions(tx, forecast_id)
     scores, deltas = aggregates.rescore(
-        model, experiment, predictions, merged, scale, bool(comparable), before=before
+        model,
+        experiment,
+        predictions,
+        merged,
+        scale,
+        bool(comparable),
+        before=before,
+        unit=unit or "",
     )
     await store_scores(tx, forecast_id, scores)
     calibration: dict[tuple[str, str, int], list[float]] = {}

@@ -73,7 +73,7 @@ class Recorder:
         experiment = DEFAULT_EXPERIMENT
         if self.store is not None:
             experiment = self.routing.experiment(spec.name)
-            for _, result in served:
+            for plan, result in served:
                 self.store.record(
                     RecordedForecast(
                         forecast_id=result.forecast_id,
@@ -91,6 +91,7 @@ class Recorder:
                         # A fallback's forecast belongs to its own model's experiment.
                         experiment=self.routing.experiment(result.model),
                         comparable=drawn_by_the_split(result),
+                        unit=randomised_unit(plan, result),
                     )
                 )
         by_version: dict[str, list[tuple[Plan, ForecastResult]]] = {}
@@ -166,6 +167,12 @@ class Recorder:
         if self.calibration is None:
             return None
         return self.calibration.tracked(result.model, result.version, result.horizon)
+
+
+def randomised_unit(plan: Plan, result: ForecastResult) -> str:
+    """The routing key of a sticky draw: the unit its split randomised; "" for any other."""
+    sticky = result.decision is Decision.STICKY and drawn_by_the_split(result)
+    return plan.query.routing_key if sticky else ""
 
 
 def drawn_by_the_split(result: ForecastResult) -> bool:
