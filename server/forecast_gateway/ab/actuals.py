@@ -6,13 +6,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from forecast_gateway import timegrid
 from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound
 from forecast_gateway.numerics import FloatArray
 
 
-def checked_actuals(forecast_id: str, actuals: Sequence[float], offset: int) -> FloatArray:
-    """The actuals as float64, or InvalidArgument for what can be checked without the store."""
+def checked_actuals(
+    forecast_id: str, actuals: Sequence[float], offset: int, start_ns: int | None = None
+) -> FloatArray:
+    """The actuals as float64, or InvalidArgument for what can be checked without the store.
+
+    `start_ns`: the time of actuals[0] (ns since the epoch, UTC), in place of `offset`.
+    """
     violations: list[FieldViolation] = []
+    if start_ns is not None and offset != 0:
+        violations.append(
+            FieldViolation("start", f"give start or offset, not both (offset is {offset})")
+        )
     if not forecast_id:
         violations.append(FieldViolation("forecast_id", "required"))
     values = np.asarray(actuals, dtype=np.float64).ravel()
@@ -46,6 +56,33 @@ def check_fit(count: int, offset: int, horizon: int) -> None:
                 )
             ]
         )
+
+
+def step_at(start_ns: int, first_ns: int | None, frequency: str, horizon: int) -> int:
+    """The horizon step whose time is `start_ns`, or InvalidArgument naming `start`."""
+    if first_ns is None or not frequency:
+        raise InvalidArgument.of(
+            [FieldViolation("start", "the forecast had no time: report by offset")]
+        )
+    times = timegrid.step_times(int(first_ns), frequency, horizon)
+    [steps] = np.nonzero(times == start_ns)
+    if steps.size == 0:
+        first, last = (timegrid.format_instant(int(t)) for t in (times[0], times[-1]))
+        given = (
+            timegrid.format_instant(start_ns)
+            if start_ns != timegrid.OUT_OF_RANGE
+            else f"a time outside {timegrid.RANGE}"
+        )
+        raise InvalidArgument.of(
+            [
+                FieldViolation(
+                    "start",
+                    f"{given} is not one of the forecast's step "
+                    f"times ({horizon} steps of {frequency} from {first} to {last})",
+                )
+            ]
+        )
+    return int(steps[0])
 
 
 def merge(stored: FloatArray | None, horizon: int, actuals: FloatArray, offset: int) -> FloatArray:

@@ -142,6 +142,11 @@ _SQLITE_V6 = (
         PRIMARY KEY (model, experiment, version, unit)
     )""",
 )
+_SQLITE_V7 = (
+    # Series with time: the first forecast step's time and the frequency (ReportActuals.start).
+    "ALTER TABLE forecasts ADD COLUMN first_step_ns INTEGER",
+    "ALTER TABLE forecasts ADD COLUMN frequency TEXT",
+)
 SQLITE = (
     Migration(1, _SQLITE_V1),
     Migration(2, _SQLITE_V2, then=backfill_aggregates),
@@ -149,6 +154,7 @@ SQLITE = (
     Migration(4, _SQLITE_V4),
     Migration(5, _SQLITE_V5, then=exact_moments),
     Migration(6, _SQLITE_V6),
+    Migration(7, _SQLITE_V7),
 )
 
 
@@ -273,10 +279,16 @@ _POSTGRES_V5 = (
         PRIMARY KEY (model, experiment, version, unit)
     )""",
 )
+_POSTGRES_V6 = (
+    # Series with time: the first forecast step's time and the frequency (ReportActuals.start).
+    "ALTER TABLE forecasts ADD COLUMN first_step_ns BIGINT",
+    "ALTER TABLE forecasts ADD COLUMN frequency TEXT",
+)
 POSTGRES = (
     Migration(1, _POSTGRES_V1),
     Migration(2, _POSTGRES_V2),
     Migration(3, _POSTGRES_V3),
     Migration(4, _POSTGRES_V4, then=exact_moments),
     Migration(5, _POSTGRES_V5),
+    Migration(6, _POSTGRES_V6),
 )

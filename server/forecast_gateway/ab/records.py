@@ -94,6 +94,10 @@ class RecordedForecast:
     experiment: str = DEFAULT_EXPERIMENT
     comparable: bool = True
     unit: str = ""
+    first_step_ns: int | None = None
+    """The time of the first forecast step (ns since the epoch, UTC); None: no time."""
+    frequency: str = ""
+    """The series' frequency (a `timegrid` alias) when the request had time, else ""."""
 
 
 def unit_digest(routing_key: str) -> str:

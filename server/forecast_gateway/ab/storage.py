@@ -190,9 +190,13 @@ class Storage:
                 log.warning("store_prune_failed", error=type(error).__name__)
 
     async def report_actuals(
-        self, forecast_id: str, actuals: FloatArray, offset: int
+        self, forecast_id: str, actuals: FloatArray, offset: int, start_ns: int | None = None
     ) -> ActualsReport | None:
-        """Store actuals at [offset, offset + len) and rescore; None for an unknown/expired id."""
+        """Store actuals at [offset, offset + len) and rescore; None for an unknown/expired id.
+
+        `start_ns`: the time of actuals[0] instead of `offset` (InvalidArgument
+        on `start` unless it is one of the forecast's step times).
+        """
         cutoff = self._clock() - self._bounds.max_age_s
         return await self._retrying(
             lambda tx: writes.report_actuals(
@@ -203,6 +207,7 @@ class Storage:
                 actuals,
                 offset,
                 cutoff,
+                start_ns,
             ),
             write=True,
         )

@@ -161,21 +161,28 @@ class ExperimentStore:
         self._enqueue(ShadowRecord(forecast_id, model, prediction, self._clock(), experiment))
 
     async def report_actuals(
-        self, forecast_id: str, actuals: Sequence[float], offset: int
+        self,
+        forecast_id: str,
+        actuals: Sequence[float],
+        offset: int = 0,
+        start_ns: int | None = None,
     ) -> ActualsReport:
         """Store actuals at horizon steps [offset, offset + len) and rescore the forecast.
 
-        Raises InvalidArgument (field "forecast_id", "actuals" or "offset"),
+        `start_ns` (ns since the epoch, UTC): the time of actuals[0], in place
+        of `offset`, for a forecast recorded with time; it must be one of its
+        step times. Raises InvalidArgument (field "forecast_id", "actuals",
+        "offset" or "start": both given, not a step time, a forecast without time),
         NotFound (reason FORECAST_NOT_FOUND) for an unknown or expired id, and
         Unavailable (STORE_UNAVAILABLE) when the database cannot be reached.
         """
-        values = checked_actuals(forecast_id, actuals, offset)
+        values = checked_actuals(forecast_id, actuals, offset, start_ns)
         await self._flush(for_read=True)
-        report = await self.storage.report_actuals(forecast_id, values, offset)
+        report = await self.storage.report_actuals(forecast_id, values, offset, start_ns)
         give_up = time.monotonic() + _still_queued_for(forecast_id)
         while report is None and time.monotonic() < give_up:
             await asyncio.sleep(LOOKUP_INTERVAL_S)  # possibly still queued on another replica
-            report = await self.storage.report_actuals(forecast_id, values, offset)
+            report = await self.storage.report_actuals(forecast_id, values, offset, start_ns)
         if report is None:
             raise not_found(forecast_id)
         return report

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from forecast_gateway.ab import aggregates
-from forecast_gateway.ab.actuals import merge
+from forecast_gateway.ab.actuals import merge, step_at
 from forecast_gateway.ab.pools import add_scores, append_calibration
 from forecast_gateway.ab.reads import read_predictions
 from forecast_gateway.ab.records import (
@@ -50,7 +50,8 @@ async def write(
     if served:
         inserted = await tx.executemany(
             "INSERT INTO forecasts (forecast_id, model, experiment, comparable, horizon, "
-            "naive_scale, created_at, unit) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "naive_scale, created_at, unit, first_step_ns, frequency) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (forecast_id) DO NOTHING",
             [
                 (
@@ -62,6 +63,8 @@ async def write(
                     f.naive_scale,
                     f.created_at,
                     unit_digest(f.unit) if f.unit and f.comparable else None,
+                    f.first_step_ns,
+                    f.frequency or None,
                 )
                 for f in served
             ],
@@ -190,16 +193,20 @@ async def report_actuals(
     actuals: FloatArray,
     offset: int,
     cutoff: float,
+    start_ns: int | None = None,
 ) -> ActualsReport | None:
     """Merge actuals into a forecast's row (locked) and rescore it; None: unknown or expired."""
     row = await tx.fetchone(
-        "SELECT model, experiment, comparable, horizon, naive_scale, actuals, created_at, unit "
+        "SELECT model, experiment, comparable, horizon, naive_scale, actuals, created_at, unit, "
+        "first_step_ns, frequency "
         "FROM forecasts WHERE forecast_id = %s" + lock_rows,
         (forecast_id,),
     )
     if row is None or row[6] < cutoff:
         return None
-    model, experiment, comparable, horizon, scale, stored, _, unit = row
+    model, experiment, comparable, horizon, scale, stored, _, unit, first_ns, frequency = row
+    if start_ns is not None:
+        offset = step_at(start_ns, first_ns, frequency or "", horizon)
     before = np.full(horizon, np.nan) if stored is None else array(stored)
     merged = merge(before, horizon, actuals, offset)
     steps_received = int(np.isfinite(merged).sum())

@@ -267,6 +267,13 @@ def comparison_from(
     )
 
 
+def actuals_start(request: forecast_service_pb2.ReportActualsRequest) -> int | None:
+    """ReportActuals' `start` as ns since the epoch (None when unset)."""
+    if not request.HasField("start"):
+        return None
+    return int(instants([request.start.seconds], [request.start.nanos])[0])
+
+
 def actuals_from(report: ActualsReport) -> forecast_service_pb2.ReportActualsResponse:
     """The proto view of an actuals report."""
     return forecast_service_pb2.ReportActualsResponse(

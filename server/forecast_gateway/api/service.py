@@ -18,6 +18,7 @@ from forecast_gateway.ab import ExperimentInfo, ExperimentStore, interval_flags
 from forecast_gateway.api import calls
 from forecast_gateway.api.convert import (
     actuals_from,
+    actuals_start,
     batch_queries_from,
     compare_query_from,
     comparison_from,
@@ -192,7 +193,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
     ) -> forecast_service_pb2.ReportActualsResponse:
         """Score an earlier forecast against observed values."""
         report = await self.store.report_actuals(
-            request.forecast_id, list(request.actuals), request.offset
+            request.forecast_id, list(request.actuals), request.offset, actuals_start(request)
         )
         calls.current().model = report.model
         metrics.ACTUALS.labels(report.model).inc()

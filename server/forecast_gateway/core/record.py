@@ -92,6 +92,8 @@ class Recorder:
                         experiment=self.routing.experiment(result.model),
                         comparable=drawn_by_the_split(result),
                         unit=randomised_unit(plan, result),
+                        first_step_ns=first_step(result),
+                        frequency=result.frequency if first_step(result) is not None else "",
                     )
                 )
         by_version: dict[str, list[tuple[Plan, ForecastResult]]] = {}
@@ -167,6 +169,12 @@ class Recorder:
         if self.calibration is None:
             return None
         return self.calibration.tracked(result.model, result.version, result.horizon)
+
+
+def first_step(result: ForecastResult) -> int | None:
+    """The time of a forecast's first step (ns since the epoch, UTC); None without time."""
+    times = result.timestamps
+    return int(times[0]) if times is not None and len(times) and result.frequency else None
 
 
 def randomised_unit(plan: Plan, result: ForecastResult) -> str:
