@@ -9,7 +9,10 @@ time per call of each round (its minimum is the figure to compare). The
 workload is `make bench`'s: lstm_timeseries v1 pinned, 10 points, horizon
 5, with the shipped routing policy's shape (a 10/90 split, shadow v1,
 fallback). Comparing commits: run it on each tree in turn; the gRPC hop
-itself is what `make bench`'s echo cells measure.
+itself is what `make bench`'s echo cells measure. ``--time`` adds time to
+every request: ``start`` (start + "D"), ``monthly`` (start + "MS", calendar
+stepping), ``timestamps`` (one timestamp per point, "D"), ``gaps`` (the
+same with two days missing in the window and a linear fill).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.workload import Workload
+from forecast.v1 import forecast_pb2
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast_gateway.ab import DEFAULT_EXPERIMENT, Bounds, ExperimentStore
 from forecast_gateway.ab.storage import open_storage
@@ -94,7 +98,29 @@ class Context:
         raise RuntimeError(f"the call failed: {status}")
 
 
-async def measure(calls: int, rounds: int, scratch: Path) -> list[float]:
+TIMES = ("none", "start", "monthly", "timestamps", "gaps")
+DAY_S = 86_400
+START_S = 1_704_067_200  # 2024-01-01T00:00:00Z
+
+
+def with_time(request: pb.ForecastRequest, kind: str) -> pb.ForecastRequest:
+    """`request` with the time fields of `kind` (see the module docstring)."""
+    points = len(request.history)
+    if kind in ("start", "monthly"):
+        request.start.seconds = START_S
+        request.frequency = "D" if kind == "start" else "MS"
+    elif kind in ("timestamps", "gaps"):
+        days = list(range(points + 2)) if kind == "gaps" else list(range(points))
+        if kind == "gaps":
+            del days[points - 4 : points - 2]  # two days inside the 10-point window
+            request.fill = forecast_pb2.FILL_METHOD_LINEAR
+        for day in days:
+            request.timestamps.add(seconds=START_S + day * DAY_S)
+        request.frequency = "D"
+    return request
+
+
+async def measure(calls: int, rounds: int, scratch: Path, time_kind: str = "none") -> list[float]:
     """CPU µs per call of each round."""
     backend = instant_backend()
     catalog = ModelCatalog(models=(ModelConfig("lstm_timeseries"),))
@@ -108,11 +134,14 @@ async def measure(calls: int, rounds: int, scratch: Path) -> list[float]:
     servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64)
     workload = Workload()
     requests = [
-        pb.ForecastRequest(
-            model=workload.model,
-            version=workload.version,
-            history=history.tolist(),
-            horizon=workload.horizon,
+        with_time(
+            pb.ForecastRequest(
+                model=workload.model,
+                version=workload.version,
+                history=history.tolist(),
+                horizon=workload.horizon,
+            ),
+            time_kind,
         ).SerializeToString()
         for history in workload.histories()
     ]
@@ -143,12 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--time", choices=TIMES, default="none")
     args = parser.parse_args()
     log = open(os.devnull, "w")  # noqa: SIM115 - the request lines, for the process's life
     sys.stderr = log
     configure_logging("json", "info")
     with tempfile.TemporaryDirectory(prefix="forecast-hotpath-") as scratch:
-        rounds = asyncio.run(measure(args.calls, args.rounds, Path(scratch)))
+        rounds = asyncio.run(measure(args.calls, args.rounds, Path(scratch), args.time))
     for index, value in enumerate(rounds, 1):
         sys.stdout.write(f"round {index}: {value:.1f} us CPU per call\n")
     sys.stdout.write(f"min {min(rounds):.1f} us CPU per call ({args.calls} calls per round)\n")

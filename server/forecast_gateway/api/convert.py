@@ -29,7 +29,7 @@ from forecast_gateway.errors import (
     clip,
 )
 from forecast_gateway.numerics import NO_LEVELS, Levels
-from forecast_gateway.timegrid import Instants, instants
+from forecast_gateway.timegrid import Instants, instant, instants
 
 _DECISIONS = {
     Decision.PINNED: forecast_pb2.ROUTING_DECISION_PINNED,
@@ -73,7 +73,7 @@ def _time(message: Any) -> TimeInput | None:
     has_start = message.HasField("start")
     if not has_start and not stamps and not message.frequency:
         return None
-    start = int(instants([message.start.seconds], [message.start.nanos])[0]) if has_start else None
+    start = instant(message.start.seconds, message.start.nanos) if has_start else None
     return TimeInput(
         start=start,
         frequency=message.frequency,

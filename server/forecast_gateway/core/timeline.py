@@ -15,6 +15,8 @@ import numpy as np
 
 from forecast_gateway.numerics import FloatArray
 from forecast_gateway.timegrid import (
+    OUT_OF_RANGE,
+    RANGE,
     Instants,
     TimeError,
     check_range,
@@ -63,20 +65,7 @@ def on_grid(history: FloatArray, time: TimeInput, max_length: int) -> tuple[Floa
     if time.start is not None and time.timestamps is not None:
         raise TimeError("timestamps", "set start or timestamps, not both")
     if time.timestamps is None:
-        if time.frequency:
-            parse_frequency(time.frequency)
-        if time.start is None:
-            return history, Axis(None, time.frequency)
-        if not time.frequency:
-            raise TimeError("frequency", "frequency is required with start, e.g. 'D' or 'MS'")
-        check_range("start", np.array([time.start], dtype=np.int64))
-        if not parse_frequency(time.frequency).on_grid(time.start):
-            raise TimeError(
-                "start",
-                f"start {format_instant(time.start)} is not on the grid of frequency "
-                f"{time.frequency!r} (e.g. 'MS' starts on the 1st, 'W-SUN' on Sundays)",
-            )
-        return history, Axis(time.start, time.frequency)
+        return history, _from_start(time)
     stamps = time.timestamps
     if stamps.shape[0] != history.shape[0]:
         raise TimeError(
@@ -94,3 +83,22 @@ def on_grid(history: FloatArray, time: TimeInput, max_length: int) -> tuple[Floa
     laid = np.full(grid.length, np.nan)
     laid[grid.positions] = history
     return laid, axis
+
+
+def _from_start(time: TimeInput) -> Axis:
+    """The grid of a regular series: its start (if any) on the frequency's grid."""
+    if time.frequency:
+        parse_frequency(time.frequency)
+    if time.start is None:
+        return Axis(None, time.frequency)
+    if not time.frequency:
+        raise TimeError("frequency", "frequency is required with start, e.g. 'D' or 'MS'")
+    if time.start == OUT_OF_RANGE:
+        raise TimeError("start", f"start is outside the supported range ({RANGE})")
+    if not parse_frequency(time.frequency).on_grid(time.start):
+        raise TimeError(
+            "start",
+            f"start {format_instant(time.start)} is not on the grid of frequency "
+            f"{time.frequency!r} (e.g. 'MS' starts on the 1st, 'W-SUN' on Sundays)",
+        )
+    return Axis(time.start, time.frequency)
