@@ -17,7 +17,6 @@ nothing here waits a fixed time.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from forecast_gateway.backends.base import Rows
 from forecast_gateway.backends.fake import FakeBackend, FakeModel
 from forecast_gateway.config import GatewayConfig, ModelConfig
 from forecast_gateway.core.routing import sticky_version
+from tests.polling import eventually
 
 LSTM = "lstm_timeseries"
 MA = "moving_average"
@@ -60,6 +60,9 @@ HISTORY = [float(i % 7) for i in range(60)]
 """60 points: enough for every version's window. Last value 3.0; mean of the last 10: 2.7."""
 LAST = HISTORY[-1]
 MEAN_OF_10 = sum(HISTORY[-10:]) / 10
+
+POLL_S = 0.002
+"""How often `until` looks: conditions here are made true by tasks of the test's own loop."""
 
 LogEvents = list[MutableMapping[str, Any]]
 """Captured log events (event dicts, the bound context merged in)."""
@@ -229,22 +232,30 @@ async def until(
     predicate: Callable[[], object], what: str = "the condition", timeout_s: float = 5.0
 ) -> None:
     """Poll `predicate` on the loop until it is true; AssertionError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout_s} s")
-        await asyncio.sleep(0.002)
+    await eventually(predicate, timeout_s=timeout_s, interval_s=POLL_S, message=what)
 
 
 async def until_answers(
     check: Callable[[], Awaitable[object]], what: str = "the condition", timeout_s: float = 5.0
 ) -> None:
     """`until` for a condition that takes a call (an RPC): `check()` is awaited at each poll."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout_s} s")
-        await asyncio.sleep(0.002)
+    await eventually(check, timeout_s=timeout_s, interval_s=POLL_S, message=what)
+
+
+async def calls_in_progress(
+    edge: Edge, count: int, version: str = "1"
+) -> list[asyncio.Task[pb.ForecastResponse]]:
+    """`count` Forecast calls of lstm_timeseries `version`, once all are in progress.
+
+    In progress: admitted by the load shedder and not yet answered (a test
+    holds them with `edge.backend.gate`); none may be in progress before.
+    """
+    calls = [
+        asyncio.ensure_future(edge.stub.Forecast(forecast_request(version=version)))
+        for _ in range(count)
+    ]
+    await until(lambda: edge.gateway.shedder.in_flight == count, f"{count} calls in progress")
+    return calls
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from forecast_gateway.backends.coalescing import (
 )
 from forecast_gateway.errors import DeadlineExceeded, Internal, Unavailable
 from tests.backend_double import PartialBackend
+from tests.polling import eventually
 
 
 class RecordingProxy(PartialBackend):
@@ -159,8 +160,8 @@ async def test_a_request_is_cancelled_once_all_its_callers_are_gone() -> None:
         asyncio.ensure_future(coalescer.forecast("m", "1", rows(float(i)), 2, later(), 256))
         for i in range(2)
     ]
-    await asyncio.sleep(0.01)  # both sent in one request, now at the proxy
-    assert proxy.requests == [2]
+    await eventually(lambda: proxy.requests, interval_s=0, message="the request at the proxy")
+    assert proxy.requests == [2]  # both sent in one request
     (sending,) = coalescer._sending
     shared[0].cancel()
     await asyncio.sleep(0)

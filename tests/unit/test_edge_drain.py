@@ -21,6 +21,7 @@ from tests.edge import (
     LAST,
     SERVICE,
     Edge,
+    calls_in_progress,
     captured_logs,
     failure,
     forecast_request,
@@ -44,11 +45,7 @@ async def test_calls_in_flight_at_stop_are_all_answered(tmp_path: Path) -> None:
     async with serving(tmp_path) as edge:
         gate = edge.backend.gate = asyncio.Event()
         with captured_logs() as logs:
-            calls = [
-                asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="1")))
-                for _ in range(8)
-            ]
-            await until(lambda: edge.gateway.shedder.in_flight == 8, "eight calls in flight")
+            calls = await calls_in_progress(edge, 8)
             stopping = asyncio.ensure_future(edge.stop())
             # Still in flight when gRPC's stop begins (GOAWAY), then answered.
             await until(lambda: any(e["event"] == "gateway_stopping" for e in logs), "the stop")
@@ -79,11 +76,7 @@ async def test_calls_arriving_while_it_stops_are_held_then_served(tmp_path: Path
     async with serving(tmp_path) as edge:
         gate = edge.backend.gate = asyncio.Event()
         with captured_logs() as logs:
-            early = [
-                asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="1")))
-                for _ in range(4)
-            ]
-            await until(lambda: edge.gateway.shedder.in_flight == 4, "four calls in flight")
+            early = await calls_in_progress(edge, 4)
             stopping = asyncio.ensure_future(edge.stop())
             await until_answers(lambda: not_serving(edge), "NOT_SERVING")
             late = [

@@ -18,6 +18,7 @@ from forecast.v1 import forecast_service_pb2 as pb
 from tests.edge import (
     LAST,
     LSTM,
+    calls_in_progress,
     captured_logs,
     details,
     failure,
@@ -38,11 +39,7 @@ async def test_a_call_over_the_limit_is_shed_with_details_and_counted(tmp_path: 
         gate = edge.backend.gate = asyncio.Event()
         shed_before = sample(SHED)
         counted_before = requests_counted("Forecast", "RESOURCE_EXHAUSTED")
-        held = [
-            asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="1")))
-            for _ in range(2)
-        ]
-        await until(lambda: edge.gateway.shedder.in_flight == 2, "two calls in progress")
+        held = await calls_in_progress(edge, 2)
         in_flight = sample(IN_FLIGHT)
         with captured_logs() as logs:
             error = await failure(edge.stub.Forecast(forecast_request(version="1")))
@@ -125,8 +122,7 @@ async def test_an_open_stream_holds_its_slot_until_it_ends(tmp_path: Path) -> No
 async def test_health_is_never_shed(tmp_path: Path) -> None:
     async with serving(tmp_path, max_in_flight=1) as edge:
         gate = edge.backend.gate = asyncio.Event()
-        held = asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="1")))
-        await until(lambda: edge.gateway.shedder.in_flight == 1, "one call in progress")
+        (held,) = await calls_in_progress(edge, 1)
         health = await health_pb2_grpc.HealthStub(edge.channel).Check(
             health_pb2.HealthCheckRequest(service="forecast.v1.ForecastService")
         )
@@ -140,8 +136,7 @@ async def test_a_call_without_its_token_is_refused_before_it_takes_a_slot(tmp_pa
     tokens.write_text("t" * 32 + "\n")
     async with serving(tmp_path, max_in_flight=1, auth_token_file=str(tokens)) as edge:
         gate = edge.backend.gate = asyncio.Event()
-        held = asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="1")))
-        await until(lambda: edge.gateway.shedder.in_flight == 1, "one call in progress")
+        (held,) = await calls_in_progress(edge, 1)
         error = await failure(
             edge.stub.ReportActuals(pb.ReportActualsRequest(forecast_id="f", actuals=[1.0]))
         )
