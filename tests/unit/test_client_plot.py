@@ -6,12 +6,15 @@ import dataclasses
 import io
 import math
 import struct
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
+from matplotlib.dates import ConciseDateFormatter, date2num
 from matplotlib.lines import Line2D
 from PIL import Image
 
@@ -167,3 +170,62 @@ def test_no_bands_without_intervals_and_a_note_when_not_calibrated() -> None:
         "v1 80% interval",
         "v1: some levels not calibrated",
     ]
+
+
+# --- series with time ---------------------------------------------------------------
+
+START = datetime(2021, 1, 3, tzinfo=UTC)  # a Sunday: weekly points
+WEEKS = [START + timedelta(weeks=i) for i in range(len(HISTORY))]
+NEXT = tuple(WEEKS[-1] + timedelta(weeks=k) for k in range(1, len(ACTUALS) + 1))
+DATED = tuple(dataclasses.replace(f, timestamps=NEXT, frequency="W-SUN") for f in FORECASTS)
+
+
+def num(times: object) -> list[float]:
+    """matplotlib's date numbers (days since its epoch) of one time or a list of them."""
+    values: list[float] = np.atleast_1d(date2num(times)).tolist()  # type: ignore[no-untyped-call]
+    return values
+
+
+def x_of(line: Line2D) -> list[float]:
+    return [float(v) for v in np.asarray(line.get_xdata())]
+
+
+def test_dates_on_the_x_axis_when_the_forecasts_have_timestamps() -> None:
+    figure = forecast_figure(
+        "lstm_timeseries", HISTORY, DATED, actuals=ACTUALS, last=30, history_times=WEEKS
+    )
+    (axes,) = figure.axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert x_of(lines["history"]) == num(WEEKS[-30:])
+    forecast_x = [*num(WEEKS[-1]), *num(list(NEXT))]
+    assert x_of(lines["v1 (window 10), MAE 0.4 over 8 steps"]) == forecast_x
+    assert x_of(lines["actuals (8)"]) == forecast_x
+    assert axes.get_xlabel().startswith("time (UTC")
+    assert isinstance(axes.xaxis.get_major_formatter(), ConciseDateFormatter)
+    assert axes.get_xlim() == pytest.approx((*num(WEEKS[-30]), *num(NEXT[-1])))
+    banded_figure = forecast_figure(
+        "m", HISTORY, [banded(DATED[0], {0.8: 0.5})], history_times=WEEKS
+    )
+    (band,) = [c for c in banded_figure.axes[0].collections if isinstance(c, PolyCollection)]
+    vertices = np.asarray(band.get_paths()[0].vertices)
+    assert vertices[:, 0].min() == pytest.approx(num(WEEKS[-1])[0])
+    assert vertices[:, 0].max() == pytest.approx(num(NEXT[-1])[0])
+    assert png_size(forecast_png("m", HISTORY, DATED, history_times=WEEKS)) == (1200, 600)
+
+
+def test_a_gap_in_the_history_is_drawn_at_its_dates_and_a_pandas_index_is_used() -> None:
+    kept = [i for i in range(len(HISTORY)) if i not in (140, 141)]
+    series = pd.Series([HISTORY[i] for i in kept], index=pd.DatetimeIndex([WEEKS[i] for i in kept]))
+    figure = forecast_figure("m", series, DATED, last=20)
+    history = next(line for line in figure.axes[0].get_lines() if line.get_label() == "history")
+    assert x_of(history) == num([WEEKS[i] for i in kept[-20:]])
+
+
+def test_steps_when_the_history_times_or_the_forecast_timestamps_are_missing() -> None:
+    for history_times, forecasts in ((None, DATED), (WEEKS, FORECASTS)):
+        figure = forecast_figure("m", HISTORY, forecasts, last=10, history_times=history_times)
+        assert figure.axes[0].get_xlabel().startswith("step (0 = last point")
+        history = figure.axes[0].get_lines()[0]
+        assert x_of(history) == list(range(-9, 1))
+    with pytest.raises(ValueError, match="history_times has 3 times for 150 points"):
+        forecast_figure("m", HISTORY, DATED, history_times=WEEKS[:3])

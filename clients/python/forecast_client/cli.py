@@ -3,10 +3,13 @@
     forecast predict --model lstm_timeseries --horizon 12 --history "1,2,3,..."
     forecast predict --model lstm_timeseries --csv sales.csv --column units
     forecast predict --model lstm_timeseries --csv sales.csv --interval 0.8 --quantile 0.9
+    forecast predict --model lstm_timeseries --csv sales.csv --date-column day --column units \
+        --frequency D --fill linear             # dated rows; gaps and empty cells filled
+    forecast predict --model lstm_timeseries --history "1,2,..." --start 2024-01-01 --frequency D
     forecast --json models
     forecast models lstm_timeseries
     forecast compare --model lstm_timeseries --csv sales.csv --versions 1,2 --horizon 8
-    forecast report --forecast-id 7d0c... --actuals "318.2,318.9" [--offset 2]
+    forecast report --forecast-id 7d0c... --actuals "318.2,318.9" [--offset 2 | --start DATE]
     forecast experiment --model lstm_timeseries
     forecast plot --model lstm_timeseries --csv sales.csv --actuals "..." --output plot.png
     forecast plot --model lstm_timeseries --csv sales.csv --interval 0.8 --interval 0.95 \
@@ -21,6 +24,15 @@ environment variables). Each has an environment variable used when the flag
 is absent: FORECAST_CACERT, FORECAST_TLS, FORECAST_CERT, FORECAST_KEY,
 FORECAST_TOKEN, FORECAST_TOKEN_FILE. No token is ever printed.
 
+Time: --date-column sends each row's date (ISO 8601; UTC unless it has an
+offset) as the series' timestamps, --start the time of the first value;
+--frequency is the spacing as a pandas offset alias (D, h, 15min, W-SUN, MS,
+...; inferred from the dates when left out); empty CSV cells are missing
+values, and missing days are gaps: --fill linear|previous|zero fills them,
+otherwise the gateway refuses those in the window the model reads. The
+forecast then has a TIME column (JSON: timestamps), and `forecast plot`
+dates on its x axis.
+
 Output is a plain-text table, or with --json the response as JSON (proto JSON
 names). Errors go to stderr; exit status 2 means the input was invalid
 (including INVALID_ARGUMENT, NOT_FOUND and OUT_OF_RANGE from the gateway), 1
@@ -34,8 +46,9 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypedDict
 
 import grpc
 
@@ -60,12 +73,14 @@ from forecast_client.render import (
     models_text,
 )
 from forecast_client.series_input import (
+    CsvSeries,
     InputError,
-    parse_csv,
     parse_history,
     parse_names,
     parse_values,
+    read_csv,
 )
+from forecast_client.times import FILL_METHODS, parse_time
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_PLOT_LAST = 104  # = forecast_client.plot.DEFAULT_LAST (not imported: matplotlib is slow)
@@ -183,11 +198,18 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     report.add_argument(
         "--actuals", required=True, help='observed values for consecutive steps: "1,2,3"'
     )
-    report.add_argument(
+    first_step = report.add_mutually_exclusive_group()
+    first_step.add_argument(
         "--offset",
         type=int,
         default=0,
         help="horizon step of the first actual (0: the first forecast step)",
+    )
+    first_step.add_argument(
+        "--start",
+        metavar="TIME",
+        help="time of the first actual, one of the forecast's timestamps (ISO 8601, UTC "
+        "unless it has an offset), instead of --offset",
     )
     report.set_defaults(handler=_report)
 
@@ -264,9 +286,37 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
         help="quantile forecast at this level, e.g. 0.9 (repeat for more; column qNN)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--history", help='values, oldest first: "1,2,3" or "1 2 3"')
-    source.add_argument("--csv", metavar="FILE", help="CSV file, oldest row first ('-': stdin)")
+    source.add_argument(
+        "--history", help='values, oldest first: "1,2,3" or "1 2 3" ("nan": missing)'
+    )
+    source.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="CSV file, oldest row first ('-': stdin); empty cells are missing values",
+    )
     parser.add_argument("--column", help="CSV column name (default: the last all-numeric column)")
+    parser.add_argument(
+        "--date-column",
+        metavar="NAME",
+        help="CSV column of each row's date or time (ISO 8601, UTC unless it has an offset), "
+        "sent as the series' timestamps",
+    )
+    parser.add_argument(
+        "--start", metavar="TIME", help="time of the first value (ISO 8601), with --frequency"
+    )
+    parser.add_argument(
+        "--frequency",
+        default="",
+        metavar="ALIAS",
+        help="spacing of the points as a pandas offset alias: D, h, 15min, W-SUN, MS, QS, "
+        "YS, B, ... (default with --date-column: inferred from the dates)",
+    )
+    parser.add_argument(
+        "--fill",
+        choices=sorted(FILL_METHODS),
+        help="fill missing values (empty cells, missing dates) this way (default: none; the "
+        "gateway refuses any in the window the model reads)",
+    )
 
 
 def _add_compare_options(parser: argparse.ArgumentParser) -> None:
@@ -411,16 +461,17 @@ def _env_flag(environ: Mapping[str, str], variable: str) -> bool:
 
 
 def _predict(client: ForecastClient, args: argparse.Namespace) -> Output:
-    history = _history(args)
+    series = _history(args)
     forecast = client.forecast(
         args.model,
-        history,
+        series.values,
         version=args.version,
         routing_key=args.routing_key,
         horizon=args.horizon,
         sequence_length=args.sequence_length,
         interval_coverages=args.interval,
         quantile_levels=args.quantile,
+        **_time_args(args, series),
     )
     return forecast_json(forecast), forecast_text(forecast)
 
@@ -434,14 +485,14 @@ def _models(client: ForecastClient, args: argparse.Namespace) -> Output:
 
 
 def _compare(client: ForecastClient, args: argparse.Namespace) -> Output:
-    history = _history(args)
-    comparison = _compare_versions(client, args, history)
+    comparison = _compare_versions(client, args, _history(args))
     return comparison_json(comparison), comparison_text(comparison)
 
 
 def _report(client: ForecastClient, args: argparse.Namespace) -> Output:
     actuals = parse_values(args.actuals, "--actuals")
-    report = client.report_actuals(args.forecast_id, actuals, offset=args.offset)
+    start = _parse_time(args.start, "--start") if args.start is not None else None
+    report = client.report_actuals(args.forecast_id, actuals, offset=args.offset, start=start)
     return actuals_json(report), actuals_text(report)
 
 
@@ -462,17 +513,22 @@ def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
         message = "plotting needs matplotlib: pip install 'forecast-client[plot]'"
         raise ForecastError(grpc.StatusCode.FAILED_PRECONDITION, message) from None
 
-    history = _history(args)
+    series = _history(args)
     if args.actuals_column is not None and args.actuals_csv is None:
         raise InputError("--actuals-column", "only applies with --actuals-csv")
     actuals: list[float] = []
     if args.actuals is not None:
         actuals = parse_values(args.actuals, "--actuals")
     elif args.actuals_csv is not None:
-        actuals = _read_csv(args.actuals_csv, args.actuals_column, field="--actuals-csv")
-    comparison = _compare_versions(client, args, history)
+        actuals = _read_csv(args.actuals_csv, args.actuals_column, field="--actuals-csv").values
+    comparison = _compare_versions(client, args, series)
     png = forecast_png(
-        comparison.model, history, comparison.forecasts, actuals=actuals, last=args.last
+        comparison.model,
+        series.values,
+        comparison.forecasts,
+        actuals=actuals,
+        last=args.last,
+        history_times=_history_times(args, series),
     )
     output = Path(args.output)
     try:
@@ -483,7 +539,7 @@ def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
 
 
 def _compare_versions(
-    client: ForecastClient, args: argparse.Namespace, history: list[float]
+    client: ForecastClient, args: argparse.Namespace, series: CsvSeries
 ) -> Comparison:
     """CompareVersions; fails like `predict` (the first version's error) if no version ran.
 
@@ -491,12 +547,13 @@ def _compare_versions(
     """
     comparison = client.compare_versions(
         args.model,
-        history,
+        series.values,
         versions=parse_names(args.versions),
         horizon=args.horizon,
         sequence_length=args.sequence_length,
         interval_coverages=args.interval,
         quantile_levels=args.quantile,
+        **_time_args(args, series),
     )
     failed = [(f.version, f.error) for f in comparison.forecasts if f.error is not None]
     if failed and len(failed) == len(comparison.forecasts):
@@ -512,23 +569,75 @@ def _compare_versions(
     return comparison
 
 
-def _history(args: argparse.Namespace) -> list[float]:
-    """The series of --history, or of --csv [--column]."""
-    if args.column is not None and args.csv is None:
-        raise InputError("--column", "only applies with --csv")
+def _history(args: argparse.Namespace) -> CsvSeries:
+    """The series of --history, or of --csv [--column] [--date-column]."""
+    for option in ("column", "date_column"):
+        if getattr(args, option) is not None and args.csv is None:
+            raise InputError(f"--{option.replace('_', '-')}", "only applies with --csv")
+    if args.start is not None and args.date_column is not None:
+        raise InputError(
+            "--start", "cannot be combined with --date-column (the dates are the times)"
+        )
     if args.csv is None:
-        return parse_history(args.history)
-    return _read_csv(args.csv, args.column)
+        return CsvSeries(parse_history(args.history))
+    return _read_csv(args.csv, args.column, date_column=args.date_column)
 
 
-def _read_csv(path: str, column: str | None, *, field: str = "--csv") -> list[float]:
+class _TimeArgs(TypedDict):
+    start: datetime | None
+    frequency: str
+    timestamps: list[datetime] | None
+    fill: str | None
+
+
+def _time_args(args: argparse.Namespace, series: CsvSeries) -> _TimeArgs:
+    """The client's time arguments: --start or the CSV's dates, --frequency, --fill."""
+    start = _parse_time(args.start, "--start") if args.start is not None else None
+    return {
+        "start": start,
+        "frequency": args.frequency,
+        "timestamps": series.times,
+        "fill": args.fill,
+    }
+
+
+def _parse_time(text: str, field: str) -> datetime:
+    try:
+        return parse_time(text, field)
+    except ValueError as error:
+        raise InputError(field, str(error).removeprefix(f"{field}: ")) from None
+
+
+def _history_times(args: argparse.Namespace, series: CsvSeries) -> list[datetime] | None:
+    """The history's times for the plot: the CSV's dates, or --start stepped by --frequency.
+
+    Stepping a calendar frequency takes pandas (the `pandas` extra); without
+    it, or with a frequency pandas does not know, the plot counts steps.
+    """
+    if series.times is not None or args.start is None or not args.frequency:
+        return series.times
+    try:
+        import pandas
+    except ImportError:
+        return None
+    try:
+        start = _parse_time(args.start, "--start")
+        index = pandas.date_range(start, periods=len(series.values), freq=args.frequency)
+    except (ValueError, TypeError, InputError):
+        return None
+    return [moment.to_pydatetime() for moment in index]
+
+
+def _read_csv(
+    path: str, column: str | None, *, field: str = "--csv", date_column: str | None = None
+) -> CsvSeries:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise InputError(field, f"cannot read {path}: {reason}") from None
     try:
-        return parse_csv(text, column)
+        return read_csv(text, column, date_column)
     except InputError as error:
         if field == "--csv":
             raise

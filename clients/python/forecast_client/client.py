@@ -60,7 +60,13 @@ from forecast_client.connection import (
     channel_options,
 )
 from forecast_client.errors import ForecastError, from_proto_error, from_rpc_error
-from forecast_client.times import TimeLike, from_timestamp, series_fields, to_timestamp
+from forecast_client.times import (
+    TimeLike,
+    datetime_index,
+    from_timestamp,
+    series_fields,
+    to_timestamp,
+)
 
 __all__ = [
     "ActualsReport",
@@ -883,13 +889,16 @@ def _forecast_request(
 def _series(
     series_id: str, history: BatchSeries, defaults: SeriesInput
 ) -> forecast_service_pb2.Series:
-    """One Series of a batch: its own time fields, else the batch's."""
+    """One Series of a batch: its own time fields (or its DatetimeIndex), else the batch's."""
     given = history if isinstance(history, SeriesInput) else SeriesInput(history)
+    start, timestamps = given.start, given.timestamps
+    if start is None and timestamps is None and datetime_index(given.history)[0] is None:
+        start, timestamps = defaults.start, defaults.timestamps
     fields = series_fields(
         given.history,
-        start=given.start if given.start is not None else defaults.start,
+        start=start,
         frequency=given.frequency or defaults.frequency,
-        timestamps=given.timestamps if given.timestamps is not None else defaults.timestamps,
+        timestamps=timestamps,
         fill=given.fill if given.fill is not None else defaults.fill,
     )
     return forecast_service_pb2.Series(id=series_id, routing_key=given.routing_key, **fields)

@@ -11,9 +11,14 @@ gateway or writes a file. `forecast plot` calls CompareVersions and writes
 
 The x axis counts steps from the last point of the history (0): the history
 is drawn at 0, -1, -2, ... and each version's forecast continues from it at
-1, 2, ..., horizon, with the actuals (if any) at the same steps. A version's
-prediction intervals are shaded bands in its color, fanning out from the
-last history point, lighter for wider; its quantiles are thin dashed lines.
+1, 2, ..., horizon, with the actuals (if any) at the same steps. A series
+with time is drawn on dates instead (UTC): when the forecasts carry
+timestamps and the history's times are known (`history_times`, or the
+DatetimeIndex of a pandas Series history), the history at its own times
+(gaps show as straight segments), the forecasts and the actuals at the
+forecast's timestamps. A version's prediction intervals are shaded bands in
+its color, fanning out from the last history point, lighter for wider; its
+quantiles are thin dashed lines.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 
 from forecast_client.client import Interval, VersionForecast
+from forecast_client.times import datetime_index, from_timestamp, history_values, to_timestamps
 
 __all__ = ["DEFAULT_LAST", "DEFAULT_SIZE_PX", "forecast_figure", "forecast_png"]
 
@@ -51,6 +59,48 @@ _BAND_ALPHA_NARROW = 0.35
 _BAND_ALPHA_WIDE = 0.12
 
 
+class _Axis:
+    """Where the history, the last point and the forecast steps go on the x axis.
+
+    Step numbers, or on a date axis matplotlib's date numbers (days since its epoch).
+    """
+
+    def __init__(
+        self,
+        shown: int,
+        history_times: Sequence[datetime] | None,
+        forecasts: Sequence[VersionForecast],
+    ) -> None:
+        timed = [f.timestamps for f in forecasts if f.error is None and f.timestamps]
+        self.dated = history_times is not None and bool(timed)
+        self.history: list[float]
+        self.steps: list[float]
+        if self.dated and history_times is not None:
+            self.history = _date_numbers(history_times[-shown:])
+            self.steps = _date_numbers(max(timed, key=len))
+        else:
+            self.history = [float(step) for step in range(1 - shown, 1)]
+            self.steps = [
+                float(s) for s in range(1, 1 + max([len(f.values) for f in forecasts] + [0]))
+            ]
+        self.end = self.history[-1]
+
+    def forecast(self, forecast_steps: int) -> list[float]:
+        """The last history point, then the first `forecast_steps` steps."""
+        return [self.end, *self.steps[:forecast_steps]]
+
+    def span_end(self, horizon: int) -> float:
+        """Where the shaded forecast region ends: half a step after the last one, or its time."""
+        if self.dated:
+            return self.steps[min(horizon, len(self.steps)) - 1]
+        return horizon + 0.5
+
+    def extend_to(self, count: int) -> None:
+        """Make room for `count` steps (actuals beyond every forecast) on a step axis."""
+        if not self.dated and count > len(self.steps):
+            self.steps = [float(step) for step in range(1, count + 1)]
+
+
 def forecast_figure(
     model: str,
     history: Sequence[float],
@@ -60,6 +110,7 @@ def forecast_figure(
     last: int = DEFAULT_LAST,
     size_px: tuple[int, int] = DEFAULT_SIZE_PX,
     dpi: int = DEFAULT_DPI,
+    history_times: Sequence[object] | None = None,
 ) -> Figure:
     """Return a figure of the last `last` history points, each version's forecast and the actuals.
 
@@ -69,8 +120,12 @@ def forecast_figure(
     many actuals fell inside) and its quantiles as dashed lines; a failed
     version is only named in the legend, and so is one whose requested
     intervals are not all calibrated. The figure is `size_px` pixels (width,
-    height) at `dpi`.
+    height) at `dpi`. `history_times` (one time per history point, in any
+    form `forecast()` takes; default: the DatetimeIndex of a pandas Series
+    `history`) puts the chart on dates when the forecasts have timestamps.
     """
+    times = _times(history, history_times)
+    history = history_values(history)
     if not history:
         raise ValueError("history is empty")
     if last < 1:
@@ -84,12 +139,14 @@ def forecast_figure(
 
     shown = list(history[-last:])
     end = shown[-1]
-    axes.plot(range(1 - len(shown), 1), shown, color=_OBSERVED, linewidth=1.6, label="history")
+    x = _Axis(len(shown), times, forecasts)
+    x.extend_to(len(actuals))
+    axes.plot(x.history, shown, color=_OBSERVED, linewidth=1.6, label="history")
 
     horizon = max([len(f.values) for f in forecasts] + [len(actuals)])
     if horizon:
-        axes.axvspan(0, horizon + 0.5, color="#f3f3f3", zorder=0)
-    axes.axvline(0, color="#999999", linewidth=0.8, linestyle="--", zorder=1)
+        axes.axvspan(x.end, x.span_end(horizon), color="#f3f3f3", zorder=0)
+    axes.axvline(x.end, color="#999999", linewidth=0.8, linestyle="--", zorder=1)
 
     for index, forecast in enumerate(forecasts):
         if forecast.error is not None or not forecast.values:
@@ -98,7 +155,7 @@ def forecast_figure(
             continue
         color = _COLORS[index % len(_COLORS)]
         axes.plot(
-            range(len(forecast.values) + 1),
+            x.forecast(len(forecast.values)),
             [end, *forecast.values],
             color=color,
             linewidth=2.0,
@@ -107,12 +164,13 @@ def forecast_figure(
             markevery=slice(1, None),
             label=_label(forecast, actuals),
         )
-        _draw_bands(axes, forecast, end, color, actuals)  # under the lines (zorder 1 < 2)
+        _draw_bands(axes, x, forecast, end, color, actuals)  # under the lines (zorder 1 < 2)
 
     if actuals:
+        steps = x.forecast(len(actuals))
         axes.plot(
-            range(len(actuals) + 1),
-            [end, *actuals],
+            steps,
+            [end, *actuals[: len(steps) - 1]],
             color=_OBSERVED,
             linewidth=1.2,
             linestyle=":",
@@ -130,12 +188,41 @@ def forecast_figure(
         fontsize=10,
         color="#555555",
     )
-    axes.set_xlabel("step (0 = last point of the history, 1.. = forecast)")
+    _label_x(axes, x, horizon)
     axes.set_ylabel("value (units of the history)")
     axes.grid(True, alpha=0.3)
-    axes.set_xlim(1 - len(shown) - 0.5, max(horizon, 1) + 0.5)
     axes.legend(loc="upper left", fontsize=9, framealpha=0.9)
     return figure
+
+
+def _times(history: Sequence[float], given: Sequence[object] | None) -> list[datetime] | None:
+    """The history's times as UTC datetimes: `given`, else a pandas Series' DatetimeIndex."""
+    if given is None:
+        given, _ = datetime_index(history)
+        if given is None:
+            return None
+    times = [from_timestamp(t) for t in to_timestamps(given, "history_times")]
+    if len(times) != len(history):
+        raise ValueError(f"history_times has {len(times)} times for {len(history)} points")
+    return times
+
+
+def _label_x(axes: Axes, x: _Axis, horizon: int) -> None:
+    """Steps, or dates (UTC) with matplotlib's concise labels."""
+    if not x.dated:
+        axes.set_xlabel("step (0 = last point of the history, 1.. = forecast)")
+        axes.set_xlim(x.history[0] - 0.5, max(horizon, 1) + 0.5)
+        return
+    locator = AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=UTC))  # type: ignore[no-untyped-call]
+    axes.set_xlabel("time (UTC; the dashed line is the last point of the history)")
+    axes.set_xlim(x.history[0], x.steps[-1] if x.steps else x.end)
+
+
+def _date_numbers(times: Sequence[datetime]) -> list[float]:
+    numbers: list[float] = date2num(list(times)).tolist()  # type: ignore[no-untyped-call]
+    return numbers
 
 
 def forecast_png(
@@ -147,10 +234,18 @@ def forecast_png(
     last: int = DEFAULT_LAST,
     size_px: tuple[int, int] = DEFAULT_SIZE_PX,
     dpi: int = DEFAULT_DPI,
+    history_times: Sequence[object] | None = None,
 ) -> bytes:
     """Return `forecast_figure(...)` as PNG bytes, exactly `size_px` pixels."""
     figure = forecast_figure(
-        model, history, forecasts, actuals=actuals, last=last, size_px=size_px, dpi=dpi
+        model,
+        history,
+        forecasts,
+        actuals=actuals,
+        last=last,
+        size_px=size_px,
+        dpi=dpi,
+        history_times=history_times,
     )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
@@ -158,12 +253,17 @@ def forecast_png(
 
 
 def _draw_bands(
-    axes: Axes, forecast: VersionForecast, end: float, color: str, actuals: Sequence[float]
+    axes: Axes,
+    x: _Axis,
+    forecast: VersionForecast,
+    end: float,
+    color: str,
+    actuals: Sequence[float],
 ) -> None:
     """The version's intervals (widest first, lightest) and quantiles, from the last point on."""
     by_width = sorted(forecast.intervals, key=lambda i: i.coverage, reverse=True)
     for rank, interval in enumerate(by_width):
-        steps = range(len(interval.lower) + 1)
+        steps = x.forecast(len(interval.lower))
         axes.fill_between(
             steps,
             [end, *interval.lower],
@@ -176,7 +276,7 @@ def _draw_bands(
     for index, quantile in enumerate(forecast.quantiles):
         levels = ", ".join(f"{q.level * 100:.6g}" for q in forecast.quantiles)
         axes.plot(
-            range(len(quantile.values) + 1),
+            x.forecast(len(quantile.values)),
             [end, *quantile.values],
             color=color,
             linewidth=0.9,

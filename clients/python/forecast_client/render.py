@@ -7,6 +7,10 @@ samples) is null in JSON and "-" in the tables. Intervals and quantiles are
 columns named by their level in percent (`lo80 hi80` for a 0.8 interval,
 `q10` for the 0.1 quantile); in JSON, `intervals`, `quantiles` and
 `uncertainty` appear only when they were asked for (as in proto JSON).
+A forecast of a series with time has a TIME column (dates alone when every
+step is at midnight UTC) and, in JSON, `timestamps` (RFC 3339, UTC, as
+proto JSON writes a Timestamp), `frequency` and `filledPoints`; a request
+without time renders as before time existed.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def forecast_json(forecast: Forecast) -> JsonObject:
         "horizon": forecast.horizon,
         "sequenceLength": forecast.sequence_length,
         **_bands_json(forecast),
+        **_time_json(forecast),
     }
 
 
@@ -116,6 +121,7 @@ def comparison_json(comparison: Comparison) -> JsonObject:
                 "sequenceLength": f.sequence_length,
                 "error": _error_body(f.error) if f.error is not None else None,
                 **_bands_json(f),
+                **_time_json(f),
             }
             for f in comparison.forecasts
         ],
@@ -235,13 +241,49 @@ def forecast_text(forecast: Forecast) -> str:
         f"window {forecast.sequence_length}, horizon {forecast.horizon}\n"
         f"forecast id {forecast.forecast_id}\n"
     )
+    summary += _time_line(forecast)
     if forecast.uncertainty is not None:
         summary += _uncertainty_line(forecast.uncertainty, forecast)
+    times = _time_cells(forecast.timestamps)
     rows = [
-        [str(step + 1), _number(value), *_band_cells(forecast, step)]
+        [str(step + 1), *times[step : step + 1], _number(value), *_band_cells(forecast, step)]
         for step, value in enumerate(forecast.values)
     ]
-    return summary + "\n" + _table(["STEP", "VALUE", *_band_headers(forecast)], rows)
+    headers = ["STEP", *(["TIME"] if times else []), "VALUE", *_band_headers(forecast)]
+    return summary + "\n" + _table(headers, rows)
+
+
+def _time_json(forecast: Forecast | VersionForecast) -> JsonObject:
+    """`timestamps`, `frequency` and `filledPoints`, or nothing for a forecast without time."""
+    body: JsonObject = {}
+    if forecast.timestamps or forecast.frequency:
+        body["timestamps"] = [_rfc3339(t) for t in forecast.timestamps]
+        body["frequency"] = forecast.frequency
+    if forecast.timestamps or forecast.filled_points:
+        body["filledPoints"] = forecast.filled_points
+    return body
+
+
+def _time_line(forecast: Forecast | VersionForecast) -> str:
+    """A line like "frequency D, 2 points filled"; "" for a forecast without time or filling."""
+    parts = [f"frequency {forecast.frequency}"] if forecast.frequency else []
+    if forecast.timestamps or forecast.filled_points:
+        filled = forecast.filled_points
+        parts.append(f"{filled} point{'' if filled == 1 else 's'} filled")
+    return ", ".join(parts) + "\n" if parts else ""
+
+
+def _rfc3339(moment: datetime) -> str:
+    """An aware datetime as proto JSON writes a Timestamp: UTC, "Z", fraction only if any."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _time_cells(timestamps: Sequence[datetime]) -> list[str]:
+    """The TIME column: dates alone when every step is at midnight UTC, else RFC 3339."""
+    utc = [t.astimezone(UTC) for t in timestamps]
+    if all(t.time() == datetime.min.time() for t in utc):
+        return [t.date().isoformat() for t in utc]
+    return [_rfc3339(t) for t in utc]
 
 
 def models_text(models: Sequence[ModelInfo]) -> str:
@@ -305,8 +347,14 @@ def comparison_text(comparison: Comparison) -> str:
     ran = [f for f in forecasts if f.error is None and f.values]
     text = summary + versions
     if ran:
+        timed = max((f.timestamps for f in ran), key=len)
+        times = _time_cells(timed)
         rows = [
-            [str(step + 1), *(cell for f in ran for cell in _version_step_cells(f, step))]
+            [
+                str(step + 1),
+                *([times[step] if step < len(times) else "-"] if times else []),
+                *(cell for f in ran for cell in _version_step_cells(f, step)),
+            ]
             for step in range(horizon)
         ]
         headers = [
@@ -314,7 +362,8 @@ def comparison_text(comparison: Comparison) -> str:
             for f in ran
             for suffix in ("", *(f".{h}" for h in _band_headers(f)))
         ]
-        text += "\n" + _table(["STEP", *headers], rows)
+        text += "\n" + "".join(f"v{f.version}: {_time_line(f)}" for f in ran if _time_line(f))
+        text += _table(["STEP", *(["TIME"] if times else []), *headers], rows)
         text += "".join(
             f"note: v{f.version}: {f.uncertainty.detail}\n"
             for f in ran

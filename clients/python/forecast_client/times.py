@@ -35,6 +35,7 @@ from forecast.v1 import forecast_pb2
 __all__ = [
     "FILL_METHODS",
     "TimeLike",
+    "datetime_index",
     "fill_method",
     "from_timestamp",
     "history_values",
@@ -148,7 +149,7 @@ def series_fields(
     before time existed.
     """
     fields: dict[str, Any] = {"history": history_values(history)}
-    index, index_frequency = _datetime_index(history)
+    index, index_frequency = datetime_index(history)
     if start is None and timestamps is None and index is not None:
         timestamps = index
     if not frequency and index_frequency:
@@ -164,7 +165,7 @@ def series_fields(
     return fields
 
 
-def _datetime_index(history: object) -> tuple[Any, str]:
+def datetime_index(history: object) -> tuple[Any, str]:
     """The DatetimeIndex of a pandas Series history and its frequency alias ("" if unset)."""
     pandas = sys.modules.get("pandas")
     if pandas is None or not isinstance(history, pandas.Series):
