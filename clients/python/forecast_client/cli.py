@@ -662,6 +662,8 @@ def _hint(error: ForecastError, args: argparse.Namespace) -> str | None:
         return "this call needs a token: pass --token-file FILE (or --token, FORECAST_TOKEN)"
     if code is grpc.StatusCode.PERMISSION_DENIED and error.reason == "TOKEN_INVALID":
         return "the gateway does not accept this token"
+    if error.reason == "MISSING_VALUES":
+        return "fill them with --fill linear|previous|zero, or send the values"
     if code is not grpc.StatusCode.UNAVAILABLE or error.reason is not None:
         return None  # the gateway's own UNAVAILABLE (e.g. TRITON_UNAVAILABLE) explains itself
     if not secure:
