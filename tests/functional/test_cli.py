@@ -137,7 +137,7 @@ def test_models_name_describes_one(cli_env: dict[str, str]) -> None:
     ("args", "code", "field"),
     [
         (["--model", "lstm_timeseries", "--history", ""], "INVALID_ARGUMENT", "history"),
-        (["--model", "lstm_timeseries", "--history", f"1,nan,{INLINE}"], "INVALID_ARGUMENT",
+        (["--model", "lstm_timeseries", "--history", f"{INLINE},nan"], "INVALID_ARGUMENT",
          "history"),
         (["--model", "no_such_model", "--history", INLINE], "NOT_FOUND", None),
     ],
