@@ -189,9 +189,9 @@ def test_unknown_fields_in_other_requests(raw_channel: grpc.Channel) -> None:
     assert result.id == "a" and result.WhichOneof("outcome") == "forecast"
 
 
-def test_request_messages_have_no_enum_fields() -> None:
-    # So "unknown enum value in a request" cannot happen; this fails if a
-    # request grows an enum field, which then needs a test of its own.
+def test_the_only_request_enums_are_fill_methods() -> None:
+    # An unknown enum value in a request is tested for these below; this
+    # fails if a request grows another enum field, which then needs its own.
     service = pb.DESCRIPTOR.services_by_name["ForecastService"]
     seen: set[str] = set()
 
@@ -205,7 +205,20 @@ def test_request_messages_have_no_enum_fields() -> None:
                 found += enums(field.message_type)
         return found
 
-    assert [e for m in service.methods for e in enums(m.input_type)] == []
+    found = {e for m in service.methods for e in enums(m.input_type)}
+    assert found == {
+        "forecast.v1.ForecastRequest.fill",
+        "forecast.v1.Series.fill",
+        "forecast.v1.CompareVersionsRequest.fill",
+    }
+
+
+def test_an_unknown_fill_method_is_invalid_argument(raw_channel: grpc.Channel) -> None:
+    payload = VALID + tag(12, VARINT) + varint(7)  # ForecastRequest.fill = 7
+    with pytest.raises(grpc.RpcError) as raised:
+        raw_unary(raw_channel, "Forecast")(payload, timeout=10)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details(raised.value)[1] == ["fill"]
 
 
 def test_other_valid_encodings_mean_the_same(raw_channel: grpc.Channel) -> None:

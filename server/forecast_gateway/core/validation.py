@@ -96,7 +96,10 @@ def prepare_query(
         violations.append(history_violation)
     if missing:
         query = replace(query, missing=missing)
-    return query, violations + query_violations(query)
+    others = query_violations(query)
+    named = [v for v in others if v.field in ("model", "version")]  # the model's fields first
+    rest = [v for v in others if v.field not in ("model", "version")]
+    return query, named + violations + rest
 
 
 def query_violations(query: ForecastQuery) -> list[FieldViolation]:
