@@ -131,8 +131,11 @@ def test_triton_killed_then_restarted(tmp_path: Path) -> None:
     try:
         with Load(gateway.target) as load:
             time.sleep(1.0)
+            triton.kill()  # returns once the server process has exited
+            # Taken after the kill, not before: on a loaded machine the exit can
+            # take longer than the grace below, and calls made before it may be
+            # answered (OK) by the still-running server.
             killed_at = time.monotonic()
-            triton.kill()
             not_serving_after = wait_for(
                 lambda: health(gateway.target) == health_pb2.HealthCheckResponse.NOT_SERVING, 5
             )
