@@ -292,3 +292,20 @@ def check_forecast(forecast: RecordedForecast) -> None:
     if not (math.isfinite(forecast.naive_scale) and forecast.naive_scale >= 0):
         raise ValueError(f"naive_scale must be finite and >= 0, got {forecast.naive_scale}")
     check_experiment(forecast.experiment)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much the store keeps.
+
+    At most `max_forecasts`, none older than `max_age_s`, and the most recent
+    `calibration_window` calibration scores per (model, version, step).
+    """
+
+    max_forecasts: int
+    max_age_s: float
+    calibration_window: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_forecasts <= 0 or self.max_age_s <= 0 or self.calibration_window <= 0:
+            raise ValueError("max_forecasts, max_age_s and calibration_window must be > 0")

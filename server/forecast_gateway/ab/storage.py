@@ -55,7 +55,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -63,7 +62,7 @@ import structlog
 
 from forecast_gateway.ab import pools, reads, writes
 from forecast_gateway.ab.pools import CalibrationPools
-from forecast_gateway.ab.records import ActualsReport, ExperimentInfo, Record
+from forecast_gateway.ab.records import ActualsReport, Bounds, ExperimentInfo, Record
 from forecast_gateway.ab.report import ModelAggregates
 from forecast_gateway.ab.schema import Transaction
 from forecast_gateway.ab.writes import ORPHAN_GRACE_S
@@ -125,23 +124,6 @@ class Backend(Protocol):
     def is_unavailable(self, error: BaseException) -> bool:
         """Whether `error` means the database cannot be reached (worth a retry by the caller)."""
         ...
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """How much the store keeps.
-
-    At most `max_forecasts`, none older than `max_age_s`, and the most recent
-    `calibration_window` calibration scores per (model, version, step).
-    """
-
-    max_forecasts: int
-    max_age_s: float
-    calibration_window: int = 256
-
-    def __post_init__(self) -> None:
-        if self.max_forecasts <= 0 or self.max_age_s <= 0 or self.calibration_window <= 0:
-            raise ValueError("max_forecasts, max_age_s and calibration_window must be > 0")
 
 
 class Storage:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from forecast_gateway.ab.pools import add_scores, append_calibration
 from forecast_gateway.ab.reads import read_predictions
 from forecast_gateway.ab.records import (
     ActualsReport,
+    Bounds,
     Prediction,
     Record,
     RecordedForecast,
@@ -30,10 +30,6 @@ from forecast_gateway.ab.records import (
 from forecast_gateway.ab.rows import apply_moments, array, lock_forecasts, sql_floats
 from forecast_gateway.ab.schema import Row, Transaction
 from forecast_gateway.numerics import FloatArray
-
-if TYPE_CHECKING:
-    from forecast_gateway.ab.storage import Bounds
-
 
 ORPHAN_GRACE_S = 60.0
 """How long a shadow prediction waits for its served forecast's record before it is pruned."""
