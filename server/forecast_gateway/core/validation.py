@@ -83,7 +83,7 @@ def prepare_query(
     A request without time and without NaN costs one reduction over the
     history, as it did before time existed.
     """
-    violations: list[FieldViolation] = []
+    violations = _name_violations(query)
     if query.time is not None:
         try:
             history, axis = on_grid(query.history, query.time, max_history_length)
@@ -96,14 +96,16 @@ def prepare_query(
         violations.append(history_violation)
     if missing:
         query = replace(query, missing=missing)
-    others = query_violations(query)
-    named = [v for v in others if v.field in ("model", "version")]  # the model's fields first
-    rest = [v for v in others if v.field not in ("model", "version")]
-    return query, named + violations + rest
+    return query, violations + _number_violations(query)
 
 
 def query_violations(query: ForecastQuery) -> list[FieldViolation]:
     """What is wrong with the fields other than the history and time (empty: nothing)."""
+    return _name_violations(query) + _number_violations(query)
+
+
+def _name_violations(query: ForecastQuery) -> list[FieldViolation]:
+    """What is wrong with the model and version names."""
     violations: list[FieldViolation] = []
     if not query.model:
         violations.append(FieldViolation("model", "model is required (see ListModels)"))
@@ -111,6 +113,12 @@ def query_violations(query: ForecastQuery) -> list[FieldViolation]:
         violations.append(
             FieldViolation("version", f"version must be {VERSION_RULE}, got {shown(query.version)}")
         )
+    return violations
+
+
+def _number_violations(query: ForecastQuery) -> list[FieldViolation]:
+    """What is wrong with horizon, sequence_length and the requested levels."""
+    violations: list[FieldViolation] = []
     if query.horizon < 0:
         violations.append(
             FieldViolation(
