@@ -69,8 +69,8 @@ def _levels(
 
 def _time(message: Any) -> TimeInput | None:
     """The time fields of a request or series as given (None when it has none)."""
-    stamps = message.timestamps
     has_start = message.HasField("start")
+    stamps = message.timestamps
     if not has_start and not stamps and not message.frequency:
         return None
     start = instant(message.start.seconds, message.start.nanos) if has_start else None
@@ -85,7 +85,10 @@ def _time(message: Any) -> TimeInput | None:
 
 def _fill(message: Any, field: str = "fill") -> Fill:
     """The fill method of a request or series (INVALID_ARGUMENT for an unknown value)."""
-    fill = _FILLS.get(message.fill)
+    value = message.fill
+    if not value:  # the common case: no fill asked for
+        return Fill.NONE
+    fill = _FILLS.get(value)
     if fill is None:
         raise InvalidArgument.of(
             [FieldViolation(field, f"unknown FillMethod {message.fill}; see FillMethod")]
