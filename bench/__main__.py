@@ -15,6 +15,8 @@ from bench.services import ModelOverrides
 
 BUSY_LOAD = 0.5
 DEFAULT_CHANNELS = 8
+ONLY = {"time": ("time",)}
+"""``--only NAME``: the sections it runs (``--only time`` = ``--sections time``)."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -30,9 +32,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, default=Path("bench-results.json"), help="JSON results path"
     )
-    parser.add_argument("--seconds", type=float, help="measured seconds per cell (default 7)")
+    parser.add_argument(
+        "--seconds", type=float, help="measured seconds per cell (default 7; time cells 3)"
+    )
     parser.add_argument("--concurrency", type=_ints, help="comma-separated, default 1,8,32,64,256")
-    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    chosen.add_argument(
+        "--only",
+        choices=ONLY,
+        help="only these cells, and only the servers they call (time: Triton and the gateway)",
+    )
+    parser.add_argument(
+        "--time-rounds",
+        type=int,
+        default=1,
+        help="rounds of the time cells (each kind against the no-time cell of its round)",
+    )
     parser.add_argument(
         "--queue-delay-us", type=int, help="override lstm max_queue_delay_microseconds"
     )
@@ -61,9 +77,14 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.keep_logs is not None:
         changes["logs_dir"] = args.keep_logs
     if args.seconds is not None:
-        changes["cell_seconds"] = args.seconds
+        changes["cell_seconds"] = changes["time_seconds"] = args.seconds
     if args.concurrency:
         changes["concurrencies"] = args.concurrency
+    if args.time_rounds < 1:
+        raise SystemExit("--time-rounds must be at least 1")
+    changes["time_rounds"] = args.time_rounds
+    if args.only:
+        changes["sections"] = ONLY[args.only]
     if args.sections:
         sections = tuple(s.strip() for s in args.sections.split(","))
         unknown = set(sections) - set(SECTIONS)

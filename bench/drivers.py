@@ -20,6 +20,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from bench import timecost
 from bench.baseline import METHOD, encode_request
 from bench.workload import Workload
 from forecast.v1 import forecast_service_pb2 as pb
@@ -93,7 +94,10 @@ class GatewayUnary:
     reaching several workers takes several. Each channel gets its own
     subchannel pool: channels with equal options would share one connection.
     With `interval_coverages`, every call asks for those intervals, and a
-    series counts only when all of them came back (calibrated).
+    series counts only when all of them came back (calibrated). With `time`
+    (`bench.timecost.TIMES`), every request carries that kind of time, and a
+    series counts only with one timestamp per step and the points filled
+    that the kind leaves missing.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class GatewayUnary:
         workload: Workload,
         channels: int = 1,
         interval_coverages: Sequence[float] = (),
+        time: str = "none",
     ) -> None:
         options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
         self.channels = [
@@ -112,13 +117,18 @@ class GatewayUnary:
         self.stub = self.stubs[0]
         self.horizon = workload.horizon
         self.intervals = len(interval_coverages)
+        self.timestamps = 0 if time == "none" else workload.horizon
+        self.filled = timecost.filled_points(time)
         self.requests = [
-            pb.ForecastRequest(
-                model=workload.model,
-                version=workload.version,
-                history=history.tolist(),
-                horizon=workload.horizon,
-                interval_coverages=interval_coverages,
+            timecost.with_time(
+                pb.ForecastRequest(
+                    model=workload.model,
+                    version=workload.version,
+                    history=history.tolist(),
+                    horizon=workload.horizon,
+                    interval_coverages=interval_coverages,
+                ),
+                time,
             )
             for history in workload.histories()
         ]
@@ -128,7 +138,12 @@ class GatewayUnary:
         reply = await self.stubs[i % len(self.stubs)].Forecast(
             self.requests[i % len(self.requests)], timeout=CALL_TIMEOUT_S
         )
-        ok = len(reply.values) == self.horizon and len(reply.intervals) == self.intervals
+        ok = (
+            len(reply.values) == self.horizon
+            and len(reply.intervals) == self.intervals
+            and len(reply.timestamps) == self.timestamps
+            and reply.filled_points == self.filled
+        )
         return (1, 0) if ok else (0, 1)
 
     async def close(self) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.timecost import TIMES, with_time
 from bench.workload import Workload
-from forecast.v1 import forecast_pb2
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast_gateway.ab import DEFAULT_EXPERIMENT, Bounds, ExperimentStore
 from forecast_gateway.ab.storage import open_storage
@@ -96,28 +96,6 @@ class Context:
     async def abort_with_status(self, status: object) -> None:
         """A failed call is a bug here."""
         raise RuntimeError(f"the call failed: {status}")
-
-
-TIMES = ("none", "start", "monthly", "timestamps", "gaps")
-DAY_S = 86_400
-START_S = 1_704_067_200  # 2024-01-01T00:00:00Z
-
-
-def with_time(request: pb.ForecastRequest, kind: str) -> pb.ForecastRequest:
-    """`request` with the time fields of `kind` (see the module docstring)."""
-    points = len(request.history)
-    if kind in ("start", "monthly"):
-        request.start.seconds = START_S
-        request.frequency = "D" if kind == "start" else "MS"
-    elif kind in ("timestamps", "gaps"):
-        days = list(range(points + 2)) if kind == "gaps" else list(range(points))
-        if kind == "gaps":
-            del days[points - 4 : points - 2]  # two days inside the 10-point window
-            request.fill = forecast_pb2.FILL_METHOD_LINEAR
-        for day in days:
-            request.timestamps.add(seconds=START_S + day * DAY_S)
-        request.frequency = "D"
-    return request
 
 
 async def measure(calls: int, rounds: int, scratch: Path, time_kind: str = "none") -> list[float]:

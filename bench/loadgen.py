@@ -48,7 +48,7 @@ class CellSpec:
     """One cell of the benchmark table, as sent by the runner."""
 
     name: str
-    kind: str  # gateway | intervals | direct | proxy | echo | baseline | batch | stream
+    kind: str  # gateway | intervals | direct | proxy | echo | baseline | batch | stream | time
     target: str
     concurrency: int
     seconds: float
@@ -60,6 +60,8 @@ class CellSpec:
     workload: Workload = field(default_factory=Workload)
     batch_size: int = 1
     channels: int = 1  # gateway Forecast cells: connections to spread over workers
+    time: str = "none"  # time cells: the kind of time every request carries (timecost.TIMES)
+    time_round: int = 1  # time cells: which round of them
 
     @classmethod
     def from_json(cls, line: str) -> CellSpec:
@@ -81,6 +83,8 @@ def make_client(spec: CellSpec) -> Client:
         return GatewayStream(spec.target, spec.workload)
     if spec.kind == "intervals":
         return GatewayUnary(spec.target, spec.workload, spec.channels, INTERVAL_COVERAGES)
+    if spec.kind == "time":
+        return GatewayUnary(spec.target, spec.workload, spec.channels, time=spec.time)
     return GatewayUnary(spec.target, spec.workload, spec.channels)  # gateway, floors (same RPC)
 
 
@@ -203,6 +207,8 @@ async def run_cell(spec: CellSpec) -> dict[str, Any]:
         "concurrency": spec.concurrency,
         "batch_size": spec.batch_size,
     }
+    if spec.kind == "time":
+        head.update(time=spec.time, time_round=spec.time_round)
     client = make_client(spec)
     try:
         return {**head, **await measure(spec, client)}

@@ -22,19 +22,21 @@ LABELS = {
     "baseline": "baseline grpcio",
     "batch": "gateway ForecastBatch",
     "stream": "gateway StreamForecast",
+    "time": "gateway time=",
 }
-GATEWAY_PATHS = ("gateway", "intervals", "batch", "stream")
+GATEWAY_PATHS = ("gateway", "intervals", "batch", "stream", "time")
 SERVER_OF = {
     "gateway": "gateway",
     "intervals": "gateway",
     "batch": "gateway",
     "stream": "gateway",
+    "time": "gateway",
     "proxy": "proxy",
     "echo": "echo",
     "baseline": "baseline",
 }
 """The process group that serves each path's calls (direct: Triton itself)."""
-TRITON_PATHS = ("direct", "gateway", "intervals", "proxy", "batch", "stream")
+TRITON_PATHS = ("direct", "gateway", "intervals", "proxy", "batch", "stream", "time")
 HEADER = [
     "path",
     "conc",
@@ -255,6 +257,8 @@ def _label(cell: Cell) -> str:
     label = str(LABELS.get(cell["kind"], cell["kind"]))
     if cell["kind"] == "batch":
         return f"{label} {cell['batch_size']}"
+    if cell["kind"] == "time":  # the time cells: the kind of time and the round
+        return f"{label}{cell['time']} #{cell['time_round']}"
     return label
 
 

@@ -2,7 +2,9 @@
 
 The cells run in order of concurrency, each path after the other (direct,
 gateway, gateway asking for intervals, minimal proxy, echo, baseline), so the
-ratios compare cells measured seconds apart.
+ratios compare cells measured seconds apart. The time cells (`bench.timecost`)
+follow the unary ones: per round and concurrency, the gateway without time
+and then each kind of time, one after the other.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import machine, report
-from bench.services import ROOT, ModelOverrides, Services, tail
+from bench import machine, report, timecost
+from bench.services import FLOORS, ROOT, ModelOverrides, Services, tail
 from bench.workload import Workload
 
-SECTIONS = ("gateway", "intervals", "direct", "proxy", "echo", "baseline", "batch", "stream")
+SECTIONS = (
+    "gateway",
+    "intervals",
+    "direct",
+    "proxy",
+    "echo",
+    "baseline",
+    "batch",
+    "stream",
+    "time",
+)
 UNARY_ORDER = ("direct", "gateway", "intervals", "proxy", "echo", "baseline")
 NOISY_OTHER_CORES = 0.15
 
@@ -38,6 +50,9 @@ class BenchSettings:
     batch_sizes: tuple[int, ...] = (32, 256)
     batch_concurrency: int = 4
     stream_in_flight: int = 64
+    time_seconds: float = 3.0
+    """Measured seconds per time cell (at c=1 and c=64: 8 cells a round)."""
+    time_rounds: int = 1
     sections: tuple[str, ...] = SECTIONS
     workload: Workload = field(default_factory=Workload)
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
@@ -50,6 +65,7 @@ class BenchSettings:
         base = cls(
             concurrencies=(1, 8),
             cell_seconds=1.0,
+            time_seconds=1.0,
             warmup_seconds=0.2,
             max_calls=100,
             batch_concurrency=2,
@@ -59,32 +75,18 @@ class BenchSettings:
         return dataclasses.replace(base, **changes)
 
 
-def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
-    """The cell specs, in the order they run."""
-    targets = {
-        "gateway": services.gateway_target,
-        "intervals": services.gateway_target,
-        "batch": services.gateway_target,
-        "stream": services.gateway_target,
-        "direct": services.triton_url,
-        "baseline": services.baseline_target,
-        **services.floor_targets,
-    }
-    common = {
-        "seconds": settings.cell_seconds,
-        "warmup_seconds": settings.warmup_seconds,
-        "triton_url": services.triton_url,
-        "watch": services.pids(),
-        "rss_pid": services.pids()["gateway"][0],
-        "workload": dataclasses.asdict(settings.workload),
-    }
-    cells: list[dict[str, Any]] = []
-    for concurrency in settings.concurrencies:
-        for kind in UNARY_ORDER:
-            if kind in settings.sections:
-                cells.append(
-                    {"name": f"{kind} c={concurrency}", "kind": kind, "concurrency": concurrency}
-                )
+def cells_of(settings: BenchSettings) -> list[dict[str, Any]]:
+    """The cells of the run, without the fields they share, in the order they run."""
+    cells: list[dict[str, Any]] = [
+        {"name": f"{kind} c={concurrency}", "kind": kind, "concurrency": concurrency}
+        for concurrency in settings.concurrencies
+        for kind in UNARY_ORDER
+        if kind in settings.sections
+    ]
+    if "time" in settings.sections:
+        levels = timecost.concurrencies(settings.concurrencies)
+        for cell in timecost.plan(levels, settings.time_rounds):
+            cells.append({**cell, "seconds": settings.time_seconds})
     if "batch" in settings.sections:
         for size in settings.batch_sizes:
             cells.append(
@@ -97,12 +99,45 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
             )
     if "stream" in settings.sections:
         cells.append({"name": "stream", "kind": "stream", "concurrency": settings.stream_in_flight})
+    return cells
+
+
+def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
+    """The cell specs, in the order they run."""
+    targets = {
+        "gateway": services.gateway_target,
+        "intervals": services.gateway_target,
+        "batch": services.gateway_target,
+        "stream": services.gateway_target,
+        "time": services.gateway_target,
+        "direct": services.triton_url,
+        "baseline": services.baseline_target,
+        **services.floor_targets,
+    }
+    common = {
+        "seconds": settings.cell_seconds,
+        "warmup_seconds": settings.warmup_seconds,
+        "triton_url": services.triton_url,
+        "watch": services.pids(),
+        "rss_pid": services.pids()["gateway"][0],
+        "workload": dataclasses.asdict(settings.workload),
+    }
+    cells = cells_of(settings)
     for cell in cells:
         calls = settings.max_calls
         if cell["kind"] == "batch":  # bound the series, not only the calls
             calls = max(2, settings.max_calls // cell["batch_size"])
-        cell.update(common, target=targets[cell["kind"]], max_calls=calls)
+        # the cell's own fields win: the time cells have their own seconds
+        cell.update({**common, **cell}, target=targets[cell["kind"]], max_calls=calls)
     return cells
+
+
+def services_for(sections: tuple[str, ...]) -> dict[str, Any]:
+    """The Services arguments that leave out the servers no section calls."""
+    return {
+        "with_baseline": "baseline" in sections,
+        "floor_kinds": tuple(kind for kind in FLOORS if kind in sections),
+    }
 
 
 class LoadGenerator:
@@ -145,10 +180,10 @@ class LoadGenerator:
 def progress(cell: dict[str, Any]) -> str:
     """One line per finished cell."""
     if cell.get("status") != "ok":
-        return f"  {cell['name']:<16} {cell.get('status')}: {cell.get('note', '')}"
+        return f"  {cell['name']:<22} {cell.get('status')}: {cell.get('note', '')}"
     latency = cell["latency_ms"]
     return (
-        f"  {cell['name']:<16} {cell['series_per_s']:>9,.0f} series/s  "
+        f"  {cell['name']:<22} {cell['series_per_s']:>9,.0f} series/s  "
         f"p50 {latency['p50']:.2f} ms  p99 {latency['p99']:.2f} ms  "
         f"avg batch {cell['triton']['avg_batch']}"
     )
@@ -165,7 +200,7 @@ def measure(settings: BenchSettings, out: TextIO) -> dict[str, Any]:
     """Start everything, run every cell, stop everything; return the results document."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="forecast-bench-") as scratch:
-        services = Services(Path(scratch), settings.overrides)
+        services = Services(Path(scratch), settings.overrides, **services_for(settings.sections))
         loadgen: LoadGenerator | None = None
         try:
             services.start()
@@ -186,6 +221,7 @@ def measure(settings: BenchSettings, out: TextIO) -> dict[str, Any]:
     concurrencies, batch_sizes = list(settings.concurrencies), list(settings.batch_sizes)
     ratios = report.compute_ratios(cells, concurrencies, batch_sizes)
     return {
+        "time_ratios": timecost.compute_ratios(cells),
         "settings": {
             **dataclasses.asdict(settings),
             "overrides": dataclasses.asdict(settings.overrides),
@@ -214,10 +250,13 @@ def write_report(results: dict[str, Any], output: Path, out: TextIO) -> None:
             " the run: the cells they overlap are slowed down\n"
         )
     out.write("\n")
-    out.write(report.format_ratios(results["ratios"]) + "\n\n")
-    if results["settings"]["smoke"]:
-        out.write("smoke run: too short for the targets to mean anything\n")
-    out.write(report.format_targets(results["targets"]) + "\n")
-    out.write(report.format_retired(results["retired"]) + "\n\n")
+    if set(results["settings"]["sections"]) - {"time"}:  # the targets' cells ran
+        out.write(report.format_ratios(results["ratios"]) + "\n\n")
+        if results["settings"]["smoke"]:
+            out.write("smoke run: too short for the targets to mean anything\n")
+        out.write(report.format_targets(results["targets"]) + "\n")
+        out.write(report.format_retired(results["retired"]) + "\n\n")
+    if results["time_ratios"]:
+        out.write(timecost.format_ratios(results["time_ratios"]) + "\n\n")
     output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     out.write(f"wrote {output} ({results['duration_s']:.0f} s in all)\n")

@@ -2,7 +2,7 @@
 
 The floor servers are `bench.floor`'s echo and minimal proxy. Each runs as
 a child process on loopback with free ports; logs go to the run's scratch
-directory. `Services` starts them all and stops them all. The process
+directory. `Services` starts them all (or those a run calls) and stops them all. The process
 helpers here (`free_port`, `wait_serving`, `stop`) also serve the soak tool
 and the tests.
 """
@@ -134,6 +134,10 @@ class Services:
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
     workers: int = 1
     """The gateway's worker processes (FORECAST_WORKERS)."""
+    with_baseline: bool = True
+    """Whether to start the hand-written baseline server."""
+    floor_kinds: tuple[str, ...] = FLOORS
+    """The floor servers to start (a subset of FLOORS)."""
     triton: TritonProcess | None = None
     gateway: subprocess.Popen[bytes] | None = None
     baseline: subprocess.Popen[bytes] | None = None
@@ -148,14 +152,15 @@ class Services:
         repository = model_repository(self.scratch, self.overrides)
         self.triton = TritonProcess(repository, ports, log_path=self.scratch / "triton.log")
         self.triton.start()
-        baseline_port = free_port()
-        self.baseline = spawn(
-            [sys.executable, "-m", "bench.baseline", "--port", str(baseline_port)],
-            self.scratch / "baseline.log",
-        )
-        self.baseline_target = f"127.0.0.1:{baseline_port}"
+        if self.with_baseline:
+            baseline_port = free_port()
+            self.baseline = spawn(
+                [sys.executable, "-m", "bench.baseline", "--port", str(baseline_port)],
+                self.scratch / "baseline.log",
+            )
+            self.baseline_target = f"127.0.0.1:{baseline_port}"
         self.triton.wait_ready()
-        for kind in FLOORS:
+        for kind in self.floor_kinds:
             port = free_port()
             self.floors[kind] = spawn(
                 [
@@ -173,7 +178,8 @@ class Services:
             )
             self.floor_targets[kind] = f"127.0.0.1:{port}"
         self._start_gateway()
-        self._wait_port_line(self.baseline, self.scratch / "baseline.log", "baseline server")
+        if self.with_baseline:
+            self._wait_port_line(self.baseline, self.scratch / "baseline.log", "baseline server")
         for kind, process in self.floors.items():
             self._wait_port_line(process, self.scratch / f"{kind}.log", f"{kind} server")
 

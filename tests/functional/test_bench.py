@@ -18,9 +18,19 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.functional
 
-SECTIONS = {"direct", "gateway", "intervals", "proxy", "echo", "baseline", "batch", "stream"}
+SECTIONS = {
+    "direct",
+    "gateway",
+    "intervals",
+    "proxy",
+    "echo",
+    "baseline",
+    "batch",
+    "stream",
+    "time",
+}
 SERVERS = {"gateway", "triton", "baseline", "proxy", "echo", "loadgen"}
-UNARY = {"gateway", "intervals", "proxy", "echo", "baseline"}
+UNARY = {"gateway", "intervals", "proxy", "echo", "baseline", "time"}
 CPU_GROUPS = SERVERS | {"other", "machine_busy", "machine_idle"}
 
 
@@ -78,6 +88,11 @@ def test_smoke_run_reports_every_section(smoke: tuple[str, dict[str, Any]]) -> N
     proxy = next(c for c in cells if c["kind"] == "proxy")
     assert proxy["triton"]["inferences"] == proxy["triton"]["requests"], proxy  # one row each
     assert sorted(c["batch_size"] for c in cells if c["kind"] == "batch") == [32, 256]
+    timed = [c for c in cells if c["kind"] == "time"]
+    assert sorted((c["concurrency"], c["time"]) for c in timed) == sorted(
+        (c, k) for c in (1, 8) for k in ("none", "start", "timestamps", "gaps")
+    )
+    assert all(c["failed_series"] == 0 for c in timed), timed  # timestamps and fills came back
 
 
 def test_smoke_run_prints_machine_table_ratios_and_targets(
@@ -94,6 +109,11 @@ def test_smoke_run_prints_machine_table_ratios_and_targets(
         assert text in stdout
     for text in ("gateway + intervals", "+intervals/gateway series/s", "+intervals/gateway CPU"):
         assert text in stdout
+    for text in ("gateway time=gaps #1", "time per request, against the gateway without time"):
+        assert text in stdout
+    time_ratios = {(r["concurrency"], r["time"]): r for r in results["time_ratios"]}
+    assert set(time_ratios) == {(c, k) for c in (1, 8) for k in ("start", "timestamps", "gaps")}
+    assert all(r["series_per_s"] > 0 and r["cpu_per_call"] > 0 for r in time_ratios.values())
     ratios = results["ratios"]
     assert ratios["reference_concurrency"] == 8
     assert ratios["gateway_over_direct"]["1"] > 0

@@ -1,0 +1,329 @@
+"""`make bench`'s own logic: the time cells' requests, plan and ratios (no server started)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import pytest
+
+from bench import report, runner, timecost
+from bench.__main__ import parse_args, settings_from
+from bench.drivers import GatewayUnary
+from bench.loadgen import CellSpec, make_client
+from bench.runner import BenchSettings
+from bench.services import Services
+from bench.workload import Workload
+from forecast.v1 import forecast_pb2
+from forecast.v1 import forecast_service_pb2 as pb
+
+DAY_S = timecost.DAY_S
+
+
+def request(points: int = 10) -> pb.ForecastRequest:
+    return pb.ForecastRequest(model="m", history=[float(i) for i in range(points)], horizon=5)
+
+
+def days(built: pb.ForecastRequest) -> list[int]:
+    return [(t.seconds - timecost.START_S) // DAY_S for t in built.timestamps]
+
+
+def test_no_time_leaves_the_request_as_it_was() -> None:
+    assert timecost.with_time(request(), "none") == request()
+
+
+def test_start_and_monthly_set_start_and_frequency_only() -> None:
+    daily = timecost.with_time(request(), "start")
+    assert (daily.start.seconds, daily.frequency) == (timecost.START_S, "D")
+    monthly = timecost.with_time(request(), "monthly")
+    assert (monthly.start.seconds, monthly.frequency) == (timecost.START_S, "MS")
+    for built in (daily, monthly):
+        assert not built.timestamps and built.fill == forecast_pb2.FILL_METHOD_UNSPECIFIED
+
+
+def test_timestamps_are_one_day_per_point() -> None:
+    built = timecost.with_time(request(), "timestamps")
+    assert days(built) == list(range(10))
+    assert built.frequency == "D" and not built.HasField("start")
+    assert built.fill == forecast_pb2.FILL_METHOD_UNSPECIFIED
+
+
+@pytest.mark.parametrize("points", [10, 12, 52])
+def test_gaps_leave_two_days_missing_inside_the_window_and_fill_linearly(points: int) -> None:
+    built = timecost.with_time(request(points), "gaps")
+    grid = range(points + timecost.GAP_POINTS)  # first to last timestamp, one a day
+    missing = sorted(set(grid) - set(days(built)))
+    assert len(built.timestamps) == points == len(built.history)
+    assert len(missing) == timecost.GAP_POINTS == timecost.filled_points("gaps")
+    window = list(grid)[-points:]  # the last `points` grid points: what a version reads
+    assert all(day in window for day in missing), (missing, window)
+    assert days(built)[0] == 0 and days(built)[-1] == grid[-1]  # the ends are observed
+    assert built.fill == forecast_pb2.FILL_METHOD_LINEAR and built.frequency == "D"
+
+
+def test_an_unknown_time_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="hourly"):
+        timecost.with_time(request(), "hourly")
+
+
+def test_only_the_gaps_fill_points() -> None:
+    assert {k: timecost.filled_points(k) for k in timecost.TIMES} == {
+        "none": 0,
+        "start": 0,
+        "monthly": 0,
+        "timestamps": 0,
+        "gaps": 2,
+    }
+
+
+class Stub:
+    """A ForecastService stub answering one fixed reply."""
+
+    def __init__(self, reply: pb.ForecastResponse) -> None:
+        self.reply = reply
+        self.requests: list[pb.ForecastRequest] = []
+
+    async def Forecast(self, request: pb.ForecastRequest, **_: float) -> pb.ForecastResponse:
+        self.requests.append(request)
+        return self.reply
+
+
+def reply(timestamps: int = 0, filled: int = 0) -> pb.ForecastResponse:
+    response = pb.ForecastResponse(values=[1.0] * 5, filled_points=filled)
+    for step in range(timestamps):
+        response.timestamps.add(seconds=step)
+    return response
+
+
+@pytest.mark.parametrize(
+    ("time", "good", "bad"),
+    [
+        ("none", reply(), reply(timestamps=5)),
+        ("start", reply(timestamps=5), reply()),
+        ("timestamps", reply(timestamps=5), reply(timestamps=4)),
+        ("gaps", reply(timestamps=5, filled=2), reply(timestamps=5)),
+    ],
+)
+async def test_a_time_cell_counts_a_series_only_with_its_timestamps_and_fills(
+    time: str, good: pb.ForecastResponse, bad: pb.ForecastResponse
+) -> None:
+    client = GatewayUnary("127.0.0.1:1", Workload(pool_size=4), time=time)
+    try:
+        expected = timecost.with_time(request(), time)
+        for sent in client.requests:
+            assert (sent.frequency, len(sent.timestamps)) == (
+                expected.frequency,
+                len(expected.timestamps),
+            )
+            assert sent.fill == expected.fill and len(sent.history) == 10
+        stub = Stub(good)
+        client.stubs = [stub]  # type: ignore[list-item]
+        assert await client(0) == (1, 0)
+        stub.reply = bad
+        assert await client(1) == (0, 1)
+        assert stub.requests == client.requests[:2]
+    finally:
+        await client.close()
+
+
+def test_a_time_spec_builds_a_timed_gateway_client() -> None:
+    line = (
+        '{"name": "time gaps c=1 #2", "kind": "time", "time": "gaps", "time_round": 2,'
+        ' "target": "127.0.0.1:1", "concurrency": 1, "seconds": 1.0, "warmup_seconds": 0.1,'
+        ' "max_calls": 10, "triton_url": "127.0.0.1:2", "watch": {}, "rss_pid": 0,'
+        ' "workload": {"pool_size": 2}}'
+    )
+    spec = CellSpec.from_json(line)
+    assert (spec.time, spec.time_round) == ("gaps", 2)
+    client = make_client(spec)
+    assert isinstance(client, GatewayUnary)
+    assert client.filled == 2 and client.timestamps == spec.workload.horizon
+    assert all(r.fill == forecast_pb2.FILL_METHOD_LINEAR for r in client.requests)
+
+
+@pytest.mark.parametrize(
+    ("measured", "levels"),
+    [((1, 8, 32, 64, 256), (1, 64)), ((1, 8), (1, 8)), ((64,), (64,)), ((8, 32), (8, 32))],
+)
+def test_time_cells_run_at_the_lowest_and_the_targets_concurrency(
+    measured: tuple[int, ...], levels: tuple[int, ...]
+) -> None:
+    assert timecost.concurrencies(measured) == levels
+
+
+def test_each_round_measures_no_time_first_then_each_kind_at_each_concurrency() -> None:
+    cells = timecost.plan((1, 64), rounds=2)
+    assert [(c["time_round"], c["concurrency"], c["time"]) for c in cells] == [
+        (r, c, k) for r in (1, 2) for c in (1, 64) for k in ("none", "start", "timestamps", "gaps")
+    ]
+    assert {c["kind"] for c in cells} == {"time"}
+    assert len({c["name"] for c in cells}) == len(cells)
+
+
+class FakeServices:
+    """The attributes of Services that `runner.plan` reads."""
+
+    gateway_target = "127.0.0.1:1"
+    triton_url = "127.0.0.1:2"
+    baseline_target = "127.0.0.1:3"
+    floor_targets: ClassVar[dict[str, str]] = {"proxy": "127.0.0.1:4", "echo": "127.0.0.1:5"}
+
+    def pids(self) -> dict[str, list[int]]:
+        return {"gateway": [11], "triton": [12]}
+
+
+def planned(settings: BenchSettings) -> list[dict[str, Any]]:
+    return runner.plan(settings, cast(Services, FakeServices()))
+
+
+def test_the_default_run_has_the_time_cells_after_the_unary_ones_with_their_own_seconds() -> None:
+    cells = planned(BenchSettings())
+    kinds = [c["kind"] for c in cells]
+    first, last = kinds.index("time"), len(kinds) - 1 - kinds[::-1].index("time")
+    assert set(kinds[:first]) == set(runner.UNARY_ORDER)
+    assert kinds[first : last + 1] == ["time"] * 8
+    assert set(kinds[last + 1 :]) == {"batch", "stream"}
+    timed = cells[first : last + 1]
+    assert {c["concurrency"] for c in timed} == {1, 64}
+    assert {c["seconds"] for c in timed} == {BenchSettings().time_seconds}
+    assert {c["seconds"] for c in cells if c["kind"] != "time"} == {BenchSettings().cell_seconds}
+    assert {c["target"] for c in timed} == {FakeServices.gateway_target}
+    assert all(c["max_calls"] == BenchSettings().max_calls for c in timed)
+
+
+def test_only_time_runs_the_time_cells_and_starts_only_triton_and_the_gateway() -> None:
+    settings = settings_from(parse_args(["--only", "time", "--time-rounds", "3"]))
+    assert settings.sections == ("time",) and settings.time_rounds == 3
+    cells = planned(settings)
+    assert len(cells) == 3 * 2 * 4 and {c["kind"] for c in cells} == {"time"}
+    assert runner.services_for(settings.sections) == {"with_baseline": False, "floor_kinds": ()}
+    assert runner.services_for(runner.SECTIONS) == {
+        "with_baseline": True,
+        "floor_kinds": ("proxy", "echo"),
+    }
+
+
+def test_seconds_sets_every_cell_and_smoke_keeps_the_time_cells_short() -> None:
+    settings = settings_from(parse_args(["--only", "time", "--seconds", "2"]))
+    assert (settings.cell_seconds, settings.time_seconds) == (2.0, 2.0)
+    smoke = settings_from(parse_args(["--smoke", "--only", "time"]))
+    assert smoke.time_seconds == 1.0 and timecost.concurrencies(smoke.concurrencies) == (1, 8)
+    assert settings_from(parse_args(["--sections", "gateway,time"])).sections == (
+        "gateway",
+        "time",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv", [["--only", "time", "--sections", "gateway"], ["--only", "gw"], ["--time-rounds", "0"]]
+)
+def test_bad_time_flags_are_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        settings_from(parse_args(argv))
+
+
+def cell(time: str, concurrency: int, round_: int, sps: float, cpu_us: float, p50: float) -> Any:
+    return {
+        "name": f"time {time} c={concurrency} #{round_}",
+        "kind": "time",
+        "time": time,
+        "time_round": round_,
+        "concurrency": concurrency,
+        "batch_size": 1,
+        "status": "ok",
+        "series_per_s": sps,
+        "latency_ms": {"p50": p50, "p99": 2 * p50},
+        "cpu_us_per_call": {"gateway": cpu_us, "triton": 300.0},
+    }
+
+
+def test_time_ratios_are_against_no_time_of_the_same_round_and_concurrency() -> None:
+    cells = [
+        cell("none", 1, 1, 200.0, 2000.0, 4.0),
+        cell("start", 1, 1, 190.0, 2100.0, 4.2),
+        cell("none", 1, 2, 100.0, 1000.0, 8.0),  # a slower round: its own baseline
+        cell("start", 1, 2, 80.0, 1200.0, 8.8),
+        cell("none", 64, 1, 800.0, 900.0, 80.0),
+        cell("start", 64, 1, 720.0, 990.0, 88.0),
+    ]
+    rows = {(r["concurrency"], r["time"]): r for r in timecost.compute_ratios(cells)}
+    assert set(rows) == {(c, k) for c in (1, 64) for k in ("start", "timestamps", "gaps")}
+    c1 = rows[(1, "start")]
+    assert [p["series_per_s"] for p in c1["rounds"]] == [0.95, 0.8]
+    assert [p["cpu_per_call"] for p in c1["rounds"]] == [1.05, 1.2]
+    assert [p["cpu_us_added"] for p in c1["rounds"]] == [100.0, 200.0]
+    assert [p["p50"] for p in c1["rounds"]] == [1.05, 1.1]
+    assert (c1["series_per_s"], c1["cpu_per_call"], c1["cpu_us_added"]) == (0.875, 1.125, 150.0)
+    c64 = rows[(64, "start")]
+    assert (c64["series_per_s"], c64["cpu_per_call"], c64["cpu_us_added"], c64["p50"]) == (
+        0.9,
+        1.1,
+        90.0,
+        1.1,
+    )
+    assert [p["round"] for p in c64["rounds"]] == [1, 2]  # round 2 has no c=64 cells
+    assert c64["rounds"][1]["cpu_per_call"] is None
+    assert rows[(1, "gaps")]["cpu_per_call"] is None  # not measured
+
+
+def test_a_failed_cell_gives_no_ratio() -> None:
+    failed = {**cell("gaps", 1, 1, 0.0, 0.0, 1.0), "status": "failed"}
+    rows = timecost.compute_ratios([cell("none", 1, 1, 200.0, 2000.0, 4.0), failed])
+    gaps = next(r for r in rows if r["time"] == "gaps")
+    assert gaps["series_per_s"] is None and gaps["cpu_us_added"] is None
+
+
+def test_the_time_ratios_text_names_each_kind_and_its_range_over_rounds() -> None:
+    cells = [
+        cell("none", 1, 1, 200.0, 2000.0, 4.0),
+        cell("timestamps", 1, 1, 180.0, 2200.0, 4.4),
+        cell("none", 1, 2, 200.0, 2000.0, 4.0),
+        cell("timestamps", 1, 2, 190.0, 2100.0, 4.2),
+    ]
+    text = timecost.format_ratios(timecost.compute_ratios(cells))
+    assert "against the gateway without time" in text and "median of 2 rounds" in text
+    line = next(x for x in text.splitlines() if x.strip().startswith("timestamps"))
+    assert line.split()[:2] == ["timestamps", "1"]
+    assert "0.93x [0.90-0.95]" in line  # series/s
+    assert "1.07x [1.05-1.10] (+150 us [+100..+200])" in line  # gateway CPU per call
+    assert "1.07x [1.05-1.10]" in line.split("us")[-1]  # p50
+    assert next(x for x in text.splitlines() if x.strip().startswith("gaps")).count("-") >= 3
+    single = timecost.format_ratios(timecost.compute_ratios(cells[:2]))
+    assert "one round" in single and "[" not in single.split("\n", 2)[2]
+    assert timecost.format_ratios([]) == ""
+
+
+def test_the_table_labels_time_cells_and_shows_the_gateways_cpu() -> None:
+    measured = {
+        **cell("gaps", 64, 2, 750.0, 1234.0, 80.0),
+        "latency_ms": {"p50": 80.0, "p99": 160.0},
+        "triton": {"avg_batch": 4.2, "queue_us": 900},
+        "cpu_cores": {"gateway": 0.93, "triton": 0.5, "loadgen": 0.2, "other": 0.0},
+        "rss_mb": {"gateway_max": 101.0},
+        "errors": 0,
+        "failed_series": 0,
+    }
+    table = report.format_table([measured])
+    row = table.splitlines()[1]
+    assert row.startswith("gateway time=gaps #2") and " 1,234 " in row and " 0.93 " in row
+    assert report.server_us_per_call(measured) == 1234.0
+
+
+def test_the_report_leaves_out_the_targets_when_only_time_ran(tmp_path: Path) -> None:
+    results = {
+        "settings": {"sections": ["time"], "smoke": False},
+        "machine": {"cores": 2},
+        "cells": [],
+        "ratios": report.compute_ratios([], [1, 64], [32]),
+        "targets": [],
+        "retired": [],
+        "time_ratios": timecost.compute_ratios([cell("none", 1, 1, 200.0, 2000.0, 4.0)]),
+        "max_other_cores": 0.0,
+        "duration_s": 1.0,
+    }
+    out = io.StringIO()
+    runner.write_report(results, tmp_path / "r.json", out)
+    text = out.getvalue()
+    assert "time per request" in text
+    assert "retired targets" not in text and "gateway/minimal proxy" not in text
