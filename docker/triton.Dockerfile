@@ -19,11 +19,20 @@
 # (the local tag of a build that index really has).
 # Keep TORCH_VERSION and NUMPY_VERSION equal to requirements.lock
 # (tests/unit/test_deploy_files.py checks that).
+#
+# onnxruntime-gpu: for models exported to ONNX and run by onnxruntime inside
+# the Python backend (the CUDA execution provider on a GPU instance, the CPU
+# one otherwise). 1.23.2 is the last release with Python 3.10 wheels (the
+# 24.10 image's interpreter); it is built for CUDA 12 and cuDNN 9, which the
+# 24.10 image carries (CUDA 12.6, cuDNN 9.5), so it needs no CUDA pip packages
+# of its own. Keep it the same release as requirements.lock's onnxruntime (the
+# CPU build) once the lock has one.
 ARG TRITON_TAG=24.10-py3
 FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}
 
 ARG TORCH_VERSION=2.13.0
 ARG NUMPY_VERSION=1.26.4
+ARG ONNXRUNTIME_VERSION=1.23.2
 ARG TORCH_INDEX_URL=""
 
 # curl is used by the container health check (/v2/health/ready).
@@ -34,7 +43,9 @@ RUN apt-get update \
 RUN python3 -m pip install --no-cache-dir \
         ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} \
         "torch==${TORCH_VERSION}" "numpy==${NUMPY_VERSION}" \
-    && python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)"
+        "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" \
+    && python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)" \
+    && python3 -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
 # The model repository is baked in so the image is self-contained (Kubernetes
 # runs it as is); docker-compose.yml additionally bind-mounts the working
@@ -49,14 +60,24 @@ EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD curl -fsS http://localhost:8000/v2/health/ready || exit 1
 
-# --strict-readiness: /v2/health/ready is 200 only when every model is READY.
+# The same flags as the embedded CPU default (tools/embedded_triton.py), and
+# the only copy of them: docker-compose.yml and deploy/kubernetes/triton.yaml
+# set no command or args, so compose and Kubernetes run exactly this.
 # --model-control-mode=none: load the whole repository at start, no load API.
-# --exit-on-error: a model that fails to load stops the server (fail fast).
+# --exit-on-error=false: a model that fails to load is left UNAVAILABLE (its
+#   error is the `reason` in the repository index, and the gateway lists it)
+#   while the other models serve; with true, one broken model stops them all.
+# --strict-readiness=false: /v2/health/ready (the health checks, the pod's
+#   readiness, the gateway's health) says the server is up, not that every
+#   model is READY; with true, one broken model keeps the server unready and
+#   out of the Service, taking the good models with it. Triton opens its
+#   ports only after it tried to load every model, so ready still means the
+#   repository is loaded; which models serve is the gateway's to report.
 CMD ["tritonserver", \
      "--model-repository=/models", \
      "--model-control-mode=none", \
-     "--strict-readiness=true", \
-     "--exit-on-error=true", \
+     "--strict-readiness=false", \
+     "--exit-on-error=false", \
      "--http-port=8000", \
      "--grpc-port=8001", \
      "--metrics-port=8002", \

@@ -1,0 +1,174 @@
+"""A model that fails to load harms no other: the real embedded Triton on a repository with one.
+
+The repository is copied to a temp dir and broken there: moving_average's
+version 2 raises in `initialize` and a model whose config.pbtxt cannot be
+parsed is added. Triton must stay up, report itself live and ready (the
+gateway's health reads server readiness), serve every other model, and list
+the broken versions UNAVAILABLE in its repository index with the load error
+as their reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from bench.services import free_port
+from tests.conftest import PORT_ATTEMPTS, ROOT, _bind_failed, _holds_ports
+from tests.polling import eventually_sync
+from tools.embedded_triton import TritonPorts, TritonProcess, previous_log_path
+
+pytestmark = pytest.mark.functional
+
+BROKEN_MESSAGE = "broken on purpose: the weights are missing"
+BROKEN_MODEL_PY = f'''"""A version whose initialize raises (test_broken_model.py)."""
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("{BROKEN_MESSAGE}")
+
+    def execute(self, requests):
+        return []
+'''
+
+
+@pytest.fixture(scope="module")
+def broken_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("broken") / "model_repository"
+    shutil.copytree(
+        ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (repository / "moving_average" / "2" / "model.py").write_text(BROKEN_MODEL_PY)
+    unreadable = repository / "unreadable_config"
+    (unreadable / "1").mkdir(parents=True)
+    (unreadable / "config.pbtxt").write_text('name: "unreadable_config"\ninput [ {\n')
+    (unreadable / "1" / "model.py").write_text(BROKEN_MODEL_PY)
+    return repository
+
+
+PREVIOUS_LOG = "the previous run's log\n"
+
+
+def start_triton_on(repository: Path, log_dir: Path) -> TritonProcess:
+    """A ready Triton on `repository` (ports picked free, retried as tests/conftest.py does).
+
+    Each attempt's log path already holds a previous run's log, which the
+    start must move aside.
+    """
+    for attempt in range(PORT_ATTEMPTS):
+        ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+        log_path = log_dir / f"triton-{attempt}.log"
+        log_path.write_text(PREVIOUS_LOG)
+        server = TritonProcess(repository, ports, log_path=log_path)
+        server.start()
+        try:
+            server.wait_ready()
+            eventually_sync(
+                partial(_holds_ports, server, ports),
+                timeout_s=30.0,
+                message=f"tritonserver did not listen on {ports} itself",
+            )
+        except (RuntimeError, AssertionError) as error:
+            server.stop()
+            if attempt + 1 < PORT_ATTEMPTS and _bind_failed(server, error):
+                continue
+            raise
+        return server
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def triton(broken_repository: Path) -> Iterator[TritonProcess]:
+    log_dir = broken_repository.parent / "logs"
+    log_dir.mkdir()
+    server = start_triton_on(broken_repository, log_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(triton: TritonProcess) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(triton.grpc_url) as connection:
+        yield connection
+
+
+def http_status(triton: TritonProcess, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{triton.ports.http}{path}", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_triton_stays_live_and_ready(
+    triton: TritonProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    assert http_status(triton, "/v2/health/live") == 200
+    assert http_status(triton, "/v2/health/ready") == 200
+    assert client.is_server_live() and client.is_server_ready()
+
+
+def test_the_other_models_serve(client: grpcclient.InferenceServerClient) -> None:
+    for model, window in (("lstm_timeseries", 10), ("lstm_timeseries", 52)):
+        version = "1" if window == 10 else "2"
+        assert client.is_model_ready(model, version)
+        history = grpcclient.InferInput("HISTORY", [1, window], "FP32")
+        history.set_data_from_numpy(np.linspace(-1, 1, window, dtype=np.float32)[None, :])
+        horizon = grpcclient.InferInput("HORIZON", [1, 1], "INT32")
+        horizon.set_data_from_numpy(np.array([[5]], dtype=np.int32))
+        result = client.infer(model, [history, horizon], model_version=version)
+        forecast = result.as_numpy("FORECAST")
+        assert forecast.shape == (1, 5) and np.all(np.isfinite(forecast))
+
+
+def test_the_broken_version_is_unavailable_with_its_error(
+    triton: TritonProcess, client: grpcclient.InferenceServerClient
+) -> None:
+    assert not client.is_model_ready("moving_average", "2")
+    index = {
+        (m["name"], m.get("version", "")): m
+        for m in client.get_model_repository_index(as_json=True)["models"]
+    }
+    broken = index["moving_average", "2"]
+    assert broken["state"] == "UNAVAILABLE"
+    assert BROKEN_MESSAGE in broken["reason"]
+    assert "RuntimeError" in broken["reason"]
+    # Triton loads a model's versions all or none: the sibling is unloaded with it.
+    assert index["moving_average", "1"]["state"] == "UNAVAILABLE"
+    assert index["moving_average", "1"]["reason"] == "unloaded"
+    assert index["lstm_timeseries", "1"]["state"] == "READY"
+    # A config Triton cannot parse: listed by name only, no version, state or reason.
+    assert index["unreadable_config", ""] == {"name": "unreadable_config"}
+
+
+def test_unavailable_versions_name_each_failure(triton: TritonProcess) -> None:
+    found = {(v.model, v.version): v for v in triton.unavailable_versions()}
+    assert set(found) == {
+        ("moving_average", "1"),
+        ("moving_average", "2"),
+        ("unreadable_config", ""),
+    }
+    assert BROKEN_MESSAGE in found["moving_average", "2"].reason
+    unreadable = found["unreadable_config", ""]
+    assert unreadable.state == ""
+    assert "unreadable_config" in unreadable.reason
+    assert "config.pbtxt" in unreadable.reason  # the log's line about it
+
+
+def test_the_log_starts_fresh_and_keeps_the_previous_one(triton: TritonProcess) -> None:
+    assert triton.log_path is not None
+    assert previous_log_path(triton.log_path).read_text() == PREVIOUS_LOG
+    text = triton.log_path.read_text()
+    assert PREVIOUS_LOG not in text
+    assert BROKEN_MESSAGE in text
