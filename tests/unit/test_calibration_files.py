@@ -46,11 +46,16 @@ def shipped(model: str, version: str) -> dict[str, Any]:
     return document
 
 
-def test_every_version_directory_ships_one_file() -> None:
+def test_calibrated_versions_ship_one_file_and_others_none() -> None:
+    """VERSIONS ship calibration.json; any other version may ship none.
+
+    A version without the file (a model added without held-out scores, such
+    as seasonal_naive) is served NOT_CALIBRATED until actuals arrive.
+    """
     found = sorted(p.relative_to(MODEL_REPOSITORY) for p in MODEL_REPOSITORY.glob("*/*/*.json"))
     assert found == [Path(m, v, "calibration.json") for m, v in VERSIONS]
-    directories = sorted(p.parent for p in MODEL_REPOSITORY.glob("*/[0-9]*/model.py"))
-    assert directories == [MODEL_REPOSITORY / m / v for m, v in VERSIONS]
+    directories = {p.parent for p in MODEL_REPOSITORY.glob("*/[0-9]*/model.py")}
+    assert {MODEL_REPOSITORY / m / v for m, v in VERSIONS} <= directories
 
 
 @pytest.mark.parametrize(("model", "version"), VERSIONS)
