@@ -58,7 +58,11 @@ class RequestError:
 
 @dataclass(frozen=True)
 class ForecastLimits:
-    """The per-version request limits and description, read once from the config."""
+    """The per-version request limits and description, read once from the config.
+
+    ``sequence_length`` is the default window, ``min_sequence_length`` ..
+    ``max_sequence_length`` the windows a request may send.
+    """
 
     description: str
     default_horizon: int
@@ -69,32 +73,84 @@ class ForecastLimits:
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str], version: int | str) -> ForecastLimits:
-        """Build the limits of `version`; raise ValueError naming a missing or bad parameter."""
+        """Build the limits of `version`; raise ValueError naming a missing or bad parameter.
 
-        def integer(name: str) -> int:
-            value = resolve_parameter(parameters, name, version)
+        The contract's keys (docs/model-contract.md) come first, the legacy
+        keys are their defaults, as the gateway reads them: ``forecast.window``
+        (``N`` or ``MIN:MAX``; else ``min_sequence_length`` ..
+        ``max_sequence_length``, each defaulting to the default window),
+        ``forecast.default_window`` (else ``sequence_length``, else the
+        window's MAX), ``forecast.max_horizon`` (else ``max_horizon``) and
+        ``forecast.default_horizon`` (else ``default_horizon``, else the max
+        horizon). Every key may be overridden per version (``v<N>.``).
+        """
+        read = _ParameterReader(parameters, version)
+        max_horizon = read.integer("forecast.max_horizon", "max_horizon")
+        default_horizon = read.integer(
+            "forecast.default_horizon", "default_horizon", fallback=max_horizon
+        )
+        low, high, default_window = read.window()
+        if not 1 <= low <= default_window <= high:
+            raise ValueError(
+                f"window limits need 1 <= min {low} <= default {default_window} <= max {high} "
+                "(forecast.window and forecast.default_window, or min_sequence_length, "
+                "sequence_length and max_sequence_length)"
+            )
+        if not 1 <= default_horizon <= max_horizon:
+            raise ValueError(
+                f"need 1 <= default_horizon {default_horizon} <= max_horizon {max_horizon}"
+            )
+        return cls(
+            description=read.get("description") or "",
+            default_horizon=default_horizon,
+            max_horizon=max_horizon,
+            sequence_length=default_window,
+            min_sequence_length=low,
+            max_sequence_length=high,
+        )
+
+
+class _ParameterReader:
+    """One version's parameters: ``v<N>.<key>`` first, a contract key before its legacy key."""
+
+    def __init__(self, parameters: Mapping[str, str], version: int | str) -> None:
+        self.parameters = parameters
+        self.version = version
+
+    def get(self, name: str) -> str | None:
+        value = resolve_parameter(self.parameters, name, self.version)
+        return None if value is None else value.strip()
+
+    def integer(self, *names: str, fallback: int | None = None) -> int:
+        """The first of `names` that is set, as an integer; `fallback` when none is."""
+        for name in names:
+            value = self.get(name)
             if value is None:
-                raise ValueError(f"model config has no parameter {name!r} (version {version})")
+                continue
             try:
                 return int(value)
             except ValueError:
                 raise ValueError(f"parameter {name!r} must be an integer, got {value!r}") from None
+        if fallback is None:
+            wanted = " or ".join(repr(name) for name in names)
+            raise ValueError(f"model config has no parameter {wanted} (version {self.version})")
+        return fallback
 
-        limits = cls(
-            description=resolve_parameter(parameters, "description", version, "") or "",
-            default_horizon=integer("default_horizon"),
-            max_horizon=integer("max_horizon"),
-            sequence_length=integer("sequence_length"),
-            min_sequence_length=integer("min_sequence_length"),
-            max_sequence_length=integer("max_sequence_length"),
-        )
-        if not 1 <= limits.min_sequence_length <= limits.sequence_length:
-            raise ValueError("need 1 <= min_sequence_length <= sequence_length")
-        if limits.sequence_length > limits.max_sequence_length:
-            raise ValueError("need sequence_length <= max_sequence_length")
-        if not 1 <= limits.default_horizon <= limits.max_horizon:
-            raise ValueError("need 1 <= default_horizon <= max_horizon")
-        return limits
+    def window(self) -> tuple[int, int, int]:
+        """(min, max, default) window: ``forecast.window`` N or MIN:MAX, else the legacy keys."""
+        declared = self.get("forecast.window")
+        if declared is None:
+            default = self.integer("forecast.default_window", "sequence_length")
+            low = self.integer("min_sequence_length", fallback=default)
+            high = self.integer("max_sequence_length", fallback=default)
+            return low, high, default
+        low_text, _, high_text = declared.partition(":")
+        high_text = high_text or low_text
+        if not (low_text.strip().isdigit() and high_text.strip().isdigit()):
+            raise ValueError(f"parameter 'forecast.window' must be N or MIN:MAX, got {declared!r}")
+        low, high = int(low_text), int(high_text)
+        default = self.integer("forecast.default_window", "sequence_length", fallback=high)
+        return low, high, default
 
 
 def validate_request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -124,9 +125,134 @@ def test_limits_reject_missing_and_inconsistent_parameters() -> None:
         backend.ForecastLimits.from_parameters({**good, "max_horizon": "lots"}, 1)
     with pytest.raises(ValueError, match="sequence_length"):
         backend.ForecastLimits.from_parameters({**good, "v1.min_sequence_length": "11"}, 1)
-    missing = {k: v for k, v in good.items() if k != "default_horizon"}
-    with pytest.raises(ValueError, match="default_horizon"):
-        backend.ForecastLimits.from_parameters(missing, 1)
+    no_max = {k: v for k, v in good.items() if k != "max_horizon"}
+    with pytest.raises(ValueError, match=re.escape("'forecast.max_horizon' or 'max_horizon'")):
+        backend.ForecastLimits.from_parameters(no_max, 1)
+    with pytest.raises(ValueError, match="default_horizon 65 <= max_horizon 64"):
+        backend.ForecastLimits.from_parameters({**good, "default_horizon": "65"}, 1)
+    no_window = {k: v for k, v in good.items() if "sequence_length" not in k}
+    with pytest.raises(
+        ValueError, match=re.escape("'forecast.default_window' or 'sequence_length'")
+    ):
+        backend.ForecastLimits.from_parameters(no_window, 1)
+
+
+# --- the contract's keys (docs/model-contract.md), the legacy keys as their defaults ------
+
+
+def limits_of(version: int = 1, /, **parameters: str) -> Any:
+    """ForecastLimits of `parameters` (keys with dots as `forecast__window`, `v2__...`)."""
+    keys = {k.replace("__", "."): v for k, v in parameters.items()}
+    return backend.ForecastLimits.from_parameters(keys, version)
+
+
+def windows(limits: Any) -> tuple[int, int, int, int, int]:
+    """(min, default, max) window and (default, max) horizon."""
+    return (
+        limits.min_sequence_length,
+        limits.sequence_length,
+        limits.max_sequence_length,
+        limits.default_horizon,
+        limits.max_horizon,
+    )
+
+
+def test_contract_window_n_is_exactly_n() -> None:
+    limits = limits_of(forecast__window="52", forecast__max_horizon="64")
+    assert windows(limits) == (52, 52, 52, 64, 64)  # default horizon: the max
+
+
+def test_contract_window_min_max_with_its_default_window() -> None:
+    limits = limits_of(
+        forecast__window="1:1024",
+        forecast__default_window="364",
+        forecast__max_horizon="64",
+        forecast__default_horizon="12",
+    )
+    assert windows(limits) == (1, 364, 1024, 12, 64)
+
+
+def test_default_window_falls_back_to_sequence_length_then_the_max() -> None:
+    assert windows(limits_of(forecast__window="5:20", sequence_length="8", max_horizon="9")) == (
+        5,
+        8,
+        20,
+        9,
+        9,
+    )
+    assert limits_of(forecast__window="5:20", max_horizon="9").sequence_length == 20
+
+
+def test_contract_keys_beat_the_legacy_keys() -> None:
+    legacy = {
+        "sequence_length": "10",
+        "min_sequence_length": "10",
+        "max_sequence_length": "10",
+        "default_horizon": "12",
+        "max_horizon": "64",
+    }
+    limits = limits_of(
+        **legacy,
+        forecast__window="2:30",
+        forecast__default_window="20",
+        forecast__max_horizon="32",
+        forecast__default_horizon="4",
+    )
+    assert windows(limits) == (2, 20, 30, 4, 32)
+    # forecast.window replaces the whole legacy range, even a version's own legacy keys
+    assert windows(limits_of(2, **legacy, v2__min_sequence_length="3", forecast__window="1:50"))[
+        :3
+    ] == (1, 10, 50)
+
+
+def test_contract_keys_are_overridden_per_version() -> None:
+    parameters = {
+        "forecast__window": "1:100",
+        "v2__forecast__window": "52",
+        "forecast__max_horizon": "64",
+        "v2__forecast__default_horizon": "8",
+    }
+    assert windows(limits_of(1, **parameters)) == (1, 100, 100, 64, 64)
+    assert windows(limits_of(2, **parameters)) == (52, 52, 52, 8, 64)
+
+
+def test_legacy_range_keys_default_to_the_default_window() -> None:
+    assert windows(limits_of(sequence_length="10", max_horizon="5")) == (10, 10, 10, 5, 5)
+    assert windows(limits_of(forecast__default_window="7", max_horizon="5"))[:3] == (7, 7, 7)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"forecast__window": "a:5"}, "'forecast.window' must be N or MIN:MAX"),
+        ({"forecast__window": "1-5"}, "'forecast.window' must be N or MIN:MAX"),
+        ({"forecast__window": "9:5"}, "min 9 <= default 5 <= max 5"),
+        ({"forecast__window": "0:5"}, "min 0"),
+        ({"forecast__window": "1:5", "forecast__default_window": "6"}, "default 6 <= max 5"),
+        ({"forecast__window": "5", "forecast__default_window": "x"}, "'forecast.default_window'"),
+        ({"forecast__window": "5", "forecast__default_horizon": "65"}, "default_horizon 65"),
+        ({"forecast__window": "5", "forecast__max_horizon": "lots"}, "'forecast.max_horizon'"),
+    ],
+)
+def test_bad_contract_keys_are_named(parameters: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        limits_of(**{"forecast__max_horizon": "64", **parameters})
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "frequencies", "season"),
+    [("lstm_timeseries", "W", "52"), ("moving_average", "any", None)],
+)
+def test_shipped_models_declare_the_contract_and_their_frequencies(
+    model: str, frequencies: str, season: str | None
+) -> None:
+    parameters = backend.string_parameters(config_json(model))
+    assert parameters["forecast.contract"] == "1"
+    assert parameters["forecast.frequencies"] == frequencies
+    assert parameters.get("forecast.season_length") == season
+    # Window and horizon stay on the legacy keys (the contract's defaults).
+    assert not {"forecast.window", "forecast.max_horizon"} & set(parameters)
 
 
 def test_device_follows_the_instance_kind() -> None:
