@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from forecast_gateway.backends.base import BackendModelConfig, Rows
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, BackendModelConfig, Rows, Signature
 
 
 class PartialBackend:
@@ -23,8 +23,19 @@ class PartialBackend:
     def replicas_ready(self) -> Mapping[tuple[str, str], int]:
         raise NotImplementedError(f"{type(self).__name__} does not play replicas_ready")
 
+    @property
+    def version_reasons(self) -> Mapping[tuple[str, str], str]:
+        return {}
+
     async def forecast(
-        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+        self,
+        model: str,
+        version: str,
+        windows: Rows,
+        horizon: int,
+        timeout_s: float,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> Rows:
         raise NotImplementedError(f"{type(self).__name__} does not play forecast")
 

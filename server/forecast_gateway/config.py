@@ -206,6 +206,10 @@ class _Settings(BaseModel):
     """How often the calibration pools are re-read from the A/B store (every replica's)."""
     calibration_cache_entries: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
     """Most (model, version, levels, horizon) bound tables kept; the least recently used go."""
+    discover_models: bool = True
+    """Serve every model in Triton's repository that declares `forecast.contract`."""
+    allowed_models: str = ""
+    """Comma-separated model names; non-empty: only these are served (listed or discovered)."""
     log_format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = "auto"
     """Log lines as json, console, or auto (JSON unless on a terminal)."""
     log_level: Annotated[
@@ -232,6 +236,11 @@ class GatewayConfig(_Settings):
     """The served models ([[models]] in the file, or FORECAST_MODELS=a,b)."""
 
     @property
+    def allowed(self) -> frozenset[str]:
+        """The allow-list as a set (empty: no restriction)."""
+        return frozenset(n.strip() for n in self.allowed_models.split(",") if n.strip())
+
+    @property
     def address(self) -> str:
         """The host:port the gRPC server binds."""
         return f"{self.host}:{self.port}"
@@ -245,10 +254,11 @@ class GatewayConfig(_Settings):
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         if self.store_password_file and not store_urls.is_postgres(self.store_url):
             raise ValueError("store_password_file needs a postgresql:// store_url")
-        if not self.models:
+        if not self.models and not self.discover_models:
             raise ValueError(
-                "no models configured: list them under [[models]] in the config file "
-                f"or in {ENV_PREFIX}MODELS (comma-separated names)"
+                "no models configured and discover_models is false: list them under "
+                f"[[models]] in the config file or in {ENV_PREFIX}MODELS (comma-separated "
+                "names), or turn discover_models on"
             )
         if len({m.name for m in self.models}) != len(self.models):
             raise ValueError("models: a model is listed twice")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from forecast_gateway.backends.base import Rows
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, Rows, Signature
 from forecast_gateway.backends.coalescing import (
     GATHER_CALLERS,
     GATHER_ROWS,
@@ -30,7 +30,14 @@ class RecordingProxy(PartialBackend):
         self.requests: list[int] = []
 
     async def forecast(
-        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+        self,
+        model: str,
+        version: str,
+        windows: Rows,
+        horizon: int,
+        timeout_s: float,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> Rows:
         self.requests.append(windows.shape[0])
         await asyncio.sleep(self.delay)
@@ -102,7 +109,14 @@ class RaisingProxy(PartialBackend):
         self.sends: list[asyncio.Task[object]] = []
 
     async def forecast(
-        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+        self,
+        model: str,
+        version: str,
+        windows: Rows,
+        horizon: int,
+        timeout_s: float,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> Rows:
         task = asyncio.current_task()
         assert task is not None

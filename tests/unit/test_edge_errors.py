@@ -173,7 +173,7 @@ async def test_an_unknown_model_is_not_found_naming_the_served_ones(tmp_path: Pa
         assert found.info.reason == "MODEL_NOT_FOUND"
         assert found.info.metadata["model"] == "nope"
     assert error.details() == (
-        "model 'nope' is not served; served models: lstm_timeseries, moving_average"
+        "model 'nope' is not served; served models: lstm_timeseries, moving_average (ListModels)"
     )
 
 

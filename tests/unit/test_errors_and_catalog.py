@@ -69,9 +69,14 @@ def test_build_spec_reads_parameters_and_states() -> None:
     assert (spec.default_horizon, spec.max_horizon) == (12, 64)
 
 
-def test_build_spec_rejects_config_without_window() -> None:
-    with pytest.raises(ValueError, match="sequence_length"):
-        build_spec(ModelConfig("m"), {"default_horizon": "1", "max_horizon": "2"}, {"1": "READY"})
+def test_a_version_without_a_window_is_unavailable_with_the_reason() -> None:
+    spec = build_spec(
+        ModelConfig("m"), {"default_horizon": "1", "max_horizon": "2"}, {"1": "READY"}
+    )
+    version = spec.versions["1"]
+    assert version.state is VersionState.UNAVAILABLE and version.contract is None
+    assert version.unavailable_reason == "config.pbtxt: sequence_length: required (a whole number)"
+    assert spec.ready_versions() == []
 
 
 def test_catalog_distinguishes_unknown_from_not_yet_reported_models() -> None:

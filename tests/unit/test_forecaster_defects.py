@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from forecast_gateway.backends.base import Rows
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, Rows, Signature
 from forecast_gateway.backends.fake import FakeBackend, FakeModel, last_value
 from forecast_gateway.config import ModelConfig
 from forecast_gateway.core.catalog import ModelCatalog, build_spec
@@ -104,12 +104,21 @@ async def test_a_version_that_misses_its_deadline_is_answered_by_the_fallback_in
 
     class Slow(FakeBackend):
         async def forecast(
-            self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+            self,
+            model: str,
+            version: str,
+            windows: Rows,
+            horizon: int,
+            timeout_s: float,
+            signature: Signature = DEFAULT_SIGNATURE,
+            season: int = 1,
         ) -> Rows:
             if model == "m":  # never answers within its deadline, as a stuck version does
                 await asyncio.sleep(timeout_s)  # gRPC ends the call at its deadline
                 raise DeadlineExceeded("the deadline passed while Triton was computing")
-            return await super().forecast(model, version, windows, horizon, timeout_s)
+            return await super().forecast(
+                model, version, windows, horizon, timeout_s, signature, season
+            )
 
     slow_backend = Slow({"m": slow, "other": backend.models["other"]})
     forecaster = core(slow_backend, Policy(split=(("1", 1.0),), fallback=Fallback("other")))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from forecast_gateway.backends.base import Rows
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, Rows, Signature
 from forecast_gateway.config import ModelConfig
 from forecast_gateway.core.catalog import ModelCatalog, build_spec
 from forecast_gateway.core.forecaster import Forecaster
@@ -33,7 +33,14 @@ class UnloadedV1(PartialBackend):
         self.calls: list[tuple[str, str]] = []
 
     async def forecast(
-        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+        self,
+        model: str,
+        version: str,
+        windows: Rows,
+        horizon: int,
+        timeout_s: float,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> Rows:
         self.calls.append((model, version))
         if (model, version) == ("m", "1"):

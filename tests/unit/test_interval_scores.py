@@ -37,6 +37,8 @@ from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
 from forecast_gateway.api.server import Gateway
 from forecast_gateway.api.service import ForecastServicer
+from forecast_gateway.config import ModelConfig
+from forecast_gateway.core.catalog import ModelCatalog
 from tools.local_postgres import LocalPostgres
 
 MODEL = "interval_model"
@@ -447,12 +449,13 @@ async def test_gateway_check_publishes_every_model_and_survives_failures(
 
     models = [SimpleNamespace(name="other"), SimpleNamespace(name=model)]
     gateway: Any = Gateway.__new__(Gateway)
-    gateway.config = SimpleNamespace(models=models)
+    gateway.catalog = ModelCatalog(models=tuple(ModelConfig(m.name) for m in models))
     gateway.routing = Routing()
     gateway.store = Broken()
     with capture_logs() as logs:
         await gateway.check_intervals()  # logged, not raised
-    assert [e["model"] for e in logs if e["event"] == "interval_check_failed"] == ["other", model]
+    failed = [e["model"] for e in logs if e["event"] == "interval_check_failed"]
+    assert failed == sorted(["other", model])  # every served model, in name order
     gateway.store = store
     await gateway.check_intervals()
     assert (gauge("1", "0.95", model), gauge("2", "0.95", model)) == (0, 1)

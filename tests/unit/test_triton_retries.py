@@ -145,15 +145,32 @@ def test_replica_indexes_merge_ready_first_and_count_ready_replicas() -> None:
     def index(*entries: tuple[str, str, str]) -> dict[str, list[dict[str, str]]]:
         return {"models": [{"name": n, "version": v, "state": s} for n, v, s in entries]}
 
-    states, ready = merge_states(
+    merged = merge_states(
         [
             index(("m", "1", "READY"), ("m", "2", "UNAVAILABLE"), ("m", "", "")),
             index(("m", "1", "READY"), ("m", "2", "LOADING")),
             index(("m", "1", "UNAVAILABLE"), ("m", "2", "READY")),
         ]
     )
-    assert states == {"m": {"1": "READY", "2": "READY"}}
-    assert ready == {("m", "1"): 2, ("m", "2"): 1}
+    assert merged.states == {"m": {"1": "READY", "2": "READY"}}
+    assert merged.ready == {("m", "1"): 2, ("m", "2"): 1}
+    assert merged.reasons == {}
+
+
+def test_the_index_keeps_triton_s_reason_for_a_version_that_is_not_ready() -> None:
+    merged = merge_states(
+        [
+            {
+                "models": [
+                    {"name": "ok", "version": "1", "state": "READY", "reason": ""},
+                    {"name": "bad", "version": "1", "state": "UNAVAILABLE", "reason": "boom"},
+                    {"name": "gone", "state": "UNAVAILABLE", "reason": "no version dirs"},
+                ]
+            }
+        ]
+    )
+    assert merged.states == {"ok": {"1": "READY"}, "bad": {"1": "UNAVAILABLE"}}
+    assert merged.reasons == {("bad", "1"): "boom", ("gone", ""): "no version dirs"}
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:9", "127.0.0.1:9,127.0.0.1:11"])

@@ -15,6 +15,7 @@ from forecast.v1 import forecast_pb2, forecast_service_pb2
 from forecast_gateway.ab import ActualsReport, ExperimentInfo, ExperimentReport, Role
 from forecast_gateway.core.calibration import Status, Uncertainty
 from forecast_gateway.core.catalog import ModelSpec, VersionState
+from forecast_gateway.core.contract import Contract
 from forecast_gateway.core.forecaster import ForecastResult, VersionOutcome
 from forecast_gateway.core.routing import Decision
 from forecast_gateway.core.timeline import Fill, TimeInput
@@ -413,7 +414,25 @@ def model_to_proto(spec: ModelSpec) -> forecast_pb2.Model:
                 max_sequence_length=v.max_sequence_length,
                 description=v.description,
                 replicas_ready=v.replicas_ready,
+                unavailable_reason=clip(v.unavailable_reason, MAX_MESSAGE_BYTES),
+                **_contract_fields(v.contract),
             )
             for v in sorted(spec.versions.values(), key=lambda v: int(v.version))
         ],
     )
+
+
+def _contract_fields(contract: Contract | None) -> dict[str, Any]:
+    """What a version declares, as ModelVersion reports it (nothing for a bad declaration)."""
+    if contract is None:
+        return {}
+    return {
+        "output_kind": contract.output_kind.value,
+        "quantile_levels": contract.quantile_levels,
+        "horizon_mode": contract.horizon_mode.value,
+        "max_horizon": contract.max_horizon,
+        "frequencies": contract.frequencies,
+        "normalization": contract.normalization.value,
+        "season_length": contract.season_length,
+        "accepts_missing": contract.accepts_missing,
+    }

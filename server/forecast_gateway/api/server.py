@@ -95,7 +95,7 @@ class Gateway:
             port=self.port,
             metrics_port=self.metrics_port,
             triton_url=self.config.triton_url,
-            models=[m.name for m in self.config.models],
+            models=self.catalog.served(),
             ready=self.catalog.all_ready(),
         )
 
@@ -196,13 +196,13 @@ class Gateway:
         A model whose report cannot be read (the store unreachable) is
         logged and skipped; the others are still checked.
         """
-        for model in self.config.models:
+        for model in self.catalog.served():
             try:
-                experiment = self.routing.experiment(model.name)
-                report = await self.store.experiment(model.name, experiment)
-                metrics.observe_intervals(model.name, experiment, interval_flags(report))
+                experiment = self.routing.experiment(model)
+                report = await self.store.experiment(model, experiment)
+                metrics.observe_intervals(model, experiment, interval_flags(report))
             except Exception as error:
-                log.warning("interval_check_failed", model=model.name, error=type(error).__name__)
+                log.warning("interval_check_failed", model=model, error=type(error).__name__)
 
     async def _check_intervals_forever(self) -> None:
         """`check_intervals` at start, then every INTERVAL_CHECK_S."""
@@ -250,11 +250,13 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
     port = _bind(server, config.address, credentials)  # first: nothing else opened if it fails
     if backend is None:
         backend = TritonProxy(config.triton_url, config.triton_retries, config.retry_budget_ratio)
-    catalog = ModelCatalog(models=config.models)
+    catalog = ModelCatalog(
+        models=config.models, discover=config.discover_models, allowed=config.allowed
+    )
     routing = RoutingTable(
         Path(config.routing_file) if config.routing_file else None,
         lambda: catalog.specs,
-        [m.name for m in config.models],
+        catalog.admits if config.discover_models else {m.name for m in config.models}.__contains__,
     )
     store = ExperimentStore.open(
         config.store_url,

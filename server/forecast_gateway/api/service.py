@@ -229,7 +229,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         """The experiments of a model (or of every served model), newest first."""
         if request.model:
             self.catalog.get(request.model)
-        models = [request.model] if request.model else [m.name for m in self.catalog.models]
+        models = [request.model] if request.model else self.catalog.served()
         current = {model: self.forecaster.routing.experiment(model) for model in models}
         infos = [i for i in await self.store.experiments(request.model) if i.model in current]
         listed = {(i.model, i.experiment) for i in infos}
@@ -256,9 +256,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self, request: forecast_service_pb2.ListModelsRequest, context: Context
     ) -> forecast_service_pb2.ListModelsResponse:
         """List the served models Triton has reported."""
-        specs = [
-            self.catalog.specs[m.name] for m in self.catalog.models if m.name in self.catalog.specs
-        ]
+        specs = [self.catalog.specs[m] for m in self.catalog.served() if m in self.catalog.specs]
         return forecast_service_pb2.ListModelsResponse(
             models=[model_to_proto(s) for s in sorted(specs, key=lambda s: s.name)]
         )

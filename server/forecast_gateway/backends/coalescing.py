@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from forecast_gateway.backends.base import InferenceBackend, Rows
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, InferenceBackend, Rows, Signature
 from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal
 
-Key = tuple[str, str, int, int]
+Key = tuple[str, str, int, int, int]
+"""(model, version, window, steps, season)."""
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,7 @@ class _Waiting:
 
 @dataclass
 class _Group:
+    signature: Signature
     members: list[_Waiting] = field(default_factory=list)
     rows: int = 0
     ready: bool = True
@@ -77,17 +79,27 @@ class Coalescer:
         self._sending: set[asyncio.Task[None]] = set()
 
     async def forecast(
-        self, model: str, version: str, rows: Rows, horizon: int, deadline: float, max_rows: int
+        self,
+        model: str,
+        version: str,
+        rows: Rows,
+        horizon: int,
+        deadline: float,
+        max_rows: int,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> Rows:
-        """Forecast `rows` (normalized windows), possibly in one request with other calls.
+        """Forecast `rows` (windows as the model takes them), possibly with other calls.
 
         A request never holds more than `max_rows` rows (the model's
-        max_batch_size); `rows` itself must not exceed it.
+        max_batch_size); `rows` itself must not exceed it. `horizon` is
+        the steps the model outputs; `signature` is the version's (one
+        per model and version, so it is not part of the key).
         """
         if deadline <= time.monotonic():
             raise DeadlineExceeded("the deadline passed before the request reached Triton")
         loop = asyncio.get_running_loop()
-        key = (model, version, rows.shape[1], horizon)
+        key = (model, version, rows.shape[1], horizon, season)
         count = rows.shape[0]
         group = self._groups.get(key)
         if group is not None and group.rows + count > max_rows:
@@ -95,7 +107,7 @@ class Coalescer:
             group = None
         rows_in = self._rows_in.get(key, 0)
         if group is None:
-            group = self._groups[key] = _Group()
+            group = self._groups[key] = _Group(signature)
             outstanding = self._outstanding.get(key, 0)
             if outstanding and rows_in + count >= GATHER_CALLERS:
                 group.ready = False
@@ -140,9 +152,7 @@ class Coalescer:
         if all(m.future.done() for m in group.members):
             return  # every caller already gone: nothing to send
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
-        task = group.task = asyncio.get_running_loop().create_task(
-            self._send_rows(key, group.members)
-        )
+        task = group.task = asyncio.get_running_loop().create_task(self._send_rows(key, group))
         self._sending.add(task)
         # A done-callback, not a `finally` in the task: a task cancelled before
         # its first step never runs its body, and the key would stay counted.
@@ -156,17 +166,23 @@ class Coalescer:
         if waiting is not None and waiting.ready:
             self._flush(key, waiting)
 
-    async def _send_rows(self, key: Key, members: list[_Waiting]) -> None:
-        live = [m for m in members if not m.future.done()]  # callers gone: skip their rows
+    async def _send_rows(self, key: Key, group: _Group) -> None:
+        live = [m for m in group.members if not m.future.done()]  # callers gone: skip them
         if not live:
             return
-        model, version, _, horizon = key
+        model, version, _, horizon, season = key
         timeout_s = max(m.deadline for m in live) - time.monotonic()
         try:
             if timeout_s <= 0:
                 raise DeadlineExceeded("the deadline passed before the request reached Triton")
             output = await self.proxy.forecast(
-                model, version, np.concatenate([m.rows for m in live]), horizon, timeout_s
+                model,
+                version,
+                np.concatenate([m.rows for m in live]),
+                horizon,
+                timeout_s,
+                group.signature,
+                season,
             )
         except GatewayError as error:
             _fail(live, error)

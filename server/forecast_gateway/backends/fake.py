@@ -18,11 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from forecast_gateway.backends.base import VERSION_GONE, BackendModelConfig, Rows
+from forecast_gateway.backends.base import (
+    DEFAULT_SIGNATURE,
+    VERSION_GONE,
+    BackendModelConfig,
+    Rows,
+    Signature,
+)
 from forecast_gateway.errors import GatewayError, Unavailable
 
 Forecast = Callable[[Rows, int], Rows]
-"""(windows, horizon) -> rows x horizon, in z units."""
+"""(windows, steps) -> the answer in `Signature`'s layout: rows x steps for a point
+model, rows x steps x (1 + levels) for a quantile model."""
 
 
 def last_value(windows: Rows, horizon: int) -> Rows:
@@ -51,6 +58,9 @@ class FakeCall:
     rows: int
     window: int
     horizon: int
+    season: int = 1
+    windows: Rows | None = None
+    """The rows as sent (z-scored or raw, as the version's contract says)."""
 
 
 class FakeBackend:
@@ -68,6 +78,8 @@ class FakeBackend:
         at the backend until the test sets it, without timing."""
         self.calls: list[FakeCall] = []
         self.closed = False
+        self.version_reasons: dict[tuple[str, str], str] = {}
+        """(model, version) -> why it is not ready, as a test scripts it."""
 
     @property
     def replicas_ready(self) -> Mapping[tuple[str, str], int]:
@@ -80,11 +92,20 @@ class FakeBackend:
         }
 
     async def forecast(
-        self, model: str, version: str, windows: Rows, horizon: int, timeout_s: float
+        self,
+        model: str,
+        version: str,
+        windows: Rows,
+        horizon: int,
+        timeout_s: float,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> Rows:
         """After `delay_s` and `gate`: the scripted error, else the version's function."""
         self._check_up()
-        self.calls.append(FakeCall(model, version, windows.shape[0], windows.shape[1], horizon))
+        self.calls.append(
+            FakeCall(model, version, windows.shape[0], windows.shape[1], horizon, season, windows)
+        )
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.gate is not None:

@@ -38,11 +38,11 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from forecast_gateway.backends.base import BackendModelConfig
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, BackendModelConfig, Signature
 from forecast_gateway.backends.retry_budget import RetryBudget
 from forecast_gateway.backends.triton_errors import convert_error, gateway_error, retryable
 from forecast_gateway.backends.triton_repository import merge_states, model_config_from
-from forecast_gateway.backends.triton_tensors import forecast_output, infer_request
+from forecast_gateway.backends.triton_tensors import OutputError, forecast_output, infer_request
 from forecast_gateway.errors import GatewayError, Internal, Unavailable
 from forecast_gateway.triton_target import parse_target
 
@@ -111,6 +111,8 @@ class TritonProxy:
         self._down: set[str] = set()
         self.replicas_ready: dict[tuple[str, str], int] = {}
         """(model, version) -> how many replicas reported it READY at the last refresh."""
+        self.version_reasons: dict[tuple[str, str], str] = {}
+        """(model, version) -> Triton's reason it is not ready, at the last refresh."""
 
     async def close(self) -> None:
         """Close every channel."""
@@ -125,19 +127,22 @@ class TritonProxy:
         windows: npt.NDArray[np.float32],
         horizon: int,
         timeout_s: float,
+        signature: Signature = DEFAULT_SIGNATURE,
+        season: int = 1,
     ) -> npt.NDArray[np.float32]:
-        """Run `model` `version` on normalized windows (rows x window); return rows x horizon."""
-        rows = windows.shape[0]
-        request = infer_request(model, version, windows, horizon, timeout_s)
+        """Run `model` `version` on windows (rows x window), answered in `Signature`'s layout."""
+        request = infer_request(model, version, windows, horizon, timeout_s, signature, season)
         response = await self._call_with_retries(request, timeout_s, model, version)
-        output = forecast_output(response, rows, horizon)
-        if output is None:
+        try:
+            return forecast_output(response, windows.shape[0], horizon, signature)
+        except OutputError as error:
+            log.error("model_output_invalid", model=model, version=version, error=str(error))
             raise Internal(
-                "the model returned an unexpected output",
+                f"model {model!r} version {version} returned an output its contract does not "
+                f"declare: {error} (docs/model-contract.md)",
                 reason="MODEL_OUTPUT_INVALID",
                 metadata={"model": model, "version": version},
-            )
-        return output
+            ) from None
 
     async def _call_with_retries(
         self, request: service_pb2.ModelInferRequest, timeout_s: float, model: str, version: str
@@ -211,8 +216,9 @@ class TritonProxy:
                 as_json=True, client_timeout=CONTROL_TIMEOUT_S
             )
         )
-        states, self.replicas_ready = merge_states(list(indexes.values()))
-        return states
+        merged = merge_states(list(indexes.values()))
+        self.replicas_ready, self.version_reasons = merged.ready, merged.reasons
+        return merged.states
 
     async def model_config(self, model: str) -> BackendModelConfig:
         """The parts of a model's config.pbtxt the gateway uses.

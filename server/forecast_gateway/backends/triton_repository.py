@@ -8,6 +8,7 @@ the parts of a model's config.pbtxt the catalog uses (its string
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from forecast_gateway.backends.base import BackendModelConfig
@@ -16,22 +17,37 @@ _STATE_RANK = {"READY": 2, "LOADING": 1}
 """Which replica's state wins when they differ."""
 
 
-def merge_states(
-    indexes: list[dict[str, Any]],
-) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], int]]:
-    """Merge repository indexes of several replicas: (states, READY replicas per version).
+@dataclass(frozen=True)
+class Index:
+    """The merged repository indexes of every replica that answered."""
+
+    states: dict[str, dict[str, str]]
+    """model -> version -> state."""
+    ready: dict[tuple[str, str], int]
+    """(model, version) -> how many replicas have it READY."""
+    reasons: dict[tuple[str, str], str]
+    """(model, version) -> Triton's reason for a version not ready (version "": the model's)."""
+
+
+def merge_states(indexes: list[dict[str, Any]]) -> Index:
+    """Merge repository indexes of several replicas.
 
     A version is READY if any replica has it READY, else LOADING if any is
-    loading, else the first state reported.
+    loading, else the first state reported. Triton's `reason` (its load
+    error for a model that failed) is kept for versions not ready.
     """
     states: dict[str, dict[str, str]] = {}
     ready: dict[tuple[str, str], int] = {}
+    reasons: dict[tuple[str, str], str] = {}
     for index in indexes:
         for entry in index.get("models", []):
             name, version = entry.get("name", ""), entry.get("version", "")
+            state = entry.get("state", "")
+            reason = str(entry.get("reason", "") or "")
+            if reason and state != "READY":
+                reasons.setdefault((name, version), reason)
             if not version:
                 continue
-            state = entry.get("state", "")
             known = states.setdefault(name, {})
             if version not in known or _STATE_RANK.get(state, 0) > _STATE_RANK.get(
                 known[version], 0
@@ -39,7 +55,10 @@ def merge_states(
                 known[version] = state
             if state == "READY":
                 ready[(name, version)] = ready.get((name, version), 0) + 1
-    return states, ready
+    for name, version in list(reasons):
+        if states.get(name, {}).get(version) == "READY":
+            del reasons[(name, version)]
+    return Index(states, ready, reasons)
 
 
 def model_config_from(answer: Mapping[str, Any]) -> BackendModelConfig:

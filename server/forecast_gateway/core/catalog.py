@@ -1,10 +1,14 @@
 """The model catalog: what the gateway serves, as Triton last reported it.
 
-Model shape facts (window, horizon limits) come from each model's
-`config.pbtxt` parameters, so the model repository is the single source of
-truth; readiness per version comes from Triton's repository index. The
-catalog is refreshed in the background and read without I/O on the request
-path. Only models listed in the gateway config are ever exposed.
+How the gateway talks to each version (window, horizon, tensors, output
+kind, frequencies) is its contract, declared in the model's `config.pbtxt`
+parameters (`core/contract.py`), so the model repository is the single
+source of truth; readiness per version, and Triton's reason for a version
+that is not ready, come from Triton's repository index. The catalog is
+refreshed in the background and read without I/O on the request path.
+Served: the models listed in the gateway config, and (with discovery on)
+every model in Triton's repository that declares `forecast.contract`; a
+non-empty allow-list restricts both.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from forecast_gateway.backends.base import InferenceBackend
+from forecast_gateway.backends.base import BackendModelConfig, InferenceBackend
 from forecast_gateway.config import ModelConfig
+from forecast_gateway.core.contract import Contract, ContractError, declares_contract, read_contract
 from forecast_gateway.errors import GatewayError, NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -49,6 +54,10 @@ class VersionSpec:
     description: str = ""
     replicas_ready: int = 0
     """How many Triton replicas reported it READY at the last refresh."""
+    contract: Contract | None = None
+    """What the version declares (None: a bad declaration; it is then UNAVAILABLE)."""
+    unavailable_reason: str = ""
+    """Why it is not ready: Triton's load error, or what is wrong with its contract."""
 
     @property
     def ready(self) -> bool:
@@ -85,46 +94,81 @@ def version_parameter(parameters: Mapping[str, str], key: str, version: str) -> 
     return parameters.get(f"v{version}.{key}", parameters.get(key))
 
 
-def _int_parameter(parameters: Mapping[str, str], key: str, version: str = "") -> int:
-    raw = version_parameter(parameters, key, version)
-    if raw is None or not raw.strip().isdigit():
-        raise ValueError(f"parameter {key!r} missing or not a whole number: {raw!r}")
-    return int(raw)
-
-
 def build_spec(
     model: ModelConfig,
     parameters: Mapping[str, str],
     states: Mapping[str, str],
     max_batch_size: int = 1,
+    reasons: Mapping[tuple[str, str], str] | None = None,
 ) -> ModelSpec:
-    """Combine a model's config parameters and Triton's per-version states into a spec.
+    """Combine a model's declared contract and Triton's per-version states into a spec.
 
-    Raises ValueError when the model's config lacks a required parameter.
+    A version whose contract is wrong is UNAVAILABLE with the reason (the
+    others still serve); so is every version of a model without batching.
     """
+    reasons = reasons or {}
     versions = {}
     for version, state in states.items():
-        window = _int_parameter(parameters, "sequence_length", version)
-        versions[version] = VersionSpec(
-            version=version,
-            state=VersionState.from_triton(state),
-            sequence_length=window,
-            min_sequence_length=int(
-                version_parameter(parameters, "min_sequence_length", version) or window
-            ),
-            max_sequence_length=int(
-                version_parameter(parameters, "max_sequence_length", version) or window
-            ),
-            description=version_parameter(parameters, "description", version) or "",
+        versions[version] = _version_spec(
+            model.name, parameters, version, state, max_batch_size, reasons
         )
+    contracts = [v.contract for v in versions.values() if v.contract is not None]
+    try:
+        default_horizon = read_contract(parameters, "").default_horizon
+    except ContractError:
+        default_horizon = max((c.default_horizon for c in contracts), default=1)
     return ModelSpec(
         name=model.name,
         description=parameters.get("description", ""),
-        default_horizon=_int_parameter(parameters, "default_horizon"),
-        max_horizon=_int_parameter(parameters, "max_horizon"),
+        default_horizon=default_horizon,
+        max_horizon=max((c.max_horizon for c in contracts), default=default_horizon),
         versions=versions,
         configured_default=model.default_version,
         max_batch_size=max(1, max_batch_size),
+    )
+
+
+def _version_spec(
+    model: str,
+    parameters: Mapping[str, str],
+    version: str,
+    state: str,
+    max_batch_size: int,
+    reasons: Mapping[tuple[str, str], str],
+) -> VersionSpec:
+    description = version_parameter(parameters, "description", version) or ""
+    reason = reasons.get((model, version)) or reasons.get((model, ""), "")
+    try:
+        contract = read_contract(parameters, version)
+        if max_batch_size < 1:
+            raise ContractError(
+                "max_batch_size",
+                "must be at least 1: the gateway sends [rows, window] batches",
+            )
+    except ContractError as error:
+        if state != "READY" and reason:  # Triton's own load error says more
+            return VersionSpec(
+                version, VersionState.UNAVAILABLE, 0, 0, 0, description, unavailable_reason=reason
+            )
+        log.error("model_contract_invalid", model=model, version=version, error=str(error))
+        return VersionSpec(
+            version,
+            VersionState.UNAVAILABLE,
+            0,
+            0,
+            0,
+            description,
+            unavailable_reason=f"config.pbtxt: {error}",
+        )
+    return VersionSpec(
+        version=version,
+        state=VersionState.from_triton(state),
+        sequence_length=contract.default_window,
+        min_sequence_length=contract.min_window,
+        max_sequence_length=contract.max_window,
+        description=description,
+        contract=contract,
+        unavailable_reason="" if state == "READY" else reason,
     )
 
 
@@ -133,24 +177,38 @@ class ModelCatalog:
     """The latest known spec of every served model; swapped whole on refresh."""
 
     models: tuple[ModelConfig, ...]
+    """The models the gateway config lists (served even without a contract marker)."""
+    discover: bool = False
+    """Also serve every model in Triton's repository that declares `forecast.contract`."""
+    allowed: frozenset[str] = frozenset()
+    """Non-empty: only these models are served, listed or discovered."""
     specs: dict[str, ModelSpec] = field(default_factory=dict)
     triton_up: bool = False
     _marks: dict[tuple[str, str], float] = field(default_factory=dict)
     """(model, version) -> when Triton said it was gone (time.monotonic())."""
 
+    def served(self) -> list[str]:
+        """The models served now: the listed ones and those discovered at the last refresh."""
+        names = {m.name for m in self.models if self.admits(m.name)} | set(self.specs)
+        return sorted(names)
+
+    def admits(self, name: str) -> bool:
+        """Whether the allow-list lets `name` be served."""
+        return not self.allowed or name in self.allowed
+
     def get(self, name: str) -> ModelSpec:
-        """The spec of a served model; NOT_FOUND for a name not in the gateway config."""
+        """The spec of a served model; NOT_FOUND for a name the gateway does not serve."""
         spec = self.specs.get(name)
         if spec is None:
-            if any(m.name == name for m in self.models):
+            if any(m.name == name for m in self.models) and self.admits(name):
                 raise Unavailable(
                     f"model {name!r} is configured but Triton has not reported it yet",
                     reason="MODEL_UNAVAILABLE",
                     metadata={"model": name},
                 )
-            served = ", ".join(sorted(m.name for m in self.models))
+            served = ", ".join(self.served()) or "none yet"
             raise NotFound(
-                f"model {name!r} is not served; served models: {served}",
+                f"model {name!r} is not served; served models: {served} (ListModels)",
                 reason="MODEL_NOT_FOUND",
                 metadata={"model": name},
             )
@@ -159,8 +217,7 @@ class ModelCatalog:
     def all_ready(self) -> bool:
         """Triton is up and every served model has at least one ready version."""
         return self.triton_up and all(
-            name in self.specs and self.specs[name].ready_versions()
-            for name in (m.name for m in self.models)
+            name in self.specs and self.specs[name].ready_versions() for name in self.served()
         )
 
     def replace(self, specs: dict[str, ModelSpec], triton_up: bool) -> None:
@@ -189,22 +246,7 @@ class ModelCatalog:
         """
         started = time.monotonic()
         try:
-            states = await backend.version_states()
-            specs: dict[str, ModelSpec] = {}
-            for model in self.models:
-                if model.name not in states:
-                    log.warning("model_not_in_triton", model=model.name)
-                    continue
-                config = await backend.model_config(model.name)
-                try:
-                    specs[model.name] = _with_replicas(
-                        build_spec(
-                            model, config.parameters, states[model.name], config.max_batch_size
-                        ),
-                        backend.replicas_ready,
-                    )
-                except ValueError as error:
-                    log.error("model_config_invalid", model=model.name, error=str(error))
+            specs = await self._read_all(backend)
         except GatewayError as error:
             if self.triton_up:
                 log.warning("triton_unreachable", error=error.message)
@@ -220,6 +262,60 @@ class ModelCatalog:
             elif name in specs and specs[name].versions.get(version, _NONE).ready:
                 specs[name] = _without(specs[name], version)
         self.replace(specs, triton_up=True)
+
+    async def _read_all(self, backend: InferenceBackend) -> dict[str, ModelSpec]:
+        """The spec of every model served now (listed, or discovered in Triton's repository)."""
+        states = await backend.version_states()
+        reasons = backend.version_reasons
+        specs: dict[str, ModelSpec] = {}
+        listed = {m.name: m for m in self.models if self.admits(m.name)}
+        for name in sorted(set(listed) | (set(states) if self.discover else set())):
+            if name not in states:
+                log.warning("model_not_in_triton", model=name)
+            elif self.admits(name):
+                spec = await self._read(backend, listed.get(name), name, states[name], reasons)
+                if spec is not None:
+                    specs[name] = spec
+        return specs
+
+    async def _read(
+        self,
+        backend: InferenceBackend,
+        listed: ModelConfig | None,
+        name: str,
+        states: Mapping[str, str],
+        reasons: Mapping[tuple[str, str], str],
+    ) -> ModelSpec | None:
+        """A model's spec; None for an unlisted model that does not declare the contract.
+
+        A model Triton failed to load has no config to read: it is listed
+        with its versions UNAVAILABLE and Triton's reason.
+        """
+        readable = True
+        try:
+            config = await backend.model_config(name)
+        except GatewayError as error:
+            if any(state == "READY" for state in states.values()):
+                raise
+            readable, config = False, BackendModelConfig({}, 1)
+            log.info("model_config_unreadable", model=name, error=error.message)
+        if listed is None:
+            if readable and not declares_contract(config.parameters):
+                return None  # not a forecasting model (or not declared as one)
+            if not readable and not _reasons_of(name, reasons):
+                return None
+        spec = build_spec(
+            listed or ModelConfig(name=name),
+            config.parameters,
+            states,
+            config.max_batch_size,
+            reasons,
+        )
+        return _with_replicas(spec, backend.replicas_ready)
+
+
+def _reasons_of(model: str, reasons: Mapping[tuple[str, str], str]) -> bool:
+    return any(name == model for name, _ in reasons)
 
 
 _NONE = VersionSpec("", VersionState.UNAVAILABLE, 0, 0, 0)

@@ -22,16 +22,19 @@ import numpy as np
 import structlog
 
 from forecast_gateway import metrics
-from forecast_gateway.ab import new_forecast_id
-from forecast_gateway.backends.base import VERSION_GONE
+from forecast_gateway.ab import TRACKED, new_forecast_id
+from forecast_gateway.backends.base import DEFAULT_SIGNATURE, VERSION_GONE
 from forecast_gateway.backends.coalescing import Coalescer
 from forecast_gateway.core.calibration import Calibration, Uncertainty
 from forecast_gateway.core.catalog import ModelCatalog, ModelSpec
+from forecast_gateway.core.contract import Contract, Normalization, season_length
 from forecast_gateway.core.filling import window_of
+from forecast_gateway.core.native import native_uncertainty, tracked_table
 from forecast_gateway.core.normalization import denormalize, fit_window, normalize
 from forecast_gateway.core.plan import Planner
 from forecast_gateway.core.results import CallNotes, ForecastResult, Outcome, Plan, VersionOutcome
 from forecast_gateway.core.routing import Decision
+from forecast_gateway.core.timeline import Fill
 from forecast_gateway.core.validation import ForecastQuery, resolve_shape
 from forecast_gateway.errors import GatewayError, Internal, InvalidArgument, Unavailable
 from forecast_gateway.numerics import FloatArray, Levels, naive_scales
@@ -200,12 +203,18 @@ class Executor:
     ) -> list[Outcome]:
         """One backend pass (chunked) for series sharing version, window and horizon."""
         first = plans[0]
-        cut = [window_values(p.query, first.shape.window) for p in plans]
+        contract = spec.versions[first.route.version].contract
+        cut = [window_values(p.query, first.shape.window, contract) for p in plans]
         windows = np.stack([values for values, _ in cut])
         started = time.perf_counter()
         try:
             values = await self.infer(
-                spec, first.route.version, windows, first.shape.horizon, deadline
+                spec,
+                first.route.version,
+                windows,
+                first.shape.horizon,
+                deadline,
+                season_length(contract, first.query.frequency),
             )
         except Unavailable as error:
             if error.reason == VERSION_GONE:  # the backend answered: out of routing until refreshed
@@ -214,8 +223,8 @@ class Executor:
         latency_ms = ms_since(started)
         scales = naive_scales(windows)
         results: list[Outcome] = []
-        for plan, row, scale, (_, filled) in zip(plans, values, scales, cut, strict=True):
-            if not np.isfinite(row).all():
+        for plan, output, scale, (_, filled) in zip(plans, values, scales, cut, strict=True):
+            if not np.isfinite(output).all():
                 results.append(
                     Internal(
                         "the model produced a non-finite forecast",
@@ -224,6 +233,7 @@ class Executor:
                     )
                 )
                 continue
+            row, native = split_output(output)
             results.append(
                 ForecastResult(
                     forecast_id=new_forecast_id(),
@@ -243,10 +253,15 @@ class Executor:
                         row,
                         scale,
                         first.shape.window,
+                        contract,
+                        native,
                     ),
                     timestamps=forecast_times(plan.query, plan.shape.horizon),
                     frequency=plan.query.frequency,
                     filled=filled,
+                    tracked=None
+                    if native is None or contract is None
+                    else tracked_table(contract.quantile_levels, native, row, scale, TRACKED),
                 )
             )
         return results
@@ -259,33 +274,71 @@ class Executor:
         values: FloatArray,
         scale: float,
         window: int,
+        contract: Contract | None = None,
+        native: FloatArray | None = None,
     ) -> Uncertainty | None:
-        """The calibrated intervals and quantiles asked for (None: none were)."""
-        if not levels or self.calibration is None:
+        """The intervals and quantiles asked for (None: none were).
+
+        A quantile model's come from its own outputs; a point model's from
+        its calibration pool (split conformal).
+        """
+        if not levels:
+            return None
+        if native is not None and contract is not None:
+            return native_uncertainty(contract.quantile_levels, native, levels)
+        if self.calibration is None:
             return None
         return self.calibration.uncertainty(model, version, values, scale, levels, window)
 
     async def infer(
-        self, spec: ModelSpec, version: str, windows: FloatArray, horizon: int, deadline: float
+        self,
+        spec: ModelSpec,
+        version: str,
+        windows: FloatArray,
+        horizon: int,
+        deadline: float,
+        season: int = 1,
     ) -> FloatArray:
-        """Normalize rows, run them (coalesced, max_batch_size at most), denormalize.
+        """Scale rows as the version declares, run them (coalesced, chunked), scale back.
 
-        The coalescer refuses a call whose deadline has already passed.
+        Answers [rows, horizon], or [rows, horizon, 1 + levels] for a
+        quantile model (`Signature`'s layout). The coalescer refuses a call
+        whose deadline has already passed.
         """
-        z, scaling = normalize(windows)
+        contract = spec.versions[version].contract
+        signature = DEFAULT_SIGNATURE if contract is None else contract.signature
+        steps = signature.steps(horizon)
+        scaling = None
+        if contract is None or contract.normalization is Normalization.ZSCORE:
+            rows, scaling = normalize(windows)
+        else:
+            rows = windows.astype(np.float32)
         size = spec.max_batch_size
-        if z.shape[0] <= size:  # one chunk (every unary call): no gather, no extra task
-            output = await self.coalescer.forecast(spec.name, version, z, horizon, deadline, size)
-            return denormalize(output, scaling)
-        outputs = await asyncio.gather(
-            *(
-                self.coalescer.forecast(
-                    spec.name, version, z[start : start + size], horizon, deadline, size
-                )
-                for start in range(0, z.shape[0], size)
-            )
+        chunks = (
+            [rows]
+            if rows.shape[0] <= size
+            else [rows[start : start + size] for start in range(0, rows.shape[0], size)]
         )
-        return denormalize(np.concatenate(outputs), scaling)
+        if len(chunks) == 1:  # one chunk (every unary call): no gather, no extra task
+            output = await self.coalescer.forecast(
+                spec.name, version, rows, steps, deadline, size, signature, season
+            )
+        else:
+            output = np.concatenate(
+                await asyncio.gather(
+                    *(
+                        self.coalescer.forecast(
+                            spec.name, version, chunk, steps, deadline, size, signature, season
+                        )
+                        for chunk in chunks
+                    )
+                )
+            )
+        if steps != horizon:
+            output = output[:, :horizon]
+        if scaling is None:
+            return output.astype(np.float64)
+        return denormalize(output, scaling)
 
     async def compare_one(
         self, spec: ModelSpec, query: ForecastQuery, version: str, deadline: float
@@ -296,16 +349,26 @@ class Executor:
         try:
             shape = resolve_shape(query, spec, spec.versions[version])
             window = shape.window
-            cut, filled = window_values(query, shape.window)
+            contract = spec.versions[version].contract
+            cut, filled = window_values(query, shape.window, contract)
             rows = cut[np.newaxis, :]
-            values = (await self.infer(spec, version, rows, shape.horizon, deadline))[0]
-            if not np.isfinite(values).all():
+            season = season_length(contract, query.frequency)
+            output = (await self.infer(spec, version, rows, shape.horizon, deadline, season))[0]
+            if not np.isfinite(output).all():
                 raise Internal("the model produced a non-finite forecast")
         except GatewayError as error:
             return VersionOutcome(version, window, ms_since(started), error=error)
         latency_ms = ms_since(started)
+        values, native = split_output(output)
         uncertainty = self.uncertainty(
-            spec.name, version, query.levels, values, naive_scales(rows)[0], window
+            spec.name,
+            version,
+            query.levels,
+            values,
+            naive_scales(rows)[0],
+            window,
+            contract,
+            native,
         )
         return VersionOutcome(
             version,
@@ -319,11 +382,26 @@ class Executor:
         )
 
 
-def window_values(query: ForecastQuery, window: int) -> tuple[FloatArray, int]:
-    """The window a version reads (missing points filled) and how many were filled."""
+def window_values(
+    query: ForecastQuery, window: int, contract: Contract | None = None
+) -> tuple[FloatArray, int]:
+    """The window a version reads (missing points filled) and how many were filled.
+
+    A version that accepts missing values gets NaN unfilled when the request
+    asks for no fill.
+    """
     if not query.missing:  # every request without NaN or gaps
         return fit_window(query.history, window), 0
+    if query.fill is Fill.NONE and contract is not None and contract.accepts_missing:
+        return fit_window(query.history, window), 0
     return window_of(query.history, window, query.fill)
+
+
+def split_output(output: FloatArray) -> tuple[FloatArray, FloatArray | None]:
+    """One series' answer: its point forecast, and its quantiles ([steps, levels]) if any."""
+    if output.ndim == 1:
+        return output, None
+    return np.ascontiguousarray(output[:, 0]), output[:, 1:]
 
 
 def forecast_times(query: ForecastQuery, horizon: int) -> Instants | None:
@@ -334,10 +412,13 @@ def forecast_times(query: ForecastQuery, horizon: int) -> Instants | None:
 
 
 def group(plans: Sequence[Plan]) -> list[list[Plan]]:
-    """Series that can share one tensor: same version, window and horizon."""
+    """Series that can share one tensor: same version, window, horizon and frequency.
 
-    def key(plan: Plan) -> tuple[str, int, int]:
-        return plan.route.version, plan.shape.window, plan.shape.horizon
+    The frequency sets a seasonal model's season input.
+    """
+
+    def key(plan: Plan) -> tuple[str, int, int, str]:
+        return plan.route.version, plan.shape.window, plan.shape.horizon, plan.query.frequency
 
     return [list(members) for _, members in itertools.groupby(sorted(plans, key=key), key=key)]
 

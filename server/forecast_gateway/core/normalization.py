@@ -71,9 +71,14 @@ def normalize(windows: FloatArray) -> tuple[npt.NDArray[np.float32], Scaling]:
 
 
 def denormalize(values: npt.ArrayLike, scaling: Scaling) -> FloatArray:
-    """Map model outputs (shape: series x steps, z units) back to each series' units."""
+    """Map model outputs (z units) back to each series' units.
+
+    Outputs are series x steps, or series x steps x levels (quantile models).
+    """
     z = np.asarray(values, dtype=np.float64)
-    if z.ndim != 2 or z.shape[0] != scaling.mean.shape[0]:
+    if z.ndim not in (2, 3) or z.shape[0] != scaling.mean.shape[0]:
         raise ValueError(f"expected {scaling.mean.shape[0]} rows, got shape {z.shape}")
+    if z.ndim == 3:
+        return z * scaling.std[:, None, None] + scaling.mean[:, None, None]  # type: ignore[no-any-return]
     result: FloatArray = z * scaling.std[:, None] + scaling.mean[:, None]
     return result

@@ -166,6 +166,8 @@ class Recorder:
 
     def _tracked(self, result: ForecastResult) -> FloatArray | None:
         """The bounds at the tracked levels to record with a forecast, for GetExperiment."""
+        if result.tracked is not None:
+            return result.tracked
         if self.calibration is None:
             return None
         return self.calibration.tracked(result.model, result.version, result.horizon)

@@ -47,6 +47,9 @@ class ForecastResult:
     """The series' frequency, as given or inferred ("" without time)."""
     filled: int = 0
     """Missing points of the window filled by the request's fill method."""
+    tracked: FloatArray | None = None
+    """A quantile model's bounds at the tracked levels (scale units), recorded for
+    GetExperiment; None for a point model (its calibration gives them)."""
 
 
 Outcome = ForecastResult | GatewayError

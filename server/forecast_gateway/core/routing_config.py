@@ -76,8 +76,12 @@ def parse_policies(document: Mapping[str, Any], source: str) -> dict[str, Policy
     return policies
 
 
+Served = Callable[[str], bool]
+"""Whether the gateway may serve a model name (listed, or discovery admits it)."""
+
+
 def check_against_catalog(
-    policies: Mapping[str, Policy], specs: Mapping[str, ModelSpec], served: Collection[str]
+    policies: Mapping[str, Policy], specs: Mapping[str, ModelSpec], served: Collection[str] | Served
 ) -> None:
     """Raise RoutingConfigError if a policy names what the gateway cannot route to.
 
@@ -86,12 +90,14 @@ def check_against_catalog(
     Versions of a model Triton has not reported yet (no spec) cannot be
     checked here; routing skips versions a model lacks.
     """
+    admits = served if callable(served) else frozenset(served).__contains__
+    known = sorted(specs) if callable(served) else sorted(served)
     for model, policy in policies.items():
         where = f"models.{model}"
-        if model not in served:
+        if not admits(model):
             raise RoutingConfigError(
                 f"{where}: model {model!r} is not served by the gateway; "
-                f"served models: {_listing(served)}"
+                f"served models: {_listing(known)}"
             )
         spec = specs.get(model)
         for version, _ in policy.split:
@@ -100,10 +106,10 @@ def check_against_catalog(
             _check_version(spec, policy.shadow.version, f"{where}.shadow.version")
         fallback = policy.fallback
         if fallback is not None:
-            if fallback.model not in served:
+            if not admits(fallback.model):
                 raise RoutingConfigError(
                     f"{where}.fallback.model: model {fallback.model!r} is not served by the "
-                    f"gateway; served models: {_listing(served)}"
+                    f"gateway; served models: {_listing(known)}"
                 )
             if fallback.version:
                 _check_version(
@@ -141,12 +147,12 @@ class RoutingTable:
         self,
         path: Path | str | None,
         specs_provider: Callable[[], Mapping[str, ModelSpec]],
-        served: Collection[str],
+        served: Collection[str] | Served,
     ) -> None:
         # Path("") is Path("."): treat it, like "", as "no routing file".
         self._path = Path(path) if path not in (None, "") and Path(path) != Path() else None
         self._specs_provider = specs_provider
-        self._served = frozenset(served)
+        self._served: Collection[str] | Served = served if callable(served) else frozenset(served)
         self._policies: dict[str, Policy] = {}
         self._version = 0
         self._digest: str | None = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from forecast_gateway.core.catalog import ModelSpec, VersionSpec
+from forecast_gateway.core.eligibility import contract_violations
 from forecast_gateway.core.filling import describe_missing, missing_in_window
 from forecast_gateway.core.timeline import Axis, Fill, TimeInput, on_grid
 from forecast_gateway.errors import MISSING_VALUES, FieldViolation, InvalidArgument, shown
@@ -209,8 +210,15 @@ def resolve_shape(query: ForecastQuery, model: ModelSpec, version: VersionSpec) 
         raise InvalidArgument.of(violations)
     return Shape(
         window=query.sequence_length or version.sequence_length,
-        horizon=query.horizon or model.default_horizon,
+        horizon=query.horizon or default_horizon(model, version),
     )
+
+
+def default_horizon(model: ModelSpec, version: VersionSpec) -> int:
+    """The horizon of a request that leaves it at 0: the model's, within the version's limit."""
+    if version.contract is None:
+        return model.default_horizon
+    return min(model.default_horizon, version.contract.max_horizon)
 
 
 def shape_violations(
@@ -238,7 +246,11 @@ def shape_violations(
                 f"{version.version} needs at least {window} (its window)",
             )
         )
-    elif query.missing and query.fill is Fill.NONE:
+    elif (
+        query.missing
+        and query.fill is Fill.NONE
+        and not (version.contract is not None and version.contract.accepts_missing)
+    ):
         missing = missing_in_window(query.history, window)
         if missing.size:
             violations.append(
@@ -252,7 +264,12 @@ def shape_violations(
                     reason=MISSING_VALUES,
                 )
             )
-    return violations + _horizon_violations(query, model)
+    horizon = query.horizon or default_horizon(model, version)
+    return (
+        violations
+        + _horizon_violations(query, model)
+        + contract_violations(model, version, query.frequency, horizon, query.levels)
+    )
 
 
 def _horizon_violations(query: ForecastQuery, model: ModelSpec) -> list[FieldViolation]:

@@ -25,45 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66orecast/v1/forecast.proto\x12\x0b\x66orecast.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.forecast.v1.ModelVersionState\x12\x17\n\x0fsequence_length\x18\x03 \x01(\x05\x12\x1b\n\x13min_sequence_length\x18\x04 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x16\n\x0ereplicas_ready\x18\x07 \x01(\x05\"\x9e\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_horizon\x18\x04 \x01(\x05\x12\x13\n\x0bmax_horizon\x18\x05 \x01(\x05\x12+\n\x08versions\x18\x06 \x03(\x0b\x32\x19.forecast.v1.ModelVersion\"\xbc\x03\n\x08\x46orecast\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x36\n\x10routing_decision\x18\x05 \x01(\x0e\x32\x1c.forecast.v1.RoutingDecision\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x07 \x01(\x05\x12\x1a\n\x12routing_restricted\x18\x08 \x01(\x08\x12\x32\n\tintervals\x18\t \x03(\x0b\x32\x1f.forecast.v1.PredictionInterval\x12\x30\n\tquantiles\x18\n \x03(\x0b\x32\x1d.forecast.v1.QuantileForecast\x12-\n\x0buncertainty\x18\x0b \x01(\x0b\x32\x18.forecast.v1.Uncertainty\x12.\n\ntimestamps\x18\x0c \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrequency\x18\r \x01(\t\x12\x15\n\rfilled_points\x18\x0e \x01(\x05\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"u\n\rForecastError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x04 \x03(\x0b\x32\x1b.forecast.v1.FieldViolation\"T\n\nErrorStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x10\n\x08mae_mean\x18\x02 \x01(\x01\x12\x12\n\nsmape_mean\x18\x03 \x01(\x01\x12\x11\n\tmase_mean\x18\x04 \x01(\x01\"M\n\x0cLatencyStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\"D\n\x12PredictionInterval\x12\x10\n\x08\x63overage\x18\x01 \x01(\x01\x12\r\n\x05lower\x18\x02 \x03(\x01\x12\r\n\x05upper\x18\x03 \x03(\x01\"1\n\x10QuantileForecast\x12\r\n\x05level\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"y\n\x0bUncertainty\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.forecast.v1.UncertaintyStatus\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61libration_scores\x18\x03 \x03(\x05\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xad\x01\n\x10IntervalCoverage\x12\x0f\n\x07nominal\x18\x01 \x01(\x01\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x10\n\x08\x63overage\x18\x03 \x01(\x01\x12\x14\n\x0c\x63overage_low\x18\x04 \x01(\x01\x12\x15\n\rcoverage_high\x18\x05 \x01(\x01\x12\x12\n\nmean_width\x18\x06 \x01(\x01\x12\x0f\n\x07winkler\x18\x07 \x01(\x01\x12\x15\n\rundercovering\x18\x08 \x01(\x08\"L\n\x0cQuantileLoss\x12\r\n\x05level\x18\x01 \x01(\x01\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x0f\n\x07pinball\x18\x03 \x01(\x01\x12\r\n\x05\x62\x65low\x18\x04 \x01(\x01*\xc9\x01\n\x0fRoutingDecision\x12 \n\x1cROUTING_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROUTING_DECISION_PINNED\x10\x01\x12\x1c\n\x18ROUTING_DECISION_DEFAULT\x10\x02\x12\x1d\n\x19ROUTING_DECISION_WEIGHTED\x10\x03\x12\x1b\n\x17ROUTING_DECISION_STICKY\x10\x04\x12\x1d\n\x19ROUTING_DECISION_FALLBACK\x10\x05*U\n\tScoreRole\x12\x1a\n\x16SCORE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11SCORE_ROLE_SERVED\x10\x01\x12\x15\n\x11SCORE_ROLE_SHADOW\x10\x02*q\n\nFillMethod\x12\x1b\n\x17\x46ILL_METHOD_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ILL_METHOD_LINEAR\x10\x01\x12\x18\n\x14\x46ILL_METHOD_PREVIOUS\x10\x02\x12\x14\n\x10\x46ILL_METHOD_ZERO\x10\x03*\x9d\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_VERSION_STATE_READY\x10\x01\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x02\x12#\n\x1fMODEL_VERSION_STATE_UNAVAILABLE\x10\x03*\xa6\x01\n\x11UncertaintyStatus\x12\"\n\x1eUNCERTAINTY_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dUNCERTAINTY_STATUS_CALIBRATED\x10\x01\x12%\n!UNCERTAINTY_STATUS_NOT_CALIBRATED\x10\x02\x12#\n\x1fUNCERTAINTY_STATUS_MODEL_NATIVE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66orecast/v1/forecast.proto\x12\x0b\x66orecast.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x03\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.forecast.v1.ModelVersionState\x12\x17\n\x0fsequence_length\x18\x03 \x01(\x05\x12\x1b\n\x13min_sequence_length\x18\x04 \x01(\x05\x12\x1b\n\x13max_sequence_length\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x16\n\x0ereplicas_ready\x18\x07 \x01(\x05\x12\x1a\n\x12unavailable_reason\x18\x08 \x01(\t\x12\x13\n\x0boutput_kind\x18\t \x01(\t\x12\x17\n\x0fquantile_levels\x18\n \x03(\x01\x12\x14\n\x0chorizon_mode\x18\x0b \x01(\t\x12\x13\n\x0bmax_horizon\x18\x0c \x01(\x05\x12\x13\n\x0b\x66requencies\x18\r \x03(\t\x12\x15\n\rnormalization\x18\x0e \x01(\t\x12\x15\n\rseason_length\x18\x0f \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pts_missing\x18\x10 \x01(\x08\"\x9e\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_horizon\x18\x04 \x01(\x05\x12\x13\n\x0bmax_horizon\x18\x05 \x01(\x05\x12+\n\x08versions\x18\x06 \x03(\x0b\x32\x19.forecast.v1.ModelVersion\"\xbc\x03\n\x08\x46orecast\x12\x13\n\x0b\x66orecast_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x03(\x01\x12\x36\n\x10routing_decision\x18\x05 \x01(\x0e\x32\x1c.forecast.v1.RoutingDecision\x12\x0f\n\x07horizon\x18\x06 \x01(\x05\x12\x17\n\x0fsequence_length\x18\x07 \x01(\x05\x12\x1a\n\x12routing_restricted\x18\x08 \x01(\x08\x12\x32\n\tintervals\x18\t \x03(\x0b\x32\x1f.forecast.v1.PredictionInterval\x12\x30\n\tquantiles\x18\n \x03(\x0b\x32\x1d.forecast.v1.QuantileForecast\x12-\n\x0buncertainty\x18\x0b \x01(\x0b\x32\x18.forecast.v1.Uncertainty\x12.\n\ntimestamps\x18\x0c \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrequency\x18\r \x01(\t\x12\x15\n\rfilled_points\x18\x0e \x01(\x05\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"u\n\rForecastError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x10\x66ield_violations\x18\x04 \x03(\x0b\x32\x1b.forecast.v1.FieldViolation\"T\n\nErrorStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x10\n\x08mae_mean\x18\x02 \x01(\x01\x12\x12\n\nsmape_mean\x18\x03 \x01(\x01\x12\x11\n\tmase_mean\x18\x04 \x01(\x01\"M\n\x0cLatencyStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x04 \x01(\x01\"D\n\x12PredictionInterval\x12\x10\n\x08\x63overage\x18\x01 \x01(\x01\x12\r\n\x05lower\x18\x02 \x03(\x01\x12\r\n\x05upper\x18\x03 \x03(\x01\"1\n\x10QuantileForecast\x12\r\n\x05level\x18\x01 \x01(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"y\n\x0bUncertainty\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.forecast.v1.UncertaintyStatus\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61libration_scores\x18\x03 \x03(\x05\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xad\x01\n\x10IntervalCoverage\x12\x0f\n\x07nominal\x18\x01 \x01(\x01\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x10\n\x08\x63overage\x18\x03 \x01(\x01\x12\x14\n\x0c\x63overage_low\x18\x04 \x01(\x01\x12\x15\n\rcoverage_high\x18\x05 \x01(\x01\x12\x12\n\nmean_width\x18\x06 \x01(\x01\x12\x0f\n\x07winkler\x18\x07 \x01(\x01\x12\x15\n\rundercovering\x18\x08 \x01(\x08\"L\n\x0cQuantileLoss\x12\r\n\x05level\x18\x01 \x01(\x01\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x0f\n\x07pinball\x18\x03 \x01(\x01\x12\r\n\x05\x62\x65low\x18\x04 \x01(\x01*\xc9\x01\n\x0fRoutingDecision\x12 \n\x1cROUTING_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROUTING_DECISION_PINNED\x10\x01\x12\x1c\n\x18ROUTING_DECISION_DEFAULT\x10\x02\x12\x1d\n\x19ROUTING_DECISION_WEIGHTED\x10\x03\x12\x1b\n\x17ROUTING_DECISION_STICKY\x10\x04\x12\x1d\n\x19ROUTING_DECISION_FALLBACK\x10\x05*U\n\tScoreRole\x12\x1a\n\x16SCORE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11SCORE_ROLE_SERVED\x10\x01\x12\x15\n\x11SCORE_ROLE_SHADOW\x10\x02*q\n\nFillMethod\x12\x1b\n\x17\x46ILL_METHOD_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ILL_METHOD_LINEAR\x10\x01\x12\x18\n\x14\x46ILL_METHOD_PREVIOUS\x10\x02\x12\x14\n\x10\x46ILL_METHOD_ZERO\x10\x03*\x9d\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MODEL_VERSION_STATE_READY\x10\x01\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x02\x12#\n\x1fMODEL_VERSION_STATE_UNAVAILABLE\x10\x03*\xa6\x01\n\x11UncertaintyStatus\x12\"\n\x1eUNCERTAINTY_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dUNCERTAINTY_STATUS_CALIBRATED\x10\x01\x12%\n!UNCERTAINTY_STATUS_NOT_CALIBRATED\x10\x02\x12#\n\x1fUNCERTAINTY_STATUS_MODEL_NATIVE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forecast.v1.forecast_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTINGDECISION']._serialized_start=1730
-  _globals['_ROUTINGDECISION']._serialized_end=1931
-  _globals['_SCOREROLE']._serialized_start=1933
-  _globals['_SCOREROLE']._serialized_end=2018
-  _globals['_FILLMETHOD']._serialized_start=2020
-  _globals['_FILLMETHOD']._serialized_end=2133
-  _globals['_MODELVERSIONSTATE']._serialized_start=2136
-  _globals['_MODELVERSIONSTATE']._serialized_end=2293
-  _globals['_UNCERTAINTYSTATUS']._serialized_start=2296
-  _globals['_UNCERTAINTYSTATUS']._serialized_end=2462
+  _globals['_ROUTINGDECISION']._serialized_start=1939
+  _globals['_ROUTINGDECISION']._serialized_end=2140
+  _globals['_SCOREROLE']._serialized_start=2142
+  _globals['_SCOREROLE']._serialized_end=2227
+  _globals['_FILLMETHOD']._serialized_start=2229
+  _globals['_FILLMETHOD']._serialized_end=2342
+  _globals['_MODELVERSIONSTATE']._serialized_start=2345
+  _globals['_MODELVERSIONSTATE']._serialized_end=2502
+  _globals['_UNCERTAINTYSTATUS']._serialized_start=2505
+  _globals['_UNCERTAINTYSTATUS']._serialized_end=2671
   _globals['_MODELVERSION']._serialized_start=77
-  _globals['_MODELVERSION']._serialized_end=283
-  _globals['_MODEL']._serialized_start=286
-  _globals['_MODEL']._serialized_end=444
-  _globals['_FORECAST']._serialized_start=447
-  _globals['_FORECAST']._serialized_end=891
-  _globals['_FIELDVIOLATION']._serialized_start=893
-  _globals['_FIELDVIOLATION']._serialized_end=945
-  _globals['_FORECASTERROR']._serialized_start=947
-  _globals['_FORECASTERROR']._serialized_end=1064
-  _globals['_ERRORSTATS']._serialized_start=1066
-  _globals['_ERRORSTATS']._serialized_end=1150
-  _globals['_LATENCYSTATS']._serialized_start=1152
-  _globals['_LATENCYSTATS']._serialized_end=1229
-  _globals['_PREDICTIONINTERVAL']._serialized_start=1231
-  _globals['_PREDICTIONINTERVAL']._serialized_end=1299
-  _globals['_QUANTILEFORECAST']._serialized_start=1301
-  _globals['_QUANTILEFORECAST']._serialized_end=1350
-  _globals['_UNCERTAINTY']._serialized_start=1352
-  _globals['_UNCERTAINTY']._serialized_end=1473
-  _globals['_INTERVALCOVERAGE']._serialized_start=1476
-  _globals['_INTERVALCOVERAGE']._serialized_end=1649
-  _globals['_QUANTILELOSS']._serialized_start=1651
-  _globals['_QUANTILELOSS']._serialized_end=1727
+  _globals['_MODELVERSION']._serialized_end=492
+  _globals['_MODEL']._serialized_start=495
+  _globals['_MODEL']._serialized_end=653
+  _globals['_FORECAST']._serialized_start=656
+  _globals['_FORECAST']._serialized_end=1100
+  _globals['_FIELDVIOLATION']._serialized_start=1102
+  _globals['_FIELDVIOLATION']._serialized_end=1154
+  _globals['_FORECASTERROR']._serialized_start=1156
+  _globals['_FORECASTERROR']._serialized_end=1273
+  _globals['_ERRORSTATS']._serialized_start=1275
+  _globals['_ERRORSTATS']._serialized_end=1359
+  _globals['_LATENCYSTATS']._serialized_start=1361
+  _globals['_LATENCYSTATS']._serialized_end=1438
+  _globals['_PREDICTIONINTERVAL']._serialized_start=1440
+  _globals['_PREDICTIONINTERVAL']._serialized_end=1508
+  _globals['_QUANTILEFORECAST']._serialized_start=1510
+  _globals['_QUANTILEFORECAST']._serialized_end=1559
+  _globals['_UNCERTAINTY']._serialized_start=1561
+  _globals['_UNCERTAINTY']._serialized_end=1682
+  _globals['_INTERVALCOVERAGE']._serialized_start=1685
+  _globals['_INTERVALCOVERAGE']._serialized_end=1858
+  _globals['_QUANTILELOSS']._serialized_start=1860
+  _globals['_QUANTILELOSS']._serialized_end=1936
 # @@protoc_insertion_point(module_scope)

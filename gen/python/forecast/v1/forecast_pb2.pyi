@@ -256,6 +256,15 @@ class ModelVersion(_message.Message):
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     REPLICAS_READY_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
+    OUTPUT_KIND_FIELD_NUMBER: _builtins.int
+    QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
+    HORIZON_MODE_FIELD_NUMBER: _builtins.int
+    MAX_HORIZON_FIELD_NUMBER: _builtins.int
+    FREQUENCIES_FIELD_NUMBER: _builtins.int
+    NORMALIZATION_FIELD_NUMBER: _builtins.int
+    SEASON_LENGTH_FIELD_NUMBER: _builtins.int
+    ACCEPTS_MISSING_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """version is the Triton version number, as a string (e.g. "2")."""
     state: Global___ModelVersionState.ValueType
@@ -274,6 +283,44 @@ class ModelVersion(_message.Message):
     """replicas_ready is how many Triton replicas reported this version READY
     at the gateway's last refresh (1 with one Triton; 0 while none does).
     """
+    unavailable_reason: _builtins.str
+    """unavailable_reason says why a version is not READY: Triton's own load
+    error for a version that failed to load, or what is wrong with the
+    contract its config.pbtxt declares (docs/model-contract.md). Empty while
+    it is READY.
+    """
+    output_kind: _builtins.str
+    """output_kind is what the version outputs: "point" (one value per step) or
+    "quantiles" (its own quantiles at quantile_levels; intervals and
+    quantiles are then served from them).
+    """
+    horizon_mode: _builtins.str
+    """horizon_mode is "any" (the version forecasts the horizon it is asked
+    for) or "fixed" (it always forecasts max_horizon steps; the gateway
+    returns the requested ones).
+    """
+    max_horizon: _builtins.int
+    """max_horizon is the largest horizon this version forecasts."""
+    normalization: _builtins.str
+    """normalization is "zscore" (the gateway scales each window) or "none"
+    (the model takes the series' own values and scales itself).
+    """
+    season_length: _builtins.int
+    """season_length is the declared season in points; 0: from the request's
+    frequency.
+    """
+    accepts_missing: _builtins.bool
+    """accepts_missing says the version takes NaN in its window unfilled."""
+    @_builtins.property
+    def quantile_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """quantile_levels are the levels a "quantiles" version outputs, increasing."""
+
+    @_builtins.property
+    def frequencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """frequencies are the pandas aliases the version was declared for; a
+        request with another frequency is not routed to it. Empty: any.
+        """
+
     def __init__(
         self,
         *,
@@ -284,10 +331,19 @@ class ModelVersion(_message.Message):
         max_sequence_length: _builtins.int = ...,
         description: _builtins.str = ...,
         replicas_ready: _builtins.int = ...,
+        unavailable_reason: _builtins.str = ...,
+        output_kind: _builtins.str = ...,
+        quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
+        horizon_mode: _builtins.str = ...,
+        max_horizon: _builtins.int = ...,
+        frequencies: _abc.Iterable[_builtins.str] | None = ...,
+        normalization: _builtins.str = ...,
+        season_length: _builtins.int = ...,
+        accepts_missing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "max_sequence_length", b"max_sequence_length", "min_sequence_length", b"min_sequence_length", "replicas_ready", b"replicas_ready", "sequence_length", b"sequence_length", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_missing", b"accepts_missing", "description", b"description", "frequencies", b"frequencies", "horizon_mode", b"horizon_mode", "max_horizon", b"max_horizon", "max_sequence_length", b"max_sequence_length", "min_sequence_length", b"min_sequence_length", "normalization", b"normalization", "output_kind", b"output_kind", "quantile_levels", b"quantile_levels", "replicas_ready", b"replicas_ready", "season_length", b"season_length", "sequence_length", b"sequence_length", "state", b"state", "unavailable_reason", b"unavailable_reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
