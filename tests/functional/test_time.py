@@ -122,16 +122,22 @@ def test_duplicated_timestamps_are_rejected(stub: Stub) -> None:
     assert "repeats" in (caught.value.details() or "")
 
 
-def test_the_lstm_serves_a_dated_batch(stub: Stub) -> None:
+WEEKS = pd.date_range("2023-01-07", periods=120, freq="W-SAT", tz="UTC")
+
+
+def test_the_weekly_lstm_serves_a_dated_weekly_batch_and_refuses_daily_sales(stub: Stub) -> None:
+    weekly = [340.0 + 3.0 * math.sin(2 * math.pi * i / 52) for i in range(len(WEEKS))]
+    kept = [i for i in range(len(WEEKS)) if i != 118]
     response = stub.ForecastBatch(
         forecast_service_pb2.ForecastBatchRequest(
             model="lstm_timeseries",
             horizon=2,
             series=[
                 forecast_service_pb2.Series(
-                    id="store-1",
-                    **gappy([118]),
-                    frequency="D",
+                    id="co2-like",
+                    timestamps=[stamp(WEEKS[i]) for i in kept],
+                    history=[weekly[i] for i in kept],
+                    frequency="W-SAT",
                     fill=forecast_pb2.FILL_METHOD_PREVIOUS,
                 ),
                 forecast_service_pb2.Series(
@@ -141,8 +147,11 @@ def test_the_lstm_serves_a_dated_batch(stub: Stub) -> None:
         ),
         timeout=10,
     )
-    one, two = (r.forecast for r in response.results)
-    assert one.filled_points == 1 and two.filled_points == 0
-    for forecast in (one, two):
-        assert iso(forecast.timestamps) == ["2024-04-30T00:00:00Z", "2024-05-01T00:00:00Z"]
-        assert all(math.isfinite(v) for v in forecast.values)
+    served, refused = response.results
+    assert served.forecast.filled_points == 1
+    assert iso(served.forecast.timestamps) == ["2025-04-26T00:00:00Z", "2025-05-03T00:00:00Z"]
+    assert all(math.isfinite(v) for v in served.forecast.values)
+    # Every LSTM version is declared for weekly data only: daily sales are refused, not forecast.
+    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert refused.error.reason == "FREQUENCY_NOT_SUPPORTED"
+    assert [v.field for v in refused.error.field_violations] == ["frequency"]

@@ -215,10 +215,17 @@ class ModelCatalog:
         return spec
 
     def all_ready(self) -> bool:
-        """Triton is up and every served model has at least one ready version."""
-        return self.triton_up and all(
-            name in self.specs and self.specs[name].ready_versions() for name in self.served()
-        )
+        """Triton is up and every listed model has a ready version (with none listed: any model).
+
+        A discovered model that fails to load costs only itself: it never
+        turns the gateway's health NOT_SERVING.
+        """
+        if not self.triton_up:
+            return False
+        listed = [m.name for m in self.models if self.admits(m.name)]
+        if not listed:
+            return any(spec.ready_versions() for spec in self.specs.values())
+        return all(name in self.specs and self.specs[name].ready_versions() for name in listed)
 
     def replace(self, specs: dict[str, ModelSpec], triton_up: bool) -> None:
         """Install a new snapshot (one assignment each: readers never see half of one)."""
@@ -291,19 +298,15 @@ class ModelCatalog:
         A model Triton failed to load has no config to read: it is listed
         with its versions UNAVAILABLE and Triton's reason.
         """
-        readable = True
-        try:
+        failed = _reasons_of(name, reasons) and all(
+            state not in ("READY", "LOADING") for state in states.values()
+        )
+        if failed:  # Triton has no config of a model it could not load: its reason says why
+            config = BackendModelConfig({}, 1)
+        else:
             config = await backend.model_config(name)
-        except GatewayError as error:
-            if any(state == "READY" for state in states.values()):
-                raise
-            readable, config = False, BackendModelConfig({}, 1)
-            log.info("model_config_unreadable", model=name, error=error.message)
-        if listed is None:
-            if readable and not declares_contract(config.parameters):
+            if listed is None and not declares_contract(config.parameters):
                 return None  # not a forecasting model (or not declared as one)
-            if not readable and not _reasons_of(name, reasons):
-                return None
         spec = build_spec(
             listed or ModelConfig(name=name),
             config.parameters,
