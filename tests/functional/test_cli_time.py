@@ -20,7 +20,7 @@ pytestmark = pytest.mark.functional
 
 FIRST = date(2024, 1, 1)
 DAYS = 80
-MISSING = (DAYS - 5, DAYS - 3)  # inside the last 10 points (lstm_timeseries v1's window)
+MISSING = (DAYS - 5, DAYS - 3)  # inside the last 10 points (moving_average v1's window)
 HORIZON = 4
 
 
@@ -37,7 +37,7 @@ def sales(tmp_path: Path) -> Path:
 
 
 def predict(env: dict[str, str], sales: Path, *extra: str) -> list[str]:
-    return ["predict", "--model", "lstm_timeseries", "--version", "1", "--horizon",
+    return ["predict", "--model", "moving_average", "--version", "1", "--horizon",
             str(HORIZON), "--csv", str(sales), "--date-column", "day", "--column", "units",
             *extra]  # fmt: skip
 
