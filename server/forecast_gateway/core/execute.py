@@ -28,17 +28,15 @@ from forecast_gateway.backends.coalescing import Coalescer
 from forecast_gateway.core.calibration import Calibration, Uncertainty
 from forecast_gateway.core.catalog import ModelCatalog, ModelSpec
 from forecast_gateway.core.contract import Contract, Normalization, season_length
-from forecast_gateway.core.filling import window_of
 from forecast_gateway.core.native import native_uncertainty, tracked_table
-from forecast_gateway.core.normalization import denormalize, fit_window, normalize
+from forecast_gateway.core.normalization import denormalize, normalize
 from forecast_gateway.core.plan import Planner
 from forecast_gateway.core.results import CallNotes, ForecastResult, Outcome, Plan, VersionOutcome
 from forecast_gateway.core.routing import Decision
-from forecast_gateway.core.timeline import Fill
 from forecast_gateway.core.validation import ForecastQuery, resolve_shape
+from forecast_gateway.core.windows import forecast_times, split_output, window_values
 from forecast_gateway.errors import GatewayError, Internal, InvalidArgument, Unavailable
 from forecast_gateway.numerics import FloatArray, Levels, naive_scales
-from forecast_gateway.timegrid import Instants
 
 log = structlog.get_logger(__name__)
 
@@ -380,35 +378,6 @@ class Executor:
             frequency=query.frequency,
             filled=filled,
         )
-
-
-def window_values(
-    query: ForecastQuery, window: int, contract: Contract | None = None
-) -> tuple[FloatArray, int]:
-    """The window a version reads (missing points filled) and how many were filled.
-
-    A version that accepts missing values gets NaN unfilled when the request
-    asks for no fill.
-    """
-    if not query.missing:  # every request without NaN or gaps
-        return fit_window(query.history, window), 0
-    if query.fill is Fill.NONE and contract is not None and contract.accepts_missing:
-        return fit_window(query.history, window), 0
-    return window_of(query.history, window, query.fill)
-
-
-def split_output(output: FloatArray) -> tuple[FloatArray, FloatArray | None]:
-    """One series' answer: its point forecast, and its quantiles ([steps, levels]) if any."""
-    if output.ndim == 1:
-        return output, None
-    return np.ascontiguousarray(output[:, 0]), output[:, 1:]
-
-
-def forecast_times(query: ForecastQuery, horizon: int) -> Instants | None:
-    """The instants of the forecast steps of a query with time (None without)."""
-    if query.axis is None:
-        return None
-    return query.axis.forecast_times(query.history.shape[0], horizon)
 
 
 def group(plans: Sequence[Plan]) -> list[list[Plan]]:
