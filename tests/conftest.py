@@ -345,3 +345,17 @@ def cli_env(gateway: GatewayProcess) -> dict[str, str]:
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "FORECAST_TARGET": gateway.target,
     }
+
+
+def served_models() -> list[str]:
+    """The models a gateway on the shipped config serves from the shipped repository.
+
+    Every model whose config.pbtxt declares the forecast contract (discovery),
+    and the ones config/gateway.toml lists, by name.
+    """
+    declared = {
+        path.parent.name
+        for path in (ROOT / "model_repository").glob("*/config.pbtxt")
+        if '"forecast.contract"' in path.read_text()
+    }
+    return sorted(declared | {"lstm_timeseries", "moving_average"})

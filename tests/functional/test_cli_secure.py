@@ -21,7 +21,7 @@ import pytest
 
 from forecast_client import ForecastClient
 from forecast_client.cli import build_parser
-from tests.conftest import VENV_BIN, GatewayProcess, stop_process
+from tests.conftest import VENV_BIN, GatewayProcess, served_models, stop_process
 from tests.pki import Pki, make_pki, start_locked_gateway
 from tools.embedded_triton import TritonProcess
 
@@ -139,7 +139,7 @@ def test_every_command_reaches_a_tls_token_gateway(
         for name in COMMANDS
         if name != "predict"
     }
-    assert [m["name"] for m in outputs["models"]["models"]] == ["lstm_timeseries", "moving_average"]
+    assert [m["name"] for m in outputs["models"]["models"]] == served_models()
     assert outputs["models NAME"]["model"]["name"] == "moving_average"
     assert [f["version"] for f in outputs["compare"]["forecasts"]] == ["1", "2"]
     assert outputs["report"]["stepsReceived"] == 3
@@ -223,4 +223,4 @@ def test_the_client_library_reaches_every_rpc(secure_gateway: GatewayProcess, pk
     assert [f.error for f in comparison.forecasts] == [None, None]
     assert report.steps_received == 3
     assert experiment.model == model.name == "moving_average"
-    assert {m.name for m in models} == {"lstm_timeseries", "moving_average"}
+    assert sorted(m.name for m in models) == served_models()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2, forecast_service_pb2_grpc
+from tests.conftest import served_models
 from training.data import load_co2, train_test_split
 
 Stub = forecast_service_pb2_grpc.ForecastServiceStub
@@ -92,12 +93,14 @@ def test_lstm_beats_the_naive_forecast_on_held_out_co2(stub: Stub, version: str)
 
 def test_list_models_reports_versions_windows_and_readiness(stub: Stub) -> None:
     models = stub.ListModels(forecast_service_pb2.ListModelsRequest()).models
-    assert [m.name for m in models] == sorted(MODELS)
+    assert [m.name for m in models] == served_models()  # discovered: no gateway config needed
     for model in models:
         assert model.max_horizon >= model.default_horizon > 0
-        windows = {v.version: v.sequence_length for v in model.versions}
-        assert windows == MODELS[model.name]
+        if model.name in MODELS:
+            windows = {v.version: v.sequence_length for v in model.versions}
+            assert windows == MODELS[model.name]
         assert all(v.state == forecast_pb2.MODEL_VERSION_STATE_READY for v in model.versions)
+        assert all(v.unavailable_reason == "" for v in model.versions)
     lstm = next(m for m in models if m.name == "lstm_timeseries")
     assert lstm.default_version == "2"
     assert all(v.description for v in lstm.versions)

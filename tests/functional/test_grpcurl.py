@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.conftest import VENV_BIN, GatewayProcess
+from tests.conftest import VENV_BIN, GatewayProcess, served_models
 
 SERVICE = "forecast.v1.ForecastService"
 
@@ -71,7 +71,7 @@ def test_list_models_through_reflection(gateway: GatewayProcess) -> None:
     result = grpcurl(gateway, f"{SERVICE}/ListModels", data={})
     assert result.returncode == 0, result.stderr
     names = [m["name"] for m in json.loads(result.stdout)["models"]]
-    assert names == ["lstm_timeseries", "moving_average"]
+    assert names == served_models()
 
 
 def test_health_answers_serving(gateway: GatewayProcess) -> None:

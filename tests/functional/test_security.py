@@ -387,7 +387,11 @@ def narrow_gateway(
 ) -> Iterator[GatewayProcess]:
     log_path = tmp_path_factory.mktemp("narrow") / "gateway.log"
     process = start_gateway(
-        triton.grpc_url, log_path, FORECAST_ROUTING_FILE="", FORECAST_MODELS="moving_average"
+        triton.grpc_url,
+        log_path,
+        FORECAST_ROUTING_FILE="",
+        FORECAST_MODELS="moving_average",
+        FORECAST_ALLOWED_MODELS="moving_average",
     )
     yield process
     stop_process(process.process)

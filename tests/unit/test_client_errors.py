@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from forecast.v1 import forecast_pb2, forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_client import FieldViolation, ForecastClient, ForecastError, from_rpc_error
 from forecast_client.cli import main
+from forecast_client.client import ModelInfo, ModelVersionInfo
+from forecast_client.render import models_text
 from forecast_client.series_input import InputError, parse_csv, parse_history
 
 EMPTY_HISTORY = "history is empty; send at least the window"
@@ -312,9 +314,9 @@ def test_cli_models_table_and_json(target: str, capsys: pytest.CaptureFixture[st
     assert main(["--target", target, "models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["MODEL", "VERSION", "STATE", "REPLICAS", "WINDOW", "RANGE",
-                                "DEFAULT", "HORIZON", "(MAX)"]  # fmt: skip
+                                "DEFAULT", "HORIZON", "(MAX)", "OUTPUT", "FREQUENCIES"]  # fmt: skip
     assert lines[2].split() == ["lstm_timeseries", "2", "loading", "0", "52", "52-52", "*", "12",
-                                "(52)"]  # fmt: skip
+                                "(52)", "point", "any"]  # fmt: skip
     assert main(["--target", target, "--json", "models", "moving_average"]) == 0
     model = json.loads(capsys.readouterr().out)["model"]
     assert (model["name"], model["defaultVersion"], model["maxHorizon"]) == (
@@ -330,6 +332,10 @@ def test_cli_models_table_and_json(target: str, capsys: pytest.CaptureFixture[st
         "maxSequenceLength": 10,
         "description": "window 10",
         "replicasReady": 0,
+        "unavailableReason": "",
+        "outputKind": "",
+        "quantileLevels": [],
+        "frequencies": [],
     }
 
 
@@ -423,3 +429,14 @@ def test_parse_history_separators_and_empty() -> None:
 def test_series_round_trip(values: list[float]) -> None:
     assert parse_history(",".join(repr(v) for v in values)) == values
     assert parse_csv("value\n" + "\n".join(repr(v) for v in values)) == values
+
+
+def test_the_models_table_says_what_each_version_declares_and_why_one_is_unavailable() -> None:
+    versions = (
+        ModelVersionInfo("1", "ready", 28, 28, 28, "", 1, "", "quantiles", (0.1, 0.5, 0.9), ("D",)),
+        ModelVersionInfo("2", "unavailable", 0, 0, 0, "", 0, "Internal: no weights\n"),
+    )
+    text = models_text([ModelInfo("team", "", "1", 14, 14, versions)])
+    lines = text.splitlines()
+    assert lines[1].split()[-3:] == ["quantiles", "(3)", "D"]
+    assert lines[-1] == "team 2: Internal: no weights"

@@ -199,6 +199,13 @@ class ModelVersionInfo:
     description: str
     replicas_ready: int = 0
     """How many Triton replicas reported this version READY at the gateway's last refresh."""
+    unavailable_reason: str = ""
+    """Why it is not ready: Triton's load error, or what is wrong with its declaration."""
+    output_kind: str = ""
+    """"point" or "quantiles" (its own quantiles at `quantile_levels`)."""
+    quantile_levels: tuple[float, ...] = ()
+    frequencies: tuple[str, ...] = ()
+    """The pandas aliases it was declared for; empty: any."""
 
 
 @dataclass(frozen=True)
@@ -1017,6 +1024,10 @@ def _model_info(model: forecast_pb2.Model) -> ModelInfo:
                 max_sequence_length=v.max_sequence_length,
                 description=v.description,
                 replicas_ready=v.replicas_ready,
+                unavailable_reason=v.unavailable_reason,
+                output_kind=v.output_kind,
+                quantile_levels=tuple(v.quantile_levels),
+                frequencies=tuple(v.frequencies),
             )
             for v in model.versions
         ),

@@ -299,16 +299,32 @@ def models_text(models: Sequence[ModelInfo]) -> str:
         "RANGE",
         "DEFAULT",
         "HORIZON (MAX)",
+        "OUTPUT",
+        "FREQUENCIES",
     ]
     rows = []
+    reasons = []
     for model in models:
         horizon = f"{model.default_horizon} ({model.max_horizon})"
         if not model.versions:
-            rows.append([model.name, "-", "-", "-", "-", "-", "", horizon])
+            rows.append([model.name, "-", "-", "-", "-", "-", "", horizon, "-", "-"])
         for version in model.versions:
             default = "*" if version.version == model.default_version else ""
-            rows.append([model.name, *_version_cells(version), default, horizon])
-    return _table(headers, rows)
+            rows.append(
+                [model.name, *_version_cells(version), default, horizon, *_kind_cells(version)]
+            )
+            if version.unavailable_reason:
+                reasons.append(f"{model.name} {version.version}: {version.unavailable_reason}")
+    notes = "".join(f"\n{reason.strip()}" for reason in reasons)
+    return _table(headers, rows) + (notes + "\n" if notes else "")
+
+
+def _kind_cells(version: ModelVersionInfo) -> list[str]:
+    """OUTPUT (point, or quantiles with their count) and FREQUENCIES (any when undeclared)."""
+    kind = version.output_kind or "point"
+    if version.quantile_levels:
+        kind = f"{kind} ({len(version.quantile_levels)})"
+    return [kind, ",".join(version.frequencies) or "any"]
 
 
 def model_text(model: ModelInfo) -> str:
@@ -663,6 +679,10 @@ def _version_json(version: ModelVersionInfo) -> JsonObject:
         "maxSequenceLength": version.max_sequence_length,
         "description": version.description,
         "replicasReady": version.replicas_ready,
+        "unavailableReason": version.unavailable_reason,
+        "outputKind": version.output_kind,
+        "quantileLevels": list(version.quantile_levels),
+        "frequencies": list(version.frequencies),
     }
 
 

@@ -256,7 +256,9 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
     routing = RoutingTable(
         Path(config.routing_file) if config.routing_file else None,
         lambda: catalog.specs,
-        catalog.admits if config.discover_models else {m.name for m in config.models}.__contains__,
+        catalog.routable
+        if config.discover_models
+        else {m.name for m in config.models}.__contains__,
     )
     store = ExperimentStore.open(
         config.store_url,

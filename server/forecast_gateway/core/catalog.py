@@ -192,6 +192,14 @@ class ModelCatalog:
         names = {m.name for m in self.models if self.admits(m.name)} | set(self.specs)
         return sorted(names)
 
+    def routable(self, name: str) -> bool:
+        """Whether a routing policy may name `name`: served now, or not known yet.
+
+        Before Triton has reported (it is down), a discovered model cannot be
+        told from a typo: the policy's check waits until it has.
+        """
+        return self.admits(name) and (name in self.served() or not self.triton_up)
+
     def admits(self, name: str) -> bool:
         """Whether the allow-list lets `name` be served."""
         return not self.allowed or name in self.allowed
