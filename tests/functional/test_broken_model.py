@@ -17,13 +17,25 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.services import free_port
-from tests.conftest import PORT_ATTEMPTS, ROOT, _bind_failed, _holds_ports
+from forecast.v1 import forecast_service_pb2 as pb
+from forecast.v1 import forecast_service_pb2_grpc
+from tests.conftest import (
+    PORT_ATTEMPTS,
+    ROOT,
+    GatewayProcess,
+    _bind_failed,
+    _holds_ports,
+    start_gateway,
+    stop_process,
+)
 from tests.polling import eventually_sync
 from tools.embedded_triton import TritonPorts, TritonProcess, previous_log_path
 
@@ -149,10 +161,21 @@ def test_the_broken_version_is_unavailable_with_its_error(
     triton: TritonProcess, client: grpcclient.InferenceServerClient
 ) -> None:
     assert not client.is_model_ready("moving_average", "2")
-    index = {
-        (m["name"], m.get("version", "")): m
-        for m in client.get_model_repository_index(as_json=True)["models"]
-    }
+
+    def index_now() -> dict[tuple[str, str], dict[str, str]]:
+        return {
+            (m["name"], m.get("version", "")): m
+            for m in client.get_model_repository_index(as_json=True)["models"]
+        }
+
+    # Triton unloads the failed model's sibling versions after it reports ready
+    # (UNLOADING first): wait until that has settled.
+    eventually_sync(
+        lambda: index_now()["moving_average", "1"]["state"] == "UNAVAILABLE",
+        timeout_s=30.0,
+        message="moving_average 1 was never unloaded",
+    )
+    index = index_now()
     broken = index["moving_average", "2"]
     assert broken["state"] == "UNAVAILABLE"
     assert BROKEN_MESSAGE in broken["reason"]
@@ -184,3 +207,39 @@ def test_the_log_starts_fresh_and_keeps_the_previous_one(triton: TritonProcess) 
     text = triton.log_path.read_text()
     assert PREVIOUS_LOG not in text
     assert BROKEN_MESSAGE in text
+
+
+@pytest.fixture(scope="module")
+def gateway_on_broken(triton: TritonProcess, broken_repository: Path) -> Iterator[GatewayProcess]:
+    process = start_gateway(
+        triton.grpc_url,
+        broken_repository.parent / "logs" / "gateway.log",
+        FORECAST_ROUTING_FILE="",
+        FORECAST_CALIBRATION_DIR=str(broken_repository),
+    )
+    yield process
+    stop_process(process.process)
+
+
+def test_the_gateway_serves_the_others_and_says_why_the_broken_one_is_not(
+    gateway_on_broken: GatewayProcess,
+) -> None:
+    with grpc.insecure_channel(gateway_on_broken.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = forecast_service_pb2_grpc.ForecastServiceStub(channel)
+        models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+        reasons = {v.version: v.unavailable_reason for v in models["moving_average"].versions}
+        assert BROKEN_MESSAGE in reasons["2"] and reasons["1"] == "unloaded"
+        answer = stub.Forecast(
+            pb.ForecastRequest(model="lstm_timeseries", history=[float(i) for i in range(60)]),
+            timeout=10,
+        )
+        assert len(answer.values) == answer.horizon > 0
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Forecast(
+                pb.ForecastRequest(model="moving_average", history=[1.0] * 20), timeout=10
+            )
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE

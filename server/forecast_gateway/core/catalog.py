@@ -223,17 +223,29 @@ class ModelCatalog:
         return spec
 
     def all_ready(self) -> bool:
-        """Triton is up and every listed model has a ready version (with none listed: any model).
+        """Triton is up, some model serves, and no listed model is still on its way.
 
-        A discovered model that fails to load costs only itself: it never
-        turns the gateway's health NOT_SERVING.
+        A listed model is on its way until Triton reports it with a ready
+        version, or with every version failed (UNAVAILABLE with Triton's
+        reason). A model that fails to load costs only itself: the gateway
+        keeps serving the others (its health stays SERVING) and ListModels
+        says why.
         """
-        if not self.triton_up:
+        if not self.triton_up or not any(s.ready_versions() for s in self.specs.values()):
             return False
         listed = [m.name for m in self.models if self.admits(m.name)]
-        if not listed:
-            return any(spec.ready_versions() for spec in self.specs.values())
-        return all(name in self.specs and self.specs[name].ready_versions() for name in listed)
+        return not any(self._on_its_way(name) for name in listed)
+
+    def _on_its_way(self, name: str) -> bool:
+        spec = self.specs.get(name)
+        if spec is None:
+            return True
+        if spec.ready_versions():
+            return False
+        return not spec.versions or any(
+            v.state is VersionState.LOADING or not v.unavailable_reason
+            for v in spec.versions.values()
+        )
 
     def replace(self, specs: dict[str, ModelSpec], triton_up: bool) -> None:
         """Install a new snapshot (one assignment each: readers never see half of one)."""
