@@ -160,16 +160,25 @@ def format_ratios(rows: list[Cell]) -> str:
         return ""
     rounds = max(len(row["rounds"]) for row in rows)
     which = f"the median of {rounds} rounds [their range]" if rounds > 1 else "one round"
-    lines = [
-        f"time per request, against the gateway without time at the same concurrency ({which}):",
-        f"  {'time':<11} {'conc':>4}  {'series/s':<20} {'gateway CPU per call':<38} p50",
-    ]
+    table = [["time", "conc", "series/s", "gateway CPU per call", "p50"]]
     for row in rows:
         cpu = f"{_x(row['cpu_per_call'])}{_spread(row, 'cpu_per_call')}"
         cpu += f" ({_us(row['cpu_us_added'])}{_spread(row, 'cpu_us_added')})"
-        lines.append(
-            f"  {row['time']:<11} {row['concurrency']:>4}  "
-            f"{_x(row['series_per_s']) + _spread(row, 'series_per_s'):<20} {cpu:<38} "
-            f"{_x(row['p50']) + _spread(row, 'p50'):<16}".rstrip()
+        table.append(
+            [
+                row["time"],
+                str(row["concurrency"]),
+                _x(row["series_per_s"]) + _spread(row, "series_per_s"),
+                cpu,
+                _x(row["p50"]) + _spread(row, "p50"),
+            ]
         )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = [
+        f"time per request, against the gateway without time at the same concurrency ({which}):"
+    ]
+    for line in table:
+        cells = [f"{line[0]:<{widths[0]}}", f"{line[1]:>{widths[1]}}"]
+        cells += [f"{value:<{width}}" for value, width in zip(line[2:], widths[2:], strict=True)]
+        lines.append(("  " + "  ".join(cells)).rstrip())
     return "\n".join(lines)
