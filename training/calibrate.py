@@ -198,6 +198,7 @@ def calibration_document(served: ServedVersion, split: Split) -> dict[str, Any]:
         "version": served.version,
         "score": SCORE,
         "window": served.window,
+        "frequency": "W-SAT",  # co2 weekly: the gateway flags other frequencies NOT_CALIBRATED
         "data": origin_span(split),
         "scores": [[round_significant(float(v)) for v in column] for column in scores.T],
     }

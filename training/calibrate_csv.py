@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=0, help="default: the model's max_horizon")
     parser.add_argument("--origins", type=int, default=200)
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument(
+        "--frequency", default="", help="the series' pandas alias (recorded in the file)"
+    )
     args = parser.parse_args(argv)
     series = read_column(args.csv, args.column)
     with grpc.insecure_channel(args.target) as channel:
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": version,
         "score": SCORE,
         "window": window,
+        **({"frequency": args.frequency} if args.frequency else {}),
         "data": f"{args.csv.name} column {args.column}, origins {origins[0]}..{origins[-1]}",
         "scores": [[round_significant(float(v)) for v in column] for column in scores.T],
     }

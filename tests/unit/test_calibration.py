@@ -442,3 +442,21 @@ async def test_tracked_bounds_are_none_until_some_exist(tmp_path: Path) -> None:
     rows = 2 * len(TRACKED.coverages) + len(TRACKED.quantiles)
     assert tracked.shape == (rows, 2)
     assert np.isfinite(tracked[0:2]).all() and np.isnan(tracked[2:4]).all()  # 80% yes, 95% no
+
+
+async def test_scores_from_another_frequency_do_not_call_a_series_calibrated(
+    tmp_path: Path, store: ExperimentStore
+) -> None:
+    write_file(tmp_path, MODEL, "2", file_scores(3, 30), frequency="W-SAT")
+    calibration = await started(Calibration(store, str(tmp_path), WINDOW))
+    try:
+        values = np.zeros(3)
+        for frequency, status in (("", "calibrated"), ("W-SAT", "calibrated"), ("W", "calibrated")):
+            answer = calibration.uncertainty(MODEL, "2", values, 1.0, EIGHTY, 10, frequency)
+            assert answer.status.value == status and answer.detail == ""
+        daily = calibration.uncertainty(MODEL, "2", values, 1.0, EIGHTY, 10, "D")
+        assert daily.status.value == "not_calibrated"
+        assert "come from W-SAT data, this series is D" in daily.detail
+        assert len(daily.intervals) == 1  # the bounds are still given, flagged
+    finally:
+        await calibration.close()

@@ -29,6 +29,7 @@ import structlog
 from forecast_gateway import metrics
 from forecast_gateway.ab import TRACKED, ExperimentStore
 from forecast_gateway.core import conformal
+from forecast_gateway.core.contract import frequencies_match
 from forecast_gateway.numerics import FloatArray, Levels
 
 log = structlog.get_logger(__name__)
@@ -96,6 +97,8 @@ class Calibration:
         self.refresh_s = refresh_s
         self._directory = Path(directory) if directory else None
         self._bootstrap: dict[tuple[str, str], list[FloatArray]] = {}
+        self._bootstrap_frequency: dict[tuple[str, str], str] = {}
+        """The frequency of the data each file's scores come from ("" when it does not say)."""
         self._online: dict[tuple[str, str], dict[int, FloatArray]] = {}
         self._revisions: dict[tuple[str, str], int] = {}
         self._pools: dict[tuple[str, str], list[FloatArray]] = {}
@@ -110,6 +113,7 @@ class Calibration:
         """Load the training-time scores and the store's pools; refresh in the background."""
         if self._directory is not None:
             self._bootstrap = load_directory(self._directory)
+            self._bootstrap_frequency = load_frequencies(self._directory)
             log.info(
                 "calibration_loaded",
                 directory=str(self._directory),
@@ -151,10 +155,14 @@ class Calibration:
         scale: float,
         levels: Levels,
         window: int = 2,
+        frequency: str = "",
     ) -> Uncertainty:
         """The calibrated bounds of one forecast around `values`.
 
-        `scale` is the naive MAE of the `window` points the model read.
+        `scale` is the naive MAE of the `window` points the model read. A
+        series whose `frequency` differs from the data the held-out scores
+        came from gets the bounds as NOT_CALIBRATED while those scores still
+        fill its pool: they were never checked on data like it.
         """
         entry = self._entry(model, version, levels, values.shape[0])
         if not scale > 0 or not math.isfinite(scale):
@@ -172,8 +180,24 @@ class Calibration:
             for i, level in enumerate(levels.quantiles)
             if entry.complete[len(levels.coverages) + i]
         )
-        status = Status.NOT_CALIBRATED if entry.detail else Status.CALIBRATED
-        return Uncertainty(status, intervals, quantiles, entry.scores, entry.detail)
+        detail = entry.detail or self._foreign(model, version, frequency)
+        status = Status.NOT_CALIBRATED if detail else Status.CALIBRATED
+        return Uncertainty(status, intervals, quantiles, entry.scores, detail)
+
+    def _foreign(self, model: str, version: str, frequency: str) -> str:
+        """Why the held-out scores do not calibrate a series of `frequency` ("" if they do)."""
+        source = self._bootstrap_frequency.get((model, version), "")
+        # Any anchor of the same base frequency counts (W-SAT scores calibrate W-SUN data).
+        if not frequency or not source or frequencies_match(source.split("-")[0], frequency):
+            return ""
+        online = self._online.get((model, version), {}).get(0, _EMPTY)
+        if online.size >= self.window:  # the file no longer contributes
+            return ""
+        return (
+            f"{model} version {version}'s held-out scores come from {source} data, this series "
+            f"is {frequency}: not calibrated for it until its own actuals are reported "
+            f"({online.size} of {self.window} scores so far)"
+        )
 
     def tracked(self, model: str, version: str, horizon: int) -> FloatArray | None:
         """The bounds at the TRACKED levels, in scale units [rows, horizon]; None if none exist."""
@@ -318,6 +342,15 @@ def load_directory(directory: Path) -> dict[tuple[str, str], list[FloatArray]]:
     for path in sorted(directory.glob(f"*/*/{FILE_NAME}")):
         model, version = path.parent.parent.name, path.parent.name
         found[(model, version)] = load_file(path, model, version)
+    return found
+
+
+def load_frequencies(directory: Path) -> dict[tuple[str, str], str]:
+    """The `frequency` each calibration file says its scores come from (absent: "")."""
+    found: dict[tuple[str, str], str] = {}
+    for path in sorted(directory.glob(f"*/*/{FILE_NAME}")) if directory.is_dir() else []:
+        document = json.loads(path.read_text())
+        found[(path.parent.parent.name, path.parent.name)] = str(document.get("frequency", ""))
     return found
 
 

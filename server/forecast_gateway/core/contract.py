@@ -84,10 +84,10 @@ class Contract:
         """Whether the version was declared for `frequency` (a request without one: always)."""
         if not frequency or not self.frequencies:
             return True
-        return any(_matches(declared, frequency) for declared in self.frequencies)
+        return any(frequencies_match(declared, frequency) for declared in self.frequencies)
 
 
-def _matches(declared: str, frequency: str) -> bool:
+def frequencies_match(declared: str, frequency: str) -> bool:
     """`W` accepts every weekly anchor; otherwise aliases compare as pandas names them."""
     if declared == frequency:
         return True

@@ -253,6 +253,7 @@ class Executor:
                         first.shape.window,
                         contract,
                         native,
+                        plan.query.frequency,
                     ),
                     timestamps=forecast_times(plan.query, plan.shape.horizon),
                     frequency=plan.query.frequency,
@@ -274,6 +275,7 @@ class Executor:
         window: int,
         contract: Contract | None = None,
         native: FloatArray | None = None,
+        frequency: str = "",
     ) -> Uncertainty | None:
         """The intervals and quantiles asked for (None: none were).
 
@@ -286,7 +288,9 @@ class Executor:
             return native_uncertainty(contract.quantile_levels, native, levels)
         if self.calibration is None:
             return None
-        return self.calibration.uncertainty(model, version, values, scale, levels, window)
+        return self.calibration.uncertainty(
+            model, version, values, scale, levels, window, frequency
+        )
 
     async def infer(
         self,
@@ -367,6 +371,7 @@ class Executor:
             window,
             contract,
             native,
+            query.frequency,
         )
         return VersionOutcome(
             version,
