@@ -70,7 +70,7 @@ train: install  ## Retrain the LSTM versions (writes model_repository/lstm_times
 	$(PY) -m training.train_lstm --version 2
 
 calibrate: install  ## Held-out conformal scores of the shipped versions; CSV=f COLUMN=c MODEL=m [VERSION=v]: any model, through the running gateway.
-	$(if $(CSV),$(PY) -m training.calibrate_csv --csv $(CSV) --column $(COLUMN) --model $(MODEL) $(if $(VERSION),--version $(VERSION)),$(PY) -m training.calibrate)
+	$(if $(CSV),$(PY) -m training.calibrate_csv --csv $(CSV) --column $(COLUMN) --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FREQUENCY),--frequency $(FREQUENCY)),$(PY) -m training.calibrate)
 
 bench: install  ## Throughput: gateway vs direct Triton vs the hand-written server (~3 min; BENCH_ARGS=--smoke; WORKERS=1,2,4: worker scaling instead).
 	$(PY) -m bench $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
