@@ -65,9 +65,11 @@ check-gen: install  ## Fail if the committed generated code is stale.
 	@tmp=$$(mktemp -d) && PYTHON=$(PY) tools/gen_protos.sh $$tmp >/dev/null && \
 	  diff -r -x __pycache__ $$tmp gen/python && rm -rf $$tmp && echo "generated code is fresh"
 
-train: install  ## Retrain the LSTM versions (writes model_repository/lstm_timeseries/*/model.pt).
+train: install  ## Retrain the LSTM versions and quantile_mlp (model.pt, model.onnx), then evaluate by frequency (~5 min).
 	$(PY) -m training.train_lstm --version 1
 	$(PY) -m training.train_lstm --version 2
+	$(PY) -m training.train_quantile
+	$(PY) -m training.evaluate_frequencies
 
 calibrate: install  ## Held-out conformal scores of the shipped versions; CSV=f COLUMN=c MODEL=m [VERSION=v]: any model, through the running gateway.
 	$(if $(CSV),$(PY) -m training.calibrate_csv --csv $(CSV) --column $(COLUMN) --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FREQUENCY),--frequency $(FREQUENCY)),$(PY) -m training.calibrate)
