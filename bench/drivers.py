@@ -97,7 +97,8 @@ class GatewayUnary:
     series counts only when all of them came back (calibrated). With `time`
     (`bench.timecost.TIMES`), every request carries that kind of time, and a
     series counts only with one timestamp per step and the points filled
-    that the kind leaves missing.
+    that the kind leaves missing; the time is on the grid of the workload's
+    frequency.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class GatewayUnary:
                     interval_coverages=interval_coverages,
                 ),
                 time,
+                timecost.grid(workload.frequency),
             )
             for history in workload.histories()
         ]

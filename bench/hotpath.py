@@ -13,6 +13,8 @@ itself is what `make bench`'s echo cells measure. ``--time`` adds time to
 every request: ``start`` (start + "D"), ``monthly`` (start + "MS", calendar
 stepping), ``timestamps`` (one timestamp per point, "D"), ``gaps`` (the
 same with two days missing in the window and a linear fill).
+``--frequency W-SAT`` puts start, timestamps and gaps on the weekly grid
+`make bench`'s time cells use (a calendar frequency) instead of days.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.timecost import TIMES, with_time
+from bench.timecost import GRIDS, TIMES, grid, with_time
 from bench.workload import Workload
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast_gateway.ab import DEFAULT_EXPERIMENT, Bounds, ExperimentStore
@@ -98,7 +100,9 @@ class Context:
         raise RuntimeError(f"the call failed: {status}")
 
 
-async def measure(calls: int, rounds: int, scratch: Path, time_kind: str = "none") -> list[float]:
+async def measure(
+    calls: int, rounds: int, scratch: Path, time_kind: str = "none", frequency: str = "D"
+) -> list[float]:
     """CPU µs per call of each round."""
     backend = instant_backend()
     catalog = ModelCatalog(models=(ModelConfig("lstm_timeseries"),))
@@ -120,6 +124,7 @@ async def measure(calls: int, rounds: int, scratch: Path, time_kind: str = "none
                 horizon=workload.horizon,
             ),
             time_kind,
+            grid(frequency),
         ).SerializeToString()
         for history in workload.histories()
     ]
@@ -151,12 +156,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--time", choices=TIMES, default="none")
+    parser.add_argument("--frequency", choices=tuple(GRIDS), default="D")
     args = parser.parse_args()
     log = open(os.devnull, "w")  # noqa: SIM115 - the request lines, for the process's life
     sys.stderr = log
     configure_logging("json", "info")
     with tempfile.TemporaryDirectory(prefix="forecast-hotpath-") as scratch:
-        rounds = asyncio.run(measure(args.calls, args.rounds, Path(scratch), args.time))
+        rounds = asyncio.run(
+            measure(args.calls, args.rounds, Path(scratch), args.time, args.frequency)
+        )
     for index, value in enumerate(rounds, 1):
         sys.stdout.write(f"round {index}: {value:.1f} us CPU per call\n")
     sys.stdout.write(f"min {min(rounds):.1f} us CPU per call ({args.calls} calls per round)\n")

@@ -1,16 +1,19 @@
 """What a series' time costs per request: the time fields, the cells and their ratios.
 
-`with_time` gives a Forecast request the time of one kind (`TIMES`), for
-``bench.hotpath --time`` and for ``make bench``'s time cells. The time cells
-(section ``time``, ``python -m bench --only time``) send the same workload
-through the real gateway once per kind in `CELL_TIMES`, one cell after the
-other at each concurrency; `compute_ratios` sets each kind against the
-cell without time of the same round and concurrency.
+`with_time` gives a Forecast request the time of one kind (`TIMES`) on a
+grid (`GRIDS`: daily, or weekly on Saturdays), for ``bench.hotpath --time``
+and for ``make bench``'s time cells. The time cells (section ``time``,
+``python -m bench --only time``) send the same workload through the real
+gateway once per kind in `CELL_TIMES`, on the grid of the frequency the
+workload's model is declared for, one cell after the other at each
+concurrency; `compute_ratios` sets each kind against the cell without time
+of the same round and concurrency.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from bench import report
@@ -18,32 +21,59 @@ from forecast.v1 import forecast_pb2
 from forecast.v1 import forecast_service_pb2 as pb
 
 TIMES = ("none", "start", "monthly", "timestamps", "gaps")
-"""none; start + "D"; start + "MS" (calendar stepping); one timestamp per point, "D";
-the same with two days missing in the window and FILL_METHOD_LINEAR."""
+"""none; start + the grid's frequency; start + "MS" (month starts, whatever the grid);
+one timestamp per point; the same with two points missing in the window and
+FILL_METHOD_LINEAR."""
 CELL_TIMES = ("none", "start", "timestamps", "gaps")
 """The kinds ``make bench`` measures, in the order they run ("none" first: the baseline)."""
 GAP_POINTS = 2
 DAY_S = 86_400
-START_S = 1_704_067_200  # 2024-01-01T00:00:00Z
+START_S = 1_704_067_200  # 2024-01-01T00:00:00Z, a Monday and a month start
 Cell = dict[str, Any]
 
 
-def with_time(request: pb.ForecastRequest, kind: str) -> pb.ForecastRequest:
-    """`request` with the time fields of `kind` (see `TIMES`), changed in place."""
+@dataclass(frozen=True)
+class Grid:
+    """A frequency, a first point on its grid and its step (fixed: one day or one week)."""
+
+    frequency: str
+    start_s: int
+    step_s: int
+
+
+GRIDS = {
+    "D": Grid("D", START_S, DAY_S),
+    "W-SAT": Grid("W-SAT", START_S + 5 * DAY_S, 7 * DAY_S),  # 2024-01-06, a Saturday
+}
+"""D: fixed steps of a day; W-SAT: weekly, a calendar frequency (pandas offsets), as co2."""
+
+
+def grid(frequency: str) -> Grid:
+    """The grid of `frequency` (one of `GRIDS`)."""
+    if frequency not in GRIDS:
+        raise ValueError(f"no time grid for {frequency!r}; one of {', '.join(GRIDS)}")
+    return GRIDS[frequency]
+
+
+def with_time(request: pb.ForecastRequest, kind: str, on: Grid = GRIDS["D"]) -> pb.ForecastRequest:
+    """`request` with the time fields of `kind` (see `TIMES`) on grid `on`, changed in place."""
     if kind not in TIMES:
         raise ValueError(f"unknown time kind {kind!r}; one of {', '.join(TIMES)}")
     points = len(request.history)
-    if kind in ("start", "monthly"):
+    if kind == "monthly":
         request.start.seconds = START_S
-        request.frequency = "D" if kind == "start" else "MS"
+        request.frequency = "MS"
+    elif kind == "start":
+        request.start.seconds = on.start_s
+        request.frequency = on.frequency
     elif kind in ("timestamps", "gaps"):
-        days = list(range(points + GAP_POINTS)) if kind == "gaps" else list(range(points))
+        steps = list(range(points + GAP_POINTS)) if kind == "gaps" else list(range(points))
         if kind == "gaps":
-            del days[points - 4 : points - 4 + GAP_POINTS]  # two days inside the window
+            del steps[points - 4 : points - 4 + GAP_POINTS]  # two points inside the window
             request.fill = forecast_pb2.FILL_METHOD_LINEAR
-        for day in days:
-            request.timestamps.add(seconds=START_S + day * DAY_S)
-        request.frequency = "D"
+        for step in steps:
+            request.timestamps.add(seconds=on.start_s + step * on.step_s)
+        request.frequency = on.frequency
     return request
 
 

@@ -21,6 +21,8 @@ VERSION = "1"
 WINDOW = 10
 HORIZON = 5
 POOL_SIZE = 512
+FREQUENCY = "W-SAT"
+"""lstm_timeseries is declared weekly ("W"): the weekly co2 series, dated on Saturdays."""
 INTERVAL_COVERAGES = (0.8, 0.95)
 """What the interval cell asks for on every call (the gateway's calibrated intervals)."""
 
@@ -34,6 +36,8 @@ class Workload:
     window: int = WINDOW
     horizon: int = HORIZON
     pool_size: int = POOL_SIZE
+    frequency: str = FREQUENCY
+    """The time cells' frequency: one the model is declared for (`forecast.frequencies`)."""
 
     def histories(self) -> npt.NDArray[np.float64]:
         """Deterministic co2-like series (level, trend, yearly cycle, noise): pool x window."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -18,15 +19,16 @@ from bench.workload import Workload
 from forecast.v1 import forecast_pb2
 from forecast.v1 import forecast_service_pb2 as pb
 
-DAY_S = timecost.DAY_S
-
 
 def request(points: int = 10) -> pb.ForecastRequest:
     return pb.ForecastRequest(model="m", history=[float(i) for i in range(points)], horizon=5)
 
 
-def days(built: pb.ForecastRequest) -> list[int]:
-    return [(t.seconds - timecost.START_S) // DAY_S for t in built.timestamps]
+def days(built: pb.ForecastRequest, on: timecost.Grid = timecost.GRIDS["D"]) -> list[int]:
+    """The timestamps as steps of `on` from its first point (asserting they lie on it)."""
+    offsets = [t.seconds - on.start_s for t in built.timestamps]
+    assert all(offset % on.step_s == 0 for offset in offsets), offsets
+    return [offset // on.step_s for offset in offsets]
 
 
 def test_no_time_leaves_the_request_as_it_was() -> None:
@@ -49,17 +51,36 @@ def test_timestamps_are_one_day_per_point() -> None:
     assert built.fill == forecast_pb2.FILL_METHOD_UNSPECIFIED
 
 
+def test_the_weekly_grid_is_saturdays_a_week_apart() -> None:
+    weekly = timecost.grid("W-SAT")
+    assert datetime.fromtimestamp(weekly.start_s, UTC).strftime("%A %Y-%m-%d") == (
+        "Saturday 2024-01-06"
+    )
+    built = timecost.with_time(request(), "timestamps", weekly)
+    assert days(built, weekly) == list(range(10)) and built.frequency == "W-SAT"
+    started = timecost.with_time(request(), "start", weekly)
+    assert (started.start.seconds, started.frequency) == (weekly.start_s, "W-SAT")
+    monthly = timecost.with_time(request(), "monthly", weekly)  # month starts, whatever the grid
+    assert (monthly.start.seconds, monthly.frequency) == (timecost.START_S, "MS")
+    with pytest.raises(ValueError, match="no time grid"):
+        timecost.grid("MS")
+
+
+@pytest.mark.parametrize("frequency", ["D", "W-SAT"])
 @pytest.mark.parametrize("points", [10, 12, 52])
-def test_gaps_leave_two_days_missing_inside_the_window_and_fill_linearly(points: int) -> None:
-    built = timecost.with_time(request(points), "gaps")
-    grid = range(points + timecost.GAP_POINTS)  # first to last timestamp, one a day
-    missing = sorted(set(grid) - set(days(built)))
+def test_gaps_leave_two_points_missing_inside_the_window_and_fill_linearly(
+    points: int, frequency: str
+) -> None:
+    on = timecost.grid(frequency)
+    built = timecost.with_time(request(points), "gaps", on)
+    grid = range(points + timecost.GAP_POINTS)  # first to last timestamp, one a step
+    missing = sorted(set(grid) - set(days(built, on)))
     assert len(built.timestamps) == points == len(built.history)
     assert len(missing) == timecost.GAP_POINTS == timecost.filled_points("gaps")
     window = list(grid)[-points:]  # the last `points` grid points: what a version reads
     assert all(day in window for day in missing), (missing, window)
-    assert days(built)[0] == 0 and days(built)[-1] == grid[-1]  # the ends are observed
-    assert built.fill == forecast_pb2.FILL_METHOD_LINEAR and built.frequency == "D"
+    assert days(built, on)[0] == 0 and days(built, on)[-1] == grid[-1]  # the ends are observed
+    assert built.fill == forecast_pb2.FILL_METHOD_LINEAR and built.frequency == frequency
 
 
 def test_an_unknown_time_kind_is_refused() -> None:
@@ -108,13 +129,15 @@ def reply(timestamps: int = 0, filled: int = 0) -> pb.ForecastResponse:
 async def test_a_time_cell_counts_a_series_only_with_its_timestamps_and_fills(
     time: str, good: pb.ForecastResponse, bad: pb.ForecastResponse
 ) -> None:
-    client = GatewayUnary("127.0.0.1:1", Workload(pool_size=4), time=time)
+    workload = Workload(pool_size=4)
+    client = GatewayUnary("127.0.0.1:1", workload, time=time)
     try:
-        expected = timecost.with_time(request(), time)
+        expected = timecost.with_time(request(), time, timecost.grid(workload.frequency))
         for sent in client.requests:
-            assert (sent.frequency, len(sent.timestamps)) == (
+            assert (sent.frequency, sent.start, sent.timestamps) == (
                 expected.frequency,
-                len(expected.timestamps),
+                expected.start,
+                expected.timestamps,
             )
             assert sent.fill == expected.fill and len(sent.history) == 10
         stub = Stub(good)
