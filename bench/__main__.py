@@ -15,7 +15,7 @@ from bench.services import ModelOverrides
 
 BUSY_LOAD = 0.5
 DEFAULT_CHANNELS = 8
-ONLY = {"time": ("time",)}
+ONLY = {"time": ("time",), "models": ("models",)}
 """``--only NAME``: the sections it runs (``--only time`` = ``--sections time``)."""
 
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", type=Path, default=Path("bench-results.json"), help="JSON results path"
     )
     parser.add_argument(
-        "--seconds", type=float, help="measured seconds per cell (default 7; time cells 3)"
+        "--seconds", type=float, help="measured seconds per cell (default 7; time, model cells 3)"
     )
     parser.add_argument("--concurrency", type=_ints, help="comma-separated, default 1,8,32,64,256")
     chosen = parser.add_mutually_exclusive_group()
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen.add_argument(
         "--only",
         choices=ONLY,
-        help="only these cells, and only the servers they call (time: Triton and the gateway)",
+        help="only these cells, and only the servers they call (Triton and the gateway)",
     )
     parser.add_argument(
         "--time-rounds",
@@ -77,7 +77,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.keep_logs is not None:
         changes["logs_dir"] = args.keep_logs
     if args.seconds is not None:
-        changes["cell_seconds"] = changes["time_seconds"] = args.seconds
+        changes["cell_seconds"] = changes["time_seconds"] = changes["model_seconds"] = args.seconds
     if args.concurrency:
         changes["concurrencies"] = args.concurrency
     if args.time_rounds < 1:

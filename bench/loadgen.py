@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from bench import procs
+from bench import modelcost, procs
 from bench.drivers import (
     Baseline,
     DirectTriton,
@@ -62,6 +62,7 @@ class CellSpec:
     channels: int = 1  # gateway Forecast cells: connections to spread over workers
     time: str = "none"  # time cells: the kind of time every request carries (timecost.TIMES)
     time_round: int = 1  # time cells: which round of them
+    variant: str = ""  # model cells: which model version (modelcost.VARIANTS)
 
     @classmethod
     def from_json(cls, line: str) -> CellSpec:
@@ -85,6 +86,9 @@ def make_client(spec: CellSpec) -> Client:
         return GatewayUnary(spec.target, spec.workload, spec.channels, INTERVAL_COVERAGES)
     if spec.kind == "time":
         return GatewayUnary(spec.target, spec.workload, spec.channels, time=spec.time)
+    if spec.kind == "models":  # the variant's own workload; dated, as lstm_timeseries needs
+        coverages = modelcost.variant(spec.variant).interval_coverages
+        return GatewayUnary(spec.target, spec.workload, spec.channels, coverages, modelcost.TIME)
     return GatewayUnary(spec.target, spec.workload, spec.channels)  # gateway, floors (same RPC)
 
 
@@ -209,6 +213,8 @@ async def run_cell(spec: CellSpec) -> dict[str, Any]:
     }
     if spec.kind == "time":
         head.update(time=spec.time, time_round=spec.time_round)
+    if spec.kind == "models":
+        head.update(variant=spec.variant)
     client = make_client(spec)
     try:
         return {**head, **await measure(spec, client)}

@@ -23,20 +23,22 @@ LABELS = {
     "batch": "gateway ForecastBatch",
     "stream": "gateway StreamForecast",
     "time": "gateway time=",
+    "models": "gateway model=",
 }
-GATEWAY_PATHS = ("gateway", "intervals", "batch", "stream", "time")
+GATEWAY_PATHS = ("gateway", "intervals", "batch", "stream", "time", "models")
 SERVER_OF = {
     "gateway": "gateway",
     "intervals": "gateway",
     "batch": "gateway",
     "stream": "gateway",
     "time": "gateway",
+    "models": "gateway",
     "proxy": "proxy",
     "echo": "echo",
     "baseline": "baseline",
 }
 """The process group that serves each path's calls (direct: Triton itself)."""
-TRITON_PATHS = ("direct", "gateway", "intervals", "proxy", "batch", "stream", "time")
+TRITON_PATHS = ("direct", "gateway", "intervals", "proxy", "batch", "stream", "time", "models")
 HEADER = [
     "path",
     "conc",
@@ -259,6 +261,8 @@ def _label(cell: Cell) -> str:
         return f"{label} {cell['batch_size']}"
     if cell["kind"] == "time":  # the time cells: the kind of time and the round
         return f"{label}{cell['time']} #{cell['time_round']}"
+    if cell["kind"] == "models":  # the model cells: the model version (and +intervals)
+        return f"{label}{cell['variant']}"
     return label
 
 

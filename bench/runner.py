@@ -4,7 +4,8 @@ The cells run in order of concurrency, each path after the other (direct,
 gateway, gateway asking for intervals, minimal proxy, echo, baseline), so the
 ratios compare cells measured seconds apart. The time cells (`bench.timecost`)
 follow the unary ones: per round and concurrency, the gateway without time
-and then each kind of time, one after the other.
+and then each kind of time, one after the other. The model cells
+(`bench.modelcost`) come last: per concurrency, each model kind after the LSTM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import machine, report, timecost
+from bench import machine, modelcost, report, timecost
 from bench.services import FLOORS, ROOT, ModelOverrides, Services, tail
 from bench.workload import Workload
 
@@ -34,6 +35,7 @@ SECTIONS = (
     "batch",
     "stream",
     "time",
+    "models",
 )
 UNARY_ORDER = ("direct", "gateway", "intervals", "proxy", "echo", "baseline")
 NOISY_OTHER_CORES = 0.15
@@ -53,6 +55,8 @@ class BenchSettings:
     time_seconds: float = 3.0
     """Measured seconds per time cell (at c=1 and c=64: 8 cells a round)."""
     time_rounds: int = 1
+    model_seconds: float = 3.0
+    """Measured seconds per model cell (5 kinds at c=1 and c=32: 10 cells)."""
     sections: tuple[str, ...] = SECTIONS
     workload: Workload = field(default_factory=Workload)
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
@@ -66,6 +70,7 @@ class BenchSettings:
             concurrencies=(1, 8),
             cell_seconds=1.0,
             time_seconds=1.0,
+            model_seconds=1.0,
             warmup_seconds=0.2,
             max_calls=100,
             batch_concurrency=2,
@@ -99,6 +104,10 @@ def cells_of(settings: BenchSettings) -> list[dict[str, Any]]:
             )
     if "stream" in settings.sections:
         cells.append({"name": "stream", "kind": "stream", "concurrency": settings.stream_in_flight})
+    if "models" in settings.sections:
+        levels = modelcost.concurrencies(settings.concurrencies)
+        for cell in modelcost.plan(levels):
+            cells.append({**cell, "seconds": settings.model_seconds})
     return cells
 
 
@@ -110,6 +119,7 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
         "batch": services.gateway_target,
         "stream": services.gateway_target,
         "time": services.gateway_target,
+        "models": services.gateway_target,
         "direct": services.triton_url,
         "baseline": services.baseline_target,
         **services.floor_targets,
@@ -127,7 +137,8 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
         calls = settings.max_calls
         if cell["kind"] == "batch":  # bound the series, not only the calls
             calls = max(2, settings.max_calls // cell["batch_size"])
-        # the cell's own fields win: the time cells have their own seconds
+        # the cell's own fields win: the time and model cells have their own seconds,
+        # the model cells their own workloads
         cell.update({**common, **cell}, target=targets[cell["kind"]], max_calls=calls)
     return cells
 
@@ -222,6 +233,7 @@ def measure(settings: BenchSettings, out: TextIO) -> dict[str, Any]:
     ratios = report.compute_ratios(cells, concurrencies, batch_sizes)
     return {
         "time_ratios": timecost.compute_ratios(cells),
+        "model_ratios": modelcost.compute_ratios(cells),
         "settings": {
             **dataclasses.asdict(settings),
             "overrides": dataclasses.asdict(settings.overrides),
@@ -250,7 +262,7 @@ def write_report(results: dict[str, Any], output: Path, out: TextIO) -> None:
             " the run: the cells they overlap are slowed down\n"
         )
     out.write("\n")
-    if set(results["settings"]["sections"]) - {"time"}:  # the targets' cells ran
+    if set(results["settings"]["sections"]) - {"time", "models"}:  # the targets' cells ran
         out.write(report.format_ratios(results["ratios"]) + "\n\n")
         if results["settings"]["smoke"]:
             out.write("smoke run: too short for the targets to mean anything\n")
@@ -258,5 +270,7 @@ def write_report(results: dict[str, Any], output: Path, out: TextIO) -> None:
         out.write(report.format_retired(results["retired"]) + "\n\n")
     if results["time_ratios"]:
         out.write(timecost.format_ratios(results["time_ratios"]) + "\n\n")
+    if results.get("model_ratios"):
+        out.write(modelcost.format_ratios(results["model_ratios"]) + "\n\n")
     output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     out.write(f"wrote {output} ({results['duration_s']:.0f} s in all)\n")

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from bench import report
+from bench import modelcost, report
 from bench.loadgen import CellSpec, run_cell
 from forecast.v1 import forecast_service_pb2_grpc
 from tests.conftest import ROOT
@@ -28,9 +28,10 @@ SECTIONS = {
     "batch",
     "stream",
     "time",
+    "models",
 }
 SERVERS = {"gateway", "triton", "baseline", "proxy", "echo", "loadgen"}
-UNARY = {"gateway", "intervals", "proxy", "echo", "baseline", "time"}
+UNARY = {"gateway", "intervals", "proxy", "echo", "baseline", "time", "models"}
 CPU_GROUPS = SERVERS | {"other", "machine_busy", "machine_idle"}
 
 
@@ -93,6 +94,11 @@ def test_smoke_run_reports_every_section(smoke: tuple[str, dict[str, Any]]) -> N
         (c, k) for c in (1, 8) for k in ("none", "start", "timestamps", "gaps")
     )
     assert all(c["failed_series"] == 0 for c in timed), timed  # timestamps and fills came back
+    models = [c for c in cells if c["kind"] == "models"]
+    assert sorted((c["concurrency"], c["variant"]) for c in models) == sorted(
+        (c, v) for c in (1, 8) for v in modelcost.CELL_VARIANTS
+    )
+    assert all(c["failed_series"] == 0 for c in models), models  # 12 steps, intervals, timestamps
 
 
 def test_smoke_run_prints_machine_table_ratios_and_targets(
@@ -111,6 +117,12 @@ def test_smoke_run_prints_machine_table_ratios_and_targets(
         assert text in stdout
     for text in ("gateway time=gaps #1", "time per request, against the gateway without time"):
         assert text in stdout
+    assert "model kinds, Forecast through the gateway" in stdout
+    assert "gateway model=quantile_mlp v1 +intervals" in stdout
+    model_ratios = results["model_ratios"]
+    assert len(model_ratios) == 2 * len(modelcost.CELL_VARIANTS)
+    assert all(r["ratios"]["calls_per_s"] > 0 for r in model_ratios), model_ratios
+    assert all(r["ratios"]["gateway_us_per_call"] > 0 for r in model_ratios), model_ratios
     time_ratios = {(r["concurrency"], r["time"]): r for r in results["time_ratios"]}
     assert set(time_ratios) == {(c, k) for c in (1, 8) for k in ("start", "timestamps", "gaps")}
     assert all(r["series_per_s"] > 0 and r["cpu_per_call"] > 0 for r in time_ratios.values())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import pytest
 
-from bench import report, runner, timecost
+from bench import modelcost, report, runner, timecost
 from bench.__main__ import parse_args, settings_from
 from bench.drivers import GatewayUnary
 from bench.loadgen import CellSpec, make_client
@@ -206,11 +207,12 @@ def test_the_default_run_has_the_time_cells_after_the_unary_ones_with_their_own_
     first, last = kinds.index("time"), len(kinds) - 1 - kinds[::-1].index("time")
     assert set(kinds[:first]) == set(runner.UNARY_ORDER)
     assert kinds[first : last + 1] == ["time"] * 8
-    assert set(kinds[last + 1 :]) == {"batch", "stream"}
+    assert set(kinds[last + 1 :]) == {"batch", "stream", "models"}
     timed = cells[first : last + 1]
     assert {c["concurrency"] for c in timed} == {1, 64}
     assert {c["seconds"] for c in timed} == {BenchSettings().time_seconds}
-    assert {c["seconds"] for c in cells if c["kind"] != "time"} == {BenchSettings().cell_seconds}
+    untimed = [c for c in cells if c["kind"] not in ("time", "models")]
+    assert {c["seconds"] for c in untimed} == {BenchSettings().cell_seconds}
     assert {c["target"] for c in timed} == {FakeServices.gateway_target}
     assert all(c["max_calls"] == BenchSettings().max_calls for c in timed)
 
@@ -350,3 +352,136 @@ def test_the_report_leaves_out_the_targets_when_only_time_ran(tmp_path: Path) ->
     text = out.getvalue()
     assert "time per request" in text
     assert "retired targets" not in text and "gateway/minimal proxy" not in text
+
+
+def model_spec(variant: str) -> CellSpec:
+    cells = runner.plan(
+        BenchSettings(sections=("models",), concurrencies=(1, 32)), cast(Services, FakeServices())
+    )
+    spec = next(c for c in cells if c["variant"] == variant and c["concurrency"] == 1)
+    return CellSpec.from_json(
+        json.dumps({**spec, "workload": {**spec["workload"], "pool_size": 2}})
+    )
+
+
+@pytest.mark.parametrize(
+    ("variant", "model", "version", "coverages"),
+    [
+        ("lstm_timeseries v2", "lstm_timeseries", "2", []),
+        ("moving_average v1", "moving_average", "1", []),
+        ("seasonal_naive v1", "seasonal_naive", "1", []),
+        ("quantile_mlp v1", "quantile_mlp", "1", []),
+        ("quantile_mlp v1 +intervals", "quantile_mlp", "1", [0.8, 0.95]),
+    ],
+)
+def test_a_model_cell_sends_400_weekly_points_to_its_model_version(
+    variant: str, model: str, version: str, coverages: list[float]
+) -> None:
+    spec = model_spec(variant)
+    assert (spec.kind, spec.variant, spec.seconds) == ("models", variant, 3.0)
+    client = make_client(spec)
+    assert isinstance(client, GatewayUnary)
+    assert client.intervals == len(coverages) and client.timestamps == 12
+    for built in client.requests:
+        assert (built.model, built.version, built.horizon) == (model, version, 12)
+        assert len(built.history) == 400 and list(built.interval_coverages) == coverages
+        assert (built.frequency, built.start.seconds) == ("W-SAT", timecost.GRIDS["W-SAT"].start_s)
+        assert not built.timestamps and built.sequence_length == 0  # each version's own window
+
+
+def test_model_cells_run_each_kind_after_the_lstm_at_c1_and_c32() -> None:
+    cells = planned(settings_from(parse_args(["--only", "models"])))
+    assert [(c["concurrency"], c["variant"]) for c in cells] == [
+        (c, v) for c in (1, 32) for v in modelcost.CELL_VARIANTS
+    ]
+    assert modelcost.CELL_VARIANTS[0] == "lstm_timeseries v2"
+    assert {c["kind"] for c in cells} == {"models"}
+    assert {c["target"] for c in cells} == {FakeServices.gateway_target}
+    assert len({c["name"] for c in cells}) == len(cells)
+    assert runner.services_for(("models",)) == {"with_baseline": False, "floor_kinds": ()}
+    assert modelcost.concurrencies((1, 8)) == (1, 8)  # the smoke run
+    assert "models" in BenchSettings().sections
+    with pytest.raises(ValueError, match="unknown model variant"):
+        modelcost.variant("prophet v1")
+
+
+def model_cell(
+    variant: str, concurrency: int, calls: float, p50: float, gw: float, tr: float
+) -> Any:
+    return {
+        "name": f"models {variant} c={concurrency}",
+        "kind": "models",
+        "variant": variant,
+        "concurrency": concurrency,
+        "batch_size": 1,
+        "status": "ok",
+        "series_per_s": calls,
+        "calls_per_s": calls,
+        "latency_ms": {"p50": p50, "p99": 2 * p50},
+        "cpu_us_per_call": {"gateway": gw, "triton": tr},
+    }
+
+
+def test_model_ratios_are_against_the_lstm_of_the_same_concurrency() -> None:
+    cells = [
+        model_cell("lstm_timeseries v2", 1, 100.0, 8.0, 2000.0, 5000.0),
+        model_cell("quantile_mlp v1", 1, 250.0, 4.0, 1800.0, 500.0),
+        model_cell("lstm_timeseries v2", 32, 400.0, 80.0, 1600.0, 2000.0),
+        {**model_cell("quantile_mlp v1", 32, 0.0, 1.0, 0.0, 0.0), "status": "failed"},
+    ]
+    rows = {(r["concurrency"], r["variant"]): r for r in modelcost.compute_ratios(cells)}
+    assert set(rows) == {(c, v) for c in (1, 32) for v in modelcost.CELL_VARIANTS}
+    qmlp = rows[(1, "quantile_mlp v1")]
+    assert (qmlp["calls_per_s"], qmlp["gateway_us_per_call"], qmlp["triton_us_per_call"]) == (
+        250.0,
+        1800.0,
+        500.0,
+    )
+    assert qmlp["ratios"] == {
+        "calls_per_s": 2.5,
+        "p50_ms": 0.5,
+        "p99_ms": 0.5,
+        "gateway_us_per_call": 0.9,
+        "triton_us_per_call": 0.1,
+    }
+    assert rows[(1, "lstm_timeseries v2")]["ratios"]["calls_per_s"] == 1.0
+    assert rows[(32, "quantile_mlp v1")]["calls_per_s"] is None  # failed: no figure, no ratio
+    assert rows[(32, "quantile_mlp v1")]["ratios"]["calls_per_s"] is None
+    assert rows[(1, "seasonal_naive v1")]["ratios"]["p50_ms"] is None  # not measured
+
+
+def test_the_model_text_shows_each_figure_with_its_ratio_and_the_report_prints_it(
+    tmp_path: Path,
+) -> None:
+    cells = [
+        model_cell("lstm_timeseries v2", 1, 100.0, 8.0, 2000.0, 5000.0),
+        model_cell("quantile_mlp v1 +intervals", 1, 250.0, 4.0, 1800.0, 500.0),
+    ]
+    rows = modelcost.compute_ratios(cells)
+    text = modelcost.format_ratios(rows)
+    lines = text.splitlines()
+    assert "against lstm_timeseries v2" in lines[0] and "400 points dated W-SAT" in lines[0]
+    assert lines[1].split()[:3] == ["model", "conc", "calls/s"]
+    row = next(line for line in lines if "+intervals" in line and " 1 " in line)
+    for part in ("250 (2.50x)", "4.00 (0.50x)", "8.00 (0.50x)", "1,800 (0.90x)", "500 (0.10x)"):
+        assert part in row
+    assert "  seasonal_naive v1" in text and " - " in text  # not measured: a dash
+    assert modelcost.format_ratios([]) == ""
+    label = report.format_table([{**cells[1], "status": "failed", "note": "x"}]).splitlines()[1]
+    assert label.startswith("gateway model=quantile_mlp v1 +intervals")
+    results = {
+        "settings": {"sections": ["models"], "smoke": False},
+        "machine": {"cores": 2},
+        "cells": [],
+        "ratios": report.compute_ratios([], [1, 32], [32]),
+        "targets": [],
+        "retired": [],
+        "time_ratios": [],
+        "model_ratios": rows,
+        "max_other_cores": 0.0,
+        "duration_s": 1.0,
+    }
+    out = io.StringIO()
+    runner.write_report(results, tmp_path / "r.json", out)
+    assert "model kinds, Forecast through the gateway" in out.getvalue()
+    assert "retired targets" not in out.getvalue()
