@@ -151,7 +151,7 @@ async def test_a_time_cell_counts_a_series_only_with_its_timestamps_and_fills(
         await client.close()
 
 
-def test_a_time_spec_builds_a_timed_gateway_client() -> None:
+async def test_a_time_spec_builds_a_timed_gateway_client() -> None:
     line = (
         '{"name": "time gaps c=1 #2", "kind": "time", "time": "gaps", "time_round": 2,'
         ' "target": "127.0.0.1:1", "concurrency": 1, "seconds": 1.0, "warmup_seconds": 0.1,'
@@ -164,6 +164,7 @@ def test_a_time_spec_builds_a_timed_gateway_client() -> None:
     assert isinstance(client, GatewayUnary)
     assert client.filled == 2 and client.timestamps == spec.workload.horizon
     assert all(r.fill == forecast_pb2.FILL_METHOD_LINEAR for r in client.requests)
+    await client.close()  # a grpc.aio channel: made in the test's own event loop
 
 
 @pytest.mark.parametrize(
