@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -213,7 +213,11 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
         server.stop()
 
 
-def start_triton(log_dir: Path) -> TritonProcess:
+def start_triton(
+    log_dir: Path,
+    repository: Path = ROOT / "model_repository",
+    before_start: Callable[[Path], object] | None = None,
+) -> TritonProcess:
     """A ready Triton on ports picked free; started again on others if one was taken meanwhile.
 
     Triton takes its ports as flags and refuses port 0 (it would listen for
@@ -227,7 +231,9 @@ def start_triton(log_dir: Path) -> TritonProcess:
     for attempt in range(PORT_ATTEMPTS):
         ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
         log_path = log_dir / f"triton-{attempt}.log" if attempt else log_dir / "triton.log"
-        server = TritonProcess(ROOT / "model_repository", ports, log_path=log_path)
+        if before_start is not None:
+            before_start(log_path)
+        server = TritonProcess(repository, ports, log_path=log_path)
         server.start()
         try:
             server.wait_ready()

@@ -14,7 +14,6 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -24,20 +23,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.services import free_port
 from forecast.v1 import forecast_service_pb2 as pb
 from forecast.v1 import forecast_service_pb2_grpc
-from tests.conftest import (
-    PORT_ATTEMPTS,
-    ROOT,
-    GatewayProcess,
-    _bind_failed,
-    _holds_ports,
-    start_gateway,
-    stop_process,
-)
+from tests.conftest import ROOT, GatewayProcess, start_gateway, start_triton, stop_process
 from tests.polling import eventually_sync
-from tools.embedded_triton import TritonPorts, TritonProcess, previous_log_path
+from tools.embedded_triton import TritonProcess, previous_log_path
 
 pytestmark = pytest.mark.functional
 
@@ -72,31 +62,11 @@ PREVIOUS_LOG = "the previous run's log\n"
 
 
 def start_triton_on(repository: Path, log_dir: Path) -> TritonProcess:
-    """A ready Triton on `repository` (ports picked free, retried as tests/conftest.py does).
+    """A ready Triton on `repository` whose log path already holds a previous run's log.
 
-    Each attempt's log path already holds a previous run's log, which the
-    start must move aside.
+    The start must move that log aside (`tools.embedded_triton.rotate_log`).
     """
-    for attempt in range(PORT_ATTEMPTS):
-        ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-        log_path = log_dir / f"triton-{attempt}.log"
-        log_path.write_text(PREVIOUS_LOG)
-        server = TritonProcess(repository, ports, log_path=log_path)
-        server.start()
-        try:
-            server.wait_ready()
-            eventually_sync(
-                partial(_holds_ports, server, ports),
-                timeout_s=30.0,
-                message=f"tritonserver did not listen on {ports} itself",
-            )
-        except (RuntimeError, AssertionError) as error:
-            server.stop()
-            if attempt + 1 < PORT_ATTEMPTS and _bind_failed(server, error):
-                continue
-            raise
-        return server
-    raise AssertionError("unreachable")
+    return start_triton(log_dir, repository, lambda path: path.write_text(PREVIOUS_LOG))
 
 
 @pytest.fixture(scope="module")
