@@ -375,7 +375,7 @@ def model_spec(variant: str) -> CellSpec:
         ("quantile_mlp v1 +intervals", "quantile_mlp", "1", [0.8, 0.95]),
     ],
 )
-def test_a_model_cell_sends_400_weekly_points_to_its_model_version(
+async def test_a_model_cell_sends_400_weekly_points_to_its_model_version(
     variant: str, model: str, version: str, coverages: list[float]
 ) -> None:
     spec = model_spec(variant)
@@ -388,6 +388,7 @@ def test_a_model_cell_sends_400_weekly_points_to_its_model_version(
         assert len(built.history) == 400 and list(built.interval_coverages) == coverages
         assert (built.frequency, built.start.seconds) == ("W-SAT", timecost.GRIDS["W-SAT"].start_s)
         assert not built.timestamps and built.sequence_length == 0  # each version's own window
+    await client.close()  # a grpc.aio channel: made in the test's own event loop
 
 
 def test_model_cells_run_each_kind_after_the_lstm_at_c1_and_c32() -> None:
