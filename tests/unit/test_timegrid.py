@@ -229,3 +229,19 @@ def test_removed_points_come_back_as_the_grid(alias: str, length: int, data: st.
             step_times(first, inferred, length + 5).tolist()
             == step_times(first, alias, length + 5).tolist()
         )
+
+
+@pytest.mark.parametrize("alias", ["W-SAT", "W-WED", "2W-SUN", "3W-MON"])
+@pytest.mark.parametrize("time_of_day", ["00:00", "13:45:07"])
+def test_an_anchored_week_steps_exactly_as_pandas_does(alias: str, time_of_day: str) -> None:
+    offset = pd.tseries.frequencies.to_offset(alias)
+    first = pd.Timestamp(f"2024-02-26 {time_of_day}", tz="UTC")
+    first = (
+        first + pd.offsets.Week(weekday=offset.weekday) if not offset.is_on_offset(first) else first
+    )
+    frequency = parse_frequency(alias)
+    assert frequency.step_ns is not None and frequency.on_grid(first.value)
+    expected = pd.date_range(first, periods=60, freq=alias).as_unit("ns").asi8
+    assert frequency.points(first.value, 60).tolist() == expected.tolist()
+    assert frequency.shift(first.value, 59) == expected[-1]
+    assert not frequency.on_grid((first + pd.Timedelta(days=1)).value)
