@@ -29,6 +29,21 @@ class Levels:
     def __bool__(self) -> bool:
         return bool(self.coverages or self.quantiles)
 
+    def bound_levels(self) -> tuple[float, ...]:
+        """The quantile level of every bound, in `conformal.bound_table` row order."""
+        bounds = tuple(level for c in self.coverages for level in interval_levels(c))
+        return bounds + self.quantiles
+
+
+def within(declared: tuple[float, ...], level: float) -> bool:
+    """Whether `level` lies within increasing `declared` levels (ends included, 1e-12 slack)."""
+    return declared[0] - 1e-12 <= level <= declared[-1] + 1e-12
+
+
+def interval_levels(coverage: float) -> tuple[float, float]:
+    """The quantile levels of a central interval's lower and upper bounds."""
+    return (1 - coverage) / 2, (1 + coverage) / 2
+
 
 NO_LEVELS = Levels()
 """A request that asks for no intervals and no quantiles."""

@@ -146,19 +146,11 @@ def _version_spec(
                 "must be at least 1: the gateway sends [rows, window] batches",
             )
     except ContractError as error:
-        if state != "READY" and reason:  # Triton's own load error says more
-            return VersionSpec(
-                version, VersionState.UNAVAILABLE, 0, 0, 0, description, unavailable_reason=reason
-            )
-        log.error("model_contract_invalid", model=model, version=version, error=str(error))
+        if state == "READY" or not reason:  # else Triton's own load error says more
+            log.error("model_contract_invalid", model=model, version=version, error=str(error))
+            reason = f"config.pbtxt: {error}"
         return VersionSpec(
-            version,
-            VersionState.UNAVAILABLE,
-            0,
-            0,
-            0,
-            description,
-            unavailable_reason=f"config.pbtxt: {error}",
+            version, VersionState.UNAVAILABLE, 0, 0, 0, description, unavailable_reason=reason
         )
     return VersionSpec(
         version=version,
@@ -187,10 +179,13 @@ class ModelCatalog:
     _marks: dict[tuple[str, str], float] = field(default_factory=dict)
     """(model, version) -> when Triton said it was gone (time.monotonic())."""
 
+    def listed(self) -> dict[str, ModelConfig]:
+        """The models the gateway config lists that the allow-list admits, by name."""
+        return {m.name: m for m in self.models if self.admits(m.name)}
+
     def served(self) -> list[str]:
         """The models served now: the listed ones and those discovered at the last refresh."""
-        names = {m.name for m in self.models if self.admits(m.name)} | set(self.specs)
-        return sorted(names)
+        return sorted(self.listed().keys() | self.specs.keys())
 
     def routable(self, name: str) -> bool:
         """Whether a routing policy may name `name`: served now, or not known yet.
@@ -208,7 +203,7 @@ class ModelCatalog:
         """The spec of a served model; NOT_FOUND for a name the gateway does not serve."""
         spec = self.specs.get(name)
         if spec is None:
-            if any(m.name == name for m in self.models) and self.admits(name):
+            if name in self.listed():
                 raise Unavailable(
                     f"model {name!r} is configured but Triton has not reported it yet",
                     reason="MODEL_UNAVAILABLE",
@@ -233,8 +228,7 @@ class ModelCatalog:
         """
         if not self.triton_up or not any(s.ready_versions() for s in self.specs.values()):
             return False
-        listed = [m.name for m in self.models if self.admits(m.name)]
-        return not any(self._on_its_way(name) for name in listed)
+        return not any(self._on_its_way(name) for name in self.listed())
 
     def _on_its_way(self, name: str) -> bool:
         spec = self.specs.get(name)
@@ -295,7 +289,7 @@ class ModelCatalog:
         states = await backend.version_states()
         reasons = backend.version_reasons
         specs: dict[str, ModelSpec] = {}
-        listed = {m.name: m for m in self.models if self.admits(m.name)}
+        listed = self.listed()
         for name in sorted(set(listed) | (set(states) if self.discover else set())):
             if name not in states:
                 log.warning("model_not_in_triton", model=name)

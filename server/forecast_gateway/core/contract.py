@@ -27,6 +27,8 @@ MAX_WINDOW = 1_000_000
 MAX_HORIZON = 100_000
 
 _E = TypeVar("_E", bound=enum.Enum)
+FAMILIES = ("W", "QS", "QE", "YS", "YE")
+"""Aliases that, declared bare, accept every anchor of their family (W-SAT, QS-OCT...)."""
 
 
 class ContractError(ValueError):
@@ -92,7 +94,7 @@ def frequencies_match(declared: str, frequency: str) -> bool:
     if declared == frequency:
         return True
     base = frequency.split("-", 1)[0]
-    if declared == base and base in ("W", "QS", "QE", "YS", "YE"):
+    if declared == base and base in FAMILIES:
         return True
     try:
         return bool(parse_frequency(declared).offset == parse_frequency(frequency).offset)
@@ -143,7 +145,9 @@ def read_contract(parameters: Mapping[str, str], version: str) -> Contract:
         accepts_missing=missing == "accept",
         frequencies=_frequencies(reader),
         season_length=reader.integer("forecast.season_length", fallback=0, low=0),
-        signature=signature if horizon_mode is HorizonMode.ANY else _fixed(signature, max_horizon),
+        signature=signature
+        if horizon_mode is HorizonMode.ANY
+        else replace(signature, fixed_steps=max_horizon),
         declared=marker is not None,
     )
 
@@ -277,17 +281,13 @@ def _signature(reader: _Reader, kind: OutputKind, levels: tuple[float, ...]) -> 
     )
 
 
-def _fixed(signature: Signature, steps: int) -> Signature:
-    return replace(signature, fixed_steps=steps)
-
-
 def _frequencies(reader: _Reader) -> tuple[str, ...]:
     raw = reader.get("forecast.frequencies")
     if raw is None or raw == ANY:
         return ()
     aliases = tuple(part.strip() for part in raw.split(",") if part.strip())
     for alias in aliases:
-        if alias in ("W", "QS", "QE", "YS", "YE"):
+        if alias in FAMILIES:
             continue
         try:
             parse_frequency(alias)

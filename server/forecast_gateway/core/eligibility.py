@@ -11,7 +11,7 @@ from __future__ import annotations
 from forecast_gateway.core.catalog import ModelSpec, VersionSpec
 from forecast_gateway.core.contract import Contract, OutputKind
 from forecast_gateway.errors import FieldViolation
-from forecast_gateway.numerics import Levels
+from forecast_gateway.numerics import Levels, interval_levels, within
 
 FREQUENCY_NOT_SUPPORTED = "FREQUENCY_NOT_SUPPORTED"
 """FieldViolation.reason: the version was not declared for the request's frequency."""
@@ -52,12 +52,12 @@ def _level_violations(
     model: str, version: str, contract: Contract, levels: Levels
 ) -> list[FieldViolation]:
     """Native quantiles interpolate between declared levels, never beyond them."""
-    low, high = contract.quantile_levels[0], contract.quantile_levels[-1]
-    declared = ", ".join(f"{q:g}" for q in contract.quantile_levels)
+    levels_declared = contract.quantile_levels
+    declared = ", ".join(f"{q:g}" for q in levels_declared)
     violations = []
     for index, coverage in enumerate(levels.coverages):
-        lower, upper = (1 - coverage) / 2, (1 + coverage) / 2
-        if lower < low - 1e-12 or upper > high + 1e-12:
+        lower, upper = interval_levels(coverage)
+        if not (within(levels_declared, lower) and within(levels_declared, upper)):
             violations.append(
                 FieldViolation(
                     f"interval_coverages[{index}]",
@@ -66,7 +66,7 @@ def _level_violations(
                 )
             )
     for index, level in enumerate(levels.quantiles):
-        if not low - 1e-12 <= level <= high + 1e-12:
+        if not within(levels_declared, level):
             violations.append(
                 FieldViolation(
                     f"quantile_levels[{index}]",

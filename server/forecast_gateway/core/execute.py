@@ -316,12 +316,7 @@ class Executor:
         else:
             rows = windows.astype(np.float32)
         size = spec.max_batch_size
-        chunks = (
-            [rows]
-            if rows.shape[0] <= size
-            else [rows[start : start + size] for start in range(0, rows.shape[0], size)]
-        )
-        if len(chunks) == 1:  # one chunk (every unary call): no gather, no extra task
+        if rows.shape[0] <= size:  # one chunk (every unary call): no gather, no extra task
             output = await self.coalescer.forecast(
                 spec.name, version, rows, steps, deadline, size, signature, season
             )
@@ -330,9 +325,16 @@ class Executor:
                 await asyncio.gather(
                     *(
                         self.coalescer.forecast(
-                            spec.name, version, chunk, steps, deadline, size, signature, season
+                            spec.name,
+                            version,
+                            rows[start : start + size],
+                            steps,
+                            deadline,
+                            size,
+                            signature,
+                            season,
                         )
-                        for chunk in chunks
+                        for start in range(0, rows.shape[0], size)
                     )
                 )
             )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from forecast_gateway.core.calibration import Interval, Quantile, Status, Uncertainty
-from forecast_gateway.numerics import FloatArray, Levels
+from forecast_gateway.numerics import FloatArray, Levels, within
 
 METHOD = "model quantiles (the version's own outputs, interpolated between declared levels)"
 DETAIL = (
@@ -28,17 +28,15 @@ def quantile_rows(declared: tuple[float, ...], quantiles: FloatArray, levels: Le
 
     `quantiles` is [steps, declared levels], in the series' units.
     """
-    ordered = np.sort(np.asarray(quantiles, dtype=np.float64), axis=1)
-    wanted = [b for c in levels.coverages for b in ((1 - c) / 2, (1 + c) / 2)]
-    wanted += list(levels.quantiles)
+    ordered = np.sort(np.asarray(quantiles, dtype=np.float64), axis=1).T  # [levels, steps]
+    wanted = np.asarray(levels.bound_levels(), dtype=np.float64)
     grid = np.asarray(declared, dtype=np.float64)
-    rows = np.empty((len(wanted), ordered.shape[0]))
-    for index, level in enumerate(wanted):
-        upper = int(np.clip(np.searchsorted(grid, level), 1, grid.shape[0] - 1))
-        lower = upper - 1
-        span = grid[upper] - grid[lower]
-        weight = float(np.clip((level - grid[lower]) / span, 0.0, 1.0)) if span > 0 else 0.0
-        rows[index] = (1 - weight) * ordered[:, lower] + weight * ordered[:, upper]
+    if grid.shape[0] == 1:
+        return np.repeat(ordered, wanted.shape[0], axis=0)
+    upper = np.clip(np.searchsorted(grid, wanted), 1, grid.shape[0] - 1)
+    lower = upper - 1
+    weight = np.clip((wanted - grid[lower]) / (grid[upper] - grid[lower]), 0.0, 1.0)[:, None]
+    rows: FloatArray = (1 - weight) * ordered[lower] + weight * ordered[upper]
     return rows
 
 
@@ -69,12 +67,10 @@ def tracked_table(
 
     None when the window has no scale or a tracked level is outside the declared ones.
     """
-    low, high = declared[0], declared[-1]
-    needed = [b for c in tracked.coverages for b in ((1 - c) / 2, (1 + c) / 2)]
     if (
         not scale > 0
         or not np.isfinite(scale)
-        or any(not low - 1e-12 <= level <= high + 1e-12 for level in [*needed, *tracked.quantiles])
+        or not all(within(declared, level) for level in tracked.bound_levels())
     ):
         return None
     table: FloatArray = (quantile_rows(declared, quantiles, tracked) - values) / scale
