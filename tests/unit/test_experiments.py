@@ -25,7 +25,7 @@ from forecast_gateway.errors import InvalidArgument, NotFound
 from forecast_gateway.numerics import naive_scale
 from tests.conftest import start_postgres
 from tests.polling import eventually, eventually_sync
-from tools.local_postgres import LocalPostgres
+from tests.stores import location
 
 MODEL = "lstm_timeseries"
 WINDOW = np.array([1.0, 2.0, 4.0])  # naive scale 1.5
@@ -88,13 +88,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> 
         **options: float,
     ) -> ExperimentStore:
         bounds = Bounds(max_forecasts, max_age_s)
-        if request.param == "sqlite":
-            url, password_file = f"sqlite:///{tmp_path / name / 'experiments.sqlite3'}", ""
-        else:
-            server: LocalPostgres = request.getfixturevalue("postgres")
-            if name not in databases:
-                databases[name] = server.create_database(f"ab_{uuid.uuid4().hex[:12]}")
-            url, password_file = databases[name], str(server.password_file)
+        url, password_file = location(request, tmp_path, name, databases)
         storage = open_storage(url, bounds, password_file=password_file, clock=clock)
         return ExperimentStore(storage, clock=clock, **options)  # type: ignore[arg-type]
 

@@ -8,7 +8,6 @@ INVALID_ARGUMENT on `start`.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_
 from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
 from forecast_gateway.errors import InvalidArgument
-from tools.local_postgres import LocalPostgres
+from tests.stores import BACKENDS, location
 
 MODEL = "lstm_timeseries"
 
@@ -29,14 +28,9 @@ def ns(text: str) -> int:
     return int(pd.Timestamp(text, tz="UTC").value)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ExperimentStore]:
-    if request.param == "sqlite":
-        url, password_file = f"sqlite:///{tmp_path / 'experiments.sqlite3'}", ""
-    else:
-        server: LocalPostgres = request.getfixturevalue("postgres")
-        url = server.create_database(f"ab_{uuid.uuid4().hex[:12]}")
-        password_file = str(server.password_file)
+    url, password_file = location(request, tmp_path)
     store = ExperimentStore(open_storage(url, Bounds(1000, 1e12), password_file=password_file))
     await store.start()
     yield store

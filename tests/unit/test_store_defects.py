@@ -18,6 +18,7 @@ from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, Shad
 from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
 from forecast_gateway.numerics import FloatArray
+from tests.stores import BACKENDS, location
 from tools.local_postgres import LocalPostgres
 
 MODEL = "lstm_timeseries"
@@ -57,7 +58,7 @@ class Clock:
 MakeStore = Callable[..., ExperimentStore]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     """Builds stores (not started) on one fresh database; the same `name` shares its data."""
     databases: dict[str, str] = {}
@@ -71,13 +72,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
     ) -> ExperimentStore:
         bounds = bounds or Bounds(10_000, 1e9)
         clock = clock or Clock()
-        if request.param == "sqlite":
-            url, password_file = f"sqlite:///{tmp_path / name / 'experiments.sqlite3'}", ""
-        else:
-            server: LocalPostgres = request.getfixturevalue("postgres")
-            if name not in databases:
-                databases[name] = server.create_database(f"defect_{uuid.uuid4().hex[:12]}")
-            url, password_file = databases[name], str(server.password_file)
+        url, password_file = location(request, tmp_path, name, databases)
         storage = open_storage(url, bounds, password_file=password_file, clock=clock)
         return ExperimentStore(storage, clock=clock, **options)  # type: ignore[arg-type]
 

@@ -10,7 +10,6 @@ same final scores.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,20 +21,15 @@ from forecast_gateway.ab.records import Prediction, RecordedForecast, Role, new_
 from forecast_gateway.ab.scoring import WELCH_TEST, Moments, compare
 from forecast_gateway.ab.storage import Bounds, open_storage
 from forecast_gateway.ab.store import ExperimentStore
-from tools.local_postgres import LocalPostgres
+from tests.stores import BACKENDS, location
 
 MODEL = "lstm_timeseries"
 EXPERIMENT = "sticky-units"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ExperimentStore]:
-    if request.param == "sqlite":
-        url, password_file = f"sqlite:///{tmp_path / 'experiments.sqlite3'}", ""
-    else:
-        server: LocalPostgres = request.getfixturevalue("postgres")
-        url = server.create_database(f"ab_{uuid.uuid4().hex[:12]}")
-        password_file = str(server.password_file)
+    url, password_file = location(request, tmp_path)
     store = ExperimentStore(open_storage(url, Bounds(10_000, 1e9), password_file=password_file))
     await store.start()
     yield store
