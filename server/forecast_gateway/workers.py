@@ -18,6 +18,7 @@ them: prometheus_client's multiprocess mode, one file per worker process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -30,6 +31,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,7 +110,30 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_main(config: GatewayConfig, index: int, metrics_dir: str, supervisor: int) -> None:
+class StopTogether:
+    """The workers' `api.server.Peers`: a barrier every worker passes once its gRPC stop has begun.
+
+    A multiprocessing barrier (semaphores in shared memory), made by the
+    supervisor and handed to every worker it spawns; it outlives a
+    SIGKILLed supervisor. A worker that is missing (dead, not restarted
+    during a stop) breaks it after the timeout, and the others go on.
+    """
+
+    def __init__(self, barrier: Any) -> None:
+        self.barrier = barrier
+
+    async def all_stopping(self, timeout_s: float) -> bool:
+        """Wait at the barrier in a thread (it blocks); False once it is broken."""
+        try:
+            await asyncio.to_thread(self.barrier.wait, timeout_s)
+        except threading.BrokenBarrierError:
+            return False
+        return True
+
+
+def worker_main(
+    config: GatewayConfig, index: int, metrics_dir: str, supervisor: int, barrier: Any = None
+) -> None:
     """A worker: the ordinary gateway, its metrics in `metrics_dir`, its log lines tagged.
 
     prometheus_client picks multiprocess mode when it is first imported, which
@@ -128,7 +153,7 @@ def worker_main(config: GatewayConfig, index: int, metrics_dir: str, supervisor:
     configure_logging(config.log_format, config.log_level)
     tag_logs(index)
     metrics.set_worker(index)
-    run(config)
+    run(config, StopTogether(barrier) if barrier is not None else None)
 
 
 def _stop_with_parent(supervisor: int) -> None:
@@ -181,6 +206,7 @@ class Supervisor:
     _metrics: WSGIServer | None = None
     _stopping_since: float | None = None
     _exit_code: int = 0
+    _barrier: Any = None
 
     def run(self) -> int:
         """Serve until a stop signal (or repeated crashes); the process's exit code."""
@@ -203,6 +229,7 @@ class Supervisor:
             metrics_port = self._metrics.server_port if self._metrics else None
             log.info("workers_starting", workers=self.count, port=port, metrics_port=metrics_port)
             self.workers = [_Worker(index) for index in range(self.count)]
+            self._barrier = SPAWN.Barrier(self.count)
             for worker in self.workers:
                 self._start(worker, worker_config, metrics_dir)
             while self._alive() or self._stopping_since is None:
@@ -213,6 +240,9 @@ class Supervisor:
                 self._reap(metrics_dir)
                 self._restart_due(worker_config, metrics_dir)
                 self._kill_overdue()
+            # The last worker may exit after this round's _reap: is_alive()
+            # above has collected it, and it is accounted (logged, its code) here.
+            self._reap(metrics_dir)
             if self._metrics is not None:
                 self._metrics.server_close()
         log.info("workers_stopped", exit_code=self._exit_code)
@@ -221,7 +251,7 @@ class Supervisor:
     def _start(self, worker: _Worker, config: GatewayConfig, metrics_dir: Path) -> None:
         process = SPAWN.Process(
             target=worker_main,
-            args=(config, worker.index, str(metrics_dir), os.getpid()),
+            args=(config, worker.index, str(metrics_dir), os.getpid(), self._barrier),
             name=f"forecast-gateway-worker-{worker.index}",
         )
         process.start()

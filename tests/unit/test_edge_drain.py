@@ -144,3 +144,52 @@ async def test_forecasts_awaiting_actuals_survive_the_stop(tmp_path: Path) -> No
         3,
     )
     assert [s.version for s in scored.scores] == ["1"]
+
+
+class GatedPeers:
+    """`api.server.Peers` whose other workers begin their stop when the test says."""
+
+    def __init__(self, *, arrive: bool = True) -> None:
+        self.waiting = asyncio.Event()
+        self.others_stopping = asyncio.Event()
+        self.arrive = arrive
+
+    async def all_stopping(self, timeout_s: float) -> bool:
+        self.waiting.set()
+        if not self.arrive:
+            return False  # what a barrier broken by a dead worker answers
+        await self.others_stopping.wait()
+        return True
+
+
+async def test_held_calls_wait_until_every_worker_has_begun_stopping(tmp_path: Path) -> None:
+    # Served earlier, their callers would reconnect to a worker still listening,
+    # whose stop could then cancel their next call (tests/functional/test_workers.py).
+    peers = GatedPeers()
+    async with serving(tmp_path) as edge:
+        edge.gateway.peers = peers
+        stopping = asyncio.ensure_future(edge.stop())
+        await until_answers(lambda: not_serving(edge), "NOT_SERVING")
+        held = asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="2")))
+        await until(lambda: edge.gateway.shedder.held == 1, "the call held at the door")
+        await asyncio.wait_for(peers.waiting.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert not held.done() and edge.gateway.shedder.held == 1
+        peers.others_stopping.set()
+        answered = await held
+        await stopping
+    assert answered.version == "2"
+
+
+async def test_a_missing_worker_does_not_keep_held_calls_waiting(tmp_path: Path) -> None:
+    peers = GatedPeers(arrive=False)
+    async with serving(tmp_path) as edge:
+        edge.gateway.peers = peers
+        with captured_logs() as logs:
+            stopping = asyncio.ensure_future(edge.stop())
+            await until_answers(lambda: not_serving(edge), "NOT_SERVING")
+            held = asyncio.ensure_future(edge.stub.Forecast(forecast_request(version="2")))
+            answered = await held
+            await stopping
+    assert answered.version == "2"
+    assert any(e["event"] == "workers_not_stopping_together" for e in logs)

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import structlog
@@ -52,6 +53,16 @@ KEEPALIVE_TIMEOUT_MS = 20_000
 INT32_MAX = 2**31 - 1
 INTERVAL_CHECK_S = 30.0
 """How often each served model's current experiment is read for the undercovering gauge."""
+PEERS_WAIT_S = 2.0
+"""How long a stopping worker waits for the others to begin stopping too (MAX_HOLD_S and margin)."""
+
+
+class Peers(Protocol):
+    """The other gateway processes on this port (worker processes), which stop together."""
+
+    async def all_stopping(self, timeout_s: float) -> bool:
+        """Return once every peer has begun gRPC's stop; False after `timeout_s` (one died)."""
+        ...
 
 
 @dataclass
@@ -69,6 +80,7 @@ class Gateway:
     forecaster: Forecaster
     shedder: LoadShedder
     metrics_port: int | None = None
+    peers: Peers | None = None
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _interval_checker: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -154,6 +166,12 @@ class Gateway:
         that reach the server before the client reads its GOAWAY. So new calls
         are held until callers go quiet, gRPC's stop begins (GOAWAY: callers
         send elsewhere), and only then are the held calls served.
+
+        With worker processes, the held calls are served only once every
+        worker has begun its stop (and closed its listener): a caller
+        answered by one worker reconnects, and were another worker still
+        listening, its next call could reach that one just as its stop
+        begins, and be cancelled.
         """
         deadline = time.monotonic() + grace_s
         quiet = await self.shedder.hold_until_quiet(QUIET_S, min(MAX_HOLD_S, grace_s))
@@ -162,6 +180,10 @@ class Gateway:
         # One loop turn: grpc.aio's stop calls core's shutdown (GOAWAY) before
         # its first await, so the held calls are let in only after it.
         await asyncio.sleep(0)
+        if self.peers is not None and not await self.peers.all_stopping(
+            min(PEERS_WAIT_S, max(0.0, deadline - time.monotonic()))
+        ):
+            log.warning("workers_not_stopping_together")
         self.shedder.release()
         if not await self.shedder.wait_idle(max(0.0, deadline - time.monotonic())):
             log.warning("calls_still_running_at_grace_end", in_flight=self.shedder.in_flight)
@@ -368,10 +390,10 @@ def _add_reflection(server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((handler,))
 
 
-def run(config: GatewayConfig) -> None:
+def run(config: GatewayConfig, peers: Peers | None = None) -> None:
     """Serve until SIGTERM/SIGINT; a configuration problem found at start exits 2 with a message."""
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, peers=peers))
     except (ConfigError, RoutingConfigError) as error:
         kind = "routing file" if isinstance(error, RoutingConfigError) else "configuration"
         sys.stderr.write(f"forecast-gateway: invalid {kind}: {error}\n")
@@ -385,6 +407,7 @@ async def serve(
     config: GatewayConfig,
     stop_event: asyncio.Event | None = None,
     backend: InferenceBackend | None = None,
+    peers: Peers | None = None,
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
 
@@ -408,6 +431,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         gateway = create_gateway(config, backend)
+        gateway.peers = peers
         await gateway.start()
         try:
             await stop.wait()
