@@ -38,6 +38,7 @@ from forecast_gateway.api import interceptors
 from forecast_gateway.api.service import ForecastServicer
 from forecast_gateway.backends.base import Rows
 from forecast_gateway.backends.fake import FakeBackend, FakeModel
+from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.config import ModelConfig
 from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster
@@ -113,7 +114,8 @@ async def measure(
     store = ExperimentStore(storage)
     await store.start()
     forecaster = Forecaster(catalog, backend, ShippedRouting(), store, 10_000, 1.0)
-    servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64)
+    backtester = Backtester(catalog, forecaster.planner, forecaster.executor, 10_000, 4096)
+    servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64, backtester, 300.0)
     workload = Workload()
     requests = [
         with_time(

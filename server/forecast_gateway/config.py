@@ -159,7 +159,9 @@ class _Settings(BaseModel):
     shutdown_drain_s: OptionalSeconds = 0.0
     """On SIGTERM, time the gateway keeps serving while reporting NOT_SERVING."""
     max_batch_series: Count = 4096
-    """Most series in one ForecastBatch call."""
+    """Most series in one ForecastBatch call (and one Backtest)."""
+    backtest_timeout_s: Seconds = 300.0
+    """Deadline of a Backtest call when the caller sets none (or a later one)."""
     stream_max_pending: Count = 64
     """StreamForecast requests in flight or waiting to be read by the caller."""
     routing_file: str = "config/routing.toml"

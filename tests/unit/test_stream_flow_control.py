@@ -58,6 +58,8 @@ def make_servicer(forecaster: SlowForecaster) -> ForecastServicer:
         default_timeout_s=5.0,
         max_batch_series=10,
         stream_max_pending=MAX_PENDING,
+        backtester=None,  # type: ignore[arg-type]
+        backtest_timeout_s=300.0,
     )
 
 

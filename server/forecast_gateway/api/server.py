@@ -30,6 +30,7 @@ from forecast_gateway.api.overload import LoadShedder
 from forecast_gateway.api.service import ForecastServicer
 from forecast_gateway.backends.base import InferenceBackend
 from forecast_gateway.backends.triton import TritonProxy
+from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.config import GatewayConfig
 from forecast_gateway.core.calibration import Calibration
 from forecast_gateway.core.catalog import ModelCatalog
@@ -310,6 +311,14 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
         config.default_timeout_s,
         config.max_batch_series,
         config.stream_max_pending,
+        Backtester(
+            catalog,
+            forecaster.planner,
+            forecaster.executor,
+            config.max_history_length,
+            config.max_batch_series,
+        ),
+        config.backtest_timeout_s,
     )
     forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

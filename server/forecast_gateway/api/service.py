@@ -19,6 +19,8 @@ from forecast_gateway.api import calls
 from forecast_gateway.api.convert import (
     actuals_from,
     actuals_start,
+    backtest_from,
+    backtest_query_from,
     batch_queries_from,
     compare_query_from,
     comparison_from,
@@ -30,6 +32,7 @@ from forecast_gateway.api.convert import (
     query_from,
     response_from,
 )
+from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster, ForecastResult
 from forecast_gateway.core.validation import batch_violations
@@ -53,8 +56,12 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         default_timeout_s: float,
         max_batch_series: int,
         stream_max_pending: int,
+        backtester: Backtester,
+        backtest_timeout_s: float,
     ) -> None:
         self.forecaster = forecaster
+        self.backtester = backtester
+        self.backtest_timeout_s = backtest_timeout_s
         self.catalog = catalog
         self.store = store
         self.default_timeout_s = default_timeout_s
@@ -270,6 +277,27 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         return forecast_service_pb2.GetModelResponse(
             model=model_to_proto(self.catalog.get(request.name))
         )
+
+    async def Backtest(
+        self, request: forecast_service_pb2.BacktestRequest, context: Context
+    ) -> forecast_service_pb2.BacktestResponse:
+        """Score versions on rolling-origin windows of the caller's history; nothing recorded."""
+        notes = calls.current()
+        notes.fields["series"] = len(request.series)
+        notes.fields["windows"] = len(request.series) * max(0, request.n_windows)
+        if request.model:
+            self.catalog.get(request.model)  # NOT_FOUND first: only served names become labels
+            notes.model = request.model
+        query = backtest_query_from(request)
+        remaining = context.time_remaining()
+        timeout = (
+            self.backtest_timeout_s
+            if remaining is None
+            else min(float(remaining), self.backtest_timeout_s)
+        )
+        report = await self.backtester.run(query, time.monotonic() + timeout)
+        notes.fields["targets"] = len(report.results)
+        return backtest_from(report, request.per_window)
 
     def _deadline(self, context: Context) -> float:
         """time.monotonic() deadline: the caller's, capped by the default timeout."""

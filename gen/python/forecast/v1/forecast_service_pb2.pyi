@@ -1284,3 +1284,469 @@ class ListExperimentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListExperimentsResponse: _TypeAlias = ListExperimentsResponse  # noqa: Y015
+
+@_typing.final
+class BacktestTarget(_message.Message):
+    """BacktestTarget is one model version a backtest evaluates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the model; empty means the request's `model`."""
+    version: _builtins.str
+    """version is the version. Required."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestTarget: _TypeAlias = BacktestTarget  # noqa: Y015
+
+@_typing.final
+class BacktestRequest(_message.Message):
+    """BacktestRequest asks for a rolling-origin backtest of one or more targets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    N_WINDOWS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    INTERVAL_COVERAGES_FIELD_NUMBER: _builtins.int
+    QUANTILE_LEVELS_FIELD_NUMBER: _builtins.int
+    PER_WINDOW_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the model whose ready versions are the targets when `targets`
+    is empty, and the model of a target that names none. Required.
+    """
+    horizon: _builtins.int
+    """horizon is the number of points each window forecasts. Required (> 0)."""
+    n_windows: _builtins.int
+    """n_windows is the number of windows per series (1 to 1000). Required."""
+    step: _builtins.int
+    """step is the distance between consecutive origins, in points; 0 means
+    `horizon` (windows that do not overlap).
+    """
+    sequence_length: _builtins.int
+    """sequence_length is the window each target reads (0 = each version's)."""
+    per_window: _builtins.bool
+    """per_window adds every window's scores to each result."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """series are the histories to backtest on (ids unique; time as on
+        ForecastBatch: start or timestamps, frequency, fill). At most the
+        gateway's max_batch_series.
+        """
+
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestTarget]:
+        """targets are the versions to evaluate (at most 8); empty means every
+        ready version of `model`.
+        """
+
+    @_builtins.property
+    def interval_coverages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """interval_coverages asks for interval coverage and Winkler scores at
+        these coverages, e.g. 0.8 and 0.95 (as on Forecast).
+        """
+
+    @_builtins.property
+    def quantile_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """quantile_levels asks for pinball losses at these levels (as on
+        Forecast).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        series: _abc.Iterable[Global___Series] | None = ...,
+        horizon: _builtins.int = ...,
+        n_windows: _builtins.int = ...,
+        step: _builtins.int = ...,
+        targets: _abc.Iterable[Global___BacktestTarget] | None = ...,
+        sequence_length: _builtins.int = ...,
+        interval_coverages: _abc.Iterable[_builtins.float] | None = ...,
+        quantile_levels: _abc.Iterable[_builtins.float] | None = ...,
+        per_window: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "interval_coverages", b"interval_coverages", "model", b"model", "n_windows", b"n_windows", "per_window", b"per_window", "quantile_levels", b"quantile_levels", "sequence_length", b"sequence_length", "series", b"series", "step", b"step", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestRequest: _TypeAlias = BacktestRequest  # noqa: Y015
+
+@_typing.final
+class BacktestStepScore(_message.Message):
+    """BacktestStepScore is a target's accuracy at one horizon step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    SMAPE_FIELD_NUMBER: _builtins.int
+    MASE_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    """step is the 1-based horizon step."""
+    mae: _builtins.float
+    """mae is the mean absolute error, in the series' units."""
+    smape: _builtins.float
+    """smape is the symmetric MAPE in percent (0-200)."""
+    mase: _builtins.float
+    """mase is the mean absolute error over each window's scale (see
+    BacktestResponse.scale); NaN when no window has a scale.
+    """
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        mae: _builtins.float = ...,
+        smape: _builtins.float = ...,
+        mase: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mase", b"mase", "smape", b"smape", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestStepScore: _TypeAlias = BacktestStepScore  # noqa: Y015
+
+@_typing.final
+class BacktestIntervalScore(_message.Message):
+    """BacktestIntervalScore is how a target's intervals of one coverage held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    WINKLER_FIELD_NUMBER: _builtins.int
+    PER_STEP_OBSERVED_FIELD_NUMBER: _builtins.int
+    PER_STEP_WINKLER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    coverage: _builtins.float
+    """coverage is the nominal coverage, e.g. 0.8."""
+    observed: _builtins.float
+    """observed is the fraction of held-out points inside the interval."""
+    winkler: _builtins.float
+    """winkler is the mean Winkler (interval) score, in the series' units."""
+    status: _forecast_pb2.UncertaintyStatus.ValueType
+    """status is the intervals' calibration status when the backtest ran (as
+    on Forecast's uncertainty).
+    """
+    @_builtins.property
+    def per_step_observed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """per_step_observed is `observed` per horizon step."""
+
+    @_builtins.property
+    def per_step_winkler(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """per_step_winkler is `winkler` per horizon step."""
+
+    def __init__(
+        self,
+        *,
+        coverage: _builtins.float = ...,
+        observed: _builtins.float = ...,
+        winkler: _builtins.float = ...,
+        per_step_observed: _abc.Iterable[_builtins.float] | None = ...,
+        per_step_winkler: _abc.Iterable[_builtins.float] | None = ...,
+        status: _forecast_pb2.UncertaintyStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "observed", b"observed", "per_step_observed", b"per_step_observed", "per_step_winkler", b"per_step_winkler", "status", b"status", "winkler", b"winkler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestIntervalScore: _TypeAlias = BacktestIntervalScore  # noqa: Y015
+
+@_typing.final
+class BacktestQuantileScore(_message.Message):
+    """BacktestQuantileScore is how a target's quantiles at one level held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    PINBALL_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
+    level: _builtins.float
+    """level is the quantile level, e.g. 0.9."""
+    pinball: _builtins.float
+    """pinball is the mean pinball (quantile) loss, in the series' units."""
+    @_builtins.property
+    def per_step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """per_step is `pinball` per horizon step."""
+
+    def __init__(
+        self,
+        *,
+        level: _builtins.float = ...,
+        pinball: _builtins.float = ...,
+        per_step: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "per_step", b"per_step", "pinball", b"pinball"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestQuantileScore: _TypeAlias = BacktestQuantileScore  # noqa: Y015
+
+@_typing.final
+class BacktestWindowScore(_message.Message):
+    """BacktestWindowScore is a target's accuracy on one window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    SMAPE_FIELD_NUMBER: _builtins.int
+    MASE_FIELD_NUMBER: _builtins.int
+    ORIGIN_TIME_FIELD_NUMBER: _builtins.int
+    series_id: _builtins.str
+    """series_id is the series the window belongs to."""
+    window: _builtins.int
+    """window is the window's index within its series (0 = the earliest)."""
+    origin: _builtins.int
+    """origin is the number of points before the window: the window forecasts
+    points origin .. origin + horizon - 1 of the series (on its grid).
+    """
+    mae: _builtins.float
+    """mae is the window's mean absolute error."""
+    smape: _builtins.float
+    """smape is the window's sMAPE in percent."""
+    mase: _builtins.float
+    """mase is the window's MAE over its scale; NaN without a scale."""
+    @_builtins.property
+    def origin_time(self) -> _timestamp_pb2.Timestamp:
+        """origin_time is the time of the first forecast point, when the series
+        had time.
+        """
+
+    def __init__(
+        self,
+        *,
+        series_id: _builtins.str = ...,
+        window: _builtins.int = ...,
+        origin: _builtins.int = ...,
+        mae: _builtins.float = ...,
+        smape: _builtins.float = ...,
+        mase: _builtins.float = ...,
+        origin_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin_time", b"origin_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mase", b"mase", "origin", b"origin", "origin_time", b"origin_time", "series_id", b"series_id", "smape", b"smape", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestWindowScore: _TypeAlias = BacktestWindowScore  # noqa: Y015
+
+@_typing.final
+class BacktestResult(_message.Message):
+    """BacktestResult is one target's scores over every window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    SMAPE_FIELD_NUMBER: _builtins.int
+    MASE_FIELD_NUMBER: _builtins.int
+    RMSE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    QUANTILES_FIELD_NUMBER: _builtins.int
+    WINDOW_SCORES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the target's model."""
+    version: _builtins.str
+    """version is the target's version."""
+    windows: _builtins.int
+    """windows is the number of windows scored."""
+    mae: _builtins.float
+    """mae is the mean absolute error over every held-out point."""
+    smape: _builtins.float
+    """smape is the symmetric MAPE in percent (0-200) over every held-out point."""
+    mase: _builtins.float
+    """mase is the mean over windows of the window's MAE over its scale."""
+    rmse: _builtins.float
+    """rmse is the root mean squared error over every held-out point."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestStepScore]:
+        """steps holds the scores per horizon step, step 1 first."""
+
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestIntervalScore]:
+        """intervals holds one entry per requested coverage."""
+
+    @_builtins.property
+    def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestQuantileScore]:
+        """quantiles holds one entry per requested quantile level."""
+
+    @_builtins.property
+    def window_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestWindowScore]:
+        """window_scores holds every window's scores when `per_window` was set."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        windows: _builtins.int = ...,
+        mae: _builtins.float = ...,
+        smape: _builtins.float = ...,
+        mase: _builtins.float = ...,
+        rmse: _builtins.float = ...,
+        steps: _abc.Iterable[Global___BacktestStepScore] | None = ...,
+        intervals: _abc.Iterable[Global___BacktestIntervalScore] | None = ...,
+        quantiles: _abc.Iterable[Global___BacktestQuantileScore] | None = ...,
+        window_scores: _abc.Iterable[Global___BacktestWindowScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["intervals", b"intervals", "mae", b"mae", "mase", b"mase", "model", b"model", "quantiles", b"quantiles", "rmse", b"rmse", "smape", b"smape", "steps", b"steps", "version", b"version", "window_scores", b"window_scores", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestResult: _TypeAlias = BacktestResult  # noqa: Y015
+
+@_typing.final
+class BacktestComparison(_message.Message):
+    """BacktestComparison tests two targets' errors on the same windows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_A_FIELD_NUMBER: _builtins.int
+    TARGET_B_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    MASE_A_FIELD_NUMBER: _builtins.int
+    MASE_B_FIELD_NUMBER: _builtins.int
+    MEAN_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    STATISTIC_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    target_a: _builtins.str
+    """target_a is the first target, as "model:version"."""
+    target_b: _builtins.str
+    """target_b is the second target, as "model:version"."""
+    test: _builtins.str
+    """test names the test, e.g. "Diebold-Mariano (HAC, Harvey-Leybourne-Newbold)"."""
+    windows: _builtins.int
+    """windows is the number of windows both targets were scored on."""
+    mase_a: _builtins.float
+    """mase_a is target_a's mean MASE over those windows."""
+    mase_b: _builtins.float
+    """mase_b is target_b's mean MASE over those windows."""
+    mean_difference: _builtins.float
+    """mean_difference is mean(loss of a - loss of b) per window (scaled
+    absolute error); negative means a is more accurate.
+    """
+    statistic: _builtins.float
+    """statistic is the test statistic (corrected, Student t with windows - 1
+    degrees of freedom).
+    """
+    p_value: _builtins.float
+    """p_value is the two-sided p-value; NaN when the test is undefined."""
+    lag: _builtins.int
+    """lag is the HAC truncation lag (overlapping windows' errors correlate)."""
+    significant: _builtins.bool
+    """significant is true when p_value < 0.05."""
+    verdict: _builtins.str
+    """verdict says the comparison in words."""
+    def __init__(
+        self,
+        *,
+        target_a: _builtins.str = ...,
+        target_b: _builtins.str = ...,
+        test: _builtins.str = ...,
+        windows: _builtins.int = ...,
+        mase_a: _builtins.float = ...,
+        mase_b: _builtins.float = ...,
+        mean_difference: _builtins.float = ...,
+        statistic: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        lag: _builtins.int = ...,
+        significant: _builtins.bool = ...,
+        verdict: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "mase_a", b"mase_a", "mase_b", b"mase_b", "mean_difference", b"mean_difference", "p_value", b"p_value", "significant", b"significant", "statistic", b"statistic", "target_a", b"target_a", "target_b", b"target_b", "test", b"test", "verdict", b"verdict", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestComparison: _TypeAlias = BacktestComparison  # noqa: Y015
+
+@_typing.final
+class BacktestResponse(_message.Message):
+    """BacktestResponse is a backtest's scores and comparisons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    N_WINDOWS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is the request's model."""
+    horizon: _builtins.int
+    """horizon is the horizon every window forecast."""
+    n_windows: _builtins.int
+    """n_windows is the number of windows per series."""
+    step: _builtins.int
+    """step is the distance between origins, in points."""
+    scale: _builtins.str
+    """scale says what MASE is scaled by: each window's in-sample MAE of the
+    seasonal naive forecast of its series' own history before the origin
+    (season from the frequency), or the naive one without a frequency.
+    """
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestResult]:
+        """results holds one entry per target, in target order."""
+
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___BacktestComparison]:
+        """comparisons holds one entry per pair of targets."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        horizon: _builtins.int = ...,
+        n_windows: _builtins.int = ...,
+        step: _builtins.int = ...,
+        scale: _builtins.str = ...,
+        results: _abc.Iterable[Global___BacktestResult] | None = ...,
+        comparisons: _abc.Iterable[Global___BacktestComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparisons", b"comparisons", "horizon", b"horizon", "model", b"model", "n_windows", b"n_windows", "results", b"results", "scale", b"scale", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestResponse: _TypeAlias = BacktestResponse  # noqa: Y015

@@ -89,6 +89,11 @@ class ForecastServiceStub:
                 request_serializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsRequest.SerializeToString,
                 response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsResponse.FromString,
                 _registered_method=True)
+        self.Backtest = channel.unary_unary(
+                '/forecast.v1.ForecastService/Backtest',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
+                response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -212,6 +217,25 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backtest(self, request, context):
+        """Backtest evaluates model versions on the caller's own history, before
+        they get traffic: rolling-origin windows (as statsforecast's and
+        Nixtla's cross_validation lay them), each target forecasting every
+        window through the same path as Forecast (validation, normalization,
+        Triton, batched as multi-row requests), scored against the held-out
+        points, and every pair of targets compared on the same windows with
+        the Diebold-Mariano test. Nothing live changes: no experiment counts,
+        no calibration pools, no shadows. See docs/backtest.md.
+
+        Returns INVALID_ARGUMENT if a series is too short for the windows (the
+        error names it), if horizon, n_windows or step is out of range, or a
+        series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
+        version is not served; UNAVAILABLE if Triton cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -259,6 +283,11 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.ListExperiments,
                     request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsRequest.FromString,
                     response_serializer=forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'Backtest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backtest,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.FromString,
+                    response_serializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -514,6 +543,33 @@ class ForecastService:
             '/forecast.v1.ForecastService/ListExperiments',
             forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsRequest.SerializeToString,
             forecast_dot_v1_dot_forecast__service__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backtest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/Backtest',
+            forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
+            forecast_dot_v1_dot_forecast__service__pb2.BacktestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,6 +115,21 @@ class ForecastServiceStub:
 
     Returns NOT_FOUND if a model is named and it is not served.
     """
+    Backtest: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.BacktestRequest, _forecast_service_pb2.BacktestResponse]
+    """Backtest evaluates model versions on the caller's own history, before
+    they get traffic: rolling-origin windows (as statsforecast's and
+    Nixtla's cross_validation lay them), each target forecasting every
+    window through the same path as Forecast (validation, normalization,
+    Triton, batched as multi-row requests), scored against the held-out
+    points, and every pair of targets compared on the same windows with
+    the Diebold-Mariano test. Nothing live changes: no experiment counts,
+    no calibration pools, no shadows. See docs/backtest.md.
+
+    Returns INVALID_ARGUMENT if a series is too short for the windows (the
+    error names it), if horizon, n_windows or step is out of range, or a
+    series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
+    version is not served; UNAVAILABLE if Triton cannot be reached.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
@@ -202,6 +217,21 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     (or for every served model), newest first.
 
     Returns NOT_FOUND if a model is named and it is not served.
+    """
+    Backtest: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.BacktestRequest, _forecast_service_pb2.BacktestResponse]  # type: ignore[assignment]
+    """Backtest evaluates model versions on the caller's own history, before
+    they get traffic: rolling-origin windows (as statsforecast's and
+    Nixtla's cross_validation lay them), each target forecasting every
+    window through the same path as Forecast (validation, normalization,
+    Triton, batched as multi-row requests), scored against the held-out
+    points, and every pair of targets compared on the same windows with
+    the Diebold-Mariano test. Nothing live changes: no experiment counts,
+    no calibration pools, no shadows. See docs/backtest.md.
+
+    Returns INVALID_ARGUMENT if a series is too short for the windows (the
+    error names it), if horizon, n_windows or step is out of range, or a
+    series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
+    version is not served; UNAVAILABLE if Triton cannot be reached.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -341,6 +371,27 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         (or for every served model), newest first.
 
         Returns NOT_FOUND if a model is named and it is not served.
+        """
+
+    @_abc_1.abstractmethod
+    def Backtest(
+        self,
+        request: _forecast_service_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.BacktestResponse, _abc.Awaitable[_forecast_service_pb2.BacktestResponse]]:
+        """Backtest evaluates model versions on the caller's own history, before
+        they get traffic: rolling-origin windows (as statsforecast's and
+        Nixtla's cross_validation lay them), each target forecasting every
+        window through the same path as Forecast (validation, normalization,
+        Triton, batched as multi-row requests), scored against the held-out
+        points, and every pair of targets compared on the same windows with
+        the Diebold-Mariano test. Nothing live changes: no experiment counts,
+        no calibration pools, no shadows. See docs/backtest.md.
+
+        Returns INVALID_ARGUMENT if a series is too short for the windows (the
+        error names it), if horizon, n_windows or step is out of range, or a
+        series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
+        version is not served; UNAVAILABLE if Triton cannot be reached.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,401 @@
+"""Run a backtest: every window of every target through the core's plan and execute stages.
+
+Each window is a pinned forecast of the history before its origin, planned
+and executed exactly as a live one (validation, eligibility, normalization,
+the backend); a target's windows go to the executor together, so windows of
+one shape become multi-row backend requests chunked to the model's
+max_batch_size. The record stage is never called: no experiment counts,
+no calibration pools, no shadows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from forecast_gateway.backtest.comparison import DieboldMariano, diebold_mariano, verdict
+from forecast_gateway.backtest.scores import (
+    TargetScores,
+    TargetWindows,
+    score_target,
+    seasonal_naive_scale,
+    window_losses,
+)
+from forecast_gateway.backtest.windows import (
+    MAX_TARGETS,
+    Layout,
+    layout_violations,
+    short_series,
+)
+from forecast_gateway.core.calibration import Status
+from forecast_gateway.core.catalog import ModelCatalog
+from forecast_gateway.core.contract import season_length
+from forecast_gateway.core.execute import Executor
+from forecast_gateway.core.plan import Planner
+from forecast_gateway.core.results import ForecastResult, Plan
+from forecast_gateway.core.timeline import TimeInput
+from forecast_gateway.core.validation import ForecastQuery, batch_violations, prepare_query
+from forecast_gateway.errors import (
+    FieldViolation,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from forecast_gateway.numerics import NO_LEVELS, FloatArray, Levels
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model version under test."""
+
+    model: str
+    version: str
+
+    @property
+    def label(self) -> str:
+        """How responses and verdicts name it: "model:version"."""
+        return f"{self.model}:{self.version}"
+
+
+@dataclass(frozen=True)
+class BacktestSeries:
+    """One history: its id and its values and time, as a ForecastQuery holds them."""
+
+    id: str
+    query: ForecastQuery
+
+
+@dataclass(frozen=True)
+class BacktestQuery:
+    """A backtest request as the core sees it (converted from the proto)."""
+
+    model: str
+    series: tuple[BacktestSeries, ...]
+    layout: Layout
+    targets: tuple[Target, ...] = ()
+    sequence_length: int = 0
+    levels: Levels = NO_LEVELS
+    per_window: bool = False
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of one series: where it starts and what it holds out."""
+
+    series: int
+    index: int
+    origin: int
+    actuals: FloatArray
+    scale: float
+    origin_time: int | None
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One target's scores, and its intervals' calibration status per coverage."""
+
+    target: Target
+    scores: TargetScores
+    statuses: tuple[Status, ...]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two targets tested on the same windows."""
+
+    a: Target
+    b: Target
+    mase_a: float
+    mase_b: float
+    test: DieboldMariano
+    verdict: str
+
+
+@dataclass(frozen=True)
+class BacktestReport:
+    """What a backtest found (api.convert makes the BacktestResponse of it)."""
+
+    model: str
+    layout: Layout
+    scale: str
+    windows: tuple[Window, ...]
+    series_ids: tuple[str, ...]
+    results: tuple[TargetResult, ...]
+    comparisons: tuple[Comparison, ...]
+
+
+@dataclass(frozen=True)
+class _Series:
+    """A series on its grid, ready to be cut into windows."""
+
+    id: str
+    query: ForecastQuery
+    season: int
+
+
+class Backtester:
+    """Backtests targets with the core's planner and executor (never its recorder)."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        planner: Planner,
+        executor: Executor,
+        max_history_length: int,
+        max_series: int,
+    ) -> None:
+        self.catalog = catalog
+        self.planner = planner
+        self.executor = executor
+        self.max_history_length = max_history_length
+        self.max_series = max_series
+
+    async def run(self, query: BacktestQuery, deadline: float) -> BacktestReport:
+        """Score every target on every window; InvalidArgument, NotFound or the backend's error."""
+        targets = self._targets(query)
+        series = self._prepare(query)
+        windows = tuple(self._windows(series, query.layout))
+        results = await asyncio.gather(
+            *(self._run_target(query, target, series, windows, deadline) for target in targets)
+        )
+        groups = np.asarray([w.series for w in windows], dtype=np.int64)
+        comparisons = tuple(
+            self._compare(a, b, query.layout, groups) for a, b in itertools.combinations(results, 2)
+        )
+        return BacktestReport(
+            model=query.model,
+            layout=query.layout,
+            scale=_scale_text(series),
+            windows=windows,
+            series_ids=tuple(s.id for s in series),
+            results=tuple(result for result, _ in results),
+            comparisons=comparisons,
+        )
+
+    def _targets(self, query: BacktestQuery) -> tuple[Target, ...]:
+        violations = [
+            *([] if query.model else [FieldViolation("model", "model is required")]),
+            *layout_violations(query.layout.horizon, query.layout.n_windows, query.layout.step),
+            *batch_violations([s.id for s in query.series], self.max_series),
+        ]
+        if len(query.targets) > MAX_TARGETS:
+            violations.append(
+                FieldViolation(
+                    "targets", f"{len(query.targets)} targets; at most {MAX_TARGETS} per backtest"
+                )
+            )
+        for index, target in enumerate(query.targets):
+            if not target.version:
+                violations.append(
+                    FieldViolation(f"targets[{index}].version", "each target names a version")
+                )
+        duplicated = {t for t in query.targets if query.targets.count(t) > 1}
+        if duplicated:
+            labels = sorted(t.label for t in duplicated)
+            violations.append(FieldViolation("targets", f"targets repeat: {', '.join(labels)}"))
+        if violations:
+            raise InvalidArgument.of(violations)
+        if not query.targets:
+            spec = self.catalog.get(query.model)
+            ready = spec.ready_versions()
+            if not ready:
+                raise Unavailable(
+                    f"no version of model {spec.name!r} is ready to backtest",
+                    reason="NO_READY_VERSION",
+                    metadata={"model": spec.name},
+                )
+            return tuple(Target(spec.name, version) for version in ready)
+        for target in query.targets:
+            spec = self.catalog.get(target.model)
+            if target.version not in spec.versions:
+                raise NotFound(
+                    f"model {spec.name!r} has no version {target.version}",
+                    reason="VERSION_NOT_FOUND",
+                    metadata={"model": spec.name, "version": target.version},
+                )
+        return query.targets
+
+    def _prepare(self, query: BacktestQuery) -> list[_Series]:
+        """Every series on its grid (NaN at missing points); every violation at once."""
+        prepared: list[_Series] = []
+        violations: list[FieldViolation] = []
+        for index, item in enumerate(query.series):
+            series_query, found = prepare_query(
+                replace(item.query, model=query.model), self.max_history_length
+            )
+            violations += [
+                FieldViolation(f"series[{index}].{v.field}", v.description, v.reason) for v in found
+            ]
+            season = season_length(None, series_query.frequency)
+            prepared.append(_Series(item.id, series_query, season))
+        if not violations:
+            violations = short_series(
+                [s.id for s in prepared],
+                [s.query.history.shape[0] for s in prepared],
+                query.layout,
+            )
+        if violations:
+            raise InvalidArgument.of(violations)
+        return prepared
+
+    def _windows(self, series: Sequence[_Series], layout: Layout) -> list[Window]:
+        windows = []
+        for number, item in enumerate(series):
+            history = item.query.history
+            axis = item.query.axis
+            for index, origin in enumerate(layout.origins(history.shape[0])):
+                times = axis.forecast_times(origin, 1) if axis is not None else None
+                windows.append(
+                    Window(
+                        series=number,
+                        index=index,
+                        origin=origin,
+                        actuals=history[origin : origin + layout.horizon],
+                        scale=seasonal_naive_scale(history[:origin], item.season),
+                        origin_time=int(times[0]) if times is not None else None,
+                    )
+                )
+        return windows
+
+    async def _run_target(
+        self,
+        query: BacktestQuery,
+        target: Target,
+        series: Sequence[_Series],
+        windows: Sequence[Window],
+        deadline: float,
+    ) -> tuple[TargetResult, FloatArray]:
+        spec = self.catalog.get(target.model)
+        plans: list[Plan] = []
+        for number, window in enumerate(windows):
+            item = series[window.series]
+            try:
+                plans.append(
+                    self.planner.plan_query(
+                        number, self._window_query(query, target, item, window)
+                    )[1]
+                )
+            except InvalidArgument as error:
+                raise _named(error, target, item.id, window) from None
+        outcomes = await self.executor.run(spec, plans, deadline)
+        failures = [o for o in outcomes if isinstance(o, GatewayError)]
+        if failures:
+            raise failures[0]
+        results = [o for o in outcomes if isinstance(o, ForecastResult)]
+        target_windows = _target_windows(results, windows, query.levels)
+        scores = score_target(target_windows)
+        statuses = tuple(_status(results, coverage) for coverage in query.levels.coverages)
+        return TargetResult(target, scores, statuses), window_losses(target_windows)
+
+    def _window_query(
+        self, query: BacktestQuery, target: Target, item: _Series, window: Window
+    ) -> ForecastQuery:
+        axis = item.query.axis
+        time = TimeInput(start=axis.start, frequency=axis.frequency) if axis is not None else None
+        return replace(
+            item.query,
+            model=target.model,
+            version=target.version,
+            routing_key="",
+            history=item.query.history[: window.origin],
+            horizon=query.layout.horizon,
+            sequence_length=query.sequence_length,
+            levels=query.levels,
+            time=time,
+            axis=None,
+            missing=0,
+        )
+
+    def _compare(
+        self,
+        first: tuple[TargetResult, FloatArray],
+        second: tuple[TargetResult, FloatArray],
+        layout: Layout,
+        groups: npt.NDArray[np.int64],
+    ) -> Comparison:
+        (a, losses_a), (b, losses_b) = first, second
+        test = diebold_mariano(
+            losses_a, losses_b, groups=groups, horizon=layout.horizon, step=layout.step
+        )
+        both = np.isfinite(losses_a) & np.isfinite(losses_b)
+        mase_a = float(losses_a[both].mean()) if both.any() else math.nan
+        mase_b = float(losses_b[both].mean()) if both.any() else math.nan
+        words = verdict(a.target.label, b.target.label, mase_a, mase_b, test)
+        return Comparison(a.target, b.target, mase_a, mase_b, test, words)
+
+
+def _named(
+    error: InvalidArgument, target: Target, series_id: str, window: Window
+) -> InvalidArgument:
+    """A window's violations, saying which series, window and target they came from."""
+    where = f"series[{window.series}]"
+    return InvalidArgument.of(
+        [
+            FieldViolation(
+                f"{where}.{v.field}",
+                f"series {series_id!r}, window {window.index} (origin {window.origin}), "
+                f"target {target.label}: {v.description}",
+                v.reason,
+            )
+            for v in error.violations
+        ]
+    )
+
+
+def _target_windows(
+    results: Sequence[ForecastResult], windows: Sequence[Window], levels: Levels
+) -> TargetWindows:
+    """The target's forecasts as [windows, horizon] arrays; a bound it did not give is NaN."""
+    horizon = windows[0].actuals.shape[0]
+    shape = (len(windows), horizon)
+    intervals = {c: (np.full(shape, np.nan), np.full(shape, np.nan)) for c in levels.coverages}
+    quantiles = {q: np.full(shape, np.nan) for q in levels.quantiles}
+    for row, result in enumerate(results):
+        if result.uncertainty is None:
+            continue
+        for interval in result.uncertainty.intervals:
+            if interval.coverage in intervals:
+                intervals[interval.coverage][0][row] = interval.lower
+                intervals[interval.coverage][1][row] = interval.upper
+        for quantile in result.uncertainty.quantiles:
+            if quantile.level in quantiles:
+                quantiles[quantile.level][row] = quantile.values
+    return TargetWindows(
+        actuals=np.vstack([w.actuals for w in windows]),
+        point=np.vstack([r.values for r in results]),
+        scales=np.asarray([w.scale for w in windows], dtype=np.float64),
+        intervals=intervals,
+        quantiles=quantiles,
+    )
+
+
+def _status(results: Sequence[ForecastResult], coverage: float) -> Status:
+    """CALIBRATED only if every window's interval of `coverage` was."""
+    for result in results:
+        uncertainty = result.uncertainty
+        if (
+            uncertainty is None
+            or uncertainty.status is not Status.CALIBRATED
+            or not any(i.coverage == coverage for i in uncertainty.intervals)
+        ):
+            return Status.NOT_CALIBRATED
+    return Status.CALIBRATED
+
+
+def _scale_text(series: Sequence[_Series]) -> str:
+    """What MASE is scaled by, in words, as the response's `scale` says it."""
+    seasons = sorted({(s.query.frequency, s.season) for s in series})
+    parts = [
+        f"seasonal naive, season {season} ({frequency})"
+        if season > 1
+        else (f"naive ({frequency}: no season)" if frequency else "naive (no frequency given)")
+        for frequency, season in seasons
+    ]
+    return "in-sample MAE of each series' own history before each origin: " + "; ".join(parts)
