@@ -115,6 +115,8 @@ class StoredPrediction:
     """The tracked bounds recorded with it (flattened rows x horizon), scale units."""
     scale: float = math.nan
     """The naive MAE of its own window; NaN: use the forecast's."""
+    native: bool = False
+    """`bounds` are the version's own quantiles (`records.Prediction.native`)."""
 
     def error_scale(self, forecast_scale: float) -> float:
         """The scale its errors are divided by: its own window's, else the forecast's."""

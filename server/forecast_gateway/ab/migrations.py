@@ -147,6 +147,20 @@ _SQLITE_V7 = (
     "ALTER TABLE forecasts ADD COLUMN first_step_ns INTEGER",
     "ALTER TABLE forecasts ADD COLUMN frequency TEXT",
 )
+_SQLITE_V8 = (
+    # CQR: which predictions' bounds are the model's own quantiles, and per tracked coverage
+    # the pools of their conformity scores (ab.pools.CQR_POOLS).
+    "ALTER TABLE predictions ADD COLUMN native_bounds INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE cqr_pools (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        coverage REAL NOT NULL,
+        scores BLOB NOT NULL,
+        revision INTEGER NOT NULL,
+        PRIMARY KEY (model, version, step, coverage)
+    )""",
+)
 SQLITE = (
     Migration(1, _SQLITE_V1),
     Migration(2, _SQLITE_V2, then=backfill_aggregates),
@@ -155,6 +169,7 @@ SQLITE = (
     Migration(5, _SQLITE_V5, then=exact_moments),
     Migration(6, _SQLITE_V6),
     Migration(7, _SQLITE_V7),
+    Migration(8, _SQLITE_V8),
 )
 
 
@@ -284,6 +299,20 @@ _POSTGRES_V6 = (
     "ALTER TABLE forecasts ADD COLUMN first_step_ns BIGINT",
     "ALTER TABLE forecasts ADD COLUMN frequency TEXT",
 )
+_POSTGRES_V7 = (
+    # CQR: which predictions' bounds are the model's own quantiles, and per tracked coverage
+    # the pools of their conformity scores (ab.pools.CQR_POOLS).
+    "ALTER TABLE predictions ADD COLUMN native_bounds SMALLINT NOT NULL DEFAULT 0",
+    """CREATE TABLE cqr_pools (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        coverage DOUBLE PRECISION NOT NULL,
+        scores BYTEA NOT NULL,
+        revision BIGINT NOT NULL,
+        PRIMARY KEY (model, version, step, coverage)
+    )""",
+)
 POSTGRES = (
     Migration(1, _POSTGRES_V1),
     Migration(2, _POSTGRES_V2),
@@ -291,4 +320,5 @@ POSTGRES = (
     Migration(4, _POSTGRES_V4, then=exact_moments),
     Migration(5, _POSTGRES_V5),
     Migration(6, _POSTGRES_V6),
+    Migration(7, _POSTGRES_V7),
 )

@@ -17,7 +17,7 @@ async def read_predictions(tx: Transaction, forecast_id: str) -> list[aggregates
     """Every prediction of a forecast with its current score, in version order."""
     rows = await tx.fetchall(
         "SELECT version, role, forecast_values, steps_scored, mae, smape, mase, bounds, "
-        "naive_scale "
+        "naive_scale, native_bounds "
         "FROM predictions WHERE forecast_id = %s ORDER BY version",
         (forecast_id,),
     )
@@ -31,8 +31,9 @@ async def read_predictions(tx: Transaction, forecast_id: str) -> list[aggregates
             else aggregates.UNSCORED,
             None if bounds is None else np.frombuffer(bounds, dtype="<f4").astype(np.float64),
             math.nan if scale is None else scale,
+            bool(native),
         )
-        for version, role, values, steps, mae, smape, mase, bounds, scale in rows
+        for version, role, values, steps, mae, smape, mase, bounds, scale, native in rows
     ]
 
 

@@ -60,6 +60,9 @@ class Prediction:
     so GetExperiment can score them; None when none was calibrated.
     `scale`: the naive MAE of the window this version read (NaN: the
     forecast's, the served version's window).
+    `native`: `bounds` are the version's own quantiles (a quantile model's,
+    `core.native.tracked_table`), so its reported actuals add CQR scores
+    (`ab.pools.add_cqr_scores`); False for calibrated bounds or none.
     """
 
     version: str
@@ -68,6 +71,7 @@ class Prediction:
     latency_ms: float
     bounds: FloatArray | None = None
     scale: float = math.nan
+    native: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,13 @@ import numpy as np
 
 from forecast_gateway.ab import aggregates
 from forecast_gateway.ab.actuals import merge, step_at
-from forecast_gateway.ab.pools import add_scores, append_calibration
+from forecast_gateway.ab.pools import (
+    CqrScores,
+    Scores,
+    add_cqr_scores,
+    add_scores,
+    append_calibration,
+)
 from forecast_gateway.ab.reads import read_predictions
 from forecast_gateway.ab.records import (
     ActualsReport,
@@ -70,16 +76,17 @@ async def write(
             [prediction_row(f.forecast_id, f.model, f.served, f.created_at, 0) for f in served],
         )
     deltas: list[aggregates.MomentDelta] = []
-    calibration: dict[tuple[str, str, int], list[float]] = {}
+    calibration: Scores = {}
+    cqr: CqrScores = {}
     if shadows:
         batch = {f.forecast_id for f in served}
-        deltas, calibration = await write_shadows(tx, shadows, known, batch)
+        deltas, calibration, cqr = await write_shadows(tx, shadows, known, batch)
     if served:  # orphans last among the predictions: shadows written before their forecast
         await tx.executemany(
             "UPDATE predictions SET orphan = 0 WHERE forecast_id = %s AND orphan = 1",
             [(forecast_id,) for forecast_id in sorted({f.forecast_id for f in served})],
         )
-    await append_calibration(tx, window, calibration)
+    await append_calibration(tx, window, calibration, cqr)
     await apply_moments(tx, deltas)
     await count_requests(tx, served, shadows)
     await count_forecasts(tx, shard, inserted)
@@ -87,13 +94,13 @@ async def write(
 
 async def write_shadows(
     tx: Transaction, shadows: Sequence[ShadowRecord], known: dict[str, Row], batch: set[str]
-) -> tuple[list[aggregates.MomentDelta], dict[tuple[str, str, int], list[float]]]:
+) -> tuple[list[aggregates.MomentDelta], Scores, CqrScores]:
     """Insert shadow predictions and rescore those whose forecast already has actuals.
 
     `known`: the locked rows of the forecasts stored before this write;
     `batch`: the forecasts this write inserts. A shadow of neither is an
     orphan until its forecast arrives. Returns the deltas to the aggregates
-    and the calibration scores, for the caller to apply in lock order.
+    and the calibration and CQR scores, for the caller to apply in lock order.
     """
     await tx.executemany(
         INSERT_PREDICTION,
@@ -109,7 +116,8 @@ async def write_shadows(
         ],
     )
     deltas: list[aggregates.MomentDelta] = []
-    calibration: dict[tuple[str, str, int], list[float]] = {}
+    calibration: Scores = {}
+    cqr: CqrScores = {}
     for forecast_id, model, experiment, comparable, scale, stored, unit in known.values():
         if stored is not None:
             predictions = await read_predictions(tx, forecast_id)
@@ -131,7 +139,8 @@ async def write_shadows(
             for p in predictions:
                 if p.version in late:  # its steps reported so far are new to its pools
                     add_scores(calibration, model, p, unreported, reported, scale)
-    return deltas, calibration
+                    add_cqr_scores(cqr, model, p, unreported, reported, scale)
+    return deltas, calibration, cqr
 
 
 async def count_forecasts(tx: Transaction, shard: int, change: int) -> None:
@@ -222,10 +231,12 @@ async def report_actuals(
         unit=unit or "",
     )
     await store_scores(tx, forecast_id, scores)
-    calibration: dict[tuple[str, str, int], list[float]] = {}
+    calibration: Scores = {}
+    cqr: CqrScores = {}
     for prediction in predictions:
         add_scores(calibration, model, prediction, before, merged, scale)
-    await append_calibration(tx, window, calibration)
+        add_cqr_scores(cqr, model, prediction, before, merged, scale)
+    await append_calibration(tx, window, calibration, cqr)
     await apply_moments(tx, deltas)
     return ActualsReport(forecast_id, model, horizon, steps_received, scores)
 
@@ -272,14 +283,15 @@ async def prune(tx: Transaction, bounds: Bounds, shard: int, now: float) -> None
 
 INSERT_PREDICTION = (
     "INSERT INTO predictions (forecast_id, version, model, role, forecast_values, latency_ms, "
-    "recorded_at, orphan, bounds, naive_scale) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "recorded_at, orphan, bounds, naive_scale, native_bounds) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (forecast_id, version) DO NOTHING"
 )
 
 
 def prediction_row(
     forecast_id: str, model: str, p: Prediction, recorded_at: float, orphan: int
-) -> tuple[str, str, str, str, bytes, float, float, int, bytes | None, float | None]:
+) -> tuple[str, str, str, str, bytes, float, float, int, bytes | None, float | None, int]:
     """The `predictions` row of one prediction (`INSERT_PREDICTION`'s parameters)."""
     values = struct.pack(f"<{len(p.values)}d", *p.values)
     # float32: seven rows per step would otherwise make the row ~7x its forecast's size.
@@ -295,4 +307,5 @@ def prediction_row(
         orphan,
         bounds,
         p.scale if math.isfinite(p.scale) else None,
+        int(p.native and bounds is not None),
     )

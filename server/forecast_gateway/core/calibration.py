@@ -10,6 +10,10 @@ gateway is calibrated from its first request and drifts with the actuals.
 The request path only reads: bound tables are cached per (model, version,
 levels, horizon) and dropped when a background refresh sees a pool change in
 the store, so asking for intervals costs a multiply-add per call.
+
+A quantile model's CQR pools (per tracked coverage and step, `core.cqr`)
+come from the store alone, read with the same refresh: `cqr` gives their
+offsets, cached per (model, version, horizon) the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from forecast_gateway import metrics
 from forecast_gateway.ab import TRACKED, ExperimentStore
 from forecast_gateway.core import conformal
 from forecast_gateway.core.contract import frequencies_match
+from forecast_gateway.core.cqr import CqrTable, offset_table
 from forecast_gateway.numerics import FloatArray, Levels
 
 log = structlog.get_logger(__name__)
@@ -100,6 +105,10 @@ class Calibration:
         self._bootstrap_frequency: dict[tuple[str, str], str] = {}
         """The frequency of the data each file's scores come from ("" when it does not say)."""
         self._online: dict[tuple[str, str], dict[int, FloatArray]] = {}
+        self._online_cqr: dict[tuple[str, str], dict[tuple[float, int], FloatArray]] = {}
+        self._cqr: collections.OrderedDict[tuple[str, str, int], CqrTable] = (
+            collections.OrderedDict()
+        )
         self._revisions: dict[tuple[str, str], int] = {}
         self._pools: dict[tuple[str, str], list[FloatArray]] = {}
         self.max_entries = max_entries
@@ -140,11 +149,14 @@ class Calibration:
         changed = await self.store.calibration_pools(dict(self._revisions))
         for key, pools in changed.items():
             self._online[key] = pools.steps
+            self._online_cqr[key] = pools.cqr
             self._revisions[key] = pools.revision
             self._pools.pop(key, None)
         if changed:
             for stale in [k for k in self._bounds if k[:2] in changed]:
                 del self._bounds[stale]
+            for gone in [k for k in self._cqr if k[:2] in changed]:
+                del self._cqr[gone]
             self._publish(changed)
 
     def uncertainty(
@@ -203,6 +215,31 @@ class Calibration:
         """The bounds at the TRACKED levels, in scale units [rows, horizon]; None if none exist."""
         entry = self._entry(model, version, TRACKED, horizon)
         return entry.table if entry.any else None
+
+    def cqr(self, model: str, version: str, horizon: int) -> CqrTable:
+        """The CQR offsets of a quantile version at the TRACKED coverages, steps 0..horizon - 1.
+
+        From the newest `window` scores of each pool in the store (every
+        replica's reported actuals); NaN where a pool has too few.
+        """
+        key = (model, version, horizon)
+        found = self._cqr.get(key)
+        if found is not None:
+            self._cqr.move_to_end(key)
+            return found
+        online = self._online_cqr.get((model, version), {})
+        pools = [
+            [
+                conformal.sorted_pool(online.get((coverage, step), _EMPTY)[-self.window :])
+                for step in range(horizon)
+            ]
+            for coverage in TRACKED.coverages
+        ]
+        found = offset_table(TRACKED.coverages, pools)
+        self._cqr[key] = found
+        if len(self._cqr) > self.max_entries:
+            self._cqr.popitem(last=False)
+        return found
 
     def _entry(self, model: str, version: str, levels: Levels, horizon: int) -> _Bounds:
         """What every forecast of (model, version, levels, horizon) shares.

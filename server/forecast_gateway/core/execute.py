@@ -279,13 +279,19 @@ class Executor:
     ) -> Uncertainty | None:
         """The intervals and quantiles asked for (None: none were).
 
-        A quantile model's come from its own outputs; a point model's from
+        A quantile model's come from its own outputs, CQR at the tracked
+        coverages once its pools allow (`core.native`); a point model's from
         its calibration pool (split conformal).
         """
         if not levels:
             return None
         if native is not None and contract is not None:
-            return native_uncertainty(contract.quantile_levels, native, levels)
+            offsets = (
+                None
+                if self.calibration is None
+                else self.calibration.cqr(model, version, values.shape[0])
+            )
+            return native_uncertainty(contract.quantile_levels, native, levels, scale, offsets)
         if self.calibration is None:
             return None
         return self.calibration.uncertainty(

@@ -87,6 +87,7 @@ class Recorder:
                             tuple(result.values),
                             result.latency_ms,
                             self._tracked(result),
+                            native=result.tracked is not None,
                         ),
                         # A fallback's forecast belongs to its own model's experiment.
                         experiment=self.routing.experiment(result.model),
@@ -160,6 +161,7 @@ class Recorder:
                             outcome.latency_ms,
                             self._tracked(outcome),
                             outcome.scale,
+                            native=outcome.tracked is not None,
                         ),
                         experiment,
                     )
