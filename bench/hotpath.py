@@ -114,7 +114,7 @@ async def measure(
     store = ExperimentStore(storage)
     await store.start()
     forecaster = Forecaster(catalog, backend, ShippedRouting(), store, 10_000, 1.0)
-    backtester = Backtester(catalog, forecaster.planner, forecaster.executor, 10_000, 4096)
+    backtester = Backtester.of(forecaster, 4096)
     servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64, backtester, 300.0)
     workload = Workload()
     requests = [

@@ -111,12 +111,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class StopTogether:
-    """The workers' `api.server.Peers`: a barrier every worker passes once its gRPC stop has begun.
+    """The workers' `api.server.Peers`: a barrier each passes once its gRPC stop has begun.
 
-    A multiprocessing barrier (semaphores in shared memory), made by the
-    supervisor and handed to every worker it spawns; it outlives a
-    SIGKILLed supervisor. A worker that is missing (dead, not restarted
-    during a stop) breaks it after the timeout, and the others go on.
+    Made by the supervisor (semaphores in shared memory: it outlives a
+    SIGKILLed supervisor); a missing worker breaks it at the timeout.
     """
 
     def __init__(self, barrier: Any) -> None:

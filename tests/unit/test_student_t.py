@@ -5,7 +5,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy import stats
 
-from forecast_gateway.ab import student_t
+from forecast_gateway import student_t
 
 DEGREES = [0.5, 1, 1.5, 2, 3, 5.7, 10, 30, 100, 1e4, 1e6]
 MAGNITUDES = [1e-3, 1e-2, 0.1, 0.5, 1, 1.5, 2, 2.5, 3, 5, 7, 10, 20, 30, 50]

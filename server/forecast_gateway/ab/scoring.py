@@ -31,18 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from forecast_gateway.ab import student_t
+from forecast_gateway import student_t
+from forecast_gateway.student_t import ALPHA, MIN_SAMPLES, NO_SPREAD_RELATIVE, SUMS_RELATIVE_ERROR
+
+__all__ = ["ALPHA", "MIN_SAMPLES", "NO_SPREAD_RELATIVE", "SUMS_RELATIVE_ERROR"]
 
 PAIRED_TEST = "paired t-test"
 WELCH_TEST = "Welch two-sample t-test"
-ALPHA = 0.05
-"""Two-sided significance level; the confidence intervals are 1 - ALPHA (95%)."""
-MIN_SAMPLES = 2
-"""Fewest pairs (paired) or samples per group (Welch) for which a t-test is defined."""
-SUMS_RELATIVE_ERROR = 1e-12
-"""Relative rounding error allowed in running sums before a variance counts as real."""
-NO_SPREAD_RELATIVE = 1e-12
-"""A sample whose values all lie within this fraction of its mean has no variance."""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,6 @@ from google.protobuf import timestamp_pb2
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2
 from forecast_gateway.ab import ActualsReport, ExperimentInfo, ExperimentReport, Role
-from forecast_gateway.backtest.runner import (
-    BacktestQuery,
-    BacktestReport,
-    BacktestSeries,
-    Target,
-    TargetResult,
-)
-from forecast_gateway.backtest.windows import Layout
 from forecast_gateway.core.calibration import Status, Uncertainty
 from forecast_gateway.core.catalog import ModelSpec, VersionState
 from forecast_gateway.core.contract import Contract
@@ -59,13 +51,13 @@ _FILLS = {
     forecast_pb2.FILL_METHOD_ZERO: Fill.ZERO,
 }
 _ROLES = {Role.SERVED: forecast_pb2.SCORE_ROLE_SERVED, Role.SHADOW: forecast_pb2.SCORE_ROLE_SHADOW}
-_STATUSES = {
+STATUSES = {
     Status.CALIBRATED: forecast_pb2.UNCERTAINTY_STATUS_CALIBRATED,
     Status.NOT_CALIBRATED: forecast_pb2.UNCERTAINTY_STATUS_NOT_CALIBRATED,
 }
 
 
-def _levels(
+def levels_of(
     request: forecast_service_pb2.ForecastRequest
     | forecast_service_pb2.ForecastBatchRequest
     | forecast_service_pb2.CompareVersionsRequest
@@ -77,7 +69,7 @@ def _levels(
     return Levels(tuple(request.interval_coverages), tuple(request.quantile_levels))
 
 
-def _time(message: Any) -> TimeInput | None:
+def time_of(message: Any) -> TimeInput | None:
     """The time fields of a request or series as given (None when it has none)."""
     has_start = message.HasField("start")
     stamps = message.timestamps
@@ -93,7 +85,7 @@ def _time(message: Any) -> TimeInput | None:
     )
 
 
-def _fill(message: Any, field: str = "fill") -> Fill:
+def fill_of(message: Any, field: str = "fill") -> Fill:
     """The fill method of a request or series (INVALID_ARGUMENT for an unknown value)."""
     value = message.fill
     if not value:  # the common case: no fill asked for
@@ -141,7 +133,7 @@ def _uncertainty_fields(uncertainty: Uncertainty | None) -> dict[str, Any]:
             for q in uncertainty.quantiles
         ],
         "uncertainty": forecast_pb2.Uncertainty(
-            status=_STATUSES[uncertainty.status],
+            status=STATUSES[uncertainty.status],
             method=uncertainty.method,
             calibration_scores=uncertainty.scores,
             detail=uncertainty.detail,
@@ -158,9 +150,9 @@ def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
         history=np.asarray(request.history, dtype=np.float64),
         horizon=request.horizon,
         sequence_length=request.sequence_length,
-        levels=_levels(request),
-        time=_time(request),
-        fill=_fill(request),
+        levels=levels_of(request),
+        time=time_of(request),
+        fill=fill_of(request),
     )
 
 
@@ -169,7 +161,7 @@ def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> li
     # Read once: each read of a proto string field is a new copy, and a
     # version of up to 1 MB shared by 4,096 series must not become 4,096 copies.
     model, version = request.model, request.version
-    levels = _levels(request)
+    levels = levels_of(request)
     return [
         ForecastQuery(
             model=model,
@@ -179,8 +171,8 @@ def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> li
             horizon=request.horizon,
             sequence_length=request.sequence_length,
             levels=levels,
-            time=_time(series),
-            fill=_fill(series, f"series[{index}].fill"),
+            time=time_of(series),
+            fill=fill_of(series, f"series[{index}].fill"),
         )
         for index, series in enumerate(request.series)
     ]
@@ -195,9 +187,9 @@ def compare_query_from(request: forecast_service_pb2.CompareVersionsRequest) -> 
         history=np.asarray(request.history, dtype=np.float64),
         horizon=request.horizon,
         sequence_length=request.sequence_length,
-        levels=_levels(request),
-        time=_time(request),
-        fill=_fill(request),
+        levels=levels_of(request),
+        time=time_of(request),
+        fill=fill_of(request),
     )
 
 
@@ -445,125 +437,3 @@ def _contract_fields(contract: Contract | None) -> dict[str, Any]:
         "season_length": contract.season_length,
         "accepts_missing": contract.accepts_missing,
     }
-
-
-def backtest_query_from(request: forecast_service_pb2.BacktestRequest) -> BacktestQuery:
-    """The core's view of a BacktestRequest (series as ForecastBatch's, targets by label)."""
-    series = tuple(
-        BacktestSeries(
-            series.id,
-            ForecastQuery(
-                model=request.model,
-                version="",
-                routing_key="",
-                history=np.asarray(series.history, dtype=np.float64),
-                horizon=request.horizon,
-                sequence_length=request.sequence_length,
-                time=_time(series),
-                fill=_fill(series, f"series[{index}].fill"),
-            ),
-        )
-        for index, series in enumerate(request.series)
-    )
-    return BacktestQuery(
-        model=request.model,
-        series=series,
-        layout=Layout(request.horizon, request.n_windows, request.step or request.horizon),
-        targets=tuple(Target(t.model or request.model, t.version) for t in request.targets),
-        sequence_length=request.sequence_length,
-        levels=_levels(request),
-        per_window=request.per_window,
-    )
-
-
-def backtest_from(
-    report: BacktestReport, per_window: bool
-) -> forecast_service_pb2.BacktestResponse:
-    """The BacktestResponse of a finished backtest."""
-    return forecast_service_pb2.BacktestResponse(
-        model=report.model,
-        horizon=report.layout.horizon,
-        n_windows=report.layout.n_windows,
-        step=report.layout.step,
-        scale=report.scale,
-        results=[_backtest_result(report, result, per_window) for result in report.results],
-        comparisons=[
-            forecast_service_pb2.BacktestComparison(
-                target_a=c.a.label,
-                target_b=c.b.label,
-                test=c.test.test,
-                windows=c.test.samples,
-                mase_a=c.mase_a,
-                mase_b=c.mase_b,
-                mean_difference=c.test.mean_difference,
-                statistic=c.test.statistic,
-                p_value=c.test.p_value,
-                lag=c.test.lag,
-                significant=c.test.significant,
-                verdict=c.verdict,
-            )
-            for c in report.comparisons
-        ],
-    )
-
-
-def _backtest_result(
-    report: BacktestReport, result: TargetResult, per_window: bool
-) -> forecast_service_pb2.BacktestResult:
-    scores = result.scores
-    windows = []
-    if per_window:
-        for window, score in zip(report.windows, scores.per_window, strict=True):
-            origin_time = _timestamp_ns(window.origin_time)
-            windows.append(
-                forecast_service_pb2.BacktestWindowScore(
-                    series_id=report.series_ids[window.series],
-                    window=window.index,
-                    origin=window.origin,
-                    mae=score.mae,
-                    smape=score.smape,
-                    mase=score.mase,
-                    origin_time=origin_time,
-                )
-            )
-    return forecast_service_pb2.BacktestResult(
-        model=result.target.model,
-        version=result.target.version,
-        windows=scores.windows,
-        mae=scores.mae,
-        smape=scores.smape,
-        mase=scores.mase,
-        rmse=scores.rmse,
-        steps=[
-            forecast_service_pb2.BacktestStepScore(
-                step=s.step, mae=s.mae, smape=s.smape, mase=s.mase
-            )
-            for s in scores.per_step
-        ],
-        intervals=[
-            forecast_service_pb2.BacktestIntervalScore(
-                coverage=i.coverage,
-                observed=i.observed,
-                winkler=i.winkler,
-                per_step_observed=i.per_step_observed,
-                per_step_winkler=i.per_step_winkler,
-                status=_STATUSES[status],
-            )
-            for i, status in zip(scores.intervals, result.statuses, strict=True)
-        ],
-        quantiles=[
-            forecast_service_pb2.BacktestQuantileScore(
-                level=q.level, pinball=q.pinball, per_step=q.per_step
-            )
-            for q in scores.quantiles
-        ],
-        window_scores=windows,
-    )
-
-
-def _timestamp_ns(value: int | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(value)
-    return stamp

@@ -311,13 +311,7 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
         config.default_timeout_s,
         config.max_batch_series,
         config.stream_max_pending,
-        Backtester(
-            catalog,
-            forecaster.planner,
-            forecaster.executor,
-            config.max_history_length,
-            config.max_batch_series,
-        ),
+        Backtester.of(forecaster, config.max_batch_series),
         config.backtest_timeout_s,
     )
     forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(servicer, server)

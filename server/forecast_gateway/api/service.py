@@ -19,8 +19,6 @@ from forecast_gateway.api import calls
 from forecast_gateway.api.convert import (
     actuals_from,
     actuals_start,
-    backtest_from,
-    backtest_query_from,
     batch_queries_from,
     compare_query_from,
     comparison_from,
@@ -32,6 +30,7 @@ from forecast_gateway.api.convert import (
     query_from,
     response_from,
 )
+from forecast_gateway.api.convert_backtest import backtest_from, backtest_query_from
 from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster, ForecastResult

@@ -55,14 +55,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from forecast_gateway.ab import scoring, student_t
+from forecast_gateway import student_t
 from forecast_gateway.numerics import FloatArray
 
 DM_TEST = "Diebold-Mariano (HAC, Harvey-Leybourne-Newbold)"
 """The test with the rectangular kernel of DM 1995."""
 DM_TEST_BARTLETT = "Diebold-Mariano (Newey-West HAC, Harvey-Leybourne-Newbold)"
 """The test with Bartlett weights, used when the rectangular long-run variance is not positive."""
-ALPHA = scoring.ALPHA
+ALPHA = student_t.ALPHA
 """Two-sided significance level (that of the A/B comparisons)."""
 
 
@@ -123,7 +123,7 @@ def diebold_mariano(
         present = np.isfinite(differences)
         n = int(present.sum())
         mean = float(differences[present].mean()) if n else math.nan
-        if n < scoring.MIN_SAMPLES:
+        if n < student_t.MIN_SAMPLES:
             return _untested(DM_TEST, n, mean, lag)
         centred = np.where(present, differences - mean, 0.0)
         covariances = _autocovariances(centred, series, lag, n)
@@ -165,7 +165,7 @@ def verdict(a: str, b: str, loss_a: float, loss_b: float, result: DieboldMariano
             f"no significant difference: MASE {loss_a:.3g} ({a}) vs {loss_b:.3g} ({b}) "
             f"({p} over {windows})"
         )
-    if result.samples < scoring.MIN_SAMPLES:
+    if result.samples < student_t.MIN_SAMPLES:
         return f"not testable: too few windows scored for both {a} and {b} ({windows})"
     if result.lag + 1 >= result.samples:
         return (
@@ -213,7 +213,7 @@ def _autocovariances(
 def _long_run_variance(covariances: list[float], *, bartlett: bool) -> float:
     """gamma_0 + 2 sum_j w_j gamma_j, w_j = 1 (rectangular) or 1 - j / (lag + 1) (Bartlett).
 
-    NaN when not positive beyond the rounding of its terms (`ab.scoring.SUMS_RELATIVE_ERROR`
+    NaN when not positive beyond the rounding of its terms (`ab.student_t.SUMS_RELATIVE_ERROR`
     of their magnitudes): autocovariances that cancel exactly in theory (every series'
     differential summing to zero under full overlap) leave rounding noise that would
     otherwise become a tiny variance and an enormous statistic.
@@ -224,12 +224,12 @@ def _long_run_variance(covariances: list[float], *, bartlett: bool) -> float:
         weighted = 2.0 * (1.0 - j / (lag + 1) if bartlett else 1.0) * covariances[j]
         total += weighted
         magnitude += abs(weighted)
-    return total if total > scoring.SUMS_RELATIVE_ERROR * magnitude else math.nan
+    return total if total > student_t.SUMS_RELATIVE_ERROR * magnitude else math.nan
 
 
 def _constant(variance: float, mean: float) -> bool:
     """No spread up to rounding, with `ab.scoring`'s tolerance (NaN counts as none)."""
-    return not variance > (scoring.NO_SPREAD_RELATIVE * mean) ** 2
+    return not variance > (student_t.NO_SPREAD_RELATIVE * mean) ** 2
 
 
 def _untested(test: str, samples: int, mean: float, lag: int) -> DieboldMariano:

@@ -37,6 +37,7 @@ from forecast_gateway.core.calibration import Status
 from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.contract import season_length
 from forecast_gateway.core.execute import Executor
+from forecast_gateway.core.forecaster import Forecaster
 from forecast_gateway.core.plan import Planner
 from forecast_gateway.core.results import ForecastResult, Plan
 from forecast_gateway.core.timeline import TimeInput
@@ -156,6 +157,14 @@ class Backtester:
         self.executor = executor
         self.max_history_length = max_history_length
         self.max_series = max_series
+
+    @classmethod
+    def of(cls, forecaster: Forecaster, max_series: int) -> Backtester:
+        """A backtester on a forecaster's catalog, planner and executor."""
+        planner = forecaster.planner
+        return cls(
+            forecaster.catalog, planner, forecaster.executor, planner.max_history_length, max_series
+        )
 
     async def run(self, query: BacktestQuery, deadline: float) -> BacktestReport:
         """Score every target on every window; InvalidArgument, NotFound or the backend's error."""

@@ -39,6 +39,15 @@ from __future__ import annotations
 import math
 import sys
 
+ALPHA = 0.05
+"""Two-sided significance level of every test (A/B reports, backtests); CIs are 1 - ALPHA."""
+MIN_SAMPLES = 2
+"""Fewest pairs (paired) or samples per group (Welch) for which a t-test is defined."""
+SUMS_RELATIVE_ERROR = 1e-12
+"""Relative rounding error allowed in running sums before a variance counts as real."""
+NO_SPREAD_RELATIVE = 1e-12
+"""A sample whose values all lie within this fraction of its mean has no variance."""
+
 _EPSILON = 1e-15
 """Relative change of the continued fraction at which it has converged."""
 _TINY = 1e-300
