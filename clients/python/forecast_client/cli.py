@@ -14,6 +14,11 @@
     forecast plot --model lstm_timeseries --csv sales.csv --actuals "..." --output plot.png
     forecast plot --model lstm_timeseries --csv sales.csv --interval 0.8 --interval 0.95 \
         --output plot.png
+    forecast backtest --model lstm_timeseries --csv sales.csv --date-column day --column units \
+        --horizon 12 --windows 8 [--step 4] [--versions 1,2,moving_average:1] \
+        [--intervals 0.8,0.95] [--per-window] [--plot mae.png]
+    forecast backtest --model lstm_timeseries --csv stores.csv --id-column store \
+        --date-column day --column units --horizon 12 --windows 8   # several series, one CSV
     forecast --cacert ca.pem --token-file token models      # a gateway with TLS and tokens
 
 Every command takes the connection options, named like grpcurl's: --cacert
@@ -42,22 +47,26 @@ means the call failed otherwise (e.g. UNAVAILABLE, DEADLINE_EXCEEDED).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn, TypedDict
 
 import grpc
 
-from forecast_client.client import Comparison, ForecastClient
+from forecast_client.client import Comparison, ForecastClient, SeriesInput
 from forecast_client.connection import SettingError, read_token_file
 from forecast_client.errors import FieldViolation, ForecastError
 from forecast_client.render import (
     actuals_json,
     actuals_text,
+    backtest_json,
+    backtest_text,
     comparison_json,
     comparison_text,
     error_json,
@@ -258,7 +267,85 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     plot.add_argument("--output", required=True, metavar="FILE", help="PNG file to write")
     plot.set_defaults(handler=_plot)
 
-    for each in (parser, predict, models, compare, report, experiment, plot):
+    backtest = commands.add_parser(
+        "backtest",
+        parents=[common],
+        help="score versions on your own history: rolling-origin windows, compared",
+        description="Backtest (rolling origin): cut each series into --windows windows of "
+        "--horizon points, their origins --step points apart (default: --horizon), the last "
+        "ending at the series' end; every version forecasts every window from the history "
+        "before it. Prints one row per version (MAE, sMAPE, MASE, RMSE, and the coverage and "
+        "Winkler score of each --intervals coverage), a Diebold-Mariano verdict per pair and "
+        "what MASE is scaled by. Nothing is recorded for A/B scoring. A long run needs a "
+        "longer --timeout.",
+    )
+    backtest.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
+    backtest.add_argument(
+        "--versions",
+        action="append",
+        default=[],
+        metavar="VERSIONS",
+        help='versions to score: "1,2", each VERSION (of --model) or MODEL:VERSION (repeat for '
+        "more; default: every ready version of --model). Not --target: that is the gateway",
+    )
+    backtest.add_argument(
+        "--horizon", type=_positive_int, required=True, help="points each window forecasts"
+    )
+    backtest.add_argument(
+        "--windows", type=_positive_int, required=True, metavar="N", help="windows per series"
+    )
+    backtest.add_argument(
+        "--step",
+        type=_non_negative_int,
+        default=0,
+        help="points between consecutive origins (default 0: --horizon, no overlap)",
+    )
+    backtest.add_argument(
+        "--sequence-length", type=int, default=0, help="window read (0: each version's own)"
+    )
+    backtest.add_argument(
+        "--intervals",
+        "--interval",
+        dest="interval",
+        type=_levels,
+        action="extend",
+        default=[],
+        metavar="COVERAGES",
+        help='score prediction intervals of these coverages: "0.8,0.95" (columns covNN%% '
+        "winklerNN)",
+    )
+    backtest.add_argument(
+        "--quantiles",
+        "--quantile",
+        dest="quantile",
+        type=_levels,
+        action="extend",
+        default=[],
+        metavar="LEVELS",
+        help='score quantiles at these levels: "0.1,0.9" (column pinballNN)',
+    )
+    backtest.add_argument(
+        "--per-window", action="store_true", help="also print (and return) every window's scores"
+    )
+    _add_series_options(backtest)
+    backtest.add_argument(
+        "--id-column",
+        metavar="NAME",
+        help="CSV column of each row's series id: a long CSV holding several series, each "
+        "backtested on its own rows (in file order)",
+    )
+    backtest.add_argument(
+        "--plot", metavar="FILE", help="also draw --plot-metric by horizon step to this PNG"
+    )
+    backtest.add_argument(
+        "--plot-metric",
+        choices=("mae", "mase"),
+        default="mae",
+        help="the score --plot draws per step (default: mae)",
+    )
+    backtest.set_defaults(handler=_backtest)
+
+    for each in (parser, predict, models, compare, report, experiment, plot, backtest):
         each.json_errors = json_errors
     return parser
 
@@ -285,6 +372,11 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
         metavar="LEVEL",
         help="quantile forecast at this level, e.g. 0.9 (repeat for more; column qNN)",
     )
+    _add_series_options(parser)
+
+
+def _add_series_options(parser: argparse.ArgumentParser) -> None:
+    """The series (--history, or --csv [--column] [--date-column]), --start, --frequency, --fill."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--history", help='values, oldest first: "1,2,3" or "1 2 3" ("nan": missing)'
@@ -387,6 +479,24 @@ def _level(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _levels(text: str) -> list[float]:
+    """Levels as "0.8,0.95" or "0.8 0.95" (their validity is the gateway's call, as `_level`)."""
+    try:
+        return parse_values(text, "levels")
+    except InputError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers") from None
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -504,15 +614,20 @@ def _experiment(client: ForecastClient, args: argparse.Namespace) -> Output:
     return experiment_json(experiment), experiment_text(experiment)
 
 
-def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
+def _plotting() -> ModuleType:
+    """forecast_client.plot (matplotlib: only imported when plotting), or FAILED_PRECONDITION."""
     try:
-        from forecast_client.plot import forecast_png  # matplotlib: only imported when plotting
+        plot = importlib.import_module("forecast_client.plot")
     except ImportError as error:
         if error.name is None or error.name.split(".")[0] != "matplotlib":
             raise
         message = "plotting needs matplotlib: pip install 'forecast-client[plot]'"
         raise ForecastError(grpc.StatusCode.FAILED_PRECONDITION, message) from None
+    return plot
 
+
+def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
+    forecast_png = _plotting().forecast_png
     series = _history(args)
     if args.actuals_column is not None and args.actuals_csv is None:
         raise InputError("--actuals-column", "only applies with --actuals-csv")
@@ -530,12 +645,75 @@ def _plot(client: ForecastClient, args: argparse.Namespace) -> Output:
         last=args.last,
         history_times=_history_times(args, series),
     )
-    output = Path(args.output)
+    output = _write_png(args.output, png, "--output")
+    return {"output": str(output), **comparison_json(comparison)}, f"{output}\n"
+
+
+def _write_png(path: str, png: bytes, field: str) -> Path:
+    output = Path(path)
     try:
         output.write_bytes(png)
     except OSError as error:
-        raise InputError("--output", f"cannot write {output}: {error.strerror}") from None
-    return {"output": str(output), **comparison_json(comparison)}, f"{output}\n"
+        raise InputError(field, f"cannot write {output}: {error.strerror}") from None
+    return output
+
+
+def _backtest(client: ForecastClient, args: argparse.Namespace) -> Output:
+    backtest_png = _plotting().backtest_png if args.plot is not None else None
+    series = _backtest_series(args)
+    start = _parse_time(args.start, "--start") if args.start is not None else None
+    report = client.backtest(
+        args.model,
+        series,
+        horizon=args.horizon,
+        n_windows=args.windows,
+        step=args.step,
+        targets=[name for text in args.versions for name in parse_names(text)],
+        sequence_length=args.sequence_length,
+        interval_coverages=args.interval,
+        quantile_levels=args.quantile,
+        per_window=args.per_window,
+        start=start,
+        frequency=args.frequency,
+        fill=args.fill,
+    )
+    body, text = backtest_json(report), backtest_text(report)
+    if backtest_png is not None:
+        output = _write_png(args.plot, backtest_png(report, metric=args.plot_metric), "--plot")
+        body = {**body, "plot": str(output)}
+        text += f"\nplot: {output}\n"
+    return body, text
+
+
+def _backtest_series(args: argparse.Namespace) -> dict[str, SeriesInput]:
+    """The series of --history or --csv: one, or one per id of --id-column, in file order.
+
+    A single series is named after its file (its stem; "stdin" for '-') or
+    "history"; each series keeps its rows' dates (--date-column).
+    """
+    if args.id_column is not None and args.csv is None:
+        raise InputError("--id-column", "only applies with --csv")
+    if args.id_column is None:
+        series = _history(args)
+        name = (
+            "history" if args.csv is None else "stdin" if args.csv == "-" else Path(args.csv).stem
+        )
+        return {name: SeriesInput(series.values, timestamps=series.times)}
+    if args.start is not None and args.date_column is not None:
+        raise InputError(
+            "--start", "cannot be combined with --date-column (the dates are the times)"
+        )
+    rows = _read_csv(args.csv, args.column, date_column=args.date_column, id_column=args.id_column)
+    values: dict[str, list[float]] = {}
+    times: dict[str, list[datetime]] = {}
+    for index, series_id in enumerate(rows.ids or ()):
+        values.setdefault(series_id, []).append(rows.values[index])
+        if rows.times is not None:
+            times.setdefault(series_id, []).append(rows.times[index])
+    return {
+        series_id: SeriesInput(history, timestamps=times.get(series_id))
+        for series_id, history in values.items()
+    }
 
 
 def _compare_versions(
@@ -629,7 +807,12 @@ def _history_times(args: argparse.Namespace, series: CsvSeries) -> list[datetime
 
 
 def _read_csv(
-    path: str, column: str | None, *, field: str = "--csv", date_column: str | None = None
+    path: str,
+    column: str | None,
+    *,
+    field: str = "--csv",
+    date_column: str | None = None,
+    id_column: str | None = None,
 ) -> CsvSeries:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
@@ -637,7 +820,7 @@ def _read_csv(
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise InputError(field, f"cannot read {path}: {reason}") from None
     try:
-        return read_csv(text, column, date_column)
+        return read_csv(text, column, date_column, id_column)
     except InputError as error:
         if field == "--csv":
             raise

@@ -10,6 +10,8 @@
         banded.interval(0.95)  # Interval(coverage, lower, upper), or None if not calibrated
         report = client.report_actuals(result.forecast_id, observed)
         experiment = client.get_experiment("lstm_timeseries")
+        backtest = client.backtest("lstm_timeseries", {"store-1": h1}, horizon=12, n_windows=8)
+        backtest.result("lstm_timeseries:2").mase, backtest.comparisons[0].verdict
 
         dated = client.forecast("lstm_timeseries", values, start="2024-01-01", frequency="D")
         dated.timestamps  # tuple[datetime, ...], UTC: the day after the last history point on
@@ -70,6 +72,14 @@ from forecast_client.times import (
 
 __all__ = [
     "ActualsReport",
+    "BacktestComparison",
+    "BacktestInterval",
+    "BacktestQuantile",
+    "BacktestReport",
+    "BacktestResult",
+    "BacktestStep",
+    "BacktestTarget",
+    "BacktestWindow",
     "Comparison",
     "ErrorStats",
     "Experiment",
@@ -463,6 +473,159 @@ class ExperimentSummary:
     current: bool
 
 
+BacktestTarget = str | tuple[str, str]
+"""A target of `backtest`: "model:version", a bare "version" (of the request's model), or a
+(model, version) pair."""
+
+
+@dataclass(frozen=True)
+class BacktestStep:
+    """A target's accuracy at one horizon step (1-based) over every window.
+
+    `mae` is in the series' units, `smape` in percent (0-200); `mase` is NaN
+    when no window had a scale.
+    """
+
+    step: int
+    mae: float
+    smape: float
+    mase: float
+
+
+@dataclass(frozen=True)
+class BacktestInterval:
+    """How a target's intervals of one nominal `coverage` held on the held-out points.
+
+    `observed` is the fraction of points inside, `winkler` the mean Winkler
+    score (series' units, lower is better); `per_step_*` give both per
+    horizon step. `status` is the intervals' calibration when the backtest
+    ran ("calibrated", "not_calibrated", "model_native"): not calibrated,
+    there were no intervals and the scores are NaN.
+    """
+
+    coverage: float
+    observed: float
+    winkler: float
+    per_step_observed: tuple[float, ...]
+    per_step_winkler: tuple[float, ...]
+    status: str
+
+
+@dataclass(frozen=True)
+class BacktestQuantile:
+    """How a target's quantiles at `level` held: the mean pinball loss (series' units)."""
+
+    level: float
+    pinball: float
+    per_step: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BacktestWindow:
+    """A target's accuracy on one window of one series (`per_window=True`).
+
+    `window` is the window's index within its series (0 = the earliest);
+    `origin` the number of points before it: it forecast points `origin` ..
+    `origin + horizon - 1`. `origin_time` is the time of its first forecast
+    point (a timezone-aware UTC datetime) when the series had time, else None.
+    """
+
+    series_id: str
+    window: int
+    origin: int
+    mae: float
+    smape: float
+    mase: float
+    origin_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """One target's scores over every window of every series.
+
+    `mae`, `smape` (percent) and `rmse` are over every held-out point;
+    `mase` is the mean over windows of each window's MAE over its scale
+    (see `BacktestReport.scale`). `steps` has one entry per horizon step,
+    `intervals` and `quantiles` one per requested coverage and level (in
+    request order), `window_scores` every window when `per_window` was set.
+    """
+
+    model: str
+    version: str
+    windows: int
+    mae: float
+    smape: float
+    mase: float
+    rmse: float
+    steps: tuple[BacktestStep, ...]
+    intervals: tuple[BacktestInterval, ...] = ()
+    quantiles: tuple[BacktestQuantile, ...] = ()
+    window_scores: tuple[BacktestWindow, ...] = ()
+
+    @property
+    def target(self) -> str:
+        """The target as "model:version", as comparisons name it."""
+        return f"{self.model}:{self.version}"
+
+    def interval(self, coverage: float) -> BacktestInterval | None:
+        """The scores of the intervals of this coverage, None if they were not asked for."""
+        return next((i for i in self.intervals if math.isclose(i.coverage, coverage)), None)
+
+    def quantile(self, level: float) -> BacktestQuantile | None:
+        """The scores of the quantiles at this level, None if they were not asked for."""
+        return next((q for q in self.quantiles if math.isclose(q.level, level)), None)
+
+
+@dataclass(frozen=True)
+class BacktestComparison:
+    """A Diebold-Mariano test of two targets' errors on the same windows.
+
+    `target_a` and `target_b` are "model:version"; `mase_a`/`mase_b` their
+    mean MASE over the `windows` both were scored on; `mean_difference` is
+    mean(loss of a - loss of b) per window (negative: a is more accurate);
+    `statistic` is Student t with windows - 1 degrees of freedom, `lag` the
+    HAC truncation lag; `p_value` is NaN when the test is undefined;
+    `significant` is p_value < 0.05. `verdict` says it in words.
+    """
+
+    target_a: str
+    target_b: str
+    test: str
+    windows: int
+    mase_a: float
+    mase_b: float
+    mean_difference: float
+    statistic: float
+    p_value: float
+    lag: int
+    significant: bool
+    verdict: str
+
+
+@dataclass(frozen=True)
+class BacktestReport:
+    """A rolling-origin backtest: each target's scores and every pair's comparison.
+
+    Window k of `n_windows` (k = 0 the earliest) of a series of T points
+    forecasts its points from the origin T - horizon - step * (n_windows - 1 - k).
+    `scale` says what MASE was scaled by. `results` are in target order;
+    `comparisons` hold one entry per pair of targets.
+    """
+
+    model: str
+    horizon: int
+    n_windows: int
+    step: int
+    scale: str
+    results: tuple[BacktestResult, ...]
+    comparisons: tuple[BacktestComparison, ...]
+
+    def result(self, target: str) -> BacktestResult | None:
+        """The result of a target named "model:version" (or a bare version of `model`)."""
+        label = target if ":" in target else f"{self.model}:{target}"
+        return next((r for r in self.results if r.target == label), None)
+
+
 class ForecastClient:
     """Blocking client; use it as a context manager (or call `close()`).
 
@@ -741,6 +904,92 @@ class ForecastClient:
             ),
         )
 
+    def backtest(
+        self,
+        model: str,
+        series: Mapping[str, BatchSeries] | Iterable[tuple[str, BatchSeries]],
+        *,
+        horizon: int,
+        n_windows: int,
+        step: int = 0,
+        targets: Iterable[BacktestTarget] = (),
+        sequence_length: int = 0,
+        interval_coverages: Iterable[float] = (),
+        quantile_levels: Iterable[float] = (),
+        per_window: bool = False,
+        start: TimeLike | None = None,
+        frequency: str = "",
+        timestamps: Iterable[TimeLike] | None = None,
+        fill: str | int | None = None,
+        timeout_s: float | None = None,
+    ) -> BacktestReport:
+        """Backtest model versions on the caller's own histories (rolling origin).
+
+        Each series (as in `forecast_batch`: a mapping of id to history, or
+        (id, history) pairs; a pandas Series with a DatetimeIndex or a
+        `SeriesInput` carries its own time) is cut into `n_windows` windows
+        of `horizon` points whose origins are `step` points apart (0:
+        `horizon`, windows that do not overlap), the last one ending at the
+        series' end. Every target forecasts every window from the history
+        before its origin, and is scored on the held-out points.
+
+        `targets` are "model:version" strings, bare "version" strings (of
+        `model`) or (model, version) pairs; none means every ready version
+        of `model`. `interval_coverages` and `quantile_levels` add interval
+        (coverage, Winkler) and quantile (pinball) scores; `per_window` adds
+        every window's scores. `start`, `frequency`, `timestamps` and `fill`
+        apply to every series that does not set its own (see `forecast`);
+        with time, MASE is scaled by the seasonal naive forecast and windows
+        carry their `origin_time`. `timeout_s` overrides the client's
+        deadline for this call (a backtest of many windows takes longer
+        than a forecast).
+
+        Nothing is recorded for A/B scoring. Validation is the gateway's: a
+        series too short for its windows, a bad layout or a target that
+        names no version is INVALID_ARGUMENT with field violations; an
+        unknown model or version is NOT_FOUND.
+        """
+        pairs = series.items() if isinstance(series, Mapping) else series
+        defaults = SeriesInput((), start, frequency, timestamps, fill)
+        request = forecast_service_pb2.BacktestRequest(
+            model=model,
+            series=[_series(series_id, history, defaults) for series_id, history in pairs],
+            horizon=horizon,
+            n_windows=n_windows,
+            step=step,
+            targets=[_backtest_target(target) for target in targets],
+            sequence_length=sequence_length,
+            interval_coverages=_floats(interval_coverages),
+            quantile_levels=_floats(quantile_levels),
+            per_window=per_window,
+        )
+        response = self._call(self._stub.Backtest, request, timeout_s=timeout_s)
+        return BacktestReport(
+            model=response.model,
+            horizon=response.horizon,
+            n_windows=response.n_windows,
+            step=response.step,
+            scale=response.scale,
+            results=tuple(_backtest_result(r) for r in response.results),
+            comparisons=tuple(
+                BacktestComparison(
+                    target_a=c.target_a,
+                    target_b=c.target_b,
+                    test=c.test,
+                    windows=c.windows,
+                    mase_a=c.mase_a,
+                    mase_b=c.mase_b,
+                    mean_difference=c.mean_difference,
+                    statistic=c.statistic,
+                    p_value=c.p_value,
+                    lag=c.lag,
+                    significant=c.significant,
+                    verdict=c.verdict,
+                )
+                for c in response.comparisons
+            ),
+        )
+
     def report_actuals(
         self,
         forecast_id: str,
@@ -844,9 +1093,11 @@ class ForecastClient:
         request = forecast_service_pb2.GetModelRequest(name=name)
         return _model_info(self._call(self._stub.GetModel, request).model)
 
-    def _call(self, method: Callable[..., _Response], request: object) -> _Response:
+    def _call(
+        self, method: Callable[..., _Response], request: object, *, timeout_s: float | None = None
+    ) -> _Response:
         try:
-            return method(request, timeout=self._timeout_s, metadata=self._metadata)
+            return method(request, timeout=timeout_s or self._timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
 
@@ -975,6 +1226,60 @@ def _bands(
         "quantiles": tuple(QuantileForecast(q.level, list(q.values)) for q in message.quantiles),
         "uncertainty": uncertainty,
     }
+
+
+def _backtest_target(target: BacktestTarget) -> forecast_service_pb2.BacktestTarget:
+    """A target as the request's: "model:version", "version" (of the request's model), a pair."""
+    if isinstance(target, str):
+        model, _, version = target.rpartition(":")
+        return forecast_service_pb2.BacktestTarget(model=model, version=version)
+    if isinstance(target, tuple) and len(target) == 2 and all(isinstance(t, str) for t in target):
+        return forecast_service_pb2.BacktestTarget(model=target[0], version=target[1])
+    raise TypeError(
+        'targets: expected "model:version", "version" or a (model, version) pair of strings, '
+        f"got {target!r}"
+    )
+
+
+def _backtest_result(result: forecast_service_pb2.BacktestResult) -> BacktestResult:
+    status_name = forecast_pb2.UncertaintyStatus.Name
+    return BacktestResult(
+        model=result.model,
+        version=result.version,
+        windows=result.windows,
+        mae=result.mae,
+        smape=result.smape,
+        mase=result.mase,
+        rmse=result.rmse,
+        steps=tuple(BacktestStep(s.step, s.mae, s.smape, s.mase) for s in result.steps),
+        intervals=tuple(
+            BacktestInterval(
+                coverage=i.coverage,
+                observed=i.observed,
+                winkler=i.winkler,
+                per_step_observed=tuple(i.per_step_observed),
+                per_step_winkler=tuple(i.per_step_winkler),
+                status=_enum_label(status_name, i.status, "UNCERTAINTY_STATUS_"),
+            )
+            for i in result.intervals
+        ),
+        quantiles=tuple(
+            BacktestQuantile(level=q.level, pinball=q.pinball, per_step=tuple(q.per_step))
+            for q in result.quantiles
+        ),
+        window_scores=tuple(
+            BacktestWindow(
+                series_id=w.series_id,
+                window=w.window,
+                origin=w.origin,
+                mae=w.mae,
+                smape=w.smape,
+                mase=w.mase,
+                origin_time=from_timestamp(w.origin_time) if w.HasField("origin_time") else None,
+            )
+            for w in result.window_scores
+        ),
+    )
 
 
 def _version_experiment(version: forecast_service_pb2.VersionExperiment) -> VersionExperiment:

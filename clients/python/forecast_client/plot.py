@@ -19,6 +19,10 @@ DatetimeIndex of a pandas Series history), the history at its own times
 forecast's timestamps. A version's prediction intervals are shaded bands in
 its color, fanning out from the last history point, lighter for wider; its
 quantiles are thin dashed lines.
+
+`forecast backtest --plot` draws a backtest's accuracy by horizon step
+instead: `backtest_png(report, metric="mae")` (or "mase"), one line per
+target over steps 1..horizon.
 """
 
 from __future__ import annotations
@@ -32,11 +36,20 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from forecast_client.client import Interval, VersionForecast
+from forecast_client.client import BacktestReport, Interval, VersionForecast
 from forecast_client.times import datetime_index, from_timestamp, history_values, to_timestamps
 
-__all__ = ["DEFAULT_LAST", "DEFAULT_SIZE_PX", "forecast_figure", "forecast_png"]
+__all__ = [
+    "BACKTEST_METRICS",
+    "DEFAULT_LAST",
+    "DEFAULT_SIZE_PX",
+    "backtest_figure",
+    "backtest_png",
+    "forecast_figure",
+    "forecast_png",
+]
 
 DEFAULT_LAST = 104  # two years of weekly points
 DEFAULT_SIZE_PX = (1200, 600)
@@ -54,6 +67,8 @@ _COLORS = (
     "#17becf",
 )
 _OBSERVED = "#333333"
+BACKTEST_METRICS = {"mae": "MAE (units of the series)", "mase": "MASE (scaled MAE)"}
+"""The per-step scores `backtest_figure` can draw, and their axis labels."""
 # Band opacity: the narrowest interval of a version is the darkest.
 _BAND_ALPHA_NARROW = 0.35
 _BAND_ALPHA_WIDE = 0.12
@@ -315,3 +330,80 @@ def _label(forecast: VersionForecast, actuals: Sequence[float]) -> str:
         if math.isfinite(mae):
             label += f", MAE {mae:.3g} over {steps} steps"
     return label
+
+
+def backtest_figure(
+    report: BacktestReport,
+    *,
+    metric: str = "mae",
+    size_px: tuple[int, int] = DEFAULT_SIZE_PX,
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
+    """Return a figure of each target's `metric` ("mae" or "mase") by horizon step.
+
+    One line per target (in the report's order and the version colors of
+    `forecast_figure`), labelled with its overall score and windows; a
+    target without a finite score at any step (MASE without a scale) is only
+    named in the legend. The subtitle has the layout and, for MASE, the scale.
+    """
+    if metric not in BACKTEST_METRICS:
+        raise ValueError(f"metric must be one of {sorted(BACKTEST_METRICS)}, got {metric!r}")
+    width, height = size_px
+    if width < 1 or height < 1 or dpi < 1:
+        raise ValueError(f"size_px and dpi must be positive, got {size_px} at {dpi}")
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)  # render with Agg: no display, no pyplot state
+    axes = figure.add_subplot()
+    name = metric.upper()
+    for index, result in enumerate(report.results):
+        steps = [s.step for s in result.steps]
+        values = [getattr(s, metric) for s in result.steps]
+        overall = float(getattr(result, metric))
+        label = f"{result.target}: {name} {overall:#.3g} over {result.windows} windows"
+        if not any(math.isfinite(v) for v in values):
+            axes.plot([], [], linestyle="none", label=f"{result.target}: no {name}")
+            continue
+        axes.plot(
+            steps,
+            values,
+            color=_COLORS[index % len(_COLORS)],
+            linewidth=2.0,
+            marker="o",
+            markersize=4,
+            label=label,
+        )
+    figure.suptitle(
+        f"{report.model}: backtest, {name} by horizon step", fontsize=14, fontweight="bold"
+    )
+    subtitle = (
+        f"{report.n_windows} windows per series, horizon {report.horizon}, step {report.step}"
+    )
+    if metric == "mase" and report.scale:
+        subtitle += f"\nscale: {report.scale}"
+    axes.set_title(subtitle, fontsize=10, color="#555555")
+    axes.set_xlabel("horizon step (1 = the first point after each origin)")
+    axes.set_ylabel(BACKTEST_METRICS[metric])
+    horizon = max([report.horizon, *(len(r.steps) for r in report.results)])
+    axes.set_xlim(0.5, max(horizon, 1) + 0.5)
+    if horizon <= 24:
+        axes.set_xticks(range(1, horizon + 1))
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(True, alpha=0.3)
+    if report.results:
+        axes.legend(loc="upper left", fontsize=9, framealpha=0.9)
+    return figure
+
+
+def backtest_png(
+    report: BacktestReport,
+    *,
+    metric: str = "mae",
+    size_px: tuple[int, int] = DEFAULT_SIZE_PX,
+    dpi: int = DEFAULT_DPI,
+) -> bytes:
+    """Return `backtest_figure(...)` as PNG bytes, exactly `size_px` pixels."""
+    figure = backtest_figure(report, metric=metric, size_px=size_px, dpi=dpi)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 
 from forecast_client.client import (
     ActualsReport,
+    BacktestReport,
+    BacktestResult,
     Comparison,
     Experiment,
     ExperimentSummary,
@@ -36,6 +38,8 @@ from forecast_client.errors import ForecastError
 __all__ = [
     "actuals_json",
     "actuals_text",
+    "backtest_json",
+    "backtest_text",
     "comparison_json",
     "comparison_text",
     "error_json",
@@ -395,6 +399,187 @@ def comparison_text(comparison: Comparison) -> str:
             for d in comparison.differences
         ]
         text += "\n" + _table(["VERSIONS", "MEAN |A-B|", "MAX |A-B|"], rows)
+    return text
+
+
+def backtest_json(report: BacktestReport) -> JsonObject:
+    """Return a BacktestResponse-shaped object (NaN scores are null).
+
+    `originTime` appears on a window only when its series had time (as proto
+    JSON omits an unset Timestamp); `windowScores` is empty unless per-window
+    scores were asked for.
+    """
+    return {
+        "model": report.model,
+        "horizon": report.horizon,
+        "nWindows": report.n_windows,
+        "step": report.step,
+        "scale": report.scale,
+        "results": [_backtest_result_json(r) for r in report.results],
+        "comparisons": [
+            {
+                "targetA": c.target_a,
+                "targetB": c.target_b,
+                "test": c.test,
+                "windows": c.windows,
+                "maseA": _finite(c.mase_a),
+                "maseB": _finite(c.mase_b),
+                "meanDifference": _finite(c.mean_difference),
+                "statistic": _finite(c.statistic),
+                "pValue": _finite(c.p_value),
+                "lag": c.lag,
+                "significant": c.significant,
+                "verdict": c.verdict,
+            }
+            for c in report.comparisons
+        ],
+    }
+
+
+def _backtest_result_json(result: BacktestResult) -> JsonObject:
+    windows: list[JsonObject] = []
+    for w in result.window_scores:
+        window: JsonObject = {
+            "seriesId": w.series_id,
+            "window": w.window,
+            "origin": w.origin,
+            "mae": _finite(w.mae),
+            "smape": _finite(w.smape),
+            "mase": _finite(w.mase),
+        }
+        if w.origin_time is not None:
+            window["originTime"] = _rfc3339(w.origin_time)
+        windows.append(window)
+    return {
+        "model": result.model,
+        "version": result.version,
+        "windows": result.windows,
+        "mae": _finite(result.mae),
+        "smape": _finite(result.smape),
+        "mase": _finite(result.mase),
+        "rmse": _finite(result.rmse),
+        "steps": [
+            {
+                "step": s.step,
+                "mae": _finite(s.mae),
+                "smape": _finite(s.smape),
+                "mase": _finite(s.mase),
+            }
+            for s in result.steps
+        ],
+        "intervals": [
+            {
+                "coverage": i.coverage,
+                "observed": _finite(i.observed),
+                "winkler": _finite(i.winkler),
+                "perStepObserved": [_finite(v) for v in i.per_step_observed],
+                "perStepWinkler": [_finite(v) for v in i.per_step_winkler],
+                "status": _proto_enum("UNCERTAINTY_STATUS_", i.status),
+            }
+            for i in result.intervals
+        ],
+        "quantiles": [
+            {
+                "level": q.level,
+                "pinball": _finite(q.pinball),
+                "perStep": [_finite(v) for v in q.per_step],
+            }
+            for q in result.quantiles
+        ],
+        "windowScores": windows,
+    }
+
+
+def backtest_text(report: BacktestReport) -> str:
+    """Return a summary line, one row per target, each comparison's verdict, the scale.
+
+    Columns: TARGET (model:version), WINDOWS, MAE, sMAPE %, MASE, RMSE, then
+    per requested coverage `cov80%` (the observed coverage, in percent) and
+    `winkler80`, per quantile level `pinball90`. A note names the intervals
+    that were not calibrated (their columns are "-"). With per-window scores,
+    a table of every window follows (its ORIGIN TIME when the series had time).
+    """
+    results = report.results
+    overlap = " (overlapping)" if report.step < report.horizon else ""
+    heading = (
+        f"{report.model}: backtest of {len(results)} target(s), {report.n_windows} window(s) "
+        f"per series, horizon {report.horizon}, step {report.step}{overlap}\n\n"
+    )
+    if not results:
+        return heading + "no target to backtest\n"
+    coverages = [i.coverage for i in results[0].intervals]
+    levels = [q.level for q in results[0].quantiles]
+    headers = [
+        "TARGET",
+        "WINDOWS",
+        "MAE",
+        "sMAPE %",
+        "MASE",
+        "RMSE",
+        *(h for c in coverages for h in (f"cov{_percent(c)}%", f"winkler{_percent(c)}")),
+        *(f"pinball{_percent(level)}" for level in levels),
+    ]
+    rows = [
+        [
+            r.target,
+            str(r.windows),
+            _number(r.mae),
+            _fixed(r.smape, 3),
+            _fixed(r.mase, 3),
+            _number(r.rmse),
+            *(
+                cell
+                for i in r.intervals
+                for cell in (
+                    f"{_fixed(i.observed * 100, 1)}%" if math.isfinite(i.observed) else "-",
+                    _short(i.winkler),
+                )
+            ),
+            *(_short(q.pinball) for q in r.quantiles),
+        ]
+        for r in results
+    ]
+    text = heading + _table(headers, rows)
+    text += "".join(
+        f"note: {r.target}: no calibrated {_percent(i.coverage)}% intervals "
+        f"({i.status.replace('_', ' ')}): their scores are -\n"
+        for r in results
+        for i in r.intervals
+        if not math.isfinite(i.observed) and i.status == "not_calibrated"
+    )
+    verdicts = "".join(
+        f"{c.target_a} vs {c.target_b}: {c.verdict}\n" for c in report.comparisons if c.verdict
+    )
+    text += ("\n" + verdicts if verdicts else "") + f"\nscale: {report.scale}\n"
+    windows = [(r.target, w) for r in results for w in r.window_scores]
+    if windows:
+        timed = any(w.origin_time is not None for _, w in windows)
+        times = _time_cells([w.origin_time for _, w in windows if w.origin_time is not None])
+        cells = iter(times)
+        window_rows = [
+            [
+                target,
+                w.series_id,
+                str(w.window),
+                str(w.origin),
+                *([next(cells) if w.origin_time is not None else "-"] if timed else []),
+                _number(w.mae),
+                _fixed(w.smape, 3),
+                _fixed(w.mase, 3),
+            ]
+            for target, w in windows
+        ]
+        window_headers = [
+            "TARGET",
+            "SERIES",
+            "WINDOW",
+            "ORIGIN",
+            *(["ORIGIN TIME"] if timed else []),
+            "MAE",
+            "sMAPE %",
+            "MASE",
+        ]
+        text += "\n" + _table(window_headers, window_rows)
     return text
 
 

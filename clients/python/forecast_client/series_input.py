@@ -66,11 +66,14 @@ def parse_names(text: str) -> list[str]:
 class CsvSeries:
     """A series read from a CSV: `values` (NaN where a cell is empty) and their `times`.
 
-    `times` (UTC datetimes, one per value) is None without a date column.
+    `times` (UTC datetimes, one per value) is None without a date column;
+    `ids` (each row's series id, for a long CSV of several series) is None
+    without an id column.
     """
 
     values: list[float]
     times: list[datetime] | None = None
+    ids: list[str] | None = None
 
 
 def parse_csv(text: str, column: str | None = None) -> list[float]:
@@ -86,23 +89,31 @@ def parse_csv(text: str, column: str | None = None) -> list[float]:
     return read_csv(text, column).values
 
 
-def read_csv(text: str, column: str | None = None, date_column: str | None = None) -> CsvSeries:
+def read_csv(
+    text: str,
+    column: str | None = None,
+    date_column: str | None = None,
+    id_column: str | None = None,
+) -> CsvSeries:
     """Return one column of CSV `text` (as `parse_csv`) and, with `date_column`, its dates.
 
     Every row needs a date in `date_column` (ISO 8601, UTC unless it has an
     offset); a row's value may be empty (NaN). Rows are sent in file order:
     whether the dates increase and fit a frequency is the gateway's call.
+    With `id_column` (a long CSV holding several series), every row needs
+    an id there, returned in `ids`; the column is never taken for values.
     """
     lines = text.removeprefix("\ufeff").splitlines()
     rows = [[cell.strip() for cell in row] for row in csv.reader(lines) if any(row)]
     if not rows:
         raise InputError("--csv", "the file has no rows")
-    header = rows[0] if _is_header(rows, (column, date_column)) else None
+    header = rows[0] if _is_header(rows, (column, date_column, id_column)) else None
     data = rows[1:] if header is not None else rows
     if not data:
         raise InputError("--csv", "the file has a header but no data rows")
     dates = _header_index(header, date_column, "--date-column")
-    index = _column_index(header, data, column, exclude=dates)
+    ids = _header_index(header, id_column, "--id-column")
+    index = _column_index(header, data, column, exclude={dates, ids})
     label = header[index] if header is not None else f"column {index + 1}"
     first = 2 if header is not None else 1
     values = []
@@ -112,9 +123,19 @@ def read_csv(text: str, column: str | None = None, date_column: str | None = Non
         if number is None:
             raise InputError("--csv", f"line {line}, {label}: {cell!r} is not a number")
         values.append(number)
-    if dates is None:
-        return CsvSeries(values)
-    return CsvSeries(values, [_date(row, dates, line) for line, row in enumerate(data, first)])
+    times = None
+    if dates is not None:
+        times = [_date(row, dates, line) for line, row in enumerate(data, first)]
+    if ids is None:
+        return CsvSeries(values, times)
+    return CsvSeries(values, times, [_id(row, ids, line) for line, row in enumerate(data, first)])
+
+
+def _id(row: list[str], index: int, line: int) -> str:
+    cell = _cell(row, index)
+    if not cell:
+        raise InputError("--id-column", f"line {line}: the series id is empty")
+    return cell
 
 
 def _date(row: list[str], index: int, line: int) -> datetime:
@@ -173,13 +194,17 @@ def _header_index(header: list[str] | None, name: str | None, field: str) -> int
 
 
 def _column_index(
-    header: list[str] | None, data: list[list[str]], column: str | None, *, exclude: int | None
+    header: list[str] | None,
+    data: list[list[str]],
+    column: str | None,
+    *,
+    exclude: set[int | None],
 ) -> int:
     given = _header_index(header, column, "--column")
     if given is not None:
         return given
     width = max(len(row) for row in data)
     for index in reversed(range(width)):
-        if index != exclude and _is_values([_cell(row, index) for row in data]):
+        if index not in exclude and _is_values([_cell(row, index) for row in data]):
             return index
     raise InputError("--csv", "no column holds only numbers; pick one with --column")
