@@ -12,10 +12,11 @@ from bench.runner import SECTIONS, BenchSettings, measure, write_report
 from bench.scaling import format_table as format_scaling
 from bench.scaling import measure_workers
 from bench.services import ModelOverrides
+from forecast_gateway.backtest.windows import MAX_WINDOWS
 
 BUSY_LOAD = 0.5
 DEFAULT_CHANNELS = 8
-ONLY = {"time": ("time",), "models": ("models",)}
+ONLY = {"time": ("time",), "models": ("models",), "backtest": ("backtest",)}
 """``--only NAME``: the sections it runs (``--only time`` = ``--sections time``)."""
 
 
@@ -50,6 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rounds of the time cells (each kind against the no-time cell of its round)",
     )
     parser.add_argument(
+        "--backtest-rounds",
+        type=int,
+        help="rounds of the backtest cells (default 3, smoke 1)",
+    )
+    parser.add_argument(
+        "--backtest-windows",
+        type=_ints,
+        help="comma-separated W of the backtest cells (default 100,1000; smoke 20)",
+    )
+    parser.add_argument(
         "--queue-delay-us", type=int, help="override lstm max_queue_delay_microseconds"
     )
     parser.add_argument("--instances", type=int, help="override the lstm instance_group count")
@@ -69,6 +80,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def backtest_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The backtest cells' settings the command line changes."""
+    changes: dict[str, object] = {}
+    if args.backtest_rounds is not None:
+        if args.backtest_rounds < 1:
+            raise SystemExit("--backtest-rounds must be at least 1")
+        changes["backtest_rounds"] = args.backtest_rounds
+    if args.backtest_windows:
+        if not all(1 <= w <= MAX_WINDOWS for w in args.backtest_windows):
+            raise SystemExit(f"--backtest-windows: each W from 1 to {MAX_WINDOWS}")
+        changes["backtest_windows"] = args.backtest_windows
+    return changes
+
+
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     """BenchSettings from the parsed command line."""
     changes: dict[str, object] = {
@@ -83,6 +108,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.time_rounds < 1:
         raise SystemExit("--time-rounds must be at least 1")
     changes["time_rounds"] = args.time_rounds
+    changes.update(backtest_changes(args))
     if args.only:
         changes["sections"] = ONLY[args.only]
     if args.sections:
@@ -97,7 +123,11 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print the report; a missed target never fails the command."""
+    """Run the benchmark and print the report; a missed target never fails the command.
+
+    A failed correctness check does: a backtest whose MAE is not the one of
+    the same windows sent as Forecast calls exits 1 (after the report).
+    """
     args = parse_args(argv)
     settings = settings_from(args)
     load = load_average()
@@ -111,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = measure(settings, sys.stdout)
     write_report(results, args.output, sys.stdout)
+    if results["backtest_mismatches"]:
+        raise SystemExit(f"{len(results['backtest_mismatches'])} backtest MAE checks failed")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from bench import modelcost, procs
+from bench import backtestcost, modelcost, procs
 from bench.drivers import (
     Baseline,
     DirectTriton,
@@ -48,7 +49,7 @@ class CellSpec:
     """One cell of the benchmark table, as sent by the runner."""
 
     name: str
-    kind: str  # gateway | intervals | direct | proxy | echo | baseline | batch | stream | time
+    kind: str  # one of runner.SECTIONS: gateway | intervals | direct | ... | models | backtest
     target: str
     concurrency: int
     seconds: float
@@ -62,7 +63,10 @@ class CellSpec:
     channels: int = 1  # gateway Forecast cells: connections to spread over workers
     time: str = "none"  # time cells: the kind of time every request carries (timecost.TIMES)
     time_round: int = 1  # time cells: which round of them
-    variant: str = ""  # model cells: which model version (modelcost.VARIANTS)
+    variant: str = ""  # model and backtest cells: which model version (modelcost.VARIANTS)
+    windows: int = 0  # backtest cells: how many windows (W)
+    mode: str = ""  # backtest cells: how they are sent (backtestcost.MODES)
+    backtest_round: int = 1  # backtest cells: which round of them
 
     @classmethod
     def from_json(cls, line: str) -> CellSpec:
@@ -180,7 +184,21 @@ async def measure(spec: CellSpec, client: Client) -> dict[str, Any]:
         triton_after = await triton_counters(stats_client, spec)
     finally:
         await stats_client.close()
-    cores = procs.cores_used(cpu_before, cpu_after, wall_s)
+    return figures(
+        samples, wall_s, groups, (cpu_before, cpu_after), (triton_before, triton_after), rss
+    )
+
+
+def figures(
+    samples: Samples,
+    wall_s: float,
+    groups: dict[str, list[int]],
+    cpu: tuple[procs.CpuSnapshot, procs.CpuSnapshot],
+    triton: tuple[TritonCounters, TritonCounters],
+    rss: RssSampler,
+) -> dict[str, Any]:
+    """A measured run's figures: counts, rates, latency, CPU per group, Triton's deltas, RSS."""
+    cores = procs.cores_used(cpu[0], cpu[1], wall_s)
     calls_per_s = samples.calls / wall_s
     return {
         "status": "ok" if samples.series else "failed",
@@ -198,9 +216,66 @@ async def measure(spec: CellSpec, client: Client) -> dict[str, Any]:
             name: round(cores[name] / calls_per_s * 1e6, 1) if calls_per_s else None
             for name in groups
         },
-        "triton": delta(triton_before, triton_after),
+        "triton": delta(*triton),
         "rss_mb": rss.summary(),
     }
+
+
+def _mb(value: int) -> float:
+    return round(value / (1024 * 1024), 1)
+
+
+async def measure_windows(spec: CellSpec) -> dict[str, Any]:
+    """A backtest cell: warm up, then send every window once (`backtestcost.WindowCalls`).
+
+    As `measure`, plus the MAE of the answers and the gateway's VmHWM (its peak
+    RSS so far) before and after the windows.
+    """
+    client = backtestcost.WindowCalls(
+        spec.target, spec.workload, spec.windows, spec.mode, spec.concurrency
+    )
+    groups = {**spec.watch, "loadgen": [os.getpid()]}
+    stats_client = triton_aio.InferenceServerClient(url=spec.triton_url)
+    try:
+        try:
+            await client.warm()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            return {
+                "status": "skipped",
+                "note": f"server answered UNIMPLEMENTED ({error.details()})",
+            }
+        await asyncio.sleep(STATS_SETTLE_S)  # the warm-up's statistics land before the reading
+        triton_before = await triton_counters(stats_client, spec)
+        peak_before = procs.peak_rss_bytes(spec.rss_pid)
+        with RssSampler(spec.rss_pid, spec.watch.get("triton", [])) as rss:
+            cpu_before, started = procs.snapshot(groups), time.perf_counter()
+            outcome = await client.run()
+            wall_s = time.perf_counter() - started
+            cpu_after = procs.snapshot(groups)
+        peak_after = procs.peak_rss_bytes(spec.rss_pid)
+        await asyncio.sleep(STATS_SETTLE_S)
+        triton_after = await triton_counters(stats_client, spec)
+    finally:
+        await stats_client.close()
+        await client.close()
+    result = figures(
+        outcome.samples,
+        wall_s,
+        groups,
+        (cpu_before, cpu_after),
+        (triton_before, triton_after),
+        rss,
+    )
+    complete = outcome.mae is not None and result["series"] == spec.windows
+    result.update(
+        status="ok" if complete else "failed",
+        note=outcome.note or outcome.samples.error_sample,
+        mae=outcome.mae,
+        vmhwm_mb={"before": _mb(peak_before), "after": _mb(peak_after)},
+    )
+    return result
 
 
 async def run_cell(spec: CellSpec) -> dict[str, Any]:
@@ -215,6 +290,17 @@ async def run_cell(spec: CellSpec) -> dict[str, Any]:
         head.update(time=spec.time, time_round=spec.time_round)
     if spec.kind == "models":
         head.update(variant=spec.variant)
+    if spec.kind == "backtest":
+        head.update(
+            variant=spec.variant,
+            windows=spec.windows,
+            mode=spec.mode,
+            backtest_round=spec.backtest_round,
+        )
+        try:
+            return {**head, **await measure_windows(spec)}
+        except Exception as error:  # reported, so one broken cell does not end the run
+            return {**head, "status": "failed", "note": f"{type(error).__name__}: {error}"[:300]}
     client = make_client(spec)
     try:
         return {**head, **await measure(spec, client)}

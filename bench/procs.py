@@ -32,6 +32,17 @@ def rss_bytes(pid: int) -> int:
     return pages * PAGE_SIZE
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The most resident memory `pid` ever had, in bytes (VmHWM; 0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (from every thread's children list)."""
     found: list[int] = []

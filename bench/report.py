@@ -24,6 +24,7 @@ LABELS = {
     "stream": "gateway StreamForecast",
     "time": "gateway time=",
     "models": "gateway model=",
+    "backtest": "gateway windows ",
 }
 GATEWAY_PATHS = ("gateway", "intervals", "batch", "stream", "time", "models")
 SERVER_OF = {
@@ -33,12 +34,23 @@ SERVER_OF = {
     "stream": "gateway",
     "time": "gateway",
     "models": "gateway",
+    "backtest": "gateway",
     "proxy": "proxy",
     "echo": "echo",
     "baseline": "baseline",
 }
 """The process group that serves each path's calls (direct: Triton itself)."""
-TRITON_PATHS = ("direct", "gateway", "intervals", "proxy", "batch", "stream", "time", "models")
+TRITON_PATHS = (
+    "direct",
+    "gateway",
+    "intervals",
+    "proxy",
+    "batch",
+    "stream",
+    "time",
+    "models",
+    "backtest",
+)
 HEADER = [
     "path",
     "conc",
@@ -263,6 +275,10 @@ def _label(cell: Cell) -> str:
         return f"{label}{cell['time']} #{cell['time_round']}"
     if cell["kind"] == "models":  # the model cells: the model version (and +intervals)
         return f"{label}{cell['variant']}"
+    if cell["kind"] == "backtest":  # the backtest cells: version, W, how sent, round
+        return (
+            f"{label}{cell['variant']} W={cell['windows']} {cell['mode']} #{cell['backtest_round']}"
+        )
     return label
 
 

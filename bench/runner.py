@@ -5,7 +5,11 @@ gateway, gateway asking for intervals, minimal proxy, echo, baseline), so the
 ratios compare cells measured seconds apart. The time cells (`bench.timecost`)
 follow the unary ones: per round and concurrency, the gateway without time
 and then each kind of time, one after the other. The model cells
-(`bench.modelcost`) come last: per concurrency, each model kind after the LSTM.
+(`bench.modelcost`) follow: per concurrency, each model kind after the LSTM.
+The backtest cells (`bench.backtestcost`) come last: per round, W and model
+version, one Backtest call, then the same windows as Forecast calls (c=1 and
+c=32) and as ForecastBatch calls; each of the latter fails unless its MAE is
+the Backtest's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import machine, modelcost, report, timecost
+from bench import backtestcost, machine, modelcost, report, timecost
 from bench.services import FLOORS, ROOT, ModelOverrides, Services, tail
 from bench.workload import Workload
 
@@ -36,6 +40,7 @@ SECTIONS = (
     "stream",
     "time",
     "models",
+    "backtest",
 )
 UNARY_ORDER = ("direct", "gateway", "intervals", "proxy", "echo", "baseline")
 NOISY_OTHER_CORES = 0.15
@@ -57,6 +62,11 @@ class BenchSettings:
     time_rounds: int = 1
     model_seconds: float = 3.0
     """Measured seconds per model cell (5 kinds at c=1 and c=32: 10 cells)."""
+    backtest_windows: tuple[int, ...] = backtestcost.WINDOWS
+    """The backtest cells' W: windows of one series (each a group of 4 cells per version)."""
+    backtest_rounds: int = 3
+    backtest_concurrency: int = backtestcost.HIGH_CONCURRENCY
+    """The higher concurrency of the unary cells the backtest is set against."""
     sections: tuple[str, ...] = SECTIONS
     workload: Workload = field(default_factory=Workload)
     overrides: ModelOverrides = field(default_factory=ModelOverrides)
@@ -75,6 +85,9 @@ class BenchSettings:
             max_calls=100,
             batch_concurrency=2,
             stream_in_flight=8,
+            backtest_windows=backtestcost.SMOKE_WINDOWS,
+            backtest_rounds=1,
+            backtest_concurrency=backtestcost.SMOKE_HIGH_CONCURRENCY,
             smoke=True,
         )
         return dataclasses.replace(base, **changes)
@@ -108,6 +121,10 @@ def cells_of(settings: BenchSettings) -> list[dict[str, Any]]:
         levels = modelcost.concurrencies(settings.concurrencies)
         for cell in modelcost.plan(levels):
             cells.append({**cell, "seconds": settings.model_seconds})
+    if "backtest" in settings.sections:
+        cells += backtestcost.plan(
+            settings.backtest_windows, settings.backtest_rounds, settings.backtest_concurrency
+        )
     return cells
 
 
@@ -120,6 +137,7 @@ def plan(settings: BenchSettings, services: Services) -> list[dict[str, Any]]:
         "stream": services.gateway_target,
         "time": services.gateway_target,
         "models": services.gateway_target,
+        "backtest": services.gateway_target,
         "direct": services.triton_url,
         "baseline": services.baseline_target,
         **services.floor_targets,
@@ -218,10 +236,15 @@ def measure(settings: BenchSettings, out: TextIO) -> dict[str, Any]:
             described = machine.describe(services.triton_url)
             out.write(report.format_machine(described) + "\n\n")
             loadgen = LoadGenerator(Path(scratch) / "loadgen.log")
-            cells = []
+            cells: list[dict[str, Any]] = []
+            mismatches = []
             for spec in plan(settings, services):
                 cells.append(loadgen.run(spec))
+                mismatch = backtestcost.check(cells[-1], cells)
                 out.write(progress(cells[-1]) + "\n")
+                if mismatch is not None:
+                    mismatches.append(mismatch)
+                    out.write(backtestcost.format_mismatches([mismatch]) + "\n")
                 out.flush()
         finally:
             if loadgen is not None:
@@ -234,6 +257,9 @@ def measure(settings: BenchSettings, out: TextIO) -> dict[str, Any]:
     return {
         "time_ratios": timecost.compute_ratios(cells),
         "model_ratios": modelcost.compute_ratios(cells),
+        "backtest_ratios": backtestcost.compute_ratios(cells),
+        "backtest_peak_rss_mb": backtestcost.peak_rss(cells),
+        "backtest_mismatches": mismatches,
         "settings": {
             **dataclasses.asdict(settings),
             "overrides": dataclasses.asdict(settings.overrides),
@@ -262,7 +288,11 @@ def write_report(results: dict[str, Any], output: Path, out: TextIO) -> None:
             " the run: the cells they overlap are slowed down\n"
         )
     out.write("\n")
-    if set(results["settings"]["sections"]) - {"time", "models"}:  # the targets' cells ran
+    if set(results["settings"]["sections"]) - {
+        "time",
+        "models",
+        "backtest",
+    }:  # the targets' cells ran
         out.write(report.format_ratios(results["ratios"]) + "\n\n")
         if results["settings"]["smoke"]:
             out.write("smoke run: too short for the targets to mean anything\n")
@@ -272,5 +302,12 @@ def write_report(results: dict[str, Any], output: Path, out: TextIO) -> None:
         out.write(timecost.format_ratios(results["time_ratios"]) + "\n\n")
     if results.get("model_ratios"):
         out.write(modelcost.format_ratios(results["model_ratios"]) + "\n\n")
+    if results.get("backtest_ratios"):
+        high = results["settings"].get("backtest_concurrency")
+        rss = results.get("backtest_peak_rss_mb")
+        text = backtestcost.format_ratios(results["backtest_ratios"], rss, high)
+        out.write(text + "\n\n")
+    if results.get("backtest_mismatches"):
+        out.write(backtestcost.format_mismatches(results["backtest_mismatches"]) + "\n\n")
     output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     out.write(f"wrote {output} ({results['duration_s']:.0f} s in all)\n")

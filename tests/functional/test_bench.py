@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from bench import modelcost, report
+from bench import backtestcost, modelcost, report
 from bench.loadgen import CellSpec, run_cell
 from forecast.v1 import forecast_service_pb2_grpc
 from tests.conftest import ROOT
@@ -29,6 +30,7 @@ SECTIONS = {
     "stream",
     "time",
     "models",
+    "backtest",
 }
 SERVERS = {"gateway", "triton", "baseline", "proxy", "echo", "loadgen"}
 UNARY = {"gateway", "intervals", "proxy", "echo", "baseline", "time", "models"}
@@ -201,3 +203,49 @@ def test_hotpath_runs_the_request_path_and_reports_cpu_per_call() -> None:
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["round 1", "round 2"]
     assert lines[-1].startswith("min ") and float(lines[-1].split()[1]) > 0
+
+
+def test_the_backtest_smoke_cells_exist_match_their_unary_answers_and_count_triton_calls(
+    tmp_path: Path,
+) -> None:
+    """``--only backtest --smoke``: 8 cells, each well-formed, the MAE checks passed."""
+    output = tmp_path / "backtest.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "backtest", "--smoke", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    cells = results["cells"]
+    windows = backtestcost.SMOKE_WINDOWS[0]
+    assert [(c["variant"], c["mode"]) for c in cells] == [
+        (v, m) for v in backtestcost.CELL_VARIANTS for m in backtestcost.MODES
+    ]
+    for cell in cells:
+        assert cell["status"] == "ok", cell
+        assert cell["kind"] == "backtest" and cell["windows"] == windows, cell
+        assert cell["series"] == windows and cell["failed_series"] == 0, cell
+        assert cell["series_per_s"] > 0 and cell["wall_s"] > 0, cell
+        assert cell["triton"]["inferences"] == windows, cell  # each window once, one row each
+        assert 1 <= cell["triton"]["executions"] <= cell["triton"]["requests"] <= windows, cell
+        assert cell["vmhwm_mb"]["after"] >= cell["vmhwm_mb"]["before"] > 0, cell
+        assert cell["mae"] > 0, cell
+        if cell["mode"] == "backtest":  # W <= max_batch_size: the windows in one Triton request
+            assert cell["calls"] == 1 and cell["triton"]["requests"] == 1, cell
+        else:
+            assert cell["mae_check"] == "equal", cell
+    unary = [c for c in cells if c["mode"] == "unary"]
+    assert all(c["triton"]["requests"] == windows for c in unary), unary  # c=1: one a call
+    assert results["backtest_mismatches"] == []
+    rows = results["backtest_ratios"]
+    assert len(rows) == len(cells)
+    assert all(r["windows_per_s"] > 0 and r["over_unary"] > 0 for r in rows), rows
+    assert all(r["over_unary_high"] > 0 for r in rows), rows
+    assert {r["over_unary"] for r in rows if r["mode"] == "unary"} == {1.0}
+    assert results["backtest_peak_rss_mb"]["after_largest"] > 0
+    assert "backtest windows against the same windows as Forecast calls" in done.stdout
+    assert "gateway peak RSS (VmHWM)" in done.stdout
+    assert "retired targets" not in done.stdout

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
+import numpy as np
 import pytest
 
-from bench import modelcost, report, runner, timecost
+from bench import backtestcost, modelcost, procs, report, runner, timecost
 from bench.__main__ import parse_args, settings_from
 from bench.drivers import GatewayUnary
 from bench.loadgen import CellSpec, make_client
@@ -19,6 +21,7 @@ from bench.services import Services
 from bench.workload import Workload
 from forecast.v1 import forecast_pb2
 from forecast.v1 import forecast_service_pb2 as pb
+from forecast_gateway.backtest.windows import Layout
 
 
 def request(points: int = 10) -> pb.ForecastRequest:
@@ -208,7 +211,7 @@ def test_the_default_run_has_the_time_cells_after_the_unary_ones_with_their_own_
     first, last = kinds.index("time"), len(kinds) - 1 - kinds[::-1].index("time")
     assert set(kinds[:first]) == set(runner.UNARY_ORDER)
     assert kinds[first : last + 1] == ["time"] * 8
-    assert set(kinds[last + 1 :]) == {"batch", "stream", "models"}
+    assert set(kinds[last + 1 :]) == {"batch", "stream", "models", "backtest"}
     timed = cells[first : last + 1]
     assert {c["concurrency"] for c in timed} == {1, 64}
     assert {c["seconds"] for c in timed} == {BenchSettings().time_seconds}
@@ -487,3 +490,231 @@ def test_the_model_text_shows_each_figure_with_its_ratio_and_the_report_prints_i
     runner.write_report(results, tmp_path / "r.json", out)
     assert "model kinds, Forecast through the gateway" in out.getvalue()
     assert "retired targets" not in out.getvalue()
+
+
+# The backtest cells (bench.backtestcost): one Backtest against the same windows as Forecast calls.
+
+
+def test_backtest_cells_run_the_backtest_then_its_windows_each_way_per_round_w_and_version() -> (
+    None
+):
+    cells = planned(settings_from(parse_args(["--only", "backtest"])))
+    assert [(c["backtest_round"], c["windows"], c["variant"], c["mode"]) for c in cells] == [
+        (r, w, v, m)
+        for r in (1, 2, 3)
+        for w in (100, 1000)
+        for v in ("lstm_timeseries v2", "seasonal_naive v1")
+        for m in ("backtest", "unary", "unary_high", "batch")
+    ]
+    assert {c["concurrency"] for c in cells if c["mode"] == "unary_high"} == {32}
+    assert {c["concurrency"] for c in cells if c["mode"] != "unary_high"} == {1}
+    assert {c["kind"] for c in cells} == {"backtest"}
+    assert {c["target"] for c in cells} == {FakeServices.gateway_target}
+    assert len({c["name"] for c in cells}) == len(cells)
+    lstm = next(c for c in cells if c["variant"] == "lstm_timeseries v2")
+    assert lstm["workload"]["model"] == "lstm_timeseries" and lstm["workload"]["version"] == "2"
+    assert lstm["workload"]["window"] == backtestcost.POINTS and lstm["workload"]["pool_size"] == 1
+    assert runner.services_for(("backtest",)) == {"with_baseline": False, "floor_kinds": ()}
+    default = [c["kind"] for c in planned(BenchSettings())]
+    assert default[-len(cells) :] == ["backtest"] * len(cells)  # the last section of make bench
+
+
+def test_smoke_and_flags_size_the_backtest_cells() -> None:
+    smoke = planned(settings_from(parse_args(["--smoke", "--only", "backtest"])))
+    assert [(c["windows"], c["variant"], c["mode"], c["concurrency"]) for c in smoke] == [
+        (20, v, m, 8 if m == "unary_high" else 1)
+        for v in backtestcost.CELL_VARIANTS
+        for m in backtestcost.MODES
+    ]
+    sized = settings_from(
+        parse_args(["--only", "backtest", "--backtest-rounds", "2", "--backtest-windows", "50"])
+    )
+    assert (sized.backtest_rounds, sized.backtest_windows) == (2, (50,))
+    for argv in (["--backtest-rounds", "0"], ["--backtest-windows", "1001"]):
+        with pytest.raises(SystemExit):
+            settings_from(parse_args(argv))
+
+
+def test_backtest_windows_are_laid_as_the_gateway_lays_them() -> None:
+    windows = backtestcost.windows_of(backtestcost.workload("seasonal_naive v1"), 1000)
+    layout = Layout(backtestcost.HORIZON, 1000, backtestcost.STEP)
+    assert windows.origins == layout.origins(backtestcost.POINTS)
+    assert windows.series.shape == (backtestcost.POINTS,)
+    assert len(windows.history(0)) >= 364  # seasonal_naive v1's default window
+    assert windows.actuals().shape == (1000, backtestcost.HORIZON)
+    assert windows.actuals()[-1].tolist() == windows.series[-backtestcost.HORIZON :].tolist()
+    assert windows.mae(windows.actuals()) == 0.0
+
+
+class WindowStub:
+    """A gateway that forecasts the last value of each history (Forecast and ForecastBatch)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def Forecast(self, request: pb.ForecastRequest, **_: object) -> pb.ForecastResponse:
+        self.calls.append("Forecast")
+        return pb.ForecastResponse(values=[request.history[-1]] * request.horizon)
+
+    async def ForecastBatch(
+        self, request: pb.ForecastBatchRequest, **_: object
+    ) -> pb.ForecastBatchResponse:
+        self.calls.append("ForecastBatch")
+        return pb.ForecastBatchResponse(
+            results=[
+                pb.SeriesResult(
+                    id=s.id,
+                    forecast=forecast_pb2.Forecast(values=[s.history[-1]] * request.horizon),
+                )
+                for s in request.series
+            ]
+        )
+
+
+@pytest.mark.parametrize(("mode", "concurrency"), [("unary", 1), ("unary_high", 4), ("batch", 1)])
+async def test_window_calls_send_each_window_once_and_score_the_answers(
+    mode: str, concurrency: int
+) -> None:
+    calls = backtestcost.WindowCalls(
+        "127.0.0.1:1",
+        backtestcost.workload("lstm_timeseries v2"),
+        30,
+        mode,
+        concurrency,
+        message_bytes=40_000,  # a few windows a ForecastBatch call
+    )
+    stub = WindowStub()
+    calls.stub = cast(Any, stub)
+    outcome = await calls.run()
+    windows = calls.windows
+    last_values = np.vstack(
+        [np.full(backtestcost.HORIZON, windows.series[o - 1]) for o in windows.origins]
+    )
+    assert outcome.samples.series == 30 and outcome.samples.failed_series == 0
+    assert outcome.mae == pytest.approx(windows.mae(last_values), rel=1e-12)
+    if mode == "batch":
+        assert 1 < len(stub.calls) < 30 and set(stub.calls) == {"ForecastBatch"}
+    else:
+        assert stub.calls == ["Forecast"] * 30
+    await calls.close()
+
+
+async def test_window_requests_are_pinned_dated_and_fit_the_message_limit() -> None:
+    calls = backtestcost.WindowCalls(
+        "127.0.0.1:1", backtestcost.workload("lstm_timeseries v2"), 1000, "batch", 1
+    )
+    windows = calls.windows
+    first = calls.forecast_request(0)
+    assert (first.model, first.version, first.horizon) == ("lstm_timeseries", "2", 8)
+    assert list(first.history) == windows.series[: windows.origins[0]].tolist()
+    assert (first.frequency, first.start.seconds) == ("W-SAT", timecost.GRIDS["W-SAT"].start_s)
+    backtest = calls.backtest_request(1000)
+    assert (backtest.n_windows, backtest.horizon, backtest.step) == (1000, 8, 1)
+    assert [(t.model, t.version) for t in backtest.targets] == [("", "2")]
+    assert len(backtest.series[0].history) == backtestcost.POINTS
+    assert backtest.series[0].frequency == "W-SAT"
+    batches = calls.batch_requests()
+    assert [k for numbers, _ in batches for k in numbers] == list(range(1000))
+    assert all(r.ByteSize() <= backtestcost.MAX_MESSAGE_BYTES for _, r in batches)
+    assert all(r.version == "2" and r.horizon == 8 for _, r in batches)
+    await calls.close()
+    with pytest.raises(ValueError, match="unknown backtest cell mode"):
+        backtestcost.WindowCalls("127.0.0.1:1", Workload(), 1, "stream", 1)
+
+
+def window_cell(
+    mode: str, wps: float, mae: float = 1.5, round_: int = 1, windows: int = 100
+) -> dict[str, Any]:
+    return {
+        "name": f"backtest lstm_timeseries v2 W={windows} {mode} #{round_}",
+        "kind": "backtest",
+        "variant": "lstm_timeseries v2",
+        "windows": windows,
+        "mode": mode,
+        "backtest_round": round_,
+        "concurrency": 32 if mode == "unary_high" else 1,
+        "status": "ok",
+        "series_per_s": wps,
+        "wall_s": windows / wps,
+        "calls": 1 if mode == "backtest" else windows,
+        "mae": mae,
+        "triton": {"requests": 1, "executions": 1, "inferences": windows},
+        "rss_mb": {"gateway_max": 150.0},
+        "vmhwm_mb": {"before": 150.0, "after": 152.0 if mode == "backtest" else 150.0},
+    }
+
+
+def test_a_unary_cell_whose_mae_differs_from_the_backtests_fails_loudly(tmp_path: Path) -> None:
+    cells = [window_cell("backtest", 2000.0, mae=1.5)]
+    same = window_cell("unary", 200.0, mae=1.5 * (1 + 1e-8))
+    assert backtestcost.check(same, [*cells, same]) is None
+    assert same["status"] == "ok" and same["mae_check"] == "equal"
+    assert backtestcost.check(cells[0], cells) is None  # the Backtest itself: not checked
+    other = window_cell("batch", 1000.0, mae=1.6)
+    mismatch = backtestcost.check(other, [*cells, other])
+    assert mismatch is not None and mismatch["backtest_mae"] == 1.5
+    assert other["status"] == "failed" and "differs from the Backtest's" in other["note"]
+    lonely = window_cell("unary", 200.0, round_=2)
+    assert backtestcost.check(lonely, [*cells, lonely]) is None
+    assert lonely["mae_check"].startswith("unchecked")
+    text = backtestcost.format_mismatches([mismatch])
+    assert text.startswith("ERROR: backtest check failed: backtest lstm_timeseries v2 W=100 batch")
+    results = {
+        "settings": {"sections": ["backtest"], "smoke": False, "backtest_concurrency": 32},
+        "machine": {"cores": 2},
+        "cells": [],
+        "ratios": report.compute_ratios([], [1, 32], [32]),
+        "targets": [],
+        "retired": [],
+        "time_ratios": [],
+        "model_ratios": [],
+        "backtest_ratios": backtestcost.compute_ratios([*cells, same]),
+        "backtest_peak_rss_mb": None,
+        "backtest_mismatches": [mismatch],
+        "max_other_cores": 0.0,
+        "duration_s": 1.0,
+    }
+    out = io.StringIO()
+    runner.write_report(results, tmp_path / "r.json", out)
+    assert "backtest windows against the same windows" in out.getvalue()
+    assert "ERROR: backtest check failed" in out.getvalue()
+    assert "retired targets" not in out.getvalue()
+
+
+def test_backtest_ratios_are_against_the_unary_cells_of_the_same_round() -> None:
+    cells = [
+        window_cell("backtest", 2000.0),
+        window_cell("unary", 200.0),
+        window_cell("unary_high", 500.0),
+        window_cell("batch", 1000.0),
+        window_cell("backtest", 3000.0, round_=2),
+        window_cell("unary", 250.0, round_=2),
+        window_cell("unary_high", 600.0, round_=2),
+        {**window_cell("batch", 1.0, round_=2), "status": "failed"},
+    ]
+    rows = {(r["variant"], r["windows"], r["mode"]): r for r in backtestcost.compute_ratios(cells)}
+    backtest = rows[("lstm_timeseries v2", 100, "backtest")]
+    assert [p["over_unary"] for p in backtest["rounds"]] == [10.0, 12.0]
+    assert [p["over_unary_high"] for p in backtest["rounds"]] == [4.0, 5.0]
+    assert (backtest["over_unary"], backtest["over_unary_high"]) == (11.0, 4.5)
+    assert backtest["windows_per_s"] == 2500.0 and backtest["concurrency"] == 1
+    assert rows[("lstm_timeseries v2", 100, "unary")]["over_unary"] == 1.0
+    batch = rows[("lstm_timeseries v2", 100, "batch")]
+    assert batch["windows_per_s"] == 1000.0  # the failed round 2 gives no figure
+    assert rows[("lstm_timeseries v2", 100, "unary_high")]["concurrency"] == 32
+    text = backtestcost.format_ratios(list(rows.values()), backtestcost.peak_rss(cells), 32)
+    lines = text.splitlines()
+    assert "median of 2 rounds" in lines[0]
+    assert lines[1].split()[:5] == ["model", "W", "way", "conc", "windows/s"]
+    assert "vs unary c=32" in lines[1]
+    row = next(line for line in lines if "Backtest" in line)
+    assert "2,500 [2,000-3,000]" in row and "11.00x [10.00-12.00]" in row
+    assert "gateway peak RSS (VmHWM) after the W=100 backtests: 152.0 MB" in text
+    assert backtestcost.format_ratios([]) == ""
+    label = report.format_table([{**cells[0], "status": "failed", "note": "x"}]).splitlines()[1]
+    assert label.startswith("gateway windows lstm_timeseries v2 W=100 backtest #1")
+
+
+def test_peak_rss_is_read_from_vmhwm() -> None:
+    assert procs.peak_rss_bytes(os.getpid()) >= procs.rss_bytes(os.getpid()) > 0
+    assert procs.peak_rss_bytes(2**22 + 12345) == 0  # no such process
