@@ -13,6 +13,7 @@ schema versions, `schema` the framework that runs them and their data steps.
 
 from forecast_gateway.ab.aggregates import TRACKED
 from forecast_gateway.ab.records import (
+    ARM_SEPARATOR,
     DEFAULT_EXPERIMENT,
     ActualsReport,
     ExperimentInfo,
@@ -20,6 +21,9 @@ from forecast_gateway.ab.records import (
     Prediction,
     RecordedForecast,
     Role,
+    arm_label,
+    arm_of,
+    arm_parts,
     new_forecast_id,
 )
 from forecast_gateway.ab.report import interval_flags
@@ -27,6 +31,7 @@ from forecast_gateway.ab.storage import Bounds
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 
 __all__ = [
+    "ARM_SEPARATOR",
     "DEFAULT_EXPERIMENT",
     "TRACKED",
     "ActualsReport",
@@ -38,6 +43,9 @@ __all__ = [
     "RecordedForecast",
     "Role",
     "StoreOpenError",
+    "arm_label",
+    "arm_of",
+    "arm_parts",
     "interval_flags",
     "new_forecast_id",
 ]

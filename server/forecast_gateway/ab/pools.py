@@ -1,5 +1,9 @@
 """Calibration pools: each reported step's scaled error, appended to its (model, version, step).
 
+Pools belong to the real (model, version): an arm of another model in an
+experiment ("seasonal_naive:1" in lstm_timeseries's) adds to the pools of
+(seasonal_naive, 1), the ones its forecasts are calibrated from.
+
 A pool row holds the most recent `window` scores and a revision that grows
 with every change, so `calibration_pools` reads only the versions whose
 pools moved since the revisions a caller knows.
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from forecast_gateway.ab import aggregates
+from forecast_gateway.ab.records import arm_of
 from forecast_gateway.ab.rows import Table, array, lock_rows
 from forecast_gateway.ab.schema import Transaction
 from forecast_gateway.numerics import FloatArray, Levels
@@ -70,7 +75,7 @@ def add_scores(
     errors = (after[new] - prediction.values[new]) / scale
     for step, error in zip(new.tolist(), errors.tolist(), strict=True):
         if aggregates.usable(error):
-            pools.setdefault((model, prediction.version, step), []).append(error)
+            pools.setdefault((*arm_of(model, prediction.version), step), []).append(error)
 
 
 def add_cqr_scores(
@@ -103,13 +108,14 @@ def add_cqr_scores(
     if new.size == 0:
         return
     table = bounds.reshape(rows, horizon)[:, new]
+    owner, version = arm_of(model, prediction.version)
     with np.errstate(over="ignore", invalid="ignore"):
         r = (after[new] - prediction.values[new]) / scale
         for i, coverage in enumerate(levels.coverages):
             conformity = np.maximum(table[2 * i] - r, r - table[2 * i + 1])
             for step, score in zip(new.tolist(), conformity.tolist(), strict=True):
                 if aggregates.usable(score):
-                    pools.setdefault((model, prediction.version, step, coverage), []).append(score)
+                    pools.setdefault((owner, version, step, coverage), []).append(score)
 
 
 async def append_calibration(

@@ -16,6 +16,30 @@ from forecast_gateway.numerics import FloatArray
 DEFAULT_EXPERIMENT = "default"
 """The experiment of forecasts served under no named experiment."""
 
+ARM_SEPARATOR = ":"
+"""Between the model and the version of an arm of another model: "seasonal_naive:1"."""
+
+
+def arm_label(model: str, version: str, own: str = "") -> str:
+    """The label an experiment of model `own` keys a version of `model` by.
+
+    A version of the experiment's own model (or `model` "") is its number,
+    "2"; a version of another model is "<model>:<version>", "seasonal_naive:1".
+    """
+    return version if not model or model == own else f"{model}{ARM_SEPARATOR}{version}"
+
+
+def arm_parts(label: str) -> tuple[str, str]:
+    """(model, version) of an arm label; model "" for a version of the experiment's own model."""
+    model, separator, version = label.rpartition(ARM_SEPARATOR)
+    return (model, version) if separator else ("", label)
+
+
+def arm_of(model: str, label: str) -> tuple[str, str]:
+    """The real (model, version) behind `label` in an experiment of `model`."""
+    other, version = arm_parts(label)
+    return other or model, version
+
 
 def new_forecast_id() -> str:
     """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, 74 random bits.
@@ -221,6 +245,9 @@ class VersionSummary:
     latency: LatencyStats
     intervals: tuple[IntervalStats, ...] = ()
     quantiles: tuple[QuantileStats, ...] = ()
+    model: str = ""
+    """The model whose version this is: the experiment's own, or another one's for an arm
+    labelled "<model>:<version>" (`version` is then that label)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +270,9 @@ class VersionComparison:
     sequential_p_value: float = math.nan
     cs_low: float = math.nan
     cs_high: float = math.nan
+    model_a: str = ""
+    model_b: str = ""
+    """The models of `version_a` and `version_b` (`VersionSummary.model`)."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +298,7 @@ class ExperimentInfo:
 
 
 def version_key(version: str) -> tuple[int, int, str]:
-    """Numeric versions in numeric order, then any others by name."""
+    """Numeric versions in numeric order, then any others (arms of other models) by name."""
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 

@@ -35,6 +35,8 @@ from forecast_gateway.ab.records import (
     QuantileStats,
     VersionComparison,
     VersionSummary,
+    arm_of,
+    arm_parts,
     version_key,
 )
 
@@ -72,9 +74,9 @@ def summarize(model: str, experiment: str, aggregates: ModelAggregates) -> Exper
     """
     scored = {a for (metric, a, _) in aggregates.moments if metric == SCORED}
     versions = sorted(set(aggregates.counters) | set(aggregates.latency) | scored, key=version_key)
-    summaries = [_summary(version, aggregates) for version in versions]
+    summaries = [_summary(model, version, aggregates) for version in versions]
     comparisons = [
-        _comparison(a, b, aggregates)
+        _comparison(model, a, b, aggregates)
         for i, a in enumerate(versions)
         for b in versions[i + 1 :]
         if aggregates.of(METRIC, a).count and aggregates.of(METRIC, b).count
@@ -90,7 +92,7 @@ def summarize(model: str, experiment: str, aggregates: ModelAggregates) -> Exper
     )
 
 
-def _summary(version: str, aggregates: ModelAggregates) -> VersionSummary:
+def _summary(model: str, version: str, aggregates: ModelAggregates) -> VersionSummary:
     served, shadowed = aggregates.counters.get(version, (0, 0))
     count = aggregates.of(SCORED, version).count
     errors = (
@@ -110,6 +112,7 @@ def _summary(version: str, aggregates: ModelAggregates) -> VersionSummary:
         latency=latency_stats(aggregates.latency.get(version, {})),
         intervals=interval_stats(version, aggregates),
         quantiles=quantile_stats(version, aggregates),
+        model=arm_of(model, version)[0],
     )
 
 
@@ -190,7 +193,7 @@ def wilson(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, flo
     return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))  # rounding
 
 
-def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionComparison:
+def _comparison(model: str, a: str, b: str, aggregates: ModelAggregates) -> VersionComparison:
     paired = aggregates.of(MASE_DIFFERENCE, a, b)
     if paired.count >= scoring.MIN_SAMPLES:
         result = scoring.compare_paired(paired)
@@ -220,6 +223,8 @@ def _comparison(a: str, b: str, aggregates: ModelAggregates) -> VersionCompariso
         sequential_p_value=always_valid.p_value,
         cs_low=always_valid.cs_low,
         cs_high=always_valid.cs_high,
+        model_a=arm_of(model, a)[0],
+        model_b=arm_of(model, b)[0],
     )
 
 
@@ -286,7 +291,7 @@ def verdict(
         good, bad = (mase_a, mase_b) if a_wins else (mase_b, mase_a)
         change = f" ({(good - bad) / bad:+.0%})" if bad > 0 else ""
         return (
-            f"version {better} is more accurate: MASE {good:.3g} vs {bad:.3g}{change}, "
+            f"{named(better)} is more accurate: MASE {good:.3g} vs {bad:.3g}{change}, "
             f"conclusive {after}"
         )
     if result.samples >= 2 and math.isnan(result.p_value) and not math.isnan(mase_a + mase_b):
@@ -299,8 +304,13 @@ def verdict(
     if result.samples < 2 or math.isnan(result.p_value):
         return f"not conclusive yet: too few scored forecasts to compare ({after})"
     return (
-        f"not conclusive yet: MASE {mase_a:.3g} (version {a}) vs {mase_b:.3g} (version {b}) {after}"
+        f"not conclusive yet: MASE {mase_a:.3g} ({named(a)}) vs {mase_b:.3g} ({named(b)}) {after}"
     )
+
+
+def named(label: str) -> str:
+    """A version in words: "version 2" of the experiment's model, "seasonal_naive:1" of another."""
+    return label if arm_parts(label)[0] else f"version {label}"
 
 
 def interval_flags(report: ExperimentReport) -> list[metrics.IntervalFlag]:

@@ -307,6 +307,7 @@ def experiment_from(report: ExperimentReport) -> forecast_service_pb2.GetExperim
         versions=[
             forecast_service_pb2.VersionExperiment(
                 version=v.version,
+                model=v.model or report.model,
                 requests_served=v.requests_served,
                 requests_shadowed=v.requests_shadowed,
                 actuals_received=v.actuals_received,
@@ -348,6 +349,8 @@ def experiment_from(report: ExperimentReport) -> forecast_service_pb2.GetExperim
             forecast_service_pb2.VersionComparison(
                 version_a=c.version_a,
                 version_b=c.version_b,
+                model_a=c.model_a or report.model,
+                model_b=c.model_b or report.model,
                 metric=c.metric,
                 test=c.test,
                 samples=c.samples,

@@ -130,9 +130,11 @@ class Executor:
     async def _attempt(
         self, spec: ModelSpec, plans: Sequence[Plan], deadline: float
     ) -> dict[int, Outcome]:
-        """`run_group`, with a GatewayError of the whole group given to each series."""
+        """`run_group` on the serving model (`spec`, or a split arm's), errors given to each."""
+        model = plans[0].route.model
         try:
-            results = await self.run_group(spec, plans, deadline)
+            serving = spec if not model or model == spec.name else self.catalog.get(model)
+            results = await self.run_group(serving, plans, deadline)
         except GatewayError as error:
             return {p.index: error for p in plans}
         return {p.index: r for p, r in zip(plans, results, strict=True)}
@@ -151,7 +153,7 @@ class Executor:
                 continue
         if notes is not None and replanned:
             route = replanned[0].route
-            notes.route(spec.name, route.version, route.decision, route.restricted)
+            notes.route(spec.name, route.label, route.decision, route.restricted)
         for members in group(replanned):
             outcomes.update(await self._attempt(spec, members, deadline))
         return outcomes
@@ -171,11 +173,11 @@ class Executor:
             assert plan.route.fallback is not None and isinstance(error, GatewayError)
             log.warning(
                 "fallback",
-                failed_version=plan.route.version,
+                failed_version=plan.route.label,
                 reason=error.reason,
                 to=plan.route.fallback.model,
             )
-            metrics.FALLBACKS.labels(plan.query.model, plan.route.version, error.reason).inc()
+            metrics.FALLBACKS.labels(plan.query.model, plan.route.label, error.reason).inc()
             fallback = self.planner.fallback(plan)
             if fallback is not None:  # else the series keeps its error
                 by_model.setdefault(plan.route.fallback.model, []).append((plan, fallback))
@@ -189,7 +191,7 @@ class Executor:
                         outcome = replace(
                             outcome,
                             decision=Decision.FALLBACK,
-                            primary_version=primaries[index].route.version,
+                            primary_version=primaries[index].route.label,
                         )
                     outcomes[index] = outcome
                 if notes is not None:
@@ -394,13 +396,15 @@ class Executor:
 
 
 def group(plans: Sequence[Plan]) -> list[list[Plan]]:
-    """Series that can share one tensor: same version, window, horizon and frequency.
+    """Series that can share one tensor: same model, version, window, horizon and frequency.
 
-    The frequency sets a seasonal model's season input.
+    The frequency sets a seasonal model's season input; the model is a split
+    arm's of another model ("" = the request's).
     """
 
-    def key(plan: Plan) -> tuple[str, int, int, str]:
-        return plan.route.version, plan.shape.window, plan.shape.horizon, plan.query.frequency
+    def key(plan: Plan) -> tuple[str, str, int, int, str]:
+        route, shape = plan.route, plan.shape
+        return route.model, route.version, shape.window, shape.horizon, plan.query.frequency
 
     return [list(members) for _, members in itertools.groupby(sorted(plans, key=key), key=key)]
 

@@ -68,7 +68,7 @@ class Forecaster:
         spec, plan = self.planner.plan_query(0, query)
         if notes is not None:
             route = plan.route
-            notes.route(spec.name, route.version, route.decision, route.restricted)
+            notes.route(spec.name, route.label, route.decision, route.restricted)
         (outcome,) = await self.executor.run(spec, [plan], deadline, notes)
         if isinstance(outcome, GatewayError):
             raise outcome

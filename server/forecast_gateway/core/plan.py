@@ -3,16 +3,22 @@
 Pure decisions over the catalog snapshot and the routing policies; nothing
 here talks to a backend. A series that no ready version can serve gets the
 error of the version that asks least of it.
+
+An arm of another model ("seasonal_naive:1" in lstm_timeseries's split or
+shadow) is checked on that model's spec, with the request model's horizon
+when the request leaves it at 0, so every arm forecasts the same steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import structlog
 
 from forecast_gateway import metrics
+from forecast_gateway.ab import arm_parts
 from forecast_gateway.core.catalog import ModelCatalog, ModelSpec, VersionSpec
 from forecast_gateway.core.results import Plan
 from forecast_gateway.core.routing import NoEligibleVersion, Policy, choose_version
@@ -87,10 +93,14 @@ class Planner:
     def plan(self, spec: ModelSpec, index: int, query: ForecastQuery) -> Plan:
         """Route among the versions that can serve the query, and fix its shape."""
         shapes: dict[str, Shape] = {}
+        specs = self.catalog.specs
 
-        def eligible(version: str) -> bool:
+        def eligible(label: str) -> bool:
+            arm = arm_version(spec, label, specs)
+            if arm is None:
+                return False
             try:
-                shapes[version] = resolve_shape(query, spec, spec.versions[version])
+                shapes[label] = resolve_shape(arm_query(query, spec, arm[0]), *arm)
             except InvalidArgument:
                 return False
             return True
@@ -103,14 +113,13 @@ class Planner:
                 self.routing.policy(spec.name),
                 None,
                 eligible,
+                specs,
             )
         except NoEligibleVersion as none:
-            raise smallest_requirement(query, spec, none.candidates) from None
-        shape = shapes.get(route.version) or resolve_shape(
-            query, spec, spec.versions[route.version]
-        )
+            raise smallest_requirement(query, spec, none.candidates, specs) from None
+        shape = shapes.get(route.label) or resolve_shape(query, spec, spec.versions[route.version])
         if route.restricted:
-            metrics.ROUTING_RESTRICTED.labels(spec.name, route.version).inc()
+            metrics.ROUTING_RESTRICTED.labels(spec.name, route.label).inc()
         return Plan(index, query, route, shape)
 
     def fallback(self, primary: Plan) -> Plan | None:
@@ -133,20 +142,44 @@ class Planner:
         return Plan(primary.index, primary.query, route, shape)
 
 
-def smallest_requirement(
-    query: ForecastQuery, spec: ModelSpec, candidates: Sequence[str]
-) -> InvalidArgument:
-    """The error of the ready version asking least of the request (the shortest window)."""
+def arm_version(
+    spec: ModelSpec, label: str, specs: Mapping[str, ModelSpec]
+) -> tuple[ModelSpec, VersionSpec] | None:
+    """The spec and version an arm label names: `spec`'s own, or another model's in `specs`."""
+    model, version = arm_parts(label)
+    owner = spec if not model or model == spec.name else specs.get(model)
+    found = owner.versions.get(version) if owner is not None else None
+    return None if owner is None or found is None else (owner, found)
 
-    def demand(version: VersionSpec) -> tuple[bool, int, int]:
+
+def arm_query(query: ForecastQuery, spec: ModelSpec, owner: ModelSpec) -> ForecastQuery:
+    """The query as an arm of `owner` runs it: the request model's horizon when left at 0."""
+    if owner.name == spec.name or query.horizon:
+        return query
+    return replace(query, horizon=spec.default_horizon)
+
+
+def smallest_requirement(
+    query: ForecastQuery,
+    spec: ModelSpec,
+    candidates: Sequence[str],
+    specs: Mapping[str, ModelSpec] | None = None,
+) -> InvalidArgument:
+    """The error of the ready version (or arm) asking least of the request (the shortest window)."""
+
+    def demand(arm: tuple[ModelSpec, VersionSpec]) -> tuple[bool, int, int]:
         """Versions that take the requested window first, then the shortest window."""
+        version = arm[1]
         window = query.sequence_length or version.sequence_length
         takes = version.min_sequence_length <= window <= version.max_sequence_length
         return (not takes, window, int(version.version))
 
-    easiest = min((spec.versions[v] for v in candidates), key=demand)
-    try:
-        resolve_shape(query, spec, easiest)
-    except InvalidArgument as error:
-        return error
+    arms = [arm_version(spec, label, specs or {}) for label in candidates]
+    found = [arm for arm in arms if arm is not None]
+    if found:
+        owner, easiest = min(found, key=demand)
+        try:
+            resolve_shape(arm_query(query, spec, owner), owner, easiest)
+        except InvalidArgument as error:
+            return error
     return InvalidArgument(f"no version of {spec.name!r} can serve this request")

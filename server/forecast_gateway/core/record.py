@@ -5,6 +5,11 @@ at the tracked levels, and the route's shadow versions forecast the same
 series in tasks of their own. `Recorder.record` runs on the next loop turn
 after the caller's response is handed to gRPC, so its cost is off the
 response path; a shadow never fails, delays or changes a served forecast.
+
+An arm of another model (a split or shadow "seasonal_naive:1" of
+lstm_timeseries) is recorded in the request model's experiment under its
+label; its bounds are those of its own (model, version), and the store
+keeps its calibration pools there (`ab.arm_of`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from forecast_gateway.ab import (
     Prediction,
     RecordedForecast,
     Role,
+    arm_label,
 )
 from forecast_gateway.core.calibration import Calibration
 from forecast_gateway.core.catalog import ModelSpec
 from forecast_gateway.core.execute import Executor, group
-from forecast_gateway.core.plan import Policies
+from forecast_gateway.core.plan import Policies, arm_query, arm_version
 from forecast_gateway.core.results import ForecastResult, Plan
 from forecast_gateway.core.routing import Decision, Route
 from forecast_gateway.core.validation import resolve_shape
@@ -74,23 +80,26 @@ class Recorder:
         if self.store is not None:
             experiment = self.routing.experiment(spec.name)
             for plan, result in served:
+                # A fallback's forecast belongs to its own model's experiment; a split
+                # arm of another model to the request model's, under its label.
+                fallback = result.decision is Decision.FALLBACK
+                model = result.model if fallback else spec.name
                 self.store.record(
                     RecordedForecast(
                         forecast_id=result.forecast_id,
-                        model=result.model,
+                        model=model,
                         horizon=result.horizon,
                         naive_scale=result.scale,
                         created_at=now,
                         served=Prediction(
-                            result.version,
+                            arm_label(result.model, result.version, model),
                             Role.SERVED,
                             tuple(result.values),
                             result.latency_ms,
                             self._tracked(result),
                             native=result.tracked is not None,
                         ),
-                        # A fallback's forecast belongs to its own model's experiment.
-                        experiment=self.routing.experiment(result.model),
+                        experiment=self.routing.experiment(model),
                         comparable=drawn_by_the_split(result),
                         unit=randomised_unit(plan, result),
                         first_step_ns=first_step(result),
@@ -101,8 +110,9 @@ class Recorder:
         for plan, result in served:
             if result.decision is Decision.FALLBACK:
                 continue
+            served_label = arm_label(result.model, result.version, spec.name)
             for version in plan.route.shadows:
-                if version != result.version:  # re-routed to its shadow: not shadowed by itself
+                if version != served_label:  # re-routed to its shadow: not shadowed by itself
                     by_version.setdefault(version, []).append((plan, result))
         for version, pairs in by_version.items():
             if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
@@ -119,26 +129,35 @@ class Recorder:
             await asyncio.gather(*self._shadows, return_exceptions=True)
 
     async def _shadow(self, spec: ModelSpec, version: str, pairs: Served, experiment: str) -> None:
-        """Forecast the same series with a shadow version; record, never return, never raise."""
-        version_spec = spec.versions.get(version)
-        if version_spec is None or not version_spec.ready:
+        """Forecast the same series with a shadow arm; record, never return, never raise.
+
+        `version`: an arm label, of `spec`'s model or of another model (run on
+        that model's spec and contract, at the served forecast's horizon).
+        """
+        arm = arm_version(spec, version, self.executor.catalog.specs)
+        if arm is None or not arm[1].ready:
             metrics.SHADOWS.labels(spec.name, version, "skipped").inc(len(pairs))
             return
+        owner, version_spec = arm
         plans: list[tuple[Plan, ForecastResult]] = []
         for plan, result in pairs:
+            query = plan.query
+            if owner.name != spec.name:
+                query = replace(arm_query(query, spec, owner), horizon=result.horizon)
             try:
-                shape = resolve_shape(plan.query, spec, version_spec)
+                shape = resolve_shape(query, owner, version_spec)
             except InvalidArgument:
                 metrics.SHADOWS.labels(spec.name, version, "skipped").inc()
                 continue
             # A shadow's forecast is never returned: no intervals to compute for it.
-            query = replace(plan.query, levels=NO_LEVELS) if plan.query.levels else plan.query
-            plans.append((Plan(plan.index, query, Route(version, Decision.PINNED), shape), result))
+            query = replace(query, levels=NO_LEVELS) if query.levels else query
+            route = Route(version_spec.version, Decision.PINNED)
+            plans.append((Plan(plan.index, query, route, shape), result))
         served = {p.index: r for p, r in plans}
         for members in group([p for p, _ in plans]):
             try:
                 outcomes = await self.executor.run_group(
-                    spec, members, time.monotonic() + self.shadow_timeout_s
+                    owner, members, time.monotonic() + self.shadow_timeout_s
                 )
             except Exception as error:  # a failing shadow never fails anything else
                 reason = error.reason if isinstance(error, GatewayError) else type(error).__name__

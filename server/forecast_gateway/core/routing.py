@@ -18,6 +18,12 @@ policies from `config/routing.toml`), so they are unit-tested without I/O.
 
 The route also lists shadow versions (run on a copy of the request, never
 returned) and the model's fallback. See docs/routing.md.
+
+A split or a shadow may name a version of another model by its arm label,
+"<model>:<version>" ("seasonal_naive:1"; `ab.arm_label`): it is drawn,
+hashed and checked for readiness like a version of the model itself (the
+other model's spec comes from `specs`), and the route says which model
+serves (`Route.model`).
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import enum
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from forecast_gateway.ab import arm_label, arm_parts
 from forecast_gateway.core.catalog import ModelSpec
 from forecast_gateway.errors import NotFound, Unavailable, shown
 
@@ -49,7 +56,10 @@ class Decision(enum.Enum):
 
 @dataclass(frozen=True)
 class Shadow:
-    """A version that also runs on `percent` of the model's requests; never returned."""
+    """A version that also runs on `percent` of the model's requests; never returned.
+
+    `version`: a version of the model, or the arm label of another model's ("m:v").
+    """
 
     version: str
     percent: float
@@ -65,7 +75,10 @@ class Fallback:
 
 @dataclass(frozen=True)
 class Policy:
-    """A model's routing policy: weighted split (version, weight), shadow, fallback.
+    """A model's routing policy: weighted split (arm label, weight), shadow, fallback.
+
+    An arm label is a version of the model ("2") or of another model
+    ("seasonal_naive:1").
 
     `experiment` names the A/B experiment its forecasts are recorded under
     ("" = the default experiment); a new name starts fresh counts and scores.
@@ -82,7 +95,9 @@ class Route:
     """The version that will serve a request, the reason, and what else runs.
 
     `restricted`: versions the policy (or the default) would have drawn from
-    were left out because they cannot serve this request.
+    were left out because they cannot serve this request. `model`: the model
+    whose `version` serves when it is not the request's ("" = the request's
+    own: a split arm of another model). `shadows` are arm labels.
     """
 
     version: str
@@ -90,6 +105,12 @@ class Route:
     shadows: tuple[str, ...] = ()
     fallback: Fallback | None = None
     restricted: bool = False
+    model: str = ""
+
+    @property
+    def label(self) -> str:
+        """The arm label of the serving version in the request model's experiment."""
+        return arm_label(self.model, self.version)
 
 
 class NoEligibleVersion(Exception):
@@ -107,6 +128,7 @@ def choose_version(
     policy: Policy | None = None,
     rng: random.Random | None = None,
     eligible: Callable[[str], bool] | None = None,
+    specs: Mapping[str, ModelSpec] | None = None,
 ) -> Route:
     """Pick the version for a request that names `requested` ("" = let the gateway choose).
 
@@ -125,18 +147,25 @@ def choose_version(
     model has a split with a ready version: a version out of the split or of
     weight 0 never serves): NoEligibleVersion. A pinned version is not
     filtered: its own error is the answer.
+
+    Split and shadow entries are arm labels; `specs` (the catalog's) gives
+    the readiness of another model's versions (without it, or without that
+    model, its arms are not ready); `eligible` gets labels too.
     """
     rng = rng or _RANDOM
+    others = specs or {}
     if requested:
         _check_pinned(spec, requested)
         return Route(
             version=requested,
             decision=Decision.PINNED,
-            shadows=_shadows(spec, policy, requested, routing_key, rng),
+            shadows=_shadows(spec, policy, requested, routing_key, rng, others),
         )
     can_serve = eligible or _always
     ready = spec.ready_versions()
-    split = [(v, w) for v, w in policy.split if w > 0 and v in ready] if policy else []
+    split = (
+        [(v, w) for v, w in policy.split if w > 0 and arm_ready(spec, v, others)] if policy else []
+    )
     weights = [(v, w) for v, w in split if can_serve(v)]
     if split and not weights:  # the split's versions cannot serve it: never a version out of it
         raise NoEligibleVersion([v for v, _ in split])
@@ -147,12 +176,14 @@ def choose_version(
     else:
         version, decision = _default(spec, ready, can_serve), Decision.DEFAULT
     restricted = len(weights) < len(split) or (not split and version != spec.default_version())
+    model, served = arm_parts(version)
     return Route(
-        version=version,
+        version=served,
         decision=decision,
-        shadows=_shadows(spec, policy, version, routing_key, rng),
+        shadows=_shadows(spec, policy, version, routing_key, rng, others),
         fallback=policy.fallback if policy else None,
         restricted=restricted,
+        model=model,
     )
 
 
@@ -160,8 +191,19 @@ def _always(version: str) -> bool:
     return True
 
 
+def arm_ready(spec: ModelSpec, label: str, specs: Mapping[str, ModelSpec]) -> bool:
+    """Whether an arm label's version is ready: `spec`'s own, or another model's in `specs`."""
+    model, version = arm_parts(label)
+    owner = spec if not model or model == spec.name else specs.get(model)
+    state = owner.versions.get(version) if owner is not None else None
+    return state is not None and state.ready
+
+
 def sticky_version(model: str, key: str, weights: Sequence[tuple[str, float]]) -> str:
     """The version a routing key sticks to: weighted rendezvous (highest random weight) hashing.
+
+    Versions are arm labels: an arm of another model ("seasonal_naive:1")
+    is hashed by its label, so its keys stay with it like any version's.
 
     Every version with a positive weight w scores -w / ln(u), u being the
     hash of (model, version, key) mapped into (0, 1); the highest score wins.
@@ -240,20 +282,22 @@ def _draw(weights: Sequence[tuple[str, float]], rng: random.Random) -> str:
 
 
 def _shadows(
-    spec: ModelSpec, policy: Policy | None, served: str, routing_key: str, rng: random.Random
+    spec: ModelSpec,
+    policy: Policy | None,
+    served: str,
+    routing_key: str,
+    rng: random.Random,
+    specs: Mapping[str, ModelSpec],
 ) -> tuple[str, ...]:
-    """The shadow versions that also run for this request.
+    """The shadow arm labels that also run for this request.
 
-    None if the shadow is the served version or is not ready. `percent` is
+    None if the shadow is the served arm (`served`, a label) or is not ready. `percent` is
     decided by the key's hash when there is a key (a key is always or never
     shadowed, so its series has complete pairs; raising the percent only
     adds keys), else by a random draw.
     """
     shadow = policy.shadow if policy else None
-    if shadow is None or shadow.version == served:
-        return ()
-    state = spec.versions.get(shadow.version)
-    if state is None or not state.ready:
+    if shadow is None or shadow.version == served or not arm_ready(spec, shadow.version, specs):
         return ()
     if shadow.percent < 100:
         if routing_key:

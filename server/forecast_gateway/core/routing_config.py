@@ -11,6 +11,10 @@ demand (an invalid file is logged and the previous policies stay).
     shadow = { version = "1", percent = 100 }
     fallback = { model = "moving_average", version = "1" }
     experiment = "lstm-v2-rollout"        # A/B results are kept per experiment name
+
+A split or shadow entry, and a fallback, may name a version of another
+served model as "<model>:<version>" ("seasonal_naive:1"): checked like the
+model's own (the model served, the version one Triton has).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from forecast_gateway.ab import DEFAULT_EXPERIMENT
+from forecast_gateway.ab import ARM_SEPARATOR, DEFAULT_EXPERIMENT, arm_parts
 from forecast_gateway.core.catalog import ModelSpec
 from forecast_gateway.core.routing import Fallback, Policy, Shadow
 from forecast_gateway.names import (
@@ -66,8 +70,10 @@ def parse_policies(document: Mapping[str, Any], source: str) -> dict[str, Policy
             raise RoutingConfigError(f"{where}: expected a table")
         _reject_unknown(table, _MODEL_KEYS, where)
         policies[model] = Policy(
-            split=_split(table["split"], f"{where}.split") if "split" in table else (),
-            shadow=_shadow(table["shadow"], f"{where}.shadow") if "shadow" in table else None,
+            split=_split(table["split"], f"{where}.split", model) if "split" in table else (),
+            shadow=(
+                _shadow(table["shadow"], f"{where}.shadow", model) if "shadow" in table else None
+            ),
             fallback=(
                 _fallback(table["fallback"], f"{where}.fallback") if "fallback" in table else None
             ),
@@ -85,8 +91,9 @@ def check_against_catalog(
 ) -> None:
     """Raise RoutingConfigError if a policy names what the gateway cannot route to.
 
-    Every model (and fallback model) must be served by the gateway; every
-    split, shadow and fallback version must be one Triton has for its model.
+    Every model (and fallback model, and model of an arm "<model>:<version>")
+    must be served by the gateway; every split, shadow and fallback version
+    must be one Triton has for its model.
     Versions of a model Triton has not reported yet (no spec) cannot be
     checked here; routing skips versions a model lacks.
     """
@@ -99,11 +106,17 @@ def check_against_catalog(
                 f"{where}: model {model!r} is not served by the gateway; "
                 f"served models: {_listing(known)}"
             )
-        spec = specs.get(model)
-        for version, _ in policy.split:
-            _check_version(spec, version, f"{where}.split.{version}")
+        arms = [(label, f"{where}.split.{label}") for label, _ in policy.split]
         if policy.shadow is not None:
-            _check_version(spec, policy.shadow.version, f"{where}.shadow.version")
+            arms.append((policy.shadow.version, f"{where}.shadow.version"))
+        for label, at in arms:
+            other, version = arm_parts(label)
+            if other and not admits(other):
+                raise RoutingConfigError(
+                    f"{at}: model {other!r} is not served by the gateway; "
+                    f"served models: {_listing(known)}"
+                )
+            _check_version(specs.get(other or model), version, at)
         fallback = policy.fallback
         if fallback is not None:
             if not admits(fallback.model):
@@ -290,9 +303,13 @@ class RoutingTable:
 
 
 def _models_named(policies: Mapping[str, Policy]) -> set[str]:
-    """Models whose versions a policy names (the model itself, a versioned fallback)."""
+    """Models whose versions a policy names (the model itself, arms, a versioned fallback)."""
     named = set(policies)
     named |= {p.fallback.model for p in policies.values() if p.fallback and p.fallback.version}
+    for policy in policies.values():
+        labels = [label for label, _ in policy.split]
+        labels += [policy.shadow.version] if policy.shadow else []
+        named |= {model for model, _ in map(arm_parts, labels) if model}
     return named
 
 
@@ -334,12 +351,34 @@ def _version(raw: object, where: str) -> str:
     return raw
 
 
-def _split(raw: object, where: str) -> tuple[tuple[str, float], ...]:
+def _arm(raw: object, where: str, own: str) -> str:
+    """A version of the model ("2") or the arm label of another model's ("seasonal_naive:1")."""
+    if not isinstance(raw, str) or ARM_SEPARATOR not in raw:
+        return _version(raw, where)
+    model, version = arm_parts(raw)
+    if not model.strip() or model != model.strip():
+        raise RoutingConfigError(
+            f'{where}: expected "<model>:<version>" (e.g. "seasonal_naive:1"), got {raw!r}'
+        )
+    if model == own:
+        raise RoutingConfigError(
+            f"{where}: {raw!r} is a version of {own} itself; write it as {version!r}"
+        )
+    return f"{model}{ARM_SEPARATOR}{_version(version, where)}"
+
+
+def _arm_order(label: str) -> tuple[int, int, str]:
+    """The model's own versions in numeric order, then other models' arms by label."""
+    model, version = arm_parts(label)
+    return (1, 0, label) if model else (0, int(version), "")
+
+
+def _split(raw: object, where: str, own: str) -> tuple[tuple[str, float], ...]:
     if not isinstance(raw, Mapping):
         raise RoutingConfigError(f'{where}: expected a table of weights, e.g. {{ "1" = 100 }}')
     weights: list[tuple[str, float]] = []
     for key, value in raw.items():
-        version = _version(key, f"{where}: version key")
+        version = _arm(key, f"{where}: version key", own)
         weight = _number(value, f"{where}.{key}")
         if weight < 0:
             raise RoutingConfigError(f"{where}.{key}: weight must be >= 0, got {value!r}")
@@ -347,10 +386,10 @@ def _split(raw: object, where: str) -> tuple[tuple[str, float], ...]:
     total = sum(w for _, w in weights)
     if abs(total - _WEIGHT_TOTAL) > _WEIGHT_TOLERANCE:
         raise RoutingConfigError(f"{where}: weights must sum to 100, they sum to {total:g}")
-    return tuple(sorted(weights, key=lambda item: int(item[0])))
+    return tuple(sorted(weights, key=lambda item: _arm_order(item[0])))
 
 
-def _shadow(raw: object, where: str) -> Shadow:
+def _shadow(raw: object, where: str, own: str) -> Shadow:
     if not isinstance(raw, Mapping):
         raise RoutingConfigError(
             f'{where}: expected a table, e.g. {{ version = "1", percent = 10 }}'
@@ -361,18 +400,25 @@ def _shadow(raw: object, where: str) -> Shadow:
     percent = _number(raw.get("percent", 100), f"{where}.percent")
     if not 0 < percent <= 100:
         raise RoutingConfigError(f"{where}.percent: must be in (0, 100], got {percent:g}")
-    return Shadow(version=_version(raw["version"], f"{where}.version"), percent=percent)
+    return Shadow(version=_arm(raw["version"], f"{where}.version", own), percent=percent)
 
 
 def _fallback(raw: object, where: str) -> Fallback:
+    if isinstance(raw, str):  # "moving_average:1", or "moving_average" (its default version)
+        model, version = arm_parts(raw) if ARM_SEPARATOR in raw else (raw, "")
+        if not model.strip() or model != model.strip():
+            raise RoutingConfigError(
+                f'{where}: expected "<model>:<version>" or "<model>", got {raw!r}'
+            )
+        return Fallback(model, _version(version, where) if ARM_SEPARATOR in raw else "")
     if not isinstance(raw, Mapping):
         raise RoutingConfigError(f'{where}: expected a table, e.g. {{ model = "moving_average" }}')
     _reject_unknown(raw, _FALLBACK_KEYS, where)
-    model = raw.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise RoutingConfigError(f"{where}.model: expected a model name, got {model!r}")
+    name = raw.get("model")
+    if not isinstance(name, str) or not name.strip():
+        raise RoutingConfigError(f"{where}.model: expected a model name, got {name!r}")
     version = _version(raw["version"], f"{where}.version") if "version" in raw else ""
-    return Fallback(model=model.strip(), version=version)
+    return Fallback(model=name.strip(), version=version)
 
 
 def _experiment(raw: object, where: str) -> str:

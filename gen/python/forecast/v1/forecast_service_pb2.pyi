@@ -997,8 +997,12 @@ class VersionExperiment(_message.Message):
     LATENCY_FIELD_NUMBER: _builtins.int
     INTERVAL_COVERAGE_FIELD_NUMBER: _builtins.int
     QUANTILE_LOSSES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     version: _builtins.str
-    """version is the model version."""
+    """version is the model version; for an arm of another model (a split or
+    shadow entry "<model>:<version>" of the routing file) its label, e.g.
+    "seasonal_naive:1".
+    """
     requests_served: _builtins.int
     """requests_served counts forecasts returned to callers by this version."""
     requests_shadowed: _builtins.int
@@ -1006,6 +1010,10 @@ class VersionExperiment(_message.Message):
     actuals_received: _builtins.int
     """actuals_received counts this version's forecasts (served or shadow)
     with at least one reported actual.
+    """
+    model: _builtins.str
+    """model is the model whose version this is: the experiment's own model,
+    or the other model of an arm labelled "<model>:<version>".
     """
     @_builtins.property
     def errors(self) -> _forecast_pb2.ErrorStats:
@@ -1038,10 +1046,11 @@ class VersionExperiment(_message.Message):
         latency: _forecast_pb2.LatencyStats | None = ...,
         interval_coverage: _abc.Iterable[_forecast_pb2.IntervalCoverage] | None = ...,
         quantile_losses: _abc.Iterable[_forecast_pb2.QuantileLoss] | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "latency", b"latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals_received", b"actuals_received", "errors", b"errors", "interval_coverage", b"interval_coverage", "latency", b"latency", "quantile_losses", b"quantile_losses", "requests_served", b"requests_served", "requests_shadowed", b"requests_shadowed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actuals_received", b"actuals_received", "errors", b"errors", "interval_coverage", b"interval_coverage", "latency", b"latency", "model", b"model", "quantile_losses", b"quantile_losses", "requests_served", b"requests_served", "requests_shadowed", b"requests_shadowed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1069,6 +1078,8 @@ class VersionComparison(_message.Message):
     SEQUENTIAL_P_VALUE_FIELD_NUMBER: _builtins.int
     CS_LOW_FIELD_NUMBER: _builtins.int
     CS_HIGH_FIELD_NUMBER: _builtins.int
+    MODEL_A_FIELD_NUMBER: _builtins.int
+    MODEL_B_FIELD_NUMBER: _builtins.int
     version_a: _builtins.str
     """version_a is the first version."""
     version_b: _builtins.str
@@ -1121,6 +1132,10 @@ class VersionComparison(_message.Message):
     """
     cs_high: _builtins.float
     """cs_high is the upper bound of the 95% confidence sequence."""
+    model_a: _builtins.str
+    """model_a is the model of version_a (VersionExperiment.model)."""
+    model_b: _builtins.str
+    """model_b is the model of version_b."""
     def __init__(
         self,
         *,
@@ -1140,10 +1155,12 @@ class VersionComparison(_message.Message):
         sequential_p_value: _builtins.float = ...,
         cs_low: _builtins.float = ...,
         cs_high: _builtins.float = ...,
+        model_a: _builtins.str = ...,
+        model_b: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "conclusive", b"conclusive", "cs_high", b"cs_high", "cs_low", b"cs_low", "mean_difference", b"mean_difference", "metric", b"metric", "p_value", b"p_value", "samples", b"samples", "sequential_p_value", b"sequential_p_value", "sequential_test", b"sequential_test", "significant", b"significant", "test", b"test", "verdict", b"verdict", "version_a", b"version_a", "version_b", b"version_b"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "conclusive", b"conclusive", "cs_high", b"cs_high", "cs_low", b"cs_low", "mean_difference", b"mean_difference", "metric", b"metric", "model_a", b"model_a", "model_b", b"model_b", "p_value", b"p_value", "samples", b"samples", "sequential_p_value", b"sequential_p_value", "sequential_test", b"sequential_test", "significant", b"significant", "test", b"test", "verdict", b"verdict", "version_a", b"version_a", "version_b", b"version_b"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
