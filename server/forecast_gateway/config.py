@@ -162,6 +162,12 @@ class _Settings(BaseModel):
     """Most series in one ForecastBatch call (and one Backtest)."""
     backtest_timeout_s: Seconds = 300.0
     """Deadline of a Backtest call when the caller sets none (or a later one)."""
+    operation_timeout_s: Seconds = 3600.0
+    """How long one run of a long-running operation (StartBacktest) may take."""
+    operation_ttl_s: Seconds = 86400.0
+    """How long a finished operation (its result or error) is kept before it is deleted."""
+    operation_concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    """Long-running operations one gateway process runs at once (the others wait, queued)."""
     stream_max_pending: Count = 64
     """StreamForecast requests in flight or waiting to be read by the caller."""
     routing_file: str = "config/routing.toml"

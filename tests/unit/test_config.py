@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from forecast_gateway.api.server import connection_options
+from forecast_gateway.api.ports import connection_options
 from forecast_gateway.config import GatewayConfig, ModelConfig
 from forecast_gateway.errors import ConfigError
 

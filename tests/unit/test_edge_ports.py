@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from forecast_gateway.api.server import BindError, create_gateway
+from forecast_gateway.api.ports import BindError
+from forecast_gateway.api.server import create_gateway
 from tests.edge import LSTM, forecast_request, gateway_config, serving
 
 

@@ -1,8 +1,9 @@
 """The house's rules, read from the imports: nothing runs back up, transport stays at the edge.
 
-Floors from the bottom: the shared basics, the A/B store, the inference
-backends, the forecasting core, backtests (on the core's stages), the gRPC
-edge, the process entry. A module
+Floors from the bottom: the shared basics, the A/B store, long-running
+operations (in the same shared store), the inference backends, the
+forecasting core, backtests (on the core's stages), the gRPC edge, the
+process entry. A module
 imports only from its own floor or below; only the edge and the Triton
 backend import grpc, only the edge the generated protos; the rest of the
 gateway uses the A/B store through `forecast_gateway.ab` alone.
@@ -19,12 +20,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "server" / "forecast_gateway"
 FLOORS = {
     "ab": 1,
-    "backends": 2,
-    "core": 3,
-    "backtest": 4,
-    "api": 5,
-    "__main__": 6,
-    "workers": 6,
+    "operations": 2,
+    "backends": 3,
+    "core": 4,
+    "backtest": 5,
+    "api": 6,
+    "__main__": 7,
+    "workers": 7,
 }
 """Floor of each sub-package or top module; every other module is the bottom floor (0)."""
 TRANSPORT = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "tritonclient")

@@ -27,7 +27,8 @@ from forecast_gateway.ab.records import (
     new_forecast_id,
 )
 from forecast_gateway.ab.report import interval_flags
-from forecast_gateway.ab.storage import Bounds
+from forecast_gateway.ab.schema import Transaction
+from forecast_gateway.ab.storage import Bounds, Storage
 from forecast_gateway.ab.store import ExperimentStore, StoreOpenError
 
 __all__ = [
@@ -42,7 +43,9 @@ __all__ = [
     "Prediction",
     "RecordedForecast",
     "Role",
+    "Storage",
     "StoreOpenError",
+    "Transaction",
     "arm_label",
     "arm_of",
     "arm_parts",

@@ -161,6 +161,30 @@ _SQLITE_V8 = (
         PRIMARY KEY (model, version, step, coverage)
     )""",
 )
+_SQLITE_V9 = (
+    # Long-running operations (forecast_gateway.operations): queued work, its lease, its result.
+    """CREATE TABLE operations (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        request BLOB NOT NULL,
+        state TEXT NOT NULL,
+        done_units INTEGER NOT NULL DEFAULT 0,
+        total_units INTEGER NOT NULL DEFAULT 0,
+        result BLOB,
+        error_code INTEGER,
+        error_message TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        expires REAL
+    )""",
+    "CREATE INDEX operations_claim ON operations (state, created)",
+    "CREATE INDEX operations_owner ON operations (owner, created)",
+)
 SQLITE = (
     Migration(1, _SQLITE_V1),
     Migration(2, _SQLITE_V2, then=backfill_aggregates),
@@ -170,6 +194,7 @@ SQLITE = (
     Migration(6, _SQLITE_V6),
     Migration(7, _SQLITE_V7),
     Migration(8, _SQLITE_V8),
+    Migration(9, _SQLITE_V9),
 )
 
 
@@ -313,6 +338,30 @@ _POSTGRES_V7 = (
         PRIMARY KEY (model, version, step, coverage)
     )""",
 )
+_POSTGRES_V8 = (
+    # Long-running operations (forecast_gateway.operations): queued work, its lease, its result.
+    """CREATE TABLE operations (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        request BYTEA NOT NULL,
+        state TEXT NOT NULL,
+        done_units BIGINT NOT NULL DEFAULT 0,
+        total_units BIGINT NOT NULL DEFAULT 0,
+        result BYTEA,
+        error_code INTEGER,
+        error_message TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_expires DOUBLE PRECISION,
+        cancel_requested SMALLINT NOT NULL DEFAULT 0,
+        created DOUBLE PRECISION NOT NULL,
+        updated DOUBLE PRECISION NOT NULL,
+        expires DOUBLE PRECISION
+    )""",
+    "CREATE INDEX operations_claim ON operations (state, created)",
+    "CREATE INDEX operations_owner ON operations (owner, created)",
+)
 POSTGRES = (
     Migration(1, _POSTGRES_V1),
     Migration(2, _POSTGRES_V2),
@@ -321,4 +370,5 @@ POSTGRES = (
     Migration(5, _POSTGRES_V5),
     Migration(6, _POSTGRES_V6),
     Migration(7, _POSTGRES_V7),
+    Migration(8, _POSTGRES_V8),
 )

@@ -210,6 +210,26 @@ class Storage:
         """The pools of every (model, version) whose revision is not the `known` one."""
         return await self._retrying(lambda tx: pools.calibration_pools(tx, known), write=False)
 
+    @property
+    def skip_locked(self) -> str:
+        """Appended to a SELECT that claims rows other sessions may hold: "" on SQLite.
+
+        PostgreSQL's " FOR UPDATE SKIP LOCKED" passes over rows another
+        transaction holds (a queue); SQLite's BEGIN IMMEDIATE already
+        serialises every writer.
+        """
+        return f"{self.backend.lock_rows} SKIP LOCKED" if self.backend.lock_rows else ""
+
+    async def transact(
+        self, operation: Callable[[Transaction], Awaitable[_T]], *, write: bool
+    ) -> _T:
+        """Run another subsystem's SQL on the shared database in one retried transaction.
+
+        The long-running operations (`forecast_gateway.operations`) live in
+        the same database as the experiments, so replicas share them too.
+        """
+        return await self._retrying(operation, write=write)
+
     async def _retrying(
         self, operation: Callable[[Transaction], Awaitable[_T]], *, write: bool
     ) -> _T:

@@ -35,7 +35,7 @@ from forecast_gateway.config import GatewayConfig
 from forecast_gateway.errors import ConfigError, PermissionDenied, Unauthenticated
 
 SERVICE = "/forecast.v1.ForecastService/"
-STATE_CHANGING_METHODS = frozenset({f"{SERVICE}ReportActuals"})
+STATE_CHANGING_METHODS = frozenset({f"{SERVICE}ReportActuals", f"{SERVICE}StartBacktest"})
 """Methods that change the gateway's state: add every new one here."""
 READ_METHODS = frozenset(
     f"{SERVICE}{name}"
@@ -48,6 +48,7 @@ READ_METHODS = frozenset(
         "ListExperiments",
         "ListModels",
         "GetModel",
+        "Backtest",
     )
 )
 """Methods that only read (a forecast records nothing a caller can change)."""
@@ -199,6 +200,17 @@ def _bearer_token(values: list[str | bytes]) -> str | None:
     if scheme.lower() != "bearer" or not _TOKEN.fullmatch(token):
         return None
     return token
+
+
+def caller(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """Who is calling, as the SHA-256 of their bearer token ("" without one): an owner key.
+
+    Long-running operations are kept under it, so only the same token reads
+    or cancels them; the token itself is never stored.
+    """
+    values = [v for k, v in metadata if k.lower() == AUTHORIZATION_HEADER]
+    token = _bearer_token(values) if values else None
+    return _digest(token).hex() if token is not None else ""
 
 
 def _digest(token: str) -> bytes:

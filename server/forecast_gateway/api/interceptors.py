@@ -1,7 +1,8 @@
 """The server interceptor: request context, error mapping, one log line per request.
 
-For every ForecastService call it binds a request id (the caller's
-`x-request-id`, or a new one) and the rpc name to the log context, checks
+For every ForecastService and google.longrunning.Operations call it binds a
+request id (the caller's `x-request-id`, or a new one) and the rpc name to
+the log context, checks
 the caller's token (`auth.TokenAuthorizer`, when tokens are configured)
 before the servicer runs, admits the call through the load shedder
 (`overload.LoadShedder`: one wrapper for both, not two interceptor layers
@@ -36,7 +37,8 @@ from forecast_gateway.errors import REQUEST_ID_HEADER, GatewayError, Internal, I
 
 log = structlog.get_logger("forecast_gateway.request")
 
-SERVICE_PREFIX = "/forecast.v1."
+SERVICE_PREFIXES = ("/forecast.v1.", "/google.longrunning.Operations/")
+"""The services the interceptor wraps: ForecastService, and the operations of its bulk work."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
@@ -75,7 +77,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         """The wrapped handler of a ForecastService method (built on its first call)."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX):
+        if handler is None or not method.startswith(SERVICE_PREFIXES):
             return handler
         cached = self._wrapped.get(method)  # only served methods: a bounded set of keys
         if cached is not None and cached[0] is handler:

@@ -26,7 +26,9 @@ from forecast_gateway import metrics
 from forecast_gateway.ab import Bounds, ExperimentStore, StoreOpenError, interval_flags
 from forecast_gateway.api import auth
 from forecast_gateway.api.interceptors import RequestInterceptor
+from forecast_gateway.api.operations import serve_operations
 from forecast_gateway.api.overload import LoadShedder
+from forecast_gateway.api.ports import BindError, bind, connection_options
 from forecast_gateway.api.service import ForecastServicer
 from forecast_gateway.backends.base import InferenceBackend
 from forecast_gateway.backends.triton import TritonProxy
@@ -37,21 +39,19 @@ from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster
 from forecast_gateway.core.routing_config import RoutingConfigError, RoutingTable
 from forecast_gateway.errors import ConfigError
+from forecast_gateway.operations import OperationRunner
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = forecast_service_pb2.DESCRIPTOR.services_by_name["ForecastService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+OPERATIONS_SERVICE = "google.longrunning.Operations"
 QUIET_S = 0.1
 """At shutdown, new calls are held until none has arrived or finished for this long."""
 MAX_HOLD_S = 1.0
 """...or for at most this long (callers that never wait for an answer never go quiet)."""
 STOP_SETTLE_S = 1.0
 """How long gRPC's stop may wait for streams that never end by themselves (health Watch)."""
-KEEPALIVE_TIME_MS = 60_000
-"""How often the server pings a connection that has been quiet (gRPC's default is 2 hours)."""
-KEEPALIVE_TIMEOUT_MS = 20_000
-INT32_MAX = 2**31 - 1
 INTERVAL_CHECK_S = 30.0
 """How often each served model's current experiment is read for the undercovering gauge."""
 PEERS_WAIT_S = 2.0
@@ -80,6 +80,7 @@ class Gateway:
     store: ExperimentStore
     forecaster: Forecaster
     shedder: LoadShedder
+    operations: OperationRunner
     metrics_port: int | None = None
     peers: Peers | None = None
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -94,6 +95,7 @@ class Gateway:
         await self.refresh()
         self.routing.load()
         await self.store.start()
+        self.operations.start()
         if self.forecaster.calibration is not None:
             await self.forecaster.calibration.start()
         await self.server.start()
@@ -129,9 +131,11 @@ class Gateway:
     async def stop(self) -> None:
         """Drain without losing a call, then persist and close.
 
-        Order: health NOT_SERVING (for good: the catalog refresh stops); calls
-        served as usual for shutdown_drain_s while load balancers take the
-        replica out; gRPC's stop (GOAWAY: new calls go elsewhere, or get
+        Order: health NOT_SERVING (for good: the catalog refresh stops); the
+        long-running operations this replica runs handed back (queued again
+        for another replica, or this one once restarted); calls served as
+        usual for shutdown_drain_s while load balancers take the replica
+        out; gRPC's stop (GOAWAY: new calls go elsewhere, or get
         UNAVAILABLE), entered so that it cancels nothing (_stop_serving);
         every call received finishes within shutdown_grace_s. Then shadow
         forecasts finish, the experiment store flushes (forecasts awaiting
@@ -143,6 +147,7 @@ class Gateway:
             grace_s=self.config.shutdown_grace_s,
         )
         await self.health.enter_graceful_shutdown()
+        await self.operations.stop()  # their leases handed back: another replica resumes them
         for task in (self._refresher, self._interval_checker):
             if task is not None:
                 task.cancel()
@@ -270,7 +275,7 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
         # progress (with details), and gRPC's limiter made server.stop()
         # cancel calls it had already received (see docs/reliability.md).
     )
-    port = _bind(server, config.address, credentials)  # first: nothing else opened if it fails
+    port = bind(server, config.address, credentials)  # first: nothing else opened if it fails
     if backend is None:
         backend = TritonProxy(config.triton_url, config.triton_retries, config.retry_budget_ratio)
     catalog = ModelCatalog(
@@ -304,6 +309,8 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
             config.calibration_cache_entries,
         ),
     )
+    backtester = Backtester.of(forecaster, config.max_batch_series)
+    operations = serve_operations(server, store.storage, backtester, config, authorizer is not None)
     servicer = ForecastServicer(
         forecaster,
         catalog,
@@ -311,64 +318,27 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
         config.default_timeout_s,
         config.max_batch_series,
         config.stream_max_pending,
-        Backtester.of(forecaster, config.max_batch_series),
+        backtester,
         config.backtest_timeout_s,
+        operations,
     )
     forecast_service_pb2_grpc.add_ForecastServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server)
     return Gateway(
-        config, server, port, catalog, backend, health_servicer, routing, store, forecaster, shedder
+        config,
+        server,
+        port,
+        catalog,
+        backend,
+        health_servicer,
+        routing,
+        store,
+        forecaster,
+        shedder,
+        operations.runner,
     )
-
-
-class BindError(RuntimeError):
-    """The gateway's address could not be bound (taken by another process, or not local)."""
-
-
-def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
-    """Add the listening port (TLS when `credentials`); the port bound, or BindError."""
-    try:
-        port = (
-            server.add_insecure_port(address)
-            if credentials is None
-            else server.add_secure_port(address, credentials)
-        )
-    except RuntimeError as error:  # grpcio raises on a failed bind (older ones returned 0)
-        raise BindError(_cannot_bind(address)) from error
-    if port == 0:
-        raise BindError(_cannot_bind(address))
-    return port
-
-
-def _cannot_bind(address: str) -> str:
-    return (
-        f"could not bind {address}: the port is in use by another process "
-        "(a single gateway does not share its port), or the host is not an address of this machine"
-    )
-
-
-def connection_options(config: GatewayConfig) -> list[tuple[str, int]]:
-    """Channel arguments that bound the life of client connections.
-
-    Keepalive pings find peers that vanished without closing TCP (a node
-    lost, a NAT entry dropped), so their connections do not live forever.
-    """
-    options = [
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ]
-    if config.idle_timeout_s > 0:
-        options.append(("grpc.max_connection_idle_ms", int(config.idle_timeout_s * 1000)))
-    if config.max_connection_age_s > 0:
-        # No forced close after the GOAWAY: calls in progress, long streams
-        # included, run to their end; new calls go over a new connection.
-        options += [
-            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", INT32_MAX),
-        ]
-    return options
 
 
 def _add_reflection(server: grpc.aio.Server) -> None:
@@ -377,7 +347,13 @@ def _add_reflection(server: grpc.aio.Server) -> None:
     grpcio-reflection only ships v1alpha; v1 is the same wire format under a
     new package name, so the v1alpha servicer also serves the v1 name.
     """
-    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    names = (
+        SERVICE_NAME,
+        OPERATIONS_SERVICE,
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+        REFLECTION_V1,
+    )
     reflection.enable_server_reflection(names, server)
     servicer = reflection.aio.ReflectionServicer(names)
     handler = grpc.method_handlers_generic_handler(

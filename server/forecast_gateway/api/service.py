@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
+from google.longrunning import operations_pb2
 
 from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
@@ -31,11 +32,19 @@ from forecast_gateway.api.convert import (
     response_from,
 )
 from forecast_gateway.api.convert_backtest import backtest_from, backtest_query_from
+from forecast_gateway.api.operations import BACKTEST, OperationsServicer, operation_message
 from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.core.catalog import ModelCatalog
 from forecast_gateway.core.forecaster import Forecaster, ForecastResult
 from forecast_gateway.core.validation import batch_violations
-from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound, shown
+from forecast_gateway.errors import (
+    FieldViolation,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    shown,
+)
 from forecast_gateway.names import EXPERIMENT_NAME_RULE, is_experiment_name
 
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
@@ -57,10 +66,12 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         stream_max_pending: int,
         backtester: Backtester,
         backtest_timeout_s: float,
+        operations: OperationsServicer | None = None,
     ) -> None:
         self.forecaster = forecaster
         self.backtester = backtester
         self.backtest_timeout_s = backtest_timeout_s
+        self.operations = operations
         self.catalog = catalog
         self.store = store
         self.default_timeout_s = default_timeout_s
@@ -297,6 +308,24 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         report = await self.backtester.run(query, time.monotonic() + timeout)
         notes.fields["targets"] = len(report.results)
         return backtest_from(report, request.per_window)
+
+    async def StartBacktest(
+        self, request: forecast_service_pb2.BacktestRequest, context: Context
+    ) -> operations_pb2.Operation:
+        """The same backtest as a long-running operation, returned at once (checked first)."""
+        if self.operations is None:
+            raise Unavailable("long-running operations are not served here", reason="NO_OPERATIONS")
+        notes = calls.current()
+        notes.fields["series"] = len(request.series)
+        if request.model:
+            self.catalog.get(request.model)
+            notes.model = request.model
+        units = self.backtester.check(backtest_query_from(request))
+        operation = await self.operations.start(
+            BACKTEST, request.SerializeToString(), units, context
+        )
+        notes.fields["operation"] = operation.name
+        return operation_message(operation)
 
     def _deadline(self, context: Context) -> float:
         """time.monotonic() deadline: the caller's, capped by the default timeout."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -50,6 +50,10 @@ from forecast_gateway.errors import (
     Unavailable,
 )
 from forecast_gateway.numerics import NO_LEVELS, FloatArray, Levels
+
+CHUNK_WINDOWS = 1024
+"""Windows of one target sent to the executor at once (several backend requests each); an
+operation's progress moves by chunks."""
 
 
 @dataclass(frozen=True)
@@ -166,13 +170,27 @@ class Backtester:
             forecaster.catalog, planner, forecaster.executor, planner.max_history_length, max_series
         )
 
-    async def run(self, query: BacktestQuery, deadline: float) -> BacktestReport:
-        """Score every target on every window; InvalidArgument, NotFound or the backend's error."""
+    def check(self, query: BacktestQuery) -> int:
+        """Raise what `run` would raise before inference; the forecasts it will make."""
+        targets = self._targets(query)
+        series = self._prepare(query)
+        return len(targets) * len(series) * query.layout.n_windows
+
+    async def run(
+        self, query: BacktestQuery, deadline: float, progress: Callable[[int], None] | None = None
+    ) -> BacktestReport:
+        """Score every target on every window; InvalidArgument, NotFound or the backend's error.
+
+        `progress` (an operation's) learns of each chunk of windows done.
+        """
         targets = self._targets(query)
         series = self._prepare(query)
         windows = tuple(self._windows(series, query.layout))
         results = await asyncio.gather(
-            *(self._run_target(query, target, series, windows, deadline) for target in targets)
+            *(
+                self._run_target(query, target, series, windows, deadline, progress)
+                for target in targets
+            )
         )
         groups = np.asarray([w.series for w in windows], dtype=np.int64)
         comparisons = tuple(
@@ -280,6 +298,7 @@ class Backtester:
         series: Sequence[_Series],
         windows: Sequence[Window],
         deadline: float,
+        progress: Callable[[int], None] | None,
     ) -> tuple[TargetResult, FloatArray]:
         spec = self.catalog.get(target.model)
         plans: list[Plan] = []
@@ -293,7 +312,12 @@ class Backtester:
                 )
             except InvalidArgument as error:
                 raise _named(error, target, item.id, window) from None
-        outcomes = await self.executor.run(spec, plans, deadline)
+        outcomes = []
+        for start in range(0, len(plans), CHUNK_WINDOWS):
+            chunk = plans[start : start + CHUNK_WINDOWS]
+            outcomes += await self.executor.run(spec, chunk, deadline)
+            if progress is not None:
+                progress(len(chunk))
         failures = [o for o in outcomes if isinstance(o, GatewayError)]
         if failures:
             raise failures[0]

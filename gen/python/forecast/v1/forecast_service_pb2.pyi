@@ -1767,3 +1767,55 @@ class BacktestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BacktestResponse: _TypeAlias = BacktestResponse  # noqa: Y015
+
+@_typing.final
+class BacktestMetadata(_message.Message):
+    """BacktestMetadata is the progress of a backtest operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOWS_TOTAL_FIELD_NUMBER: _builtins.int
+    WINDOWS_DONE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    windows_total: _builtins.int
+    """windows_total is the number of forecasts the backtest makes (windows of
+    every series, times targets).
+    """
+    windows_done: _builtins.int
+    """windows_done is how many of them are done."""
+    attempt: _builtins.int
+    """attempt counts the runs of this operation (more than 1 when a replica
+    stopped while running it and another took it over).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the operation was started."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """update_time is when its progress last changed."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when a finished operation is deleted (unset until done)."""
+
+    def __init__(
+        self,
+        *,
+        windows_total: _builtins.int = ...,
+        windows_done: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time", "windows_done", b"windows_done", "windows_total", b"windows_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BacktestMetadata: _TypeAlias = BacktestMetadata  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from forecast.v1 import forecast_service_pb2 as forecast_dot_v1_dot_forecast__service__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -93,6 +94,11 @@ class ForecastServiceStub:
                 '/forecast.v1.ForecastService/Backtest',
                 request_serializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
                 response_deserializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestResponse.FromString,
+                _registered_method=True)
+        self.StartBacktest = channel.unary_unary(
+                '/forecast.v1.ForecastService/StartBacktest',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
 
 
@@ -231,6 +237,31 @@ class ForecastServiceServicer:
         error names it), if horizon, n_windows or step is out of range, or a
         series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
         version is not served; UNAVAILABLE if Triton cannot be reached.
+
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBacktest(self, request, context):
+        """StartBacktest starts the same backtest as a long-running operation and
+        returns it at once (AIP-151): poll, wait for, cancel, list and delete it
+        with the google.longrunning.Operations service the gateway also serves.
+        Operations live in the shared store, so any replica answers for them; a
+        replica that stops hands its operations to another. The finished
+        operation's `response` is the BacktestResponse that Backtest returns, its
+        `metadata` a BacktestMetadata (progress). With tokens on, only the
+        caller's own token reads or cancels it.
+
+        Returns INVALID_ARGUMENT and NOT_FOUND as Backtest does (checked before
+        the operation is created).
+
+        One request message for both forms, and the standard Operation as the
+        answer (AIP-151), hence the lint exceptions:
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -288,6 +319,11 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.Backtest,
                     request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.FromString,
                     response_serializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestResponse.SerializeToString,
+            ),
+            'StartBacktest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBacktest,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +606,33 @@ class ForecastService:
             '/forecast.v1.ForecastService/Backtest',
             forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
             forecast_dot_v1_dot_forecast__service__pb2.BacktestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBacktest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/StartBacktest',
+            forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from forecast.v1 import forecast_service_pb2 as _forecast_service_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -129,6 +130,27 @@ class ForecastServiceStub:
     error names it), if horizon, n_windows or step is out of range, or a
     series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
     version is not served; UNAVAILABLE if Triton cannot be reached.
+
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    StartBacktest: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.BacktestRequest, _operations_pb2.Operation]
+    """StartBacktest starts the same backtest as a long-running operation and
+    returns it at once (AIP-151): poll, wait for, cancel, list and delete it
+    with the google.longrunning.Operations service the gateway also serves.
+    Operations live in the shared store, so any replica answers for them; a
+    replica that stops hands its operations to another. The finished
+    operation's `response` is the BacktestResponse that Backtest returns, its
+    `metadata` a BacktestMetadata (progress). With tokens on, only the
+    caller's own token reads or cancels it.
+
+    Returns INVALID_ARGUMENT and NOT_FOUND as Backtest does (checked before
+    the operation is created).
+
+    One request message for both forms, and the standard Operation as the
+    answer (AIP-151), hence the lint exceptions:
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 @_typing.type_check_only
@@ -232,6 +254,27 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     error names it), if horizon, n_windows or step is out of range, or a
     series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
     version is not served; UNAVAILABLE if Triton cannot be reached.
+
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    StartBacktest: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.BacktestRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """StartBacktest starts the same backtest as a long-running operation and
+    returns it at once (AIP-151): poll, wait for, cancel, list and delete it
+    with the google.longrunning.Operations service the gateway also serves.
+    Operations live in the shared store, so any replica answers for them; a
+    replica that stops hands its operations to another. The finished
+    operation's `response` is the BacktestResponse that Backtest returns, its
+    `metadata` a BacktestMetadata (progress). With tokens on, only the
+    caller's own token reads or cancels it.
+
+    Returns INVALID_ARGUMENT and NOT_FOUND as Backtest does (checked before
+    the operation is created).
+
+    One request message for both forms, and the standard Operation as the
+    answer (AIP-151), hence the lint exceptions:
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -392,6 +435,33 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
         error names it), if horizon, n_windows or step is out of range, or a
         series is invalid as for ForecastBatch; NOT_FOUND if a target's model or
         version is not served; UNAVAILABLE if Triton cannot be reached.
+
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def StartBacktest(
+        self,
+        request: _forecast_service_pb2.BacktestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """StartBacktest starts the same backtest as a long-running operation and
+        returns it at once (AIP-151): poll, wait for, cancel, list and delete it
+        with the google.longrunning.Operations service the gateway also serves.
+        Operations live in the shared store, so any replica answers for them; a
+        replica that stops hands its operations to another. The finished
+        operation's `response` is the BacktestResponse that Backtest returns, its
+        `metadata` a BacktestMetadata (progress). With tokens on, only the
+        caller's own token reads or cancels it.
+
+        Returns INVALID_ARGUMENT and NOT_FOUND as Backtest does (checked before
+        the operation is created).
+
+        One request message for both forms, and the standard Operation as the
+        answer (AIP-151), hence the lint exceptions:
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
