@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "experiment": ("experiment", "--model", "moving_average"),
     "plot": ("plot", "--model", "moving_average", "--horizon", "3", "--history", HISTORY,
              "--actuals", "1,2,3", "--output", "{dir}/plot.png"),
+    "backtest": ("backtest", "--model", "moving_average", "--history", HISTORY, "--horizon", "3",
+                 "--windows", "2", "--versions", "1"),
 }  # fmt: skip
 CONNECTION_VARIABLES = (
     "FORECAST_CACERT",

@@ -38,6 +38,7 @@ WRONG = "tok-wrong-ffffffffffffffffffffffffffff"
 HISTORY = [float(v % 7) for v in range(60)]
 SERVICES = {
     "forecast.v1.ForecastService",
+    "google.longrunning.Operations",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
@@ -106,6 +107,17 @@ def every_read(
         ),
         "GetModel": lambda: stub.GetModel(
             pb.GetModelRequest(name="moving_average"), metadata=metadata, timeout=10
+        ),
+        "Backtest": lambda: stub.Backtest(
+            pb.BacktestRequest(
+                model="moving_average",
+                series=series,
+                horizon=3,
+                n_windows=2,
+                targets=[pb.BacktestTarget(version="1")],
+            ),
+            metadata=metadata,
+            timeout=30,
         ),
     }
 

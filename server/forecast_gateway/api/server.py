@@ -131,13 +131,14 @@ class Gateway:
     async def stop(self) -> None:
         """Drain without losing a call, then persist and close.
 
-        Order: health NOT_SERVING (for good: the catalog refresh stops); the
-        long-running operations this replica runs handed back (queued again
-        for another replica, or this one once restarted); calls served as
-        usual for shutdown_drain_s while load balancers take the replica
-        out; gRPC's stop (GOAWAY: new calls go elsewhere, or get
-        UNAVAILABLE), entered so that it cancels nothing (_stop_serving);
-        every call received finishes within shutdown_grace_s. Then shadow
+        Order: health NOT_SERVING (for good: the catalog refresh stops), and
+        WaitOperation callers answered; calls served as usual for
+        shutdown_drain_s while load balancers take the replica out; gRPC's
+        stop (GOAWAY: new calls go elsewhere, or get UNAVAILABLE), entered
+        so that it cancels nothing (_stop_serving);
+        every call received finishes within shutdown_grace_s. Then the
+        long-running operations this replica runs are handed back (queued for
+        another replica, or this one once restarted), shadow
         forecasts finish, the experiment store flushes (forecasts awaiting
         actuals are on disk) and the Triton channel closes.
         """
@@ -147,7 +148,7 @@ class Gateway:
             grace_s=self.config.shutdown_grace_s,
         )
         await self.health.enter_graceful_shutdown()
-        await self.operations.stop()  # their leases handed back: another replica resumes them
+        self.operations.stopping.set()  # callers waiting on an operation are answered now
         for task in (self._refresher, self._interval_checker):
             if task is not None:
                 task.cancel()
@@ -155,6 +156,7 @@ class Gateway:
                     await task
         await asyncio.sleep(self.config.shutdown_drain_s)
         await self._stop_serving(self.config.shutdown_grace_s)
+        await self.operations.stop()  # their leases handed back: another replica resumes them
         try:
             await asyncio.wait_for(self.forecaster.drain_shadows(), self.config.shutdown_grace_s)
         except TimeoutError:

@@ -80,10 +80,11 @@ class OperationRunner:
     async def stop(self) -> None:
         """Stop claiming, cancel this replica's jobs and hand their leases back."""
         self.stopping.set()
-        if self._loop is not None:
-            self._loop.cancel()
+        self._wakeup.set()
+        if self._loop is not None:  # it ends between store calls: none is cut mid-transaction
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+            self._loop = None
         runs = list(self._runs.values())
         for run in runs:
             run.cancel()
@@ -100,13 +101,13 @@ class OperationRunner:
 
     async def _claim_forever(self) -> None:
         pruned = -PRUNE_EVERY_S
-        while True:
+        while not self.stopping.is_set():
             try:
                 if time.monotonic() - pruned >= PRUNE_EVERY_S:
                     pruned = time.monotonic()
                     if await self.store.prune():
                         log.info("operations_expired")
-                while len(self._runs) < self.concurrency:
+                while len(self._runs) < self.concurrency and not self.stopping.is_set():
                     claimed = await self.store.claim(self.replica, self.lease_s, self.ttl_s)
                     if claimed is None:
                         break
@@ -166,7 +167,9 @@ class OperationRunner:
             await asyncio.wait({task}, timeout=self.lease_s / 3)
             if task.done():
                 return True
-            ours, cancel = await self.store.renew(name, self.replica, self.lease_s, done[0])
+            # Shielded: a stop arriving meanwhile must not cut the transaction short.
+            renewal = self.store.renew(name, self.replica, self.lease_s, done[0])
+            ours, cancel = await asyncio.shield(renewal)
             if ours and not cancel:
                 continue
             await _cancelled(task)
@@ -184,8 +187,15 @@ class OperationRunner:
         done_units: int | None = None,
     ) -> None:
         try:
-            await self.store.finish(
-                name, self.replica, self.ttl_s, result=result, error=error, done_units=done_units
+            await asyncio.shield(
+                self.store.finish(
+                    name,
+                    self.replica,
+                    self.ttl_s,
+                    result=result,
+                    error=error,
+                    done_units=done_units,
+                )
             )
         except Exception:  # the lease runs out and another replica runs it again
             log.exception("operation_finish_failed", operation=name)
