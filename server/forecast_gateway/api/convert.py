@@ -102,12 +102,14 @@ def _times(values: Instants | None) -> list[timestamp_pb2.Timestamp]:
     """Timestamps of ns instants (none for None)."""
     if values is None:
         return []
-    out = []
-    for value in values.tolist():
-        stamp = timestamp_pb2.Timestamp()
-        stamp.FromNanoseconds(value)
-        out.append(stamp)
-    return out
+    return [timestamp_at(value) for value in values.tolist()]
+
+
+def timestamp_at(nanoseconds: int) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp of a Unix instant in ns."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(nanoseconds)
+    return stamp
 
 
 def _time_fields(timestamps: Instants | None, frequency: str, filled: int) -> dict[str, Any]:
@@ -369,7 +371,7 @@ def experiment_from(report: ExperimentReport) -> forecast_service_pb2.GetExperim
             for c in report.comparisons
         ],
         experiment=report.experiment,
-        started_at=_timestamp(report.started_at),
+        started_at=timestamp_of(report.started_at),
         forecasts=report.forecasts,
     )
 
@@ -383,7 +385,7 @@ def experiments_from(
             forecast_service_pb2.ExperimentSummary(
                 model=info.model,
                 experiment=info.experiment,
-                started_at=_timestamp(info.started_at),
+                started_at=timestamp_of(info.started_at),
                 forecasts=info.forecasts,
                 current=current.get(info.model) == info.experiment,
             )
@@ -392,13 +394,9 @@ def experiments_from(
     )
 
 
-def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+def timestamp_of(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     """A protobuf Timestamp of Unix seconds (None stays unset)."""
-    if seconds is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+    return None if seconds is None else timestamp_at(int(seconds * 1e9))
 
 
 def model_to_proto(spec: ModelSpec) -> forecast_pb2.Model:

@@ -7,10 +7,9 @@ series and levels are read with `convert`'s own helpers, as ForecastBatch's are.
 from __future__ import annotations
 
 import numpy as np
-from google.protobuf import timestamp_pb2
 
 from forecast.v1 import forecast_service_pb2
-from forecast_gateway.api.convert import STATUSES, fill_of, levels_of, time_of
+from forecast_gateway.api.convert import STATUSES, fill_of, levels_of, time_of, timestamp_at
 from forecast_gateway.backtest.runner import (
     BacktestQuery,
     BacktestReport,
@@ -89,7 +88,6 @@ def _backtest_result(
     windows = []
     if per_window:
         for window, score in zip(report.windows, scores.per_window, strict=True):
-            origin_time = _timestamp_ns(window.origin_time)
             windows.append(
                 forecast_service_pb2.BacktestWindowScore(
                     series_id=report.series_ids[window.series],
@@ -98,7 +96,9 @@ def _backtest_result(
                     mae=score.mae,
                     smape=score.smape,
                     mase=score.mase,
-                    origin_time=origin_time,
+                    origin_time=(
+                        None if window.origin_time is None else timestamp_at(window.origin_time)
+                    ),
                 )
             )
     return forecast_service_pb2.BacktestResult(
@@ -134,11 +134,3 @@ def _backtest_result(
         ],
         window_scores=windows,
     )
-
-
-def _timestamp_ns(value: int | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(value)
-    return stamp

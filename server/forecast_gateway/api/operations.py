@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2
 from google.rpc import status_pb2
 
 from forecast.v1 import forecast_service_pb2
 from forecast_gateway.ab import Storage
 from forecast_gateway.api import auth
+from forecast_gateway.api.convert import timestamp_of
 from forecast_gateway.api.convert_backtest import backtest_from, backtest_query_from
 from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.config import GatewayConfig
@@ -73,9 +74,9 @@ def operation_message(operation: Operation) -> operations_pb2.Operation:
         windows_total=operation.total_units,
         windows_done=operation.done_units,
         attempt=operation.attempts,
-        create_time=_timestamp(operation.created),
-        update_time=_timestamp(operation.updated),
-        expire_time=_timestamp(operation.expires) if operation.expires is not None else None,
+        create_time=timestamp_of(operation.created),
+        update_time=timestamp_of(operation.updated),
+        expire_time=timestamp_of(operation.expires),
     )
     message = operations_pb2.Operation(name=operation.name, done=operation.done)
     message.metadata.Pack(metadata)
@@ -202,12 +203,6 @@ def _page_position(token: str) -> tuple[float, str] | None:
         raise InvalidArgument.of(
             [FieldViolation("page_token", "not a page token this gateway returned")]
         ) from None
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 def serve_operations(

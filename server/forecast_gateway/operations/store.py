@@ -17,7 +17,7 @@ import enum
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from forecast_gateway.ab import Storage, Transaction
 
@@ -107,9 +107,22 @@ class OperationStore:
             )
 
         await self.storage.transact(insert, write=True)
-        operation = await self.get(name)
-        assert operation is not None
-        return operation
+        return Operation(
+            name=name,
+            kind=kind,
+            owner=owner,
+            state=State.QUEUED,
+            done_units=0,
+            total_units=total_units,
+            result=None,
+            error_code=None,
+            error_message=None,
+            attempts=0,
+            cancel_requested=False,
+            created=now,
+            updated=now,
+            expires=None,
+        )
 
     async def get(self, name: str) -> Operation | None:
         """The operation, or None (unknown, deleted or expired)."""
@@ -147,17 +160,18 @@ class OperationStore:
         now = self.clock()
         suffix = self.storage.skip_locked
 
-        async def take(tx: Transaction) -> tuple[str, bytes] | None:
+        async def take(tx: Transaction) -> tuple[Operation, bytes] | None:
             while True:
                 row = await tx.fetchone(
-                    "SELECT name, attempts, cancel_requested, request FROM operations "
+                    f"SELECT {_COLUMNS}, request FROM operations "
                     "WHERE state = %s OR (state = %s AND lease_expires < %s) "
                     f"ORDER BY created LIMIT 1{suffix}",
                     (State.QUEUED.value, State.RUNNING.value, now),
                 )
                 if row is None:
                     return None
-                name, attempts, cancel, request = str(row[0]), int(row[1]), bool(row[2]), row[3]
+                found, request = _operation(row[:-1]), row[-1]
+                name, attempts, cancel = found.name, found.attempts, found.cancel_requested
                 if cancel or attempts >= MAX_ATTEMPTS:
                     code, message = (
                         (CANCELLED, "cancelled by its caller")
@@ -175,13 +189,10 @@ class OperationStore:
                     "attempts = attempts + 1, updated = %s WHERE name = %s",
                     (State.RUNNING.value, replica, now + lease_s, now, name),
                 )
-                return name, bytes(request)
+                leased = replace(found, state=State.RUNNING, attempts=attempts + 1, updated=now)
+                return leased, bytes(request)
 
-        taken = await self.storage.transact(take, write=True)
-        if taken is None:
-            return None
-        operation = await self.get(taken[0])
-        return (operation, taken[1]) if operation is not None else None
+        return await self.storage.transact(take, write=True)
 
     async def renew(
         self, name: str, replica: str, lease_s: float, done_units: int
