@@ -115,7 +115,17 @@ async def measure(
     await store.start()
     forecaster = Forecaster(catalog, backend, ShippedRouting(), store, 10_000, 1.0)
     backtester = Backtester.of(forecaster, 4096)
-    servicer = ForecastServicer(forecaster, catalog, store, 10.0, 4096, 64, backtester, 300.0)
+    servicer = ForecastServicer(
+        forecaster,
+        catalog,
+        store,
+        default_timeout_s=10.0,
+        max_batch_series=4096,
+        max_operation_series=100_000,
+        stream_max_pending=64,
+        backtester=backtester,
+        backtest_timeout_s=300.0,
+    )
     workload = Workload()
     requests = [
         with_time(

@@ -168,6 +168,11 @@ class _Settings(BaseModel):
     """How long a finished operation (its result or error) is kept before it is deleted."""
     operation_concurrency: Annotated[int, Field(ge=1, le=64)] = 1
     """Long-running operations one gateway process runs at once (the others wait, queued)."""
+    operation_lease_s: Annotated[float, Field(ge=1.0, le=600.0)] = 15.0
+    """A replica's hold on an operation it runs, renewed every third of it: after a
+    replica dies, another takes its operations over once this has passed."""
+    max_operation_series: Count = 100_000
+    """Most series in one StartForecastBatch operation (run in chunks of max_batch_series)."""
     stream_max_pending: Count = 64
     """StreamForecast requests in flight or waiting to be read by the caller."""
     routing_file: str = "config/routing.toml"

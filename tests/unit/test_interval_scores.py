@@ -409,6 +409,7 @@ async def test_get_experiment_sets_the_gauge_and_logs_the_turn(store: Experiment
         store,
         default_timeout_s=5.0,
         max_batch_series=10,
+        max_operation_series=100,
         stream_max_pending=4,
         backtester=None,  # type: ignore[arg-type]
         backtest_timeout_s=300.0,

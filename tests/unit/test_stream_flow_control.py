@@ -57,6 +57,7 @@ def make_servicer(forecaster: SlowForecaster) -> ForecastServicer:
         store=None,  # type: ignore[arg-type]
         default_timeout_s=5.0,
         max_batch_series=10,
+        max_operation_series=100,
         stream_max_pending=MAX_PENDING,
         backtester=None,  # type: ignore[arg-type]
         backtest_timeout_s=300.0,

@@ -35,7 +35,9 @@ from forecast_gateway.config import GatewayConfig
 from forecast_gateway.errors import ConfigError, PermissionDenied, Unauthenticated
 
 SERVICE = "/forecast.v1.ForecastService/"
-STATE_CHANGING_METHODS = frozenset({f"{SERVICE}ReportActuals", f"{SERVICE}StartBacktest"})
+STATE_CHANGING_METHODS = frozenset(
+    f"{SERVICE}{name}" for name in ("ReportActuals", "StartBacktest", "StartForecastBatch")
+)
 """Methods that change the gateway's state: add every new one here."""
 READ_METHODS = frozenset(
     f"{SERVICE}{name}"

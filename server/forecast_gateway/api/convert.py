@@ -158,28 +158,6 @@ def query_from(request: forecast_service_pb2.ForecastRequest) -> ForecastQuery:
     )
 
 
-def batch_queries_from(request: forecast_service_pb2.ForecastBatchRequest) -> list[ForecastQuery]:
-    """One query per series; a series without a routing key is routed by its id."""
-    # Read once: each read of a proto string field is a new copy, and a
-    # version of up to 1 MB shared by 4,096 series must not become 4,096 copies.
-    model, version = request.model, request.version
-    levels = levels_of(request)
-    return [
-        ForecastQuery(
-            model=model,
-            version=version,
-            routing_key=series.routing_key or series.id,
-            history=np.asarray(series.history, dtype=np.float64),
-            horizon=request.horizon,
-            sequence_length=request.sequence_length,
-            levels=levels,
-            time=time_of(series),
-            fill=fill_of(series, f"series[{index}].fill"),
-        )
-        for index, series in enumerate(request.series)
-    ]
-
-
 def compare_query_from(request: forecast_service_pb2.CompareVersionsRequest) -> ForecastQuery:
     """The query every compared version runs."""
     return ForecastQuery(

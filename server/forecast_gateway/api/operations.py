@@ -1,8 +1,9 @@
-"""google.longrunning.Operations for the gateway's bulk work, and the backtest job it runs.
+"""google.longrunning.Operations for the gateway's bulk work (the jobs: `api.jobs`).
 
 The store's operations (`forecast_gateway.operations`) as AIP-151 Operation
-messages: `metadata` a BacktestMetadata (progress), `response` the
-BacktestResponse bytes as the job wrote them, or `error` a google.rpc.Status.
+messages: `metadata` a BacktestMetadata or ForecastBatchMetadata (progress),
+`response` the BacktestResponse or ForecastBatchResponse bytes as the job
+wrote them, or `error` a google.rpc.Status (with the error's details).
 Every replica answers for every operation (they share the store). With
 tokens configured, an operation belongs to the token that started it: any
 other caller is told NOT_FOUND, as if it did not exist.
@@ -17,27 +18,35 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from forecast.v1 import forecast_service_pb2
 from forecast_gateway.ab import Storage
 from forecast_gateway.api import auth
 from forecast_gateway.api.convert import timestamp_of
-from forecast_gateway.api.convert_backtest import backtest_from, backtest_query_from
+from forecast_gateway.api.jobs import (
+    BACKTEST,
+    FORECAST_BATCH,
+    backtest_job,
+    error_of,
+    forecast_batch_job,
+)
 from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.config import GatewayConfig
-from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument, NotFound
-from forecast_gateway.operations import Operation, OperationRunner, OperationStore, Progress
+from forecast_gateway.core.forecaster import Forecaster
+from forecast_gateway.errors import FieldViolation, InvalidArgument, NotFound
+from forecast_gateway.operations import Operation, OperationRunner, OperationStore
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
-BACKTEST = "backtest"
 TYPE_PREFIX = "type.googleapis.com/"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -46,31 +55,25 @@ MAX_WAIT_S = 300.0
 WAIT_POLL_S = 0.1
 
 
-def backtest_job(backtester: Backtester, timeout_s: float) -> Any:
-    """The job of a StartBacktest operation: the same backtest, its response's bytes."""
-
-    async def run(request: bytes, progress: Progress) -> bytes:
-        message = forecast_service_pb2.BacktestRequest.FromString(request)
-        report = await backtester.run(
-            backtest_query_from(message), time.monotonic() + timeout_s, progress
-        )
-        return backtest_from(report, message.per_window).SerializeToString()
-
-    return run
-
-
-def error_of(error: BaseException) -> tuple[int, str]:
-    """How a failed job ends its operation: a GatewayError's code and message, else INTERNAL."""
-    if isinstance(error, GatewayError):
-        return int(error.code), error.message
-    if isinstance(error, TimeoutError):
-        return 4, "the operation ran past operation_timeout_s"  # DEADLINE_EXCEEDED
-    return 13, "the operation failed; see the gateway's log"
-
-
 def operation_message(operation: Operation) -> operations_pb2.Operation:
-    """The AIP-151 message of a stored operation."""
-    metadata = forecast_service_pb2.BacktestMetadata(
+    """The AIP-151 message of a stored operation (metadata and response by its kind)."""
+    metadata, response = _KINDS.get(operation.kind, _KINDS[BACKTEST])
+    message = operations_pb2.Operation(name=operation.name, done=operation.done)
+    message.metadata.Pack(metadata(operation))
+    if operation.done and operation.error_code is not None:
+        status = status_pb2.Status(code=operation.error_code, message=operation.error_message or "")
+        if operation.result:  # the error's whole status, details included
+            status = status_pb2.Status.FromString(operation.result)
+        message.error.CopyFrom(status)
+    elif operation.done:
+        message.response.CopyFrom(
+            any_pb2.Any(type_url=TYPE_PREFIX + response, value=operation.result or b"")
+        )
+    return message
+
+
+def _backtest_metadata(operation: Operation) -> forecast_service_pb2.BacktestMetadata:
+    return forecast_service_pb2.BacktestMetadata(
         windows_total=operation.total_units,
         windows_done=operation.done_units,
         attempt=operation.attempts,
@@ -78,20 +81,27 @@ def operation_message(operation: Operation) -> operations_pb2.Operation:
         update_time=timestamp_of(operation.updated),
         expire_time=timestamp_of(operation.expires),
     )
-    message = operations_pb2.Operation(name=operation.name, done=operation.done)
-    message.metadata.Pack(metadata)
-    if operation.done and operation.error_code is not None:
-        message.error.CopyFrom(
-            status_pb2.Status(code=operation.error_code, message=operation.error_message or "")
-        )
-    elif operation.done:
-        message.response.CopyFrom(
-            any_pb2.Any(
-                type_url=TYPE_PREFIX + forecast_service_pb2.BacktestResponse.DESCRIPTOR.full_name,
-                value=operation.result or b"",
-            )
-        )
-    return message
+
+
+def _batch_metadata(operation: Operation) -> forecast_service_pb2.ForecastBatchMetadata:
+    return forecast_service_pb2.ForecastBatchMetadata(
+        series_total=operation.total_units,
+        series_done=operation.done_units,
+        attempt=operation.attempts,
+        create_time=timestamp_of(operation.created),
+        update_time=timestamp_of(operation.updated),
+        expire_time=timestamp_of(operation.expires),
+    )
+
+
+_KINDS: dict[str, tuple[Callable[[Operation], Message], str]] = {
+    BACKTEST: (_backtest_metadata, forecast_service_pb2.BacktestResponse.DESCRIPTOR.full_name),
+    FORECAST_BATCH: (
+        _batch_metadata,
+        forecast_service_pb2.ForecastBatchResponse.DESCRIPTOR.full_name,
+    ),
+}
+"""Per kind: its metadata message, and the full name of its response message."""
 
 
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
@@ -208,17 +218,23 @@ def _page_position(token: str) -> tuple[float, str] | None:
 def serve_operations(
     server: grpc.aio.Server,
     storage: Storage,
+    forecaster: Forecaster,
     backtester: Backtester,
     config: GatewayConfig,
     owned: bool,
 ) -> OperationsServicer:
-    """The Operations service on `server`, its runner (not started) running backtests."""
+    """The Operations service on `server`, its runner (not started) running the jobs."""
     store = OperationStore(storage)
+    timeout_s = config.operation_timeout_s
     runner = OperationRunner(
         store,
-        {BACKTEST: backtest_job(backtester, config.operation_timeout_s)},
+        {
+            BACKTEST: backtest_job(backtester, timeout_s),
+            FORECAST_BATCH: forecast_batch_job(forecaster, config.max_batch_series, timeout_s),
+        },
         replica=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         ttl_s=config.operation_ttl_s,
+        lease_s=config.operation_lease_s,
         concurrency=config.operation_concurrency,
         error_of=error_of,
     )

@@ -312,13 +312,16 @@ def create_gateway(config: GatewayConfig, backend: InferenceBackend | None = Non
         ),
     )
     backtester = Backtester.of(forecaster, config.max_batch_series)
-    operations = serve_operations(server, store.storage, backtester, config, authorizer is not None)
+    operations = serve_operations(
+        server, store.storage, forecaster, backtester, config, authorizer is not None
+    )
     servicer = ForecastServicer(
         forecaster,
         catalog,
         store,
         config.default_timeout_s,
         config.max_batch_series,
+        config.max_operation_series,
         config.stream_max_pending,
         backtester,
         config.backtest_timeout_s,

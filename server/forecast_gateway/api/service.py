@@ -17,26 +17,31 @@ from forecast.v1 import forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_gateway import metrics
 from forecast_gateway.ab import ExperimentInfo, ExperimentStore, interval_flags
 from forecast_gateway.api import calls
+from forecast_gateway.api.batch import (
+    batch_queries_from,
+    batch_response_from,
+    check_batch,
+    count_series,
+    forecast_series,
+)
 from forecast_gateway.api.convert import (
     actuals_from,
     actuals_start,
-    batch_queries_from,
     compare_query_from,
     comparison_from,
     error_from,
     experiment_from,
     experiments_from,
-    forecast_from,
     model_to_proto,
     query_from,
     response_from,
 )
 from forecast_gateway.api.convert_backtest import backtest_from, backtest_query_from
-from forecast_gateway.api.operations import BACKTEST, OperationsServicer, operation_message
+from forecast_gateway.api.jobs import BACKTEST, FORECAST_BATCH
+from forecast_gateway.api.operations import OperationsServicer, operation_message
 from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.core.catalog import ModelCatalog
-from forecast_gateway.core.forecaster import Forecaster, ForecastResult
-from forecast_gateway.core.validation import batch_violations
+from forecast_gateway.core.forecaster import Forecaster
 from forecast_gateway.errors import (
     FieldViolation,
     GatewayError,
@@ -63,6 +68,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         store: ExperimentStore,
         default_timeout_s: float,
         max_batch_series: int,
+        max_operation_series: int,
         stream_max_pending: int,
         backtester: Backtester,
         backtest_timeout_s: float,
@@ -76,6 +82,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self.store = store
         self.default_timeout_s = default_timeout_s
         self.max_batch_series = max_batch_series
+        self.max_operation_series = max_operation_series
         self.stream_max_pending = stream_max_pending
 
     async def Forecast(
@@ -91,34 +98,19 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self, request: forecast_service_pb2.ForecastBatchRequest, context: Context
     ) -> forecast_service_pb2.ForecastBatchResponse:
         """Forecast many series; per-series results and errors."""
-        violations = batch_violations([s.id for s in request.series], self.max_batch_series)
-        if not request.model:
-            violations.insert(0, FieldViolation("model", "model is required (see ListModels)"))
-        if violations:
-            raise InvalidArgument.of(violations)
+        check_batch(request, self.max_batch_series)
         notes = calls.current()
         notes.fields["series"] = len(request.series)
         self.catalog.get(request.model)  # NOT_FOUND first: only served names become metric labels
         notes.model = request.model
-        queries = batch_queries_from(request)
-        outcomes = await self.forecaster.forecast_batch(
-            request.model, queries, self._deadline(context)
+        outcomes = await forecast_series(
+            self.forecaster, request.model, batch_queries_from(request), self._deadline(context)
         )
-        results = []
-        filled = 0
-        for series, outcome in zip(request.series, outcomes, strict=True):
-            if isinstance(outcome, GatewayError):
-                results.append(
-                    forecast_service_pb2.SeriesResult(id=series.id, error=error_from(outcome))
-                )
-            else:
-                _count_series("ForecastBatch", outcome)
-                filled += outcome.filled
-                results.append(
-                    forecast_service_pb2.SeriesResult(id=series.id, forecast=forecast_from(outcome))
-                )
+        response, filled = batch_response_from(
+            [s.id for s in request.series], outcomes, "ForecastBatch"
+        )
         notes.fields["filled_points"] = filled
-        return forecast_service_pb2.ForecastBatchResponse(results=results)
+        return response
 
     async def StreamForecast(
         self,
@@ -141,7 +133,7 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
                 result = await self.forecaster.forecast(
                     query_from(request), self._deadline(context)
                 )
-                _count_series("StreamForecast", result)
+                count_series("StreamForecast", result)
                 await answers.put(
                     forecast_service_pb2.StreamForecastResponse(
                         request_id=request_id, forecast=response_from(result)
@@ -313,19 +305,37 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         self, request: forecast_service_pb2.BacktestRequest, context: Context
     ) -> operations_pb2.Operation:
         """The same backtest as a long-running operation, returned at once (checked first)."""
-        if self.operations is None:
-            raise Unavailable("long-running operations are not served here", reason="NO_OPERATIONS")
+        operations = self._operations()
         notes = calls.current()
         notes.fields["series"] = len(request.series)
         if request.model:
             self.catalog.get(request.model)
             notes.model = request.model
         units = self.backtester.check(backtest_query_from(request))
-        operation = await self.operations.start(
-            BACKTEST, request.SerializeToString(), units, context
+        operation = await operations.start(BACKTEST, request.SerializeToString(), units, context)
+        notes.fields["operation"] = operation.name
+        return operation_message(operation)
+
+    async def StartForecastBatch(
+        self, request: forecast_service_pb2.ForecastBatchRequest, context: Context
+    ) -> operations_pb2.Operation:
+        """The same batch as a long-running operation, returned at once (checked first)."""
+        operations = self._operations()
+        check_batch(request, self.max_operation_series)
+        notes = calls.current()
+        notes.fields["series"] = len(request.series)
+        self.catalog.get(request.model)
+        notes.model = request.model
+        operation = await operations.start(
+            FORECAST_BATCH, request.SerializeToString(), len(request.series), context
         )
         notes.fields["operation"] = operation.name
         return operation_message(operation)
+
+    def _operations(self) -> OperationsServicer:
+        if self.operations is None:
+            raise Unavailable("long-running operations are not served here", reason="NO_OPERATIONS")
+        return self.operations
 
     def _deadline(self, context: Context) -> float:
         """time.monotonic() deadline: the caller's, capped by the default timeout."""
@@ -336,7 +346,3 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
             else min(float(remaining), self.default_timeout_s)
         )
         return time.monotonic() + timeout
-
-
-def _count_series(rpc: str, result: ForecastResult) -> None:
-    metrics.SERIES.labels(rpc, result.model, result.version, result.decision.value).inc()

@@ -46,6 +46,15 @@ def to_status(error: GatewayError, request_id: str = "") -> grpc.Status:
     The request id goes into ErrorInfo metadata and the `x-request-id`
     trailer, so a caller can quote it when reporting a problem.
     """
+    converted = rpc_status.to_status(status_message(error, request_id))
+    trailers = tuple(converted.trailing_metadata)
+    if request_id:
+        trailers += ((REQUEST_ID_HEADER, request_id),)
+    return _Status(converted.code, converted.details, trailers)
+
+
+def status_message(error: GatewayError, request_id: str = "") -> status_pb2.Status:
+    """The google.rpc.Status of `error` (also an operation's `error`), details packed in."""
     details: list[any_pb2.Any] = []
     metadata = {key: clip(value, MAX_METADATA_BYTES) for key, value in error.metadata.items()}
     if request_id:
@@ -63,16 +72,11 @@ def to_status(error: GatewayError, request_id: str = "") -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
-    status = status_pb2.Status(
+    return status_pb2.Status(
         code=int(error.code),
         message=clip(error.message, MAX_MESSAGE_BYTES),
         details=details,
     )
-    converted = rpc_status.to_status(status)
-    trailers = tuple(converted.trailing_metadata)
-    if request_id:
-        trailers += ((REQUEST_ID_HEADER, request_id),)
-    return _Status(converted.code, converted.details, trailers)
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:

@@ -28,16 +28,17 @@ Progress = Callable[[int], None]
 """Called by a job with the units (e.g. windows) it has just finished."""
 Job = Callable[[bytes, Progress], Coroutine[Any, Any, bytes]]
 """Runs one operation: its request bytes in, its result bytes out (raises on failure)."""
-ErrorOf = Callable[[BaseException], tuple[int, str]]
-"""The google.rpc code and the message an operation ends with when its job raised."""
+ErrorOf = Callable[[BaseException], tuple[int, str, bytes | None]]
+"""What an operation ends with when its job raised: the google.rpc code, the message,
+and (optionally) the whole google.rpc.Status with its details, serialized."""
 
 INTERNAL = 13
 PRUNE_EVERY_S = 60.0
 
 
-def internal_error(error: BaseException) -> tuple[int, str]:
+def internal_error(error: BaseException) -> tuple[int, str, bytes | None]:
     """The default ending of a failed job: INTERNAL, with no detail (the log has it)."""
-    return INTERNAL, "the operation failed; see the gateway's log"
+    return INTERNAL, "the operation failed; see the gateway's log", None
 
 
 class OperationRunner:
@@ -151,10 +152,10 @@ class OperationRunner:
         if error is None:
             await self._end(name, result=task.result(), done_units=done[0])
         else:
-            code, message = self.error_of(error)
+            code, message, status = self.error_of(error)
             if code == INTERNAL:
                 log.error("operation_failed", operation=name, exc_info=error)
-            await self._end(name, error=(code, message))
+            await self._end(name, result=status, error=(code, message))
         log.info("operation_done", operation=name, error=error is not None)
 
     async def _watch(self, name: str, task: asyncio.Task[bytes], done: list[int]) -> bool:

@@ -1,8 +1,9 @@
 """The `operations` table: every operation's state, lease, progress and result, one SQL for both.
 
 An operation is `queued`, `running` (a replica holds its lease until
-`lease_expires`) or `done` (a result, or an error code and message; deleted
-after `expires`). Claiming is one transaction: the oldest queued operation,
+`lease_expires`) or `done` (a result, or an error code and message, with the
+error's serialized google.rpc.Status, if any, in `result`; deleted after
+`expires`). Claiming is one transaction: the oldest queued operation,
 or a running one whose lease has run out, is locked and leased. On
 PostgreSQL the SELECT takes `FOR UPDATE SKIP LOCKED`, so replicas claiming at
 once each get a different row and none waits on another; on SQLite the

@@ -1819,3 +1819,53 @@ class BacktestMetadata(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BacktestMetadata: _TypeAlias = BacktestMetadata  # noqa: Y015
+
+@_typing.final
+class ForecastBatchMetadata(_message.Message):
+    """ForecastBatchMetadata is the progress of a StartForecastBatch operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_TOTAL_FIELD_NUMBER: _builtins.int
+    SERIES_DONE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    series_total: _builtins.int
+    """series_total is the number of series in the request."""
+    series_done: _builtins.int
+    """series_done is how many of them are forecast (or failed on their own)."""
+    attempt: _builtins.int
+    """attempt counts the runs of this operation (more than 1 when a replica
+    stopped while running it and another took it over).
+    """
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time is when the operation was started."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """update_time is when its progress last changed."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """expire_time is when a finished operation is deleted (unset until done)."""
+
+    def __init__(
+        self,
+        *,
+        series_total: _builtins.int = ...,
+        series_done: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "expire_time", b"expire_time", "series_done", b"series_done", "series_total", b"series_total", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastBatchMetadata: _TypeAlias = ForecastBatchMetadata  # noqa: Y015

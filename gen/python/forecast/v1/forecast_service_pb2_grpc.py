@@ -100,6 +100,11 @@ class ForecastServiceStub:
                 request_serializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.StartForecastBatch = channel.unary_unary(
+                '/forecast.v1.ForecastService/StartForecastBatch',
+                request_serializer=forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -155,6 +160,8 @@ class ForecastServiceServicer:
 
         Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
         series, or repeats a series id; NOT_FOUND if the model is not served.
+
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +274,28 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartForecastBatch(self, request, context):
+        """StartForecastBatch forecasts many series as a long-running operation and
+        returns it at once: bulk work that should not hold a call open. Each
+        series is routed, forecast and recorded (its forecast_id takes
+        ReportActuals) as by ForecastBatch, in chunks of the gateway's
+        max_batch_series; the finished operation's `response` is the
+        ForecastBatchResponse ForecastBatch returns, its `metadata` a
+        ForecastBatchMetadata (series done of total). A series ends with its own
+        error in the response, as in ForecastBatch.
+
+        Returns INVALID_ARGUMENT if the batch is empty, over the gateway's
+        max_operation_series, or repeats a series id; NOT_FOUND if the model is
+        not served (checked before the operation is created).
+
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +352,11 @@ def add_ForecastServiceServicer_to_server(servicer, server):
             'StartBacktest': grpc.unary_unary_rpc_method_handler(
                     servicer.StartBacktest,
                     request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'StartForecastBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartForecastBatch,
+                    request_deserializer=forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
     }
@@ -632,6 +666,33 @@ class ForecastService:
             target,
             '/forecast.v1.ForecastService/StartBacktest',
             forecast_dot_v1_dot_forecast__service__pb2.BacktestRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartForecastBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/forecast.v1.ForecastService/StartForecastBatch',
+            forecast_dot_v1_dot_forecast__service__pb2.ForecastBatchRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,

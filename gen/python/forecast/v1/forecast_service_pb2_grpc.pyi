@@ -72,6 +72,8 @@ class ForecastServiceStub:
 
     Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
     series, or repeats a series id; NOT_FOUND if the model is not served.
+
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     StreamForecast: _grpc.StreamStreamMultiCallable[_forecast_service_pb2.StreamForecastRequest, _forecast_service_pb2.StreamForecastResponse]
     """StreamForecast answers a stream of forecast requests on one call. Each
@@ -152,6 +154,24 @@ class ForecastServiceStub:
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    StartForecastBatch: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.ForecastBatchRequest, _operations_pb2.Operation]
+    """StartForecastBatch forecasts many series as a long-running operation and
+    returns it at once: bulk work that should not hold a call open. Each
+    series is routed, forecast and recorded (its forecast_id takes
+    ReportActuals) as by ForecastBatch, in chunks of the gateway's
+    max_batch_series; the finished operation's `response` is the
+    ForecastBatchResponse ForecastBatch returns, its `metadata` a
+    ForecastBatchMetadata (series done of total). A series ends with its own
+    error in the response, as in ForecastBatch.
+
+    Returns INVALID_ARGUMENT if the batch is empty, over the gateway's
+    max_operation_series, or repeats a series id; NOT_FOUND if the model is
+    not served (checked before the operation is created).
+
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
@@ -196,6 +216,8 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
 
     Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
     series, or repeats a series id; NOT_FOUND if the model is not served.
+
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     StreamForecast: _aio.StreamStreamMultiCallable[_forecast_service_pb2.StreamForecastRequest, _forecast_service_pb2.StreamForecastResponse]  # type: ignore[assignment]
     """StreamForecast answers a stream of forecast requests on one call. Each
@@ -276,6 +298,24 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     buf:lint:ignore RPC_REQUEST_STANDARD_NAME
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    StartForecastBatch: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.ForecastBatchRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """StartForecastBatch forecasts many series as a long-running operation and
+    returns it at once: bulk work that should not hold a call open. Each
+    series is routed, forecast and recorded (its forecast_id takes
+    ReportActuals) as by ForecastBatch, in chunks of the gateway's
+    max_batch_series; the finished operation's `response` is the
+    ForecastBatchResponse ForecastBatch returns, its `metadata` a
+    ForecastBatchMetadata (series done of total). A series ends with its own
+    error in the response, as in ForecastBatch.
+
+    Returns INVALID_ARGUMENT if the batch is empty, over the gateway's
+    max_operation_series, or repeats a series id; NOT_FOUND if the model is
+    not served (checked before the operation is created).
+
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
     """ForecastService forecasts time series with models served by Triton
@@ -341,6 +381,8 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Returns INVALID_ARGUMENT if the batch is empty, over the maximum number of
         series, or repeats a series id; NOT_FOUND if the model is not served.
+
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -459,6 +501,30 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
 
         One request message for both forms, and the standard Operation as the
         answer (AIP-151), hence the lint exceptions:
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def StartForecastBatch(
+        self,
+        request: _forecast_service_pb2.ForecastBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """StartForecastBatch forecasts many series as a long-running operation and
+        returns it at once: bulk work that should not hold a call open. Each
+        series is routed, forecast and recorded (its forecast_id takes
+        ReportActuals) as by ForecastBatch, in chunks of the gateway's
+        max_batch_series; the finished operation's `response` is the
+        ForecastBatchResponse ForecastBatch returns, its `metadata` a
+        ForecastBatchMetadata (series done of total). A series ends with its own
+        error in the response, as in ForecastBatch.
+
+        Returns INVALID_ARGUMENT if the batch is empty, over the gateway's
+        max_operation_series, or repeats a series id; NOT_FOUND if the model is
+        not served (checked before the operation is created).
+
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
