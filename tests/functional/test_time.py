@@ -49,7 +49,7 @@ def test_two_missing_days_without_a_fill_are_named(stub: Stub) -> None:
     error = caught.value
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     info, fields = details(error)
-    assert (info.reason, fields) == ("MISSING_VALUES", ["history"])
+    assert (info.reason, fields) == ("MISSING_VALUES", ["timestamps"])
     named = "2024-04-25T00:00:00Z (index 115), 2024-04-26T00:00:00Z (index 116)"
     assert named in (error.details() or "")
 

@@ -86,11 +86,20 @@ async def test_two_missing_days_in_the_window_are_named_without_a_fill(tmp_path:
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     found = details(error)
     assert found.info.reason == "MISSING_VALUES"
-    assert found.fields == ["history"]
+    assert found.fields == ["timestamps"]  # the gaps are absent timestamps, not NaN
     message = error.details() or ""
     assert "2 missing point(s) in the 10-point window" in message
     assert "2024-02-05T00:00:00Z (index 35), 2024-02-06T00:00:00Z (index 36)" in message
     assert after == before + 1
+
+
+async def test_nan_sent_in_the_window_is_named_in_history(tmp_path: Path) -> None:
+    stamps, values = gappy([])
+    values[-2] = math.nan  # a point sent, as NaN: the caller fixes the value, not the times
+    async with serving(tmp_path) as edge:
+        error = await failure(edge.stub.Forecast(ma_request(history=values, timestamps=stamps)))
+    found = details(error)
+    assert (found.info.reason, found.fields) == ("MISSING_VALUES", ["history"])
 
 
 async def test_a_linear_fill_forecasts_as_the_series_filled_by_hand(tmp_path: Path) -> None:

@@ -53,6 +53,8 @@ class ForecastQuery:
     """The grid of the history, set by `prepare_query` when the request had time."""
     missing: int = 0
     """Missing points (NaN) of the history on its grid, set by `prepare_query`."""
+    gaps: int = 0
+    """Of those, the grid points absent from `timestamps` (not sent as NaN)."""
 
     @property
     def frequency(self) -> str:
@@ -91,7 +93,8 @@ def prepare_query(
         except TimeError as error:
             violations.append(FieldViolation(error.field, error.message))
         else:
-            query = replace(query, history=history, axis=axis)
+            gaps = history.shape[0] - query.history.shape[0]
+            query = replace(query, history=history, axis=axis, gaps=gaps)
     history_violation, missing = _history_violation(query.history, max_history_length)
     if history_violation is not None:
         violations.append(history_violation)
@@ -255,7 +258,7 @@ def shape_violations(
         if missing.size:
             violations.append(
                 FieldViolation(
-                    "history",
+                    "timestamps" if query.gaps else "history",  # where the caller must look
                     f"{missing.size} missing point(s) in the {window}-point window "
                     f"{model.name} version {version.version} reads, "
                     f"{describe_missing(missing, query.axis)}; set fill "
