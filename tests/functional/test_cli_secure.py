@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
              "--actuals", "1,2,3", "--output", "{dir}/plot.png"),
     "backtest": ("backtest", "--model", "moving_average", "--history", HISTORY, "--horizon", "3",
                  "--windows", "2", "--versions", "1"),
+    "operations": ("operations", "list"),
 }  # fmt: skip
 CONNECTION_VARIABLES = (
     "FORECAST_CACERT",

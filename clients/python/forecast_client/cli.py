@@ -19,6 +19,9 @@
         [--intervals 0.8,0.95] [--per-window] [--plot mae.png]
     forecast backtest --model lstm_timeseries --csv stores.csv --id-column store \
         --date-column day --column units --horizon 12 --windows 8   # several series, one CSV
+    forecast backtest ... --wait          # as an operation: a progress bar, no --timeout limit
+    forecast backtest ... --detach        # print the operation's name and exit
+    forecast operations list | get NAME | wait NAME | cancel NAME | delete NAME
     forecast --cacert ca.pem --token-file token models      # a gateway with TLS and tokens
 
 Every command takes the connection options, named like grpcurl's: --cacert
@@ -59,7 +62,8 @@ from typing import NoReturn, TypedDict
 
 import grpc
 
-from forecast_client.client import Comparison, ForecastClient, SeriesInput
+from forecast_client.cli_operations import add_operations_commands, wait_for
+from forecast_client.client import BacktestTarget, Comparison, ForecastClient, SeriesInput
 from forecast_client.connection import SettingError, read_token_file
 from forecast_client.errors import FieldViolation, ForecastError
 from forecast_client.render import (
@@ -80,6 +84,7 @@ from forecast_client.render import (
     model_json,
     model_text,
     models_text,
+    operation_json,
 )
 from forecast_client.series_input import (
     CsvSeries,
@@ -277,7 +282,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "before it. Prints one row per version (MAE, sMAPE, MASE, RMSE, and the coverage and "
         "Winkler score of each --intervals coverage), a Diebold-Mariano verdict per pair and "
         "what MASE is scaled by. Nothing is recorded for A/B scoring. A long run needs a "
-        "longer --timeout.",
+        "longer --timeout, or --wait (an operation: --timeout is then per call).",
     )
     backtest.add_argument("--model", required=True, help="model name, e.g. lstm_timeseries")
     backtest.add_argument(
@@ -343,9 +348,23 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         default="mae",
         help="the score --plot draws per step (default: mae)",
     )
+    how = backtest.add_mutually_exclusive_group()
+    how.add_argument(
+        "--wait",
+        action="store_true",
+        help="run it as a long-running operation (StartBacktest): a progress bar on stderr "
+        "(a terminal), the same output at the end, no --timeout limit on the wait; Ctrl-C "
+        "leaves it running",
+    )
+    how.add_argument(
+        "--detach",
+        action="store_true",
+        help="start it as an operation, print its name and exit (see `forecast operations`)",
+    )
     backtest.set_defaults(handler=_backtest)
+    operations = add_operations_commands(commands, common)
 
-    for each in (parser, predict, models, compare, report, experiment, plot, backtest):
+    for each in (parser, predict, models, compare, report, experiment, plot, backtest, *operations):
         each.json_errors = json_errors
     return parser
 
@@ -659,30 +678,57 @@ def _write_png(path: str, png: bytes, field: str) -> Path:
 
 
 def _backtest(client: ForecastClient, args: argparse.Namespace) -> Output:
+    if args.detach and args.plot is not None:
+        raise InputError("--plot", "cannot be combined with --detach")
     backtest_png = _plotting().backtest_png if args.plot is not None else None
     series = _backtest_series(args)
-    start = _parse_time(args.start, "--start") if args.start is not None else None
-    report = client.backtest(
-        args.model,
-        series,
-        horizon=args.horizon,
-        n_windows=args.windows,
-        step=args.step,
-        targets=[name for text in args.versions for name in parse_names(text)],
-        sequence_length=args.sequence_length,
-        interval_coverages=args.interval,
-        quantile_levels=args.quantile,
-        per_window=args.per_window,
-        start=start,
-        frequency=args.frequency,
-        fill=args.fill,
-    )
+    options = _backtest_options(args)
+    if args.detach:
+        operation = client.start_backtest(args.model, series, **options)
+        return operation_json(operation), f"{operation.name}\n"
+    if args.wait:
+        started = client.start_backtest(args.model, series, **options)
+        finished = wait_for(client, started.name, sys.stderr, json_lines=args.json)
+        report = client.backtest_result(finished)
+    else:
+        report = client.backtest(args.model, series, **options)
     body, text = backtest_json(report), backtest_text(report)
     if backtest_png is not None:
         output = _write_png(args.plot, backtest_png(report, metric=args.plot_metric), "--plot")
         body = {**body, "plot": str(output)}
         text += f"\nplot: {output}\n"
     return body, text
+
+
+class _BacktestOptions(TypedDict):
+    horizon: int
+    n_windows: int
+    step: int
+    targets: list[BacktestTarget]
+    sequence_length: int
+    interval_coverages: list[float]
+    quantile_levels: list[float]
+    per_window: bool
+    start: datetime | None
+    frequency: str
+    fill: str | None
+
+
+def _backtest_options(args: argparse.Namespace) -> _BacktestOptions:
+    """The arguments of `backtest` and `start_backtest` besides the model and the series."""
+    return {
+        "horizon": args.horizon,
+        "n_windows": args.windows,
+        "step": args.step,
+        "targets": [name for text in args.versions for name in parse_names(text)],
+        "sequence_length": args.sequence_length,
+        "interval_coverages": args.interval,
+        "quantile_levels": args.quantile,
+        "per_window": args.per_window,
+        "start": _parse_time(args.start, "--start") if args.start is not None else None,
+        "frequency": args.frequency,
+        "fill": args.fill,
+    }
 
 
 def _backtest_series(args: argparse.Namespace) -> dict[str, SeriesInput]:

@@ -1,4 +1,4 @@
-"""A small, typed, blocking client for `forecast.v1.ForecastService`.
+"""A small, typed, blocking client for `forecast.v1.ForecastService` and its operations.
 
     with ForecastClient("localhost:50051") as client:  # or ..., cacert="ca.pem", token=...
         result = client.forecast("lstm_timeseries", history, horizon=12)
@@ -13,6 +13,11 @@
         backtest = client.backtest("lstm_timeseries", {"store-1": h1}, horizon=12, n_windows=8)
         backtest.result("lstm_timeseries:2").mase, backtest.comparisons[0].verdict
 
+        operation = client.start_backtest("lstm_timeseries", series, horizon=12, n_windows=800)
+        operation = client.wait_operation(operation.name, on_progress=print)  # Operation
+        report = client.backtest_result(operation)  # the BacktestReport `backtest` returns
+        batch = client.start_forecast_batch("lstm_timeseries", many_series)  # then the same
+
         dated = client.forecast("lstm_timeseries", values, start="2024-01-01", frequency="D")
         dated.timestamps  # tuple[datetime, ...], UTC: the day after the last history point on
         gappy = client.forecast("m", values, timestamps=days, frequency="D", fill="linear")
@@ -21,8 +26,9 @@
 Every failed call raises `ForecastError` (see `errors.py`). Batch and stream
 calls answer each series on its own: a series that failed is a
 `SeriesOutcome` whose `error` is a `ForecastError`, and the others still
-have their forecasts. Scores and statistics the gateway cannot compute yet
-(no actuals, too few samples) are NaN.
+have their forecasts. A failed operation's `error` is a `ForecastError`
+too (`backtest_result` raises it). Scores and statistics the gateway
+cannot compute yet (no actuals, too few samples) are NaN.
 
 Series with time: `start=` (the time of `history[0]`) with `frequency=` (a
 pandas offset alias: "D", "h", "15min", "W-SUN", "MS", ...), or one time per
@@ -43,6 +49,7 @@ says why.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +57,8 @@ from types import TracebackType
 from typing import Any, Required, Self, TypedDict, TypeVar
 
 import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
 
 from forecast.v1 import forecast_pb2, forecast_service_pb2, forecast_service_pb2_grpc
 from forecast_client.connection import (
@@ -62,6 +71,15 @@ from forecast_client.connection import (
     channel_options,
 )
 from forecast_client.errors import ForecastError, from_proto_error, from_rpc_error
+from forecast_client.operations import (
+    BACKTEST,
+    FORECAST_BATCH,
+    MAX_WAIT_S,
+    RESPONSE_TYPES,
+    Operation,
+    OperationProgress,
+    operation_of,
+)
 from forecast_client.times import (
     TimeLike,
     datetime_index,
@@ -91,6 +109,8 @@ __all__ = [
     "LatencyStats",
     "ModelInfo",
     "ModelVersionInfo",
+    "Operation",
+    "OperationProgress",
     "QuantileForecast",
     "QuantileLoss",
     "SeriesInput",
@@ -629,7 +649,8 @@ class BacktestReport:
 class ForecastClient:
     """Blocking client; use it as a context manager (or call `close()`).
 
-    `timeout_s` is the deadline of every call, retries included; `metadata`
+    `timeout_s` is the deadline of every call, retries included (a wait for an
+    operation is many calls, see `wait_operation`); `metadata`
     is sent with every call (e.g. `[("x-request-id", "abc")]`).
 
     Secured gateways (the options of grpcurl and of the `forecast` command):
@@ -642,7 +663,8 @@ class ForecastClient:
     ValueError naming the option, never the token) here, not at a call.
 
     `retry_policy` (default `DEFAULT_RETRY_POLICY`: UNAVAILABLE, 5 attempts)
-    is applied by gRPC to every call; None turns retries off.
+    is applied to every call (by gRPC; by the client for the
+    google.longrunning.Operations calls); None turns retries off.
     `load_balancing="round_robin"` spreads the calls over every address the
     target resolves to (e.g. "dns:///gateway-headless:50051" or
     "ipv4:10.0.0.1:50051,10.0.0.2:50051"), so a replica that restarts only
@@ -681,6 +703,7 @@ class ForecastClient:
         self.secure = credentials is not None
         self._timeout_s = timeout_s
         self._metadata = call_metadata
+        self._retry_policy = retry_policy
         all_options = [*channel_options(retry_policy, load_balancing), *options]
         self._channel = (
             grpc.insecure_channel(target, all_options)
@@ -688,6 +711,7 @@ class ForecastClient:
             else grpc.secure_channel(target, credentials, all_options)
         )
         self._stub = forecast_service_pb2_grpc.ForecastServiceStub(self._channel)
+        self._operations = operations_pb2_grpc.OperationsStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -789,24 +813,20 @@ class ForecastClient:
         a whole (empty, too many series, a repeated id) or the model is not
         served.
         """
-        pairs = series.items() if isinstance(series, Mapping) else series
-        defaults = SeriesInput((), start, frequency, timestamps, fill)
-        request = forecast_service_pb2.ForecastBatchRequest(
-            model=model,
+        request = _batch_request(
+            model,
+            series,
             version=version,
             horizon=horizon,
             sequence_length=sequence_length,
-            interval_coverages=_floats(interval_coverages),
-            quantile_levels=_floats(quantile_levels),
-            series=[_series(series_id, history, defaults) for series_id, history in pairs],
+            interval_coverages=interval_coverages,
+            quantile_levels=quantile_levels,
+            start=start,
+            frequency=frequency,
+            timestamps=timestamps,
+            fill=fill,
         )
-        response = self._call(self._stub.ForecastBatch, request)
-        return [
-            SeriesOutcome(result.id, _forecast(result.forecast), None)
-            if result.WhichOneof("outcome") == "forecast"
-            else SeriesOutcome(result.id, None, from_proto_error(result.error))
-            for result in response.results
-        ]
+        return _outcomes(self._call(self._stub.ForecastBatch, request))
 
     def stream_forecast(
         self, requests: Iterable[tuple[str, ForecastArgs]], *, timeout_s: float | None = None
@@ -949,46 +969,202 @@ class ForecastClient:
         names no version is INVALID_ARGUMENT with field violations; an
         unknown model or version is NOT_FOUND.
         """
-        pairs = series.items() if isinstance(series, Mapping) else series
-        defaults = SeriesInput((), start, frequency, timestamps, fill)
-        request = forecast_service_pb2.BacktestRequest(
-            model=model,
-            series=[_series(series_id, history, defaults) for series_id, history in pairs],
+        request = _backtest_request(
+            model,
+            series,
             horizon=horizon,
             n_windows=n_windows,
             step=step,
-            targets=[_backtest_target(target) for target in targets],
+            targets=targets,
             sequence_length=sequence_length,
-            interval_coverages=_floats(interval_coverages),
-            quantile_levels=_floats(quantile_levels),
+            interval_coverages=interval_coverages,
+            quantile_levels=quantile_levels,
             per_window=per_window,
+            start=start,
+            frequency=frequency,
+            timestamps=timestamps,
+            fill=fill,
         )
-        response = self._call(self._stub.Backtest, request, timeout_s=timeout_s)
-        return BacktestReport(
-            model=response.model,
-            horizon=response.horizon,
-            n_windows=response.n_windows,
-            step=response.step,
-            scale=response.scale,
-            results=tuple(_backtest_result(r) for r in response.results),
-            comparisons=tuple(
-                BacktestComparison(
-                    target_a=c.target_a,
-                    target_b=c.target_b,
-                    test=c.test,
-                    windows=c.windows,
-                    mase_a=c.mase_a,
-                    mase_b=c.mase_b,
-                    mean_difference=c.mean_difference,
-                    statistic=c.statistic,
-                    p_value=c.p_value,
-                    lag=c.lag,
-                    significant=c.significant,
-                    verdict=c.verdict,
-                )
-                for c in response.comparisons
-            ),
+        return _backtest_report(self._call(self._stub.Backtest, request, timeout_s=timeout_s))
+
+    def start_backtest(
+        self,
+        model: str,
+        series: Mapping[str, BatchSeries] | Iterable[tuple[str, BatchSeries]],
+        *,
+        horizon: int,
+        n_windows: int,
+        step: int = 0,
+        targets: Iterable[BacktestTarget] = (),
+        sequence_length: int = 0,
+        interval_coverages: Iterable[float] = (),
+        quantile_levels: Iterable[float] = (),
+        per_window: bool = False,
+        start: TimeLike | None = None,
+        frequency: str = "",
+        timestamps: Iterable[TimeLike] | None = None,
+        fill: str | int | None = None,
+        timeout_s: float | None = None,
+    ) -> Operation:
+        """`backtest` as a long-running operation (StartBacktest), returned at once.
+
+        The arguments are `backtest`'s, checked as there before the operation
+        exists (INVALID_ARGUMENT, NOT_FOUND); `timeout_s` is the deadline of
+        this call only. Its progress counts windows; `wait_operation` waits
+        for it and `backtest_result` reads the report of the finished one.
+        """
+        request = _backtest_request(
+            model,
+            series,
+            horizon=horizon,
+            n_windows=n_windows,
+            step=step,
+            targets=targets,
+            sequence_length=sequence_length,
+            interval_coverages=interval_coverages,
+            quantile_levels=quantile_levels,
+            per_window=per_window,
+            start=start,
+            frequency=frequency,
+            timestamps=timestamps,
+            fill=fill,
         )
+        return operation_of(self._call(self._stub.StartBacktest, request, timeout_s=timeout_s))
+
+    def start_forecast_batch(
+        self,
+        model: str,
+        series: Mapping[str, BatchSeries] | Iterable[tuple[str, BatchSeries]],
+        *,
+        version: str = "",
+        horizon: int = 0,
+        sequence_length: int = 0,
+        interval_coverages: Iterable[float] = (),
+        quantile_levels: Iterable[float] = (),
+        start: TimeLike | None = None,
+        frequency: str = "",
+        timestamps: Iterable[TimeLike] | None = None,
+        fill: str | int | None = None,
+    ) -> Operation:
+        """`forecast_batch` as a long-running operation (StartForecastBatch), returned at once.
+
+        For more series than one call should carry: the arguments are
+        `forecast_batch`'s, the batch is checked as a whole before the
+        operation exists. Its progress counts series; `forecast_batch_result`
+        reads the outcomes of the finished one (each series answered on its
+        own, as by `forecast_batch`).
+        """
+        request = _batch_request(
+            model,
+            series,
+            version=version,
+            horizon=horizon,
+            sequence_length=sequence_length,
+            interval_coverages=interval_coverages,
+            quantile_levels=quantile_levels,
+            start=start,
+            frequency=frequency,
+            timestamps=timestamps,
+            fill=fill,
+        )
+        return operation_of(self._call(self._stub.StartForecastBatch, request))
+
+    def get_operation(self, name: str) -> Operation:
+        """The operation as it stands now.
+
+        NOT_FOUND if no such operation exists (never did, expired, deleted,
+        or, with tokens, started by another token).
+        """
+        request = operations_pb2.GetOperationRequest(name=name)
+        return operation_of(self._call_operations(self._operations.GetOperation, request))
+
+    def wait_operation(
+        self,
+        name: str,
+        *,
+        timeout_s: float | None = None,
+        on_progress: Callable[[Operation], object] | None = None,
+        progress_every_s: float = 1.0,
+    ) -> Operation:
+        """Wait until the operation is done, or `timeout_s` has passed (None: no limit).
+
+        Returns the operation: check `done` (a wait that ran out returns it
+        as it stands) and `error`. One WaitOperation waits at most 300 s on
+        the gateway, and one whose replica stops answers early; this asks
+        again (any replica answers), so the client's per-call timeout never
+        cuts a long wait. `on_progress` is called with the operation at once
+        and whenever its progress, attempt or `done` changes, looked at every
+        `progress_every_s`.
+        """
+        if progress_every_s <= 0:
+            raise ValueError(f"progress_every_s must be > 0, got {progress_every_s}")
+        deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+        longest = MAX_WAIT_S if on_progress is None else min(MAX_WAIT_S, progress_every_s)
+        seen: tuple[bool, int, int, int] | None = None
+        while True:
+            operation = self._wait_once(name, max(0.0, min(longest, deadline - time.monotonic())))
+            progress = operation.progress
+            now = (operation.done, progress.done, progress.total, operation.attempt)
+            if on_progress is not None and now != seen:
+                seen = now
+                on_progress(operation)
+            if operation.done or time.monotonic() >= deadline:
+                return operation
+
+    def cancel_operation(self, name: str) -> None:
+        """Ask the gateway to cancel the operation.
+
+        A queued one ends at once, a running one soon after, both with error
+        CANCELLED; a finished one stays as it is. NOT_FOUND as `get_operation`.
+        """
+        request = operations_pb2.CancelOperationRequest(name=name)
+        self._call_operations(self._operations.CancelOperation, request)
+
+    def delete_operation(self, name: str) -> None:
+        """Forget the operation and its result (a running one stops).
+
+        NOT_FOUND as `get_operation`.
+        """
+        request = operations_pb2.DeleteOperationRequest(name=name)
+        self._call_operations(self._operations.DeleteOperation, request)
+
+    def list_operations(self, *, page_size: int = 0) -> Iterator[Operation]:
+        """Every operation of the caller (with tokens: of its token), oldest first.
+
+        The pages (`page_size` operations each, 0: the gateway's default of
+        50, at most 500) are fetched as the iteration reaches them.
+        """
+        page_token = ""
+        while True:
+            request = operations_pb2.ListOperationsRequest(
+                page_size=page_size, page_token=page_token
+            )
+            page = self._call_operations(self._operations.ListOperations, request)
+            yield from (operation_of(message) for message in page.operations)
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def backtest_result(self, operation: Operation) -> BacktestReport:
+        """The report of a finished StartBacktest operation, as `backtest` returns it.
+
+        Raises the operation's `error` (a ForecastError) if it failed, and
+        ValueError if it is not done or not a backtest.
+        """
+        response = forecast_service_pb2.BacktestResponse.FromString(
+            _response_of(operation, BACKTEST)
+        )
+        return _backtest_report(response)
+
+    def forecast_batch_result(self, operation: Operation) -> list[SeriesOutcome]:
+        """The outcomes of a finished StartForecastBatch operation, as `forecast_batch` returns.
+
+        Raises as `backtest_result`.
+        """
+        response = forecast_service_pb2.ForecastBatchResponse.FromString(
+            _response_of(operation, FORECAST_BATCH)
+        )
+        return _outcomes(response)
 
     def report_actuals(
         self,
@@ -1100,6 +1276,51 @@ class ForecastClient:
             return method(request, timeout=timeout_s or self._timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
+
+    def _wait_once(self, name: str, wait_s: float) -> Operation:
+        """One WaitOperation of at most `wait_s`, its deadline past the wait by the client's."""
+        timeout = duration_pb2.Duration()
+        timeout.FromNanoseconds(round(wait_s * 1e9))
+        request = operations_pb2.WaitOperationRequest(name=name, timeout=timeout)
+        method = self._operations.WaitOperation
+        return operation_of(
+            self._call_operations(method, request, timeout_s=wait_s + self._timeout_s)
+        )
+
+    def _call_operations(
+        self, method: Callable[..., _Response], request: object, *, timeout_s: float | None = None
+    ) -> _Response:
+        """A google.longrunning.Operations call, retried here on the retry policy's codes.
+
+        gRPC's own retries (the service config) cover forecast.v1.ForecastService
+        only; these follow the same policy within the call's deadline.
+        """
+        deadline = time.monotonic() + (timeout_s or self._timeout_s)
+        retry = 0
+        while True:
+            try:
+                return method(
+                    request,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                failure = from_rpc_error(error)
+                retry += 1
+                pause = self._pause_before(retry, failure, deadline)
+                if pause is None:
+                    raise failure from error
+            time.sleep(pause)
+
+    def _pause_before(self, retry: int, failure: ForecastError, deadline: float) -> float | None:
+        """The backoff before retry number `retry`; None when the policy says not to retry."""
+        policy = self._retry_policy
+        if policy is None or retry >= policy.max_attempts:
+            return None
+        if failure.code.name not in policy.retryable_codes:
+            return None
+        pause = policy.backoff_s(retry)
+        return pause if time.monotonic() + pause < deadline else None
 
 
 def _enum_label(name_of: Callable[[_Number], str], number: _Number, prefix: str) -> str:
@@ -1226,6 +1447,118 @@ def _bands(
         "quantiles": tuple(QuantileForecast(q.level, list(q.values)) for q in message.quantiles),
         "uncertainty": uncertainty,
     }
+
+
+def _batch_request(
+    model: str,
+    series: Mapping[str, BatchSeries] | Iterable[tuple[str, BatchSeries]],
+    *,
+    version: str,
+    horizon: int,
+    sequence_length: int,
+    interval_coverages: Iterable[float],
+    quantile_levels: Iterable[float],
+    start: TimeLike | None,
+    frequency: str,
+    timestamps: Iterable[TimeLike] | None,
+    fill: str | int | None,
+) -> forecast_service_pb2.ForecastBatchRequest:
+    """The request of `forecast_batch` and `start_forecast_batch`."""
+    pairs = series.items() if isinstance(series, Mapping) else series
+    defaults = SeriesInput((), start, frequency, timestamps, fill)
+    return forecast_service_pb2.ForecastBatchRequest(
+        model=model,
+        version=version,
+        horizon=horizon,
+        sequence_length=sequence_length,
+        interval_coverages=_floats(interval_coverages),
+        quantile_levels=_floats(quantile_levels),
+        series=[_series(series_id, history, defaults) for series_id, history in pairs],
+    )
+
+
+def _outcomes(response: forecast_service_pb2.ForecastBatchResponse) -> list[SeriesOutcome]:
+    return [
+        SeriesOutcome(result.id, _forecast(result.forecast), None)
+        if result.WhichOneof("outcome") == "forecast"
+        else SeriesOutcome(result.id, None, from_proto_error(result.error))
+        for result in response.results
+    ]
+
+
+def _backtest_request(
+    model: str,
+    series: Mapping[str, BatchSeries] | Iterable[tuple[str, BatchSeries]],
+    *,
+    horizon: int,
+    n_windows: int,
+    step: int,
+    targets: Iterable[BacktestTarget],
+    sequence_length: int,
+    interval_coverages: Iterable[float],
+    quantile_levels: Iterable[float],
+    per_window: bool,
+    start: TimeLike | None,
+    frequency: str,
+    timestamps: Iterable[TimeLike] | None,
+    fill: str | int | None,
+) -> forecast_service_pb2.BacktestRequest:
+    """The request of `backtest` and `start_backtest`."""
+    pairs = series.items() if isinstance(series, Mapping) else series
+    defaults = SeriesInput((), start, frequency, timestamps, fill)
+    return forecast_service_pb2.BacktestRequest(
+        model=model,
+        series=[_series(series_id, history, defaults) for series_id, history in pairs],
+        horizon=horizon,
+        n_windows=n_windows,
+        step=step,
+        targets=[_backtest_target(target) for target in targets],
+        sequence_length=sequence_length,
+        interval_coverages=_floats(interval_coverages),
+        quantile_levels=_floats(quantile_levels),
+        per_window=per_window,
+    )
+
+
+def _backtest_report(response: forecast_service_pb2.BacktestResponse) -> BacktestReport:
+    return BacktestReport(
+        model=response.model,
+        horizon=response.horizon,
+        n_windows=response.n_windows,
+        step=response.step,
+        scale=response.scale,
+        results=tuple(_backtest_result(r) for r in response.results),
+        comparisons=tuple(
+            BacktestComparison(
+                target_a=c.target_a,
+                target_b=c.target_b,
+                test=c.test,
+                windows=c.windows,
+                mase_a=c.mase_a,
+                mase_b=c.mase_b,
+                mean_difference=c.mean_difference,
+                statistic=c.statistic,
+                p_value=c.p_value,
+                lag=c.lag,
+                significant=c.significant,
+                verdict=c.verdict,
+            )
+            for c in response.comparisons
+        ),
+    )
+
+
+def _response_of(operation: Operation, kind: str) -> bytes:
+    """The response bytes of a finished operation of `kind`; its error raised if it failed."""
+    if not operation.done:
+        raise ValueError(f"operation {operation.name} is not done (wait_operation waits for it)")
+    if operation.error is not None:
+        raise operation.error
+    expected = RESPONSE_TYPES[kind]
+    if operation.response_type != expected:
+        held = operation.response_type or "no response"
+        raise ValueError(f"operation {operation.name} holds {held}, not a {expected}")
+    return operation.response
 
 
 def _backtest_target(target: BacktestTarget) -> forecast_service_pb2.BacktestTarget:

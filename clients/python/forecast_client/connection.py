@@ -11,13 +11,16 @@ channel the same way, and so the rules can be tested without a server:
   so no error message can echo it back.
 - Every call of `forecast.v1.ForecastService` is retried on UNAVAILABLE by
   gRPC itself (a service config), so a rolling restart of the gateways is
-  invisible to callers.
+  invisible to callers. The calls of `google.longrunning.Operations` are
+  retried by `ForecastClient` with the same policy and backoffs
+  (`RetryPolicy.backoff_s`): the service config names one service.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +89,11 @@ class RetryPolicy:
         unknown = [code for code in self.retryable_codes if code not in known]
         if unknown or not self.retryable_codes:
             raise ValueError(f"retryable_codes must be gRPC status code names, got {unknown}")
+
+    def backoff_s(self, retry: int) -> float:
+        """The pause before retry number `retry` (1 = the second attempt), drawn as gRPC does."""
+        ceiling = self.initial_backoff_s * self.backoff_multiplier ** (retry - 1)
+        return random.uniform(0.0, min(ceiling, self.max_backoff_s))
 
     def method_config(self) -> dict[str, object]:
         """The service config's methodConfig entry (gRFC A6) carrying this policy."""

@@ -3,9 +3,11 @@
 The gateway puts a `google.rpc.Status` in the `grpc-status-details-bin` trailer
 with `BadRequest` (one field violation per invalid field) and `ErrorInfo`
 (a stable reason such as "MODEL_NOT_FOUND" in the domain "forecast.v1").
-`from_rpc_error` is the only place that decodes it. Batch and stream calls
-carry per-series errors in-band instead (`forecast.v1.ForecastError`, the same
-content); `from_proto_error` turns those into the same exception type.
+`from_status` is the only place that decodes it: `from_rpc_error` for a
+failed call, and for a failed long-running operation, whose `error` is the
+same Status. Batch and stream calls carry per-series errors in-band instead
+(`forecast.v1.ForecastError`, the same content); `from_proto_error` turns
+those into the same exception type.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from grpc_status import rpc_status
 
 from forecast.v1 import forecast_pb2
 
-__all__ = ["FieldViolation", "ForecastError", "from_proto_error", "from_rpc_error"]
+__all__ = [
+    "FieldViolation",
+    "ForecastError",
+    "from_proto_error",
+    "from_rpc_error",
+    "from_status",
+]
 
 ERROR_DOMAIN = "forecast.v1"
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -80,6 +88,14 @@ def from_rpc_error(error: grpc.RpcError) -> ForecastError:
     status = _rich_status(call)
     if status is None:
         return ForecastError(code, message)
+    rich = from_status(status)
+    return ForecastError(
+        code, status.message or message, rich.reason, rich.field_violations, domain=rich.domain
+    )
+
+
+def from_status(status: status_pb2.Status) -> ForecastError:
+    """Convert a `google.rpc.Status` (a failed operation's `error`) with its details."""
     reason: str | None = None
     domain: str | None = None
     violations: list[FieldViolation] = []
@@ -94,7 +110,8 @@ def from_rpc_error(error: grpc.RpcError) -> ForecastError:
             violations.extend(
                 FieldViolation(v.field, v.description) for v in bad_request.field_violations
             )
-    return ForecastError(code, status.message or message, reason, tuple(violations), domain=domain)
+    code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return ForecastError(code, status.message, reason, tuple(violations), domain=domain)
 
 
 def from_proto_error(error: forecast_pb2.ForecastError) -> ForecastError:

@@ -10,7 +10,10 @@ columns named by their level in percent (`lo80 hi80` for a 0.8 interval,
 A forecast of a series with time has a TIME column (dates alone when every
 step is at midnight UTC) and, in JSON, `timestamps` (RFC 3339, UTC, as
 proto JSON writes a Timestamp), `frequency` and `filledPoints`; a request
-without time renders as before time existed.
+without time renders as before time existed. An operation renders as its
+state and progress (`operation_json`: name, kind, done, state, attempt,
+progress, the times set, and `error` when it failed); a finished batch's
+outcomes as ForecastBatchResponse's `results`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from forecast_client.client import (
     Forecast,
     ModelInfo,
     ModelVersionInfo,
+    Operation,
+    SeriesOutcome,
     Uncertainty,
     VersionExperiment,
     VersionForecast,
@@ -51,6 +56,11 @@ __all__ = [
     "model_json",
     "model_text",
     "models_text",
+    "operation_json",
+    "operation_text",
+    "operations_text",
+    "outcomes_json",
+    "outcomes_text",
 ]
 
 JsonObject = dict[str, object]
@@ -895,3 +905,100 @@ def _table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
         for row in all_rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def operation_json(operation: Operation) -> JsonObject:
+    """Return the operation: name, kind, done, state, attempt, progress, its times, any error."""
+    progress = operation.progress
+    body: JsonObject = {
+        "name": operation.name,
+        "kind": operation.kind,
+        "done": operation.done,
+        "state": operation.state,
+        "attempt": operation.attempt,
+        "progress": {"done": progress.done, "total": progress.total, "unit": progress.unit},
+    }
+    times = {
+        "createTime": operation.create_time,
+        "updateTime": operation.update_time,
+        "expireTime": operation.expire_time,
+    }
+    body.update({key: _rfc3339(moment) for key, moment in times.items() if moment is not None})
+    if operation.error is not None:
+        body["error"] = _error_body(operation.error)
+    return body
+
+
+def operation_text(operation: Operation) -> str:
+    """Return the operation's name, then one "field  value" line each; its error last."""
+    rows = [
+        ["kind", operation.kind],
+        ["state", _state_cell(operation)],
+        ["progress", _progress_cell(operation)],
+        ["created", _moment_cell(operation.create_time)],
+        ["updated", _moment_cell(operation.update_time)],
+        ["expires", _moment_cell(operation.expire_time)],
+    ]
+    text = f"operation {operation.name}\n" + _table(None, rows)
+    if operation.error is not None:
+        text += error_text(operation.error)
+    return text
+
+
+def operations_text(operations: Sequence[Operation]) -> str:
+    """Return one row per operation (NAME KIND STATE PROGRESS CREATED), oldest first."""
+    if not operations:
+        return "no operations\n"
+    rows = [
+        [
+            o.name,
+            o.kind,
+            _state_cell(o),
+            _progress_cell(o),
+            _moment_cell(o.create_time),
+        ]
+        for o in operations
+    ]
+    return _table(["NAME", "KIND", "STATE", "PROGRESS", "CREATED"], rows)
+
+
+def outcomes_json(outcomes: Sequence[SeriesOutcome]) -> JsonObject:
+    """Return a ForecastBatchResponse-shaped object: each series' forecast or error."""
+    return {
+        "results": [
+            {"id": o.id, "forecast": forecast_json(o.forecast)}
+            if o.forecast is not None
+            else {"id": o.id, "error": _error_body(o.error) if o.error is not None else None}
+            for o in outcomes
+        ]
+    }
+
+
+def outcomes_text(outcomes: Sequence[SeriesOutcome]) -> str:
+    """Return each series' forecast (as `forecast_text`) or error, under a "series ID" line."""
+    blocks = [
+        f"series {o.id}\n"
+        + (forecast_text(o.forecast) if o.forecast is not None else "")
+        + (error_text(o.error) if o.error is not None else "")
+        for o in outcomes
+    ]
+    return "\n".join(blocks)
+
+
+def _state_cell(operation: Operation) -> str:
+    """The state, with the error's code if it failed and its attempt if it ran more than once."""
+    notes = []
+    if operation.state == "failed" and operation.error is not None:
+        notes.append(operation.error.code.name)
+    if operation.attempt > 1:
+        notes.append(f"attempt {operation.attempt}")
+    return f"{operation.state} ({', '.join(notes)})" if notes else operation.state
+
+
+def _progress_cell(operation: Operation) -> str:
+    progress = operation.progress
+    return f"{progress.done}/{progress.total} {progress.unit}".rstrip()
+
+
+def _moment_cell(moment: datetime | None) -> str:
+    return _rfc3339(moment) if moment is not None else "-"
