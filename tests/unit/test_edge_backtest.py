@@ -9,9 +9,11 @@ by the test itself.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,6 +22,7 @@ from google.protobuf import timestamp_pb2
 
 from forecast.v1 import forecast_pb2
 from forecast.v1 import forecast_service_pb2 as pb
+from forecast_gateway.backtest.runner import CHUNK_WINDOWS
 from tests.edge import (
     LSTM,
     MA,
@@ -198,6 +201,60 @@ async def test_a_window_shorter_than_the_version_reads_names_series_window_and_t
     ((field, description),) = details(error).violations
     assert field == "series[0].history"
     assert "series 'a', window 0 (origin 48), target lstm_timeseries:2" in description
+
+
+async def test_start_backtest_refuses_a_window_too_short_before_an_operation_exists(
+    tmp_path: Path,
+) -> None:
+    short = request(
+        series=[pb.Series(id="a", history=SERIES)],
+        n_windows=12,
+        model=LSTM,
+        targets=[pb.BacktestTarget(version="2")],
+    )
+    async with serving(tmp_path) as edge:
+        error = await failure(edge.stub.StartBacktest(short))
+        operations = await edge.gateway.operations.store.page("", 10, None)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "window 0 (origin 48), target lstm_timeseries:2" in (error.details() or "")
+    assert operations == []
+
+
+async def test_planning_leaves_the_loop_free_between_chunks(tmp_path: Path) -> None:
+    """An operation's lease renewals run on the same loop: planning must not hold it."""
+    long = [10.0 + (i % 7) + 0.01 * i for i in range(1100)]
+    query = request(
+        series=[pb.Series(id=name, history=long) for name in ("a", "b", "c")],
+        horizon=3,
+        n_windows=1000,
+        step=1,
+    )
+    async with serving(tmp_path) as edge:
+        planner = edge.gateway.forecaster.planner
+        plan_query = planner.plan_query
+        since_tick = [0]
+        most = [0]
+        planned = [0]
+
+        def counted(index: int, item: Any) -> Any:
+            since_tick[0] += 1
+            planned[0] += 1
+            most[0] = max(most[0], since_tick[0])
+            return plan_query(index, item)
+
+        async def tick() -> None:
+            while True:
+                since_tick[0] = 0
+                await asyncio.sleep(0)
+
+        planner.plan_query = counted  # type: ignore[method-assign]
+        ticker = asyncio.create_task(tick())
+        try:
+            await edge.stub.Backtest(query)
+        finally:
+            ticker.cancel()
+    assert planned[0] == 2 * 3 * 1000  # every window of both targets
+    assert most[0] <= 2 * CHUNK_WINDOWS  # at most one chunk per target between loop turns
 
 
 async def test_layout_and_targets_are_checked(tmp_path: Path) -> None:

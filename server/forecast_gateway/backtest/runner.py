@@ -171,9 +171,17 @@ class Backtester:
         )
 
     def check(self, query: BacktestQuery) -> int:
-        """Raise what `run` would raise before inference; the forecasts it will make."""
+        """Raise what `run` would raise before inference; the forecasts it will make.
+
+        Plans each series' first window (its shortest history) for every
+        target, so a series too short for a version's window is refused here,
+        not in the operation; missing points of later windows are found by `run`.
+        """
         targets = self._targets(query)
         series = self._prepare(query)
+        first = [w for w in self._windows(series, query.layout) if w.index == 0]
+        for target in targets:
+            self._plan(query, target, series, first)
         return len(targets) * len(series) * query.layout.n_windows
 
     async def run(
@@ -185,7 +193,10 @@ class Backtester:
         """
         targets = self._targets(query)
         series = self._prepare(query)
-        windows = tuple(self._windows(series, query.layout))
+        windows: list[Window] = []
+        for number in range(len(series)):  # the loop stays free between series (leases renew)
+            windows += self._windows(series, query.layout, number)
+            await asyncio.sleep(0)
         results = await asyncio.gather(
             *(
                 self._run_target(query, target, series, windows, deadline, progress)
@@ -200,7 +211,7 @@ class Backtester:
             model=query.model,
             layout=query.layout,
             scale=_scale_text(series),
-            windows=windows,
+            windows=tuple(windows),
             series_ids=tuple(s.id for s in series),
             results=tuple(result for result, _ in results),
             comparisons=comparisons,
@@ -272,9 +283,14 @@ class Backtester:
             raise InvalidArgument.of(violations)
         return prepared
 
-    def _windows(self, series: Sequence[_Series], layout: Layout) -> list[Window]:
+    def _windows(
+        self, series: Sequence[_Series], layout: Layout, only: int | None = None
+    ) -> list[Window]:
+        """The windows of every series (or of series number `only`), in order."""
         windows = []
         for number, item in enumerate(series):
+            if only is not None and number != only:
+                continue
             history = item.query.history
             axis = item.query.axis
             for index, origin in enumerate(layout.origins(history.shape[0])):
@@ -301,20 +317,13 @@ class Backtester:
         progress: Callable[[int], None] | None,
     ) -> tuple[TargetResult, FloatArray]:
         spec = self.catalog.get(target.model)
-        plans: list[Plan] = []
-        for number, window in enumerate(windows):
-            item = series[window.series]
-            try:
-                plans.append(
-                    self.planner.plan_query(
-                        number, self._window_query(query, target, item, window)
-                    )[1]
-                )
-            except InvalidArgument as error:
-                raise _named(error, target, item.id, window) from None
         outcomes = []
-        for start in range(0, len(plans), CHUNK_WINDOWS):
-            chunk = plans[start : start + CHUNK_WINDOWS]
+        # Planned a chunk at a time, each chunk executed before the next is
+        # planned: the event loop (and with it an operation's lease renewals
+        # and every other call) never waits for more than one chunk's planning.
+        for start in range(0, len(windows), CHUNK_WINDOWS):
+            await asyncio.sleep(0)
+            chunk = self._plan(query, target, series, windows[start : start + CHUNK_WINDOWS], start)
             outcomes += await self.executor.run(spec, chunk, deadline)
             if progress is not None:
                 progress(len(chunk))
@@ -326,6 +335,28 @@ class Backtester:
         scores = score_target(target_windows)
         statuses = tuple(_status(results, coverage) for coverage in query.levels.coverages)
         return TargetResult(target, scores, statuses), window_losses(target_windows)
+
+    def _plan(
+        self,
+        query: BacktestQuery,
+        target: Target,
+        series: Sequence[_Series],
+        windows: Sequence[Window],
+        first: int = 0,
+    ) -> list[Plan]:
+        """The pinned plans of `windows` (numbered from `first`); a violation names its window."""
+        plans: list[Plan] = []
+        for number, window in enumerate(windows, first):
+            item = series[window.series]
+            try:
+                plans.append(
+                    self.planner.plan_query(
+                        number, self._window_query(query, target, item, window)
+                    )[1]
+                )
+            except InvalidArgument as error:
+                raise _named(error, target, item.id, window) from None
+        return plans
 
     def _window_query(
         self, query: BacktestQuery, target: Target, item: _Series, window: Window
