@@ -70,11 +70,13 @@ def naive_scales(windows: FloatArray) -> list[float]:
     width = windows.shape[1]
     if width < 2:
         return [0.0] * windows.shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        steps = np.subtract(windows[:, 1:], windows[:, :-1])
-        np.abs(steps, out=steps)
-        totals = np.add.reduce(steps, axis=1).tolist()
-        magnitudes = np.add.reduce(np.abs(windows), axis=1).tolist()
+    # No np.errstate (~3 us, twice per forecast with a shadow): validated windows
+    # hold |x| <= 1e150, whose steps and sums cannot overflow, and NaN (a version
+    # that takes missing values) propagates quietly, raising no floating-point flag.
+    steps = np.subtract(windows[:, 1:], windows[:, :-1])
+    np.abs(steps, out=steps)
+    totals = np.add.reduce(steps, axis=1).tolist()
+    magnitudes = np.add.reduce(np.abs(windows), axis=1).tolist()
     scales: list[float] = []
     for total, magnitude in zip(totals, magnitudes, strict=True):
         scale = total / (width - 1)

@@ -247,7 +247,7 @@ async def test_planning_leaves_the_loop_free_between_chunks(tmp_path: Path) -> N
                 since_tick[0] = 0
                 await asyncio.sleep(0)
 
-        planner.plan_query = counted  # type: ignore[method-assign]
+        planner.plan_query = counted  # type: ignore[method-assign,assignment]
         ticker = asyncio.create_task(tick())
         try:
             await edge.stub.Backtest(query)

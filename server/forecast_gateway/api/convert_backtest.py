@@ -10,7 +10,7 @@ import numpy as np
 
 from forecast.v1 import forecast_service_pb2
 from forecast_gateway.api.convert import STATUSES, fill_of, levels_of, time_of, timestamp_at
-from forecast_gateway.backtest.runner import (
+from forecast_gateway.backtest.results import (
     BacktestQuery,
     BacktestReport,
     BacktestSeries,

@@ -19,9 +19,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from forecast_gateway.backtest.comparison import DieboldMariano, diebold_mariano, verdict
+from forecast_gateway.backtest.comparison import diebold_mariano, verdict
+from forecast_gateway.backtest.results import (
+    BacktestQuery,
+    BacktestReport,
+    Comparison,
+    Target,
+    TargetResult,
+    Window,
+)
 from forecast_gateway.backtest.scores import (
-    TargetScores,
     TargetWindows,
     score_target,
     seasonal_naive_scale,
@@ -49,91 +56,11 @@ from forecast_gateway.errors import (
     NotFound,
     Unavailable,
 )
-from forecast_gateway.numerics import NO_LEVELS, FloatArray, Levels
+from forecast_gateway.numerics import FloatArray, Levels
 
 CHUNK_WINDOWS = 1024
 """Windows of one target sent to the executor at once (several backend requests each); an
 operation's progress moves by chunks."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One model version under test."""
-
-    model: str
-    version: str
-
-    @property
-    def label(self) -> str:
-        """How responses and verdicts name it: "model:version"."""
-        return f"{self.model}:{self.version}"
-
-
-@dataclass(frozen=True)
-class BacktestSeries:
-    """One history: its id and its values and time, as a ForecastQuery holds them."""
-
-    id: str
-    query: ForecastQuery
-
-
-@dataclass(frozen=True)
-class BacktestQuery:
-    """A backtest request as the core sees it (converted from the proto)."""
-
-    model: str
-    series: tuple[BacktestSeries, ...]
-    layout: Layout
-    targets: tuple[Target, ...] = ()
-    sequence_length: int = 0
-    levels: Levels = NO_LEVELS
-    per_window: bool = False
-
-
-@dataclass(frozen=True)
-class Window:
-    """One window of one series: where it starts and what it holds out."""
-
-    series: int
-    index: int
-    origin: int
-    actuals: FloatArray
-    scale: float
-    origin_time: int | None
-
-
-@dataclass(frozen=True)
-class TargetResult:
-    """One target's scores, and its intervals' calibration status per coverage."""
-
-    target: Target
-    scores: TargetScores
-    statuses: tuple[Status, ...]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Two targets tested on the same windows."""
-
-    a: Target
-    b: Target
-    mase_a: float
-    mase_b: float
-    test: DieboldMariano
-    verdict: str
-
-
-@dataclass(frozen=True)
-class BacktestReport:
-    """What a backtest found (api.convert makes the BacktestResponse of it)."""
-
-    model: str
-    layout: Layout
-    scale: str
-    windows: tuple[Window, ...]
-    series_ids: tuple[str, ...]
-    results: tuple[TargetResult, ...]
-    comparisons: tuple[Comparison, ...]
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,8 @@ class Executor:
         first = plans[0]
         contract = spec.versions[first.route.version].contract
         cut = [window_values(p.query, first.shape.window, contract) for p in plans]
-        windows = np.stack([values for values, _ in cut])
+        # One row (every unary call) as a view: np.stack's Python costs ~1.5 us.
+        windows = cut[0][0][np.newaxis, :] if len(cut) == 1 else np.stack([v for v, _ in cut])
         started = time.perf_counter()
         try:
             values = await self.infer(
