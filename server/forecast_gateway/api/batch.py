@@ -14,7 +14,7 @@ import numpy as np
 from forecast.v1 import forecast_service_pb2
 from forecast_gateway import metrics
 from forecast_gateway.api.convert import error_from, fill_of, forecast_from, levels_of, time_of
-from forecast_gateway.core.forecaster import Forecaster, ForecastResult
+from forecast_gateway.core.forecaster import ForecastResult
 from forecast_gateway.core.results import Outcome
 from forecast_gateway.core.validation import ForecastQuery, batch_violations
 from forecast_gateway.errors import FieldViolation, GatewayError, InvalidArgument
@@ -58,21 +58,6 @@ def batch_queries_from(request: Request) -> list[ForecastQuery | GatewayError]:
             )
         )
     return queries
-
-
-async def forecast_series(
-    forecaster: Forecaster,
-    model: str,
-    queries: Sequence[ForecastQuery | GatewayError],
-    deadline: float,
-) -> list[Outcome]:
-    """Every series' outcome, in order: the valid ones forecast as one batch."""
-    valid = [(i, q) for i, q in enumerate(queries) if isinstance(q, ForecastQuery)]
-    served: dict[int, Outcome] = {}
-    if valid:
-        outcomes = await forecaster.forecast_batch(model, [q for _, q in valid], deadline)
-        served = {index: outcome for (index, _), outcome in zip(valid, outcomes, strict=True)}
-    return [q if isinstance(q, GatewayError) else served[i] for i, q in enumerate(queries)]
 
 
 def batch_response_from(

@@ -8,14 +8,14 @@ ends its operation with the error's google.rpc.Status (details included).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from forecast.v1 import forecast_service_pb2
-from forecast_gateway.api.batch import batch_queries_from, batch_response_from, forecast_series
+from forecast_gateway.api.batch import batch_queries_from, batch_response_from
 from forecast_gateway.api.convert_backtest import backtest_from, backtest_query_from
 from forecast_gateway.api.status import status_message
 from forecast_gateway.backtest.runner import Backtester
 from forecast_gateway.core.forecaster import Forecaster
+from forecast_gateway.core.results import Outcome
 from forecast_gateway.errors import DeadlineExceeded, GatewayError, Internal
 from forecast_gateway.operations import Job, Progress
 
@@ -48,10 +48,10 @@ def forecast_batch_job(forecaster: Forecaster, chunk: int, timeout_s: float) -> 
         message = forecast_service_pb2.ForecastBatchRequest.FromString(request)
         deadline = time.monotonic() + timeout_s
         queries = batch_queries_from(message)
-        outcomes: list[Any] = []
+        outcomes: list[Outcome] = []
         for first in range(0, len(queries), chunk):
             part = queries[first : first + chunk]
-            outcomes += await forecast_series(forecaster, message.model, part, deadline)
+            outcomes += await forecaster.forecast_batch(message.model, part, deadline)
             progress(len(part))
         response, _ = batch_response_from(
             [s.id for s in message.series], outcomes, "StartForecastBatch"

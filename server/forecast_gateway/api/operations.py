@@ -76,10 +76,7 @@ def _backtest_metadata(operation: Operation) -> forecast_service_pb2.BacktestMet
     return forecast_service_pb2.BacktestMetadata(
         windows_total=operation.total_units,
         windows_done=operation.done_units,
-        attempt=operation.attempts,
-        create_time=timestamp_of(operation.created),
-        update_time=timestamp_of(operation.updated),
-        expire_time=timestamp_of(operation.expires),
+        **_run_fields(operation),
     )
 
 
@@ -87,11 +84,18 @@ def _batch_metadata(operation: Operation) -> forecast_service_pb2.ForecastBatchM
     return forecast_service_pb2.ForecastBatchMetadata(
         series_total=operation.total_units,
         series_done=operation.done_units,
-        attempt=operation.attempts,
-        create_time=timestamp_of(operation.created),
-        update_time=timestamp_of(operation.updated),
-        expire_time=timestamp_of(operation.expires),
+        **_run_fields(operation),
     )
+
+
+def _run_fields(operation: Operation) -> dict[str, Any]:
+    """The fields every kind's metadata shares: the run's attempt and its times."""
+    return {
+        "attempt": operation.attempts,
+        "create_time": timestamp_of(operation.created),
+        "update_time": timestamp_of(operation.updated),
+        "expire_time": timestamp_of(operation.expires),
+    }
 
 
 _KINDS: dict[str, tuple[Callable[[Operation], Message], str]] = {

@@ -22,7 +22,6 @@ from forecast_gateway.api.batch import (
     batch_response_from,
     check_batch,
     count_series,
-    forecast_series,
 )
 from forecast_gateway.api.convert import (
     actuals_from,
@@ -103,8 +102,8 @@ class ForecastServicer(forecast_service_pb2_grpc.ForecastServiceServicer):
         notes.fields["series"] = len(request.series)
         self.catalog.get(request.model)  # NOT_FOUND first: only served names become metric labels
         notes.model = request.model
-        outcomes = await forecast_series(
-            self.forecaster, request.model, batch_queries_from(request), self._deadline(context)
+        outcomes = await self.forecaster.forecast_batch(
+            request.model, batch_queries_from(request), self._deadline(context)
         )
         response, filled = batch_response_from(
             [s.id for s in request.series], outcomes, "ForecastBatch"

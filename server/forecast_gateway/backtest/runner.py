@@ -106,7 +106,8 @@ class Backtester:
         """
         targets = self._targets(query)
         series = self._prepare(query)
-        first = [w for w in self._windows(series, query.layout) if w.index == 0]
+        layout = query.layout
+        first = [w for n, item in enumerate(series) for w in self._windows(n, item, layout, 1)]
         for target in targets:
             self._plan(query, target, series, first)
         return len(targets) * len(series) * query.layout.n_windows
@@ -121,8 +122,8 @@ class Backtester:
         targets = self._targets(query)
         series = self._prepare(query)
         windows: list[Window] = []
-        for number in range(len(series)):  # the loop stays free between series (leases renew)
-            windows += self._windows(series, query.layout, number)
+        for number, item in enumerate(series):  # the loop stays free between series
+            windows += self._windows(number, item, query.layout, query.layout.n_windows)
             await asyncio.sleep(0)
         results = await asyncio.gather(
             *(
@@ -210,28 +211,23 @@ class Backtester:
             raise InvalidArgument.of(violations)
         return prepared
 
-    def _windows(
-        self, series: Sequence[_Series], layout: Layout, only: int | None = None
-    ) -> list[Window]:
-        """The windows of every series (or of series number `only`), in order."""
+    def _windows(self, number: int, item: _Series, layout: Layout, count: int) -> list[Window]:
+        """The first `count` windows of series number `number`, in order."""
+        history = item.query.history
+        axis = item.query.axis
         windows = []
-        for number, item in enumerate(series):
-            if only is not None and number != only:
-                continue
-            history = item.query.history
-            axis = item.query.axis
-            for index, origin in enumerate(layout.origins(history.shape[0])):
-                times = axis.forecast_times(origin, 1) if axis is not None else None
-                windows.append(
-                    Window(
-                        series=number,
-                        index=index,
-                        origin=origin,
-                        actuals=history[origin : origin + layout.horizon],
-                        scale=seasonal_naive_scale(history[:origin], item.season),
-                        origin_time=int(times[0]) if times is not None else None,
-                    )
+        for index, origin in enumerate(layout.origins(history.shape[0])[:count]):
+            times = axis.forecast_times(origin, 1) if axis is not None else None
+            windows.append(
+                Window(
+                    series=number,
+                    index=index,
+                    origin=origin,
+                    actuals=history[origin : origin + layout.horizon],
+                    scale=seasonal_naive_scale(history[:origin], item.season),
+                    origin_time=int(times[0]) if times is not None else None,
                 )
+            )
         return windows
 
     async def _run_target(

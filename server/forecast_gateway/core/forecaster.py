@@ -78,13 +78,19 @@ class Forecaster:
         return outcome
 
     async def forecast_batch(
-        self, model: str, queries: Sequence[ForecastQuery], deadline: float
+        self, model: str, queries: Sequence[ForecastQuery | GatewayError], deadline: float
     ) -> list[Outcome]:
-        """Forecast many series of one model; each series gets a result or its own error."""
+        """Forecast many series of one model; each series gets a result or its own error.
+
+        A series the edge could not even convert comes as its error, answered as it is.
+        """
         spec = self.catalog.get(model)
         outcomes: list[Outcome] = [_UNPROCESSED] * len(queries)
         plans: list[Plan] = []
         for index, query in enumerate(queries):
+            if isinstance(query, GatewayError):
+                outcomes[index] = query
+                continue
             try:
                 plans.append(self.planner.plan_query(index, query)[1])
             except GatewayError as error:
